@@ -1,0 +1,1 @@
+"""Keras 3 layers, callbacks, losses and optimizers for hashing-based sparse training."""

@@ -1,0 +1,24 @@
+"""Argument checks shared by the op wrappers: errors name the op, the argument and the shape."""
+
+import tensorflow as tf
+
+
+def require_dtype(op_name, arg_name, tensor, dtype):
+    """Raises InvalidArgumentError unless `tensor` has `dtype`."""
+    if tensor.dtype != dtype:
+        raise tf.errors.InvalidArgumentError(
+            None,
+            None,
+            f"{op_name}: {arg_name} must be {dtype.name}, got {tensor.dtype.name} "
+            f"with shape {tensor.shape}",
+        )
+    return tensor
+
+
+def as_tensor(op_name, arg_name, value, dtype):
+    """Converts `value` to a tensor (Python numbers take `dtype`) and checks its dtype."""
+    if not isinstance(value, (tf.Tensor, tf.Variable)) and not hasattr(value, "dtype"):
+        value = tf.convert_to_tensor(value, dtype=dtype)
+    else:
+        value = tf.convert_to_tensor(value)
+    return require_dtype(op_name, arg_name, value, dtype)

@@ -1,0 +1,36 @@
+"""Loads the tf-lsh op library once, and explains a missing or mismatched build."""
+
+import os
+import re
+
+import tensorflow as tf
+
+LIBRARY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_lsh_ops.so")
+REBUILD_COMMAND = "pip install --no-build-isolation --force-reinstall <your tf-lsh checkout>"
+
+
+def _built_against_tf_version():
+    # Read from the file: loading a library built for another TensorFlow may crash the process.
+    with open(LIBRARY_PATH, "rb") as library:
+        match = re.search(rb"tf-lsh-built-against-tensorflow=([^;]+);", library.read())
+    return match.group(1).decode() if match else "an unknown version"
+
+
+def load_op_library():
+    """Returns the module of generated op wrappers, loading the library on first use."""
+    if not os.path.exists(LIBRARY_PATH):
+        raise ImportError(
+            f"tf-lsh: the op library {LIBRARY_PATH} is missing. Build and install it with "
+            f"`{REBUILD_COMMAND}` (it needs Bazel and tensorflow-cpu=={tf.__version__})."
+        )
+    built_for = _built_against_tf_version()
+    if built_for != tf.__version__:
+        raise ImportError(
+            f"tf-lsh: the op library was built against TensorFlow {built_for}, but TensorFlow "
+            f"{tf.__version__} is installed. Install tensorflow-cpu=={built_for}, or rebuild "
+            f"the ops against this TensorFlow with `{REBUILD_COMMAND}`."
+        )
+    return tf.load_op_library(LIBRARY_PATH)
+
+
+ops = load_op_library()

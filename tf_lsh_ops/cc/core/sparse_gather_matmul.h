@@ -1,0 +1,69 @@
+// Sparse gather-matmul: each example multiplies its input by a few rows of a weight matrix.
+//
+// Shapes: inputs [batch, dim]; weights [num_neurons, dim], neuron-major; biases [num_neurons];
+// indices [batch, active], each entry a neuron id or -1 ("no neuron": output 0, no gradient).
+//
+//   out[b, k] = dot(inputs[b], weights[indices[b, k]]) + biases[indices[b, k]]
+//
+// Example (batch 1, two active neurons out of three):
+//   float x[2] = {1, 2};  float w[6] = {1, 0, 0, 1, 1, 1};  float bias[3] = {0, 0, 5};
+//   int32_t ids[2] = {2, -1};  float out[2];
+//   SparseGatherMatmulForward({1, 2, 3, 2}, x, w, bias, ids, out, SerialFor());  // out = {8, 0}
+#ifndef TF_LSH_OPS_CC_CORE_SPARSE_GATHER_MATMUL_H_
+#define TF_LSH_OPS_CC_CORE_SPARSE_GATHER_MATMUL_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "tf_lsh_ops/cc/core/parallel.h"
+
+namespace tf_lsh {
+
+struct GatherMatmulShape {
+  int64_t batch;
+  int64_t dim;
+  int64_t num_neurons;
+  int64_t active;
+};
+
+// Returns the flat position of the first index outside [-1, num_neurons), or -1 if none.
+int64_t FindInvalidIndex(const int32_t* indices, int64_t count, int64_t num_neurons);
+
+void SparseGatherMatmulForward(const GatherMatmulShape& shape, const float* inputs,
+                               const float* weights, const float* biases, const int32_t* indices,
+                               float* out, const ParallelFor& parallel_for);
+
+// Groups the (example, slot) positions of an index matrix by neuron, skipping -1.
+// Rows are numbered in order of first occurrence, so results do not depend on threading.
+class ActiveRows {
+ public:
+  // `indices` must hold only ids in [-1, num_neurons) (see FindInvalidIndex).
+  ActiveRows(const int32_t* indices, int64_t count);
+
+  int64_t size() const { return static_cast<int64_t>(ids_.size()); }
+  // Neuron id of each row.
+  const std::vector<int32_t>& ids() const { return ids_; }
+  // Flat positions b * active + k of row r are positions()[offsets()[r] .. offsets()[r + 1]).
+  const std::vector<int64_t>& offsets() const { return offsets_; }
+  const std::vector<int64_t>& positions() const { return positions_; }
+
+ private:
+  std::vector<int32_t> ids_;
+  std::vector<int64_t> offsets_;
+  std::vector<int64_t> positions_;
+};
+
+// Gradients of SparseGatherMatmulForward given grad_out [batch, active]:
+//   grad_inputs [batch, dim] (dense), and for each row r of `rows`:
+//   grad_weight_rows[r] = sum of grad_out[b, k] * inputs[b] over the positions of r,
+//   grad_bias_rows[r] = sum of grad_out[b, k] over the positions of r.
+// Sums run in position order, so results are deterministic.
+void SparseGatherMatmulBackward(const GatherMatmulShape& shape, const float* inputs,
+                                const float* weights, const int32_t* indices,
+                                const float* grad_out, const ActiveRows& rows,
+                                float* grad_inputs, float* grad_weight_rows,
+                                float* grad_bias_rows, const ParallelFor& parallel_for);
+
+}  // namespace tf_lsh
+
+#endif  // TF_LSH_OPS_CC_CORE_SPARSE_GATHER_MATMUL_H_

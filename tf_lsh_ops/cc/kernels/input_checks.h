@@ -1,0 +1,35 @@
+// Kernel-side input checks whose errors name the op, the argument and the shapes.
+#ifndef TF_LSH_OPS_CC_KERNELS_INPUT_CHECKS_H_
+#define TF_LSH_OPS_CC_KERNELS_INPUT_CHECKS_H_
+
+#include "absl/strings/str_cat.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+
+namespace tf_lsh {
+
+inline absl::Status CheckRank(const char* op, const char* name, const tensorflow::Tensor& t,
+                              int rank) {
+  if (t.dims() != rank) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": ", name, " must have rank ", rank,
+                                                   ", got shape ", t.shape().DebugString()));
+  }
+  return absl::OkStatus();
+}
+
+// Dimension `ia` of `a` must equal dimension `ib` of `b`.
+inline absl::Status CheckSameDim(const char* op, const char* name_a, const tensorflow::Tensor& a,
+                                 int ia, const char* name_b, const tensorflow::Tensor& b,
+                                 int ib) {
+  if (a.dim_size(ia) != b.dim_size(ib)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": dimension ", ia, " of ", name_a, " (shape ", a.shape().DebugString(),
+                     ") must equal dimension ", ib, " of ", name_b, " (shape ",
+                     b.shape().DebugString(), ")"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace tf_lsh
+
+#endif  // TF_LSH_OPS_CC_KERNELS_INPUT_CHECKS_H_

@@ -1,0 +1,56 @@
+"""`sparse_gather_matmul`: each example multiplies its input by its own few weight rows."""
+
+import tensorflow as tf
+
+from tf_lsh_ops._checks import as_tensor
+from tf_lsh_ops._loader import ops
+
+_OP = "SparseGatherMatmul"
+
+
+def sparse_gather_matmul(inputs, weights, biases, indices, name=None):
+    """Computes `out[b, k] = inputs[b] . weights[indices[b, k]] + biases[indices[b, k]]`.
+
+    Only the rows named in `indices` are read, so the cost is `B * K * D`, not `B * N * D`.
+    The gradient with respect to `weights` and `biases` is a `tf.IndexedSlices` over the distinct
+    rows used in the batch (duplicates summed), so optimizers update only those rows.
+
+    Args:
+      inputs: float32 `[B, D]`.
+      weights: float32 `[N, D]`, neuron-major: row `j` is neuron `j`'s weight vector.
+      biases: float32 `[N]`.
+      indices: int32 `[B, K]`, the active neurons of each example; `-1` pads (output 0, no
+        gradient).
+      name: optional op name.
+
+    Returns:
+      float32 `[B, K]`.
+
+    Raises:
+      tf.errors.InvalidArgumentError: wrong dtypes, ranks or sizes, or an index outside
+        `[-1, N)`.
+
+    Example:
+
+    >>> x = tf.constant([[1.0, 2.0]])
+    >>> w = tf.constant([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    >>> b = tf.constant([0.0, 0.0, 5.0])
+    >>> sparse_gather_matmul(x, w, b, tf.constant([[2, -1]])).numpy()
+    array([[8., 0.]], dtype=float32)
+    """
+    inputs = as_tensor(_OP, "inputs", inputs, tf.float32)
+    weights = as_tensor(_OP, "weights", weights, tf.float32)
+    biases = as_tensor(_OP, "biases", biases, tf.float32)
+    indices = as_tensor(_OP, "indices", indices, tf.int32)
+    return ops.sparse_gather_matmul(inputs, weights, biases, indices, name=name)
+
+
+@tf.RegisterGradient(_OP)
+def _sparse_gather_matmul_grad(op, grad_output):
+    inputs, weights, biases, indices = op.inputs
+    grad_inputs, rows, grad_weight_rows, grad_bias_rows = ops.sparse_gather_matmul_grad(
+        inputs, weights, indices, grad_output
+    )
+    grad_weights = tf.IndexedSlices(grad_weight_rows, rows, tf.shape(weights))
+    grad_biases = tf.IndexedSlices(grad_bias_rows, rows, tf.shape(biases))
+    return [grad_inputs, grad_weights, grad_biases, None]
