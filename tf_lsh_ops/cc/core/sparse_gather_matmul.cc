@@ -3,14 +3,38 @@
 #include <algorithm>
 #include <cstring>
 
-#include "tf_lsh_ops/cc/core/id_map.h"
 #include "tf_lsh_ops/cc/core/vector_ops.h"
 
 namespace tf_lsh {
+namespace {
 
-// How many rows ahead to prefetch: weight rows are scattered over a large matrix, so the
-// gather is bound by memory latency, not by the multiply-adds.
-constexpr int kPrefetchDistance = 4;
+// Rows ahead to prefetch. Sorted rows are close together but not contiguous, so the hardware
+// prefetcher alone leaves the gather waiting on memory.
+constexpr int64_t kPrefetchDistance = 4;
+
+// Backward work is cut into this many blocks whatever the thread count, each with its own
+// grad_inputs accumulator: the sums, and so the results, are the same on any machine.
+constexpr int64_t kBackwardBlocks = 16;
+
+// Stable LSD radix sort of `keys` by bits [32, 32 + id_bits): the neuron id in the high half.
+void RadixSortByHighBits(std::vector<uint64_t>* keys, int id_bits) {
+  constexpr int kDigitBits = 11;
+  std::vector<uint64_t> buffer(keys->size());
+  for (int shift = 32; shift < 32 + id_bits; shift += kDigitBits) {
+    int64_t counts[1 << kDigitBits] = {0};
+    for (uint64_t key : *keys) ++counts[(key >> shift) & ((1 << kDigitBits) - 1)];
+    int64_t total = 0;
+    for (int64_t& count : counts) {
+      const int64_t c = count;
+      count = total;
+      total += c;
+    }
+    for (uint64_t key : *keys) buffer[counts[(key >> shift) & ((1 << kDigitBits) - 1)]++] = key;
+    keys->swap(buffer);
+  }
+}
+
+}  // namespace
 
 int64_t FindInvalidIndex(const int32_t* indices, int64_t count, int64_t num_neurons) {
   for (int64_t i = 0; i < count; ++i) {
@@ -19,89 +43,107 @@ int64_t FindInvalidIndex(const int32_t* indices, int64_t count, int64_t num_neur
   return -1;
 }
 
+ActiveRows::ActiveRows(const int32_t* indices, int64_t count) {
+  std::vector<uint64_t> keys;
+  keys.reserve(count);
+  int32_t max_id = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    if (indices[i] < 0) continue;
+    keys.push_back(static_cast<uint64_t>(indices[i]) << 32 | static_cast<uint64_t>(i));
+    max_id = std::max(max_id, indices[i]);
+  }
+  int id_bits = 0;
+  while (id_bits < 31 && (int64_t{1} << id_bits) <= max_id) ++id_bits;
+  RadixSortByHighBits(&keys, id_bits);
+
+  positions_.resize(keys.size());
+  offsets_.push_back(0);
+  for (size_t j = 0; j < keys.size(); ++j) {
+    const int32_t id = static_cast<int32_t>(keys[j] >> 32);
+    if (ids_.empty() || ids_.back() != id) {
+      if (!ids_.empty()) offsets_.push_back(j);
+      ids_.push_back(id);
+    }
+    positions_[j] = static_cast<int64_t>(keys[j] & 0xffffffffu);
+  }
+  if (!ids_.empty()) offsets_.push_back(keys.size());
+}
+
 void SparseGatherMatmulForward(const GatherMatmulShape& shape, const float* inputs,
-                               const float* weights, const float* biases, const int32_t* indices,
+                               const float* weights, const float* biases, const ActiveRows& rows,
                                float* out, const ParallelFor& parallel_for) {
   const int64_t dim = shape.dim, active = shape.active;
-  parallel_for(shape.batch, active * (2 * dim + 40), [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const float* x = inputs + b * dim;
-      const int32_t* ids = indices + b * active;
-      float* y = out + b * active;
-      for (int64_t k = 0; k < active; ++k) {
-        if (k + kPrefetchDistance < active && ids[k + kPrefetchDistance] >= 0) {
-          __builtin_prefetch(weights + ids[k + kPrefetchDistance] * dim);
-        }
-        const int32_t id = ids[k];
-        y[k] = id < 0 ? 0.f : Dot(x, weights + static_cast<int64_t>(id) * dim, dim) + biases[id];
+  // Padding (-1) is never visited below.
+  std::fill(out, out + shape.batch * active, 0.f);
+  const std::vector<int32_t>& ids = rows.ids();
+  const std::vector<int64_t>& offsets = rows.offsets();
+  const std::vector<int64_t>& positions = rows.positions();
+  const int64_t uses = rows.size() > 0 ? 1 + static_cast<int64_t>(positions.size()) / rows.size()
+                                       : 1;
+  // Walking neurons in id order reads each weight row once, nearly as a stream.
+  parallel_for(rows.size(), uses * (2 * dim + 20), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      if (r + kPrefetchDistance < end) {
+        __builtin_prefetch(weights + int64_t{ids[r + kPrefetchDistance]} * dim);
+        __builtin_prefetch(weights + int64_t{ids[r + kPrefetchDistance]} * dim + 16);
+      }
+      const float* w = weights + int64_t{ids[r]} * dim;
+      const float bias = biases[ids[r]];
+      for (int64_t j = offsets[r]; j < offsets[r + 1]; ++j) {
+        const int64_t pos = positions[j];
+        out[pos] = Dot(inputs + (pos / active) * dim, w, dim) + bias;
       }
     }
   });
-}
-
-ActiveRows::ActiveRows(const int32_t* indices, int64_t count) {
-  IdMap row_of(count);
-  std::vector<int32_t> row_at(count, -1);
-  std::vector<int64_t> counts;
-  for (int64_t i = 0; i < count; ++i) {
-    if (indices[i] < 0) continue;
-    const int32_t row = row_of.FindOrInsert(indices[i], static_cast<int32_t>(ids_.size()));
-    if (row == static_cast<int32_t>(ids_.size())) {
-      ids_.push_back(indices[i]);
-      counts.push_back(0);
-    }
-    row_at[i] = row;
-    ++counts[row];
-  }
-  offsets_.resize(ids_.size() + 1);
-  offsets_[0] = 0;
-  for (size_t r = 0; r < ids_.size(); ++r) offsets_[r + 1] = offsets_[r] + counts[r];
-  positions_.resize(offsets_.back());
-  std::vector<int64_t> next(offsets_.begin(), offsets_.end() - 1);
-  for (int64_t i = 0; i < count; ++i) {
-    if (row_at[i] >= 0) positions_[next[row_at[i]]++] = i;
-  }
 }
 
 void SparseGatherMatmulBackward(const GatherMatmulShape& shape, const float* inputs,
-                                const float* weights, const int32_t* indices,
-                                const float* grad_out, const ActiveRows& rows,
-                                float* grad_inputs, float* grad_weight_rows,
-                                float* grad_bias_rows, const ParallelFor& parallel_for) {
-  const int64_t dim = shape.dim, active = shape.active;
-  // grad_inputs[b] = sum_k grad_out[b, k] * weights[indices[b, k]].
-  parallel_for(shape.batch, active * (2 * dim + 40), [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      float* dx = grad_inputs + b * dim;
-      std::memset(dx, 0, dim * sizeof(float));
-      const int32_t* ids = indices + b * active;
-      const float* g = grad_out + b * active;
-      for (int64_t k = 0; k < active; ++k) {
-        if (k + kPrefetchDistance < active && ids[k + kPrefetchDistance] >= 0) {
-          __builtin_prefetch(weights + ids[k + kPrefetchDistance] * dim);
+                                const float* weights, const float* grad_out,
+                                const ActiveRows& rows, float* grad_inputs,
+                                float* grad_weight_rows, float* grad_bias_rows,
+                                const ParallelFor& parallel_for) {
+  const int64_t dim = shape.dim, active = shape.active, num_rows = rows.size();
+  const std::vector<int32_t>& ids = rows.ids();
+  const std::vector<int64_t>& offsets = rows.offsets();
+  const std::vector<int64_t>& positions = rows.positions();
+  const int64_t blocks = std::min<int64_t>(kBackwardBlocks, std::max<int64_t>(num_rows, 1));
+  // Each block owns a grad_inputs accumulator; one pass over its rows reads every weight row
+  // once and writes every gradient row once.
+  std::vector<float> partial_grad_inputs(blocks * shape.batch * dim, 0.f);
+  const int64_t cost = static_cast<int64_t>(positions.size()) * 4 * dim / blocks + 1;
+  parallel_for(blocks, cost, [&](int64_t block_begin, int64_t block_end) {
+    for (int64_t block = block_begin; block < block_end; ++block) {
+      float* dx = partial_grad_inputs.data() + block * shape.batch * dim;
+      const int64_t end = num_rows * (block + 1) / blocks;
+      for (int64_t r = num_rows * block / blocks; r < end; ++r) {
+        if (r + kPrefetchDistance < end) {
+          __builtin_prefetch(weights + int64_t{ids[r + kPrefetchDistance]} * dim);
+          __builtin_prefetch(weights + int64_t{ids[r + kPrefetchDistance]} * dim + 16);
         }
-        if (ids[k] >= 0) Axpy(g[k], weights + static_cast<int64_t>(ids[k]) * dim, dx, dim);
+        const float* w = weights + int64_t{ids[r]} * dim;
+        float* dw = grad_weight_rows + r * dim;
+        std::memset(dw, 0, dim * sizeof(float));
+        float db = 0.f;
+        for (int64_t j = offsets[r]; j < offsets[r + 1]; ++j) {
+          const int64_t pos = positions[j];
+          const int64_t b = pos / active;
+          const float g = grad_out[pos];
+          Axpy(g, inputs + b * dim, dw, dim);
+          Axpy(g, w, dx + b * dim, dim);
+          db += g;
+        }
+        grad_bias_rows[r] = db;
       }
     }
   });
-  // One output row per neuron: duplicates within and across examples are summed here.
-  const std::vector<int64_t>& offsets = rows.offsets();
-  const std::vector<int64_t>& positions = rows.positions();
-  const int64_t mean_uses = rows.size() > 0 ? 1 + static_cast<int64_t>(positions.size()) /
-                                                      rows.size()
-                                            : 1;
-  parallel_for(rows.size(), mean_uses * (2 * dim + 10), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      float* dw = grad_weight_rows + r * dim;
-      std::memset(dw, 0, dim * sizeof(float));
-      float db = 0.f;
-      for (int64_t j = offsets[r]; j < offsets[r + 1]; ++j) {
-        const int64_t pos = positions[j];
-        const float g = grad_out[pos];
-        Axpy(g, inputs + (pos / active) * dim, dw, dim);
-        db += g;
+  // grad_inputs = sum of the block accumulators, in block order.
+  parallel_for(shape.batch, blocks * dim, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      float* dx = grad_inputs + b * dim;
+      std::memset(dx, 0, dim * sizeof(float));
+      for (int64_t block = 0; block < blocks; ++block) {
+        Axpy(1.f, partial_grad_inputs.data() + (block * shape.batch + b) * dim, dx, dim);
       }
-      grad_bias_rows[r] = db;
     }
   });
 }

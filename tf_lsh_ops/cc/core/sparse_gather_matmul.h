@@ -8,7 +8,8 @@
 // Example (batch 1, two active neurons out of three):
 //   float x[2] = {1, 2};  float w[6] = {1, 0, 0, 1, 1, 1};  float bias[3] = {0, 0, 5};
 //   int32_t ids[2] = {2, -1};  float out[2];
-//   SparseGatherMatmulForward({1, 2, 3, 2}, x, w, bias, ids, out, SerialFor());  // out = {8, 0}
+//   SparseGatherMatmulForward({1, 2, 3, 2}, x, w, bias, ActiveRows(ids, 2), out, SerialFor());
+//   // out = {8, 0}
 #ifndef TF_LSH_OPS_CC_CORE_SPARSE_GATHER_MATMUL_H_
 #define TF_LSH_OPS_CC_CORE_SPARSE_GATHER_MATMUL_H_
 
@@ -29,12 +30,10 @@ struct GatherMatmulShape {
 // Returns the flat position of the first index outside [-1, num_neurons), or -1 if none.
 int64_t FindInvalidIndex(const int32_t* indices, int64_t count, int64_t num_neurons);
 
-void SparseGatherMatmulForward(const GatherMatmulShape& shape, const float* inputs,
-                               const float* weights, const float* biases, const int32_t* indices,
-                               float* out, const ParallelFor& parallel_for);
-
 // Groups the (example, slot) positions of an index matrix by neuron, skipping -1.
-// Rows are numbered in order of first occurrence, so results do not depend on threading.
+// Rows are sorted by neuron id, so that walking them streams through the weight matrix;
+// within a row, positions are in increasing order. Built by a radix sort: O(count), and no
+// memory of size num_neurons.
 class ActiveRows {
  public:
   // `indices` must hold only ids in [-1, num_neurons) (see FindInvalidIndex).
@@ -53,14 +52,20 @@ class ActiveRows {
   std::vector<int64_t> positions_;
 };
 
+// `rows` must be built from `indices`.
+void SparseGatherMatmulForward(const GatherMatmulShape& shape, const float* inputs,
+                               const float* weights, const float* biases, const ActiveRows& rows,
+                               float* out, const ParallelFor& parallel_for);
+
 // Gradients of SparseGatherMatmulForward given grad_out [batch, active]:
 //   grad_inputs [batch, dim] (dense), and for each row r of `rows`:
 //   grad_weight_rows[r] = sum of grad_out[b, k] * inputs[b] over the positions of r,
 //   grad_bias_rows[r] = sum of grad_out[b, k] over the positions of r.
-// Sums run in position order, so results are deterministic.
+// Rows are processed in a fixed number of blocks with their own grad_inputs accumulators,
+// summed in block order, so results do not depend on the number of threads.
 void SparseGatherMatmulBackward(const GatherMatmulShape& shape, const float* inputs,
-                                const float* weights, const int32_t* indices,
-                                const float* grad_out, const ActiveRows& rows,
+                                const float* weights, const float* grad_out,
+                                const ActiveRows& rows,
                                 float* grad_inputs, float* grad_weight_rows,
                                 float* grad_bias_rows, const ParallelFor& parallel_for);
 

@@ -12,7 +12,7 @@ namespace {
 void TestExampleFromHeader() {
   float x[2] = {1, 2}, w[6] = {1, 0, 0, 1, 1, 1}, bias[3] = {0, 0, 5}, out[2];
   int32_t ids[2] = {2, -1};
-  SparseGatherMatmulForward({1, 2, 3, 2}, x, w, bias, ids, out, SerialFor());
+  SparseGatherMatmulForward({1, 2, 3, 2}, x, w, bias, ActiveRows(ids, 2), out, SerialFor());
   CHECK_NEAR(out[0], 8.f, 0.f);
   CHECK_NEAR(out[1], 0.f, 0.f);
 }
@@ -33,8 +33,11 @@ void TestAgainstLoops() {
   std::vector<int32_t> bad = {0, 9};
   CHECK_TRUE(FindInvalidIndex(bad.data(), 2, shape.num_neurons) == 1);
 
-  std::vector<float> out(shape.batch * shape.active);
-  SparseGatherMatmulForward(shape, x.data(), w.data(), bias.data(), ids.data(), out.data(),
+  const ActiveRows rows(ids.data(), ids.size());
+  CHECK_TRUE((rows.ids() == std::vector<int32_t>{0, 1, 2, 3, 4, 8}));
+  CHECK_TRUE((rows.offsets() == std::vector<int64_t>{0, 2, 3, 4, 5, 8, 9}));
+  std::vector<float> out(shape.batch * shape.active, 123.f);
+  SparseGatherMatmulForward(shape, x.data(), w.data(), bias.data(), rows, out.data(),
                             SerialFor());
   for (int64_t b = 0; b < shape.batch; ++b) {
     for (int64_t k = 0; k < shape.active; ++k) {
@@ -48,11 +51,9 @@ void TestAgainstLoops() {
     }
   }
 
-  const ActiveRows rows(ids.data(), ids.size());
-  CHECK_TRUE((rows.ids() == std::vector<int32_t>{4, 0, 8, 1, 2, 3}));
   std::vector<float> dx(shape.batch * shape.dim), dw(rows.size() * shape.dim), db(rows.size());
-  SparseGatherMatmulBackward(shape, x.data(), w.data(), ids.data(), g.data(), rows, dx.data(),
-                             dw.data(), db.data(), SerialFor());
+  SparseGatherMatmulBackward(shape, x.data(), w.data(), g.data(), rows, dx.data(), dw.data(),
+                             db.data(), SerialFor());
   for (int64_t r = 0; r < rows.size(); ++r) {
     for (int64_t d = 0; d < shape.dim; ++d) {
       double want = 0;

@@ -54,9 +54,10 @@ class SparseGatherMatmulOp : public OpKernel {
     Tensor* output = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({shape.batch, shape.active}),
                                              &output));
+    const ActiveRows rows(indices.flat<int32_t>().data(), indices.NumElements());
     SparseGatherMatmulForward(shape, inputs.flat<float>().data(), weights.flat<float>().data(),
-                              biases.flat<float>().data(), indices.flat<int32_t>().data(),
-                              output->flat<float>().data(), TfParallelFor(ctx));
+                              biases.flat<float>().data(), rows, output->flat<float>().data(),
+                              TfParallelFor(ctx));
   }
 };
 
@@ -92,8 +93,8 @@ class SparseGatherMatmulGradOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({rows.size()}), &grad_bias_rows));
     std::copy(rows.ids().begin(), rows.ids().end(), row_ids->flat<int32_t>().data());
     SparseGatherMatmulBackward(shape, inputs.flat<float>().data(), weights.flat<float>().data(),
-                               indices.flat<int32_t>().data(), grad_output.flat<float>().data(),
-                               rows, grad_inputs->flat<float>().data(),
+                               grad_output.flat<float>().data(), rows,
+                               grad_inputs->flat<float>().data(),
                                grad_weight_rows->flat<float>().data(),
                                grad_bias_rows->flat<float>().data(), TfParallelFor(ctx));
   }

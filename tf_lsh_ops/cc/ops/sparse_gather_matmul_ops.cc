@@ -61,7 +61,7 @@ REGISTER_OP("SparseGatherMatmulGrad")
     })
     .Doc(R"doc(
 Gradient of SparseGatherMatmul: dense grad_inputs, and one row of weight and bias gradients per
-distinct neuron in `indices` (`rows`, in order of first occurrence; -1 entries skipped).
+distinct neuron in `indices` (`rows`, sorted; -1 entries skipped).
 )doc");
 
 }  // namespace tf_lsh

@@ -1,0 +1,388 @@
+"""Benchmark of `tf_lsh_ops.sparse_gather_matmul` against plain TensorFlow.
+
+For each (N, K) configuration, with D = 128 and B = 128, three methods compute the outputs of a
+layer of N neurons of which each example uses K (random uniform indices in [0, N)):
+
+* `op`: `sparse_gather_matmul(inputs, weights, biases, indices)` -> [B, K]; its gradient is a
+  dense `d_inputs` and `tf.IndexedSlices` for `weights` / `biases` over the distinct rows used.
+* `gather_einsum`: `tf.gather(weights, indices)` -> [B, K, D], `tf.einsum("bd,bkd->bk")`, plus
+  the gathered biases, differentiated by autodiff (its gradients are `tf.IndexedSlices` with B*K
+  rows, duplicates not summed).
+* `dense`: `tf.matmul(inputs, weights, transpose_b=True) + biases` over all N neurons -> [B, N],
+  differentiated by autodiff (dense gradients).
+
+Two times are measured per method: `forward` (outputs only) and `forward_backward` (outputs and
+the gradients w.r.t. inputs, weights and biases, given a fixed random upstream gradient; the
+outputs are returned too so that the forward pass cannot be pruned). `weights` and `biases` are
+`tf.Variable`s, as in training. Each method is a `tf.function`, traced once before timing and
+warmed up; the methods of a configuration are then timed round-robin (so that background load
+affects all of them alike) with `time.perf_counter`, and the median is reported. Every returned
+tensor (including the parts of `tf.IndexedSlices`, never densified) is materialised with
+`.numpy()` (zero-copy on CPU) inside the timed region.
+
+Also reported: speedups of the op over the two baselines, the op's achieved bandwidth over weight
+rows (forward: B*K*D*4 bytes; forward+backward: 2*B*K*D*4 bytes read for the outputs and
+d_inputs plus U*D*4 bytes of d_weights written, U = distinct rows), a correctness check of the
+op against the baselines, and pass/fail of the performance targets.
+
+Usage: python benchmarks/bench_sparse_gather_matmul.py [--quick | --full] [--threads N]
+Prints one JSON document to stdout; progress goes to stderr.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+
+try:
+    import tf_lsh_ops
+except ModuleNotFoundError:  # Run from a checkout without installing: use the checkout's ops.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import tf_lsh_ops
+
+BATCH = 128
+DIM = 128
+SEED = 0
+BYTES_PER_FLOAT = 4
+METHODS = ("op", "gather_einsum", "dense")
+PHASES = ("forward", "forward_backward")
+
+# Grids and timing budgets: `reps` rounds at most, but a configuration stops after the round
+# that exceeds `budget_s` seconds (at least `min_reps` rounds).
+MODES = {
+    "full": {
+        "neurons": (10_000, 100_000, 670_000),
+        "active": (64, 1024, 3000),
+        "warmup": 3,
+        "reps": 15,
+        "min_reps": 5,
+        "budget_s": 60.0,
+    },
+    "quick": {
+        "neurons": (10_000, 100_000),
+        "active": (64, 1024),
+        "warmup": 2,
+        "reps": 5,
+        "min_reps": 3,
+        "budget_s": 4.0,
+    },
+}
+
+# Targets: the op at least this much faster than gather+einsum (forward+backward) at this config,
+# and faster than dense whenever K / N is at most this fraction.
+TARGET_GATHER_CONFIG = (670_000, 3000)
+TARGET_GATHER_SPEEDUP = 2.0
+TARGET_DENSE_MAX_FRACTION = 0.05
+CHECK_TOLERANCE = 1e-4
+
+
+def log(message):
+    print(f"[bench_sparse_gather_matmul] {message}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="mode", action="store_const", const="quick")
+    mode.add_argument("--full", dest="mode", action="store_const", const="full")
+    parser.set_defaults(mode="full")
+    parser.add_argument("--threads", type=int, default=None, help="intra/inter op threads")
+    return parser.parse_args(argv)
+
+
+def configure_threads(threads):
+    """Sets TF's thread pools; must run before any TF op."""
+    if threads is not None:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def machine_info():
+    return {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+    }
+
+
+# --- The methods: each returns (forward_fn, forward_backward_fn), both tf.functions. ----------
+
+
+def _with_gradients(forward):
+    """Forward+backward of `forward(x, w, b, idx)`: returns outputs and d_x, d_w, d_b."""
+
+    def forward_backward(x, w, b, idx, upstream):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = forward(x, w, b, idx)
+        grads = tape.gradient(out, [x, w, b], output_gradients=upstream)
+        return out, grads
+
+    return tf.function(forward), tf.function(forward_backward)
+
+
+def _op_forward(x, w, b, idx):
+    return tf_lsh_ops.sparse_gather_matmul(x, w, b, idx)
+
+
+def _gather_einsum_forward(x, w, b, idx):
+    rows = tf.gather(w, idx)  # [B, K, D]
+    return tf.einsum("bd,bkd->bk", x, rows) + tf.gather(b, idx)
+
+
+def _dense_forward(x, w, b, idx):
+    del idx  # Every neuron is computed.
+    return tf.matmul(x, w, transpose_b=True) + b
+
+
+FORWARDS = {"op": _op_forward, "gather_einsum": _gather_einsum_forward, "dense": _dense_forward}
+
+
+# --- Data and timing. -------------------------------------------------------------------------
+
+
+def make_data(neurons, active, rng):
+    """Random inputs, variables, indices and upstream gradients for one configuration."""
+    weights = rng.standard_normal((neurons, DIM), dtype=np.float32) * np.float32(DIM**-0.5)
+    return {
+        "x": tf.constant(rng.standard_normal((BATCH, DIM), dtype=np.float32)),
+        "w": tf.Variable(weights, name="weights"),
+        "b": tf.Variable(rng.standard_normal(neurons, dtype=np.float32), name="biases"),
+        "idx": tf.constant(rng.integers(0, neurons, (BATCH, active), dtype=np.int32)),
+        "upstream_sparse": tf.constant(rng.standard_normal((BATCH, active), dtype=np.float32)),
+        "upstream_dense": tf.constant(rng.standard_normal((BATCH, neurons), dtype=np.float32)),
+    }
+
+
+def call_args(method, phase, data):
+    args = (data["x"], data["w"], data["b"], data["idx"])
+    if phase == "forward":
+        return args
+    upstream = data["upstream_dense" if method == "dense" else "upstream_sparse"]
+    return args + (upstream,)
+
+
+def materialise(result):
+    """Blocks until every output (including IndexedSlices parts) is computed."""
+    for tensor in tf.nest.flatten(result, expand_composites=True):
+        tensor.numpy()
+    return result
+
+
+def timed_call(fn, args):
+    start = time.perf_counter()
+    materialise(fn(*args))
+    return time.perf_counter() - start
+
+
+def build_functions(data):
+    """Traces every (method, phase) tf.function once; returns {(method, phase): fn}."""
+    functions = {}
+    for method, forward in FORWARDS.items():
+        for phase, fn in zip(PHASES, _with_gradients(forward), strict=True):
+            fn.get_concrete_function(*call_args(method, phase, data))
+            functions[(method, phase)] = fn
+    return functions
+
+
+def time_round_robin(functions, data, settings):
+    """Warms up, then times all functions in turn; returns {(method, phase): [seconds]}."""
+    jobs = {key: (fn, call_args(key[0], key[1], data)) for key, fn in functions.items()}
+    for fn, args in jobs.values():
+        for _ in range(settings["warmup"]):
+            materialise(fn(*args))
+    times = {key: [] for key in jobs}
+    start = time.perf_counter()
+    for rep in range(settings["reps"]):
+        for key, (fn, args) in jobs.items():
+            times[key].append(timed_call(fn, args))
+        if rep + 1 >= settings["min_reps"] and time.perf_counter() - start > settings["budget_s"]:
+            break
+    for key, fn in functions.items():
+        if fn.experimental_get_tracing_count() != 1:
+            raise RuntimeError(f"{key} was retraced during timing")
+    return times
+
+
+# --- Correctness check (outside the timed region). ------------------------------------------
+
+
+def _relative_error(actual, expected):
+    actual, expected = tf.convert_to_tensor(actual), tf.convert_to_tensor(expected)
+    scale = max(1.0, float(tf.reduce_max(tf.abs(expected))))
+    return float(tf.reduce_max(tf.abs(actual - expected))) / scale
+
+
+def check_op(functions, data):
+    """Max relative errors of the op against gather+einsum (and dense forward outputs)."""
+    op_out, op_grads = functions[("op", "forward_backward")](
+        *call_args("op", "forward_backward", data)
+    )
+    ref_out, ref_grads = functions[("gather_einsum", "forward_backward")](
+        *call_args("gather_einsum", "forward_backward", data)
+    )
+    dense_out = functions[("dense", "forward")](*call_args("dense", "forward", data))
+    errors = {
+        "forward_vs_gather_einsum": _relative_error(op_out, ref_out),
+        "forward_vs_dense": _relative_error(
+            op_out, tf.gather(dense_out, data["idx"], batch_dims=1)
+        ),
+        "d_inputs": _relative_error(op_grads[0], ref_grads[0]),
+        # Densified here only, for the comparison; never in the timed functions.
+        "d_weights": _relative_error(op_grads[1], ref_grads[1]),
+        "d_biases": _relative_error(op_grads[2], ref_grads[2]),
+        "gradients_are_indexed_slices": all(
+            isinstance(g, tf.IndexedSlices) for g in op_grads[1:] + ref_grads[1:]
+        ),
+    }
+    errors["ok"] = errors["gradients_are_indexed_slices"] and all(
+        value <= CHECK_TOLERANCE for value in errors.values() if isinstance(value, float)
+    )
+    return errors
+
+
+# --- Reporting. -------------------------------------------------------------------------------
+
+
+def summarise(times, active, unique_rows):
+    medians = {
+        method: {phase: statistics.median(times[(method, phase)]) for phase in PHASES}
+        for method in METHODS
+    }
+    op = medians["op"]
+    speedup = {
+        f"vs_{other}": {phase: medians[other][phase] / op[phase] for phase in PHASES}
+        for other in ("gather_einsum", "dense")
+    }
+    row_bytes = DIM * BYTES_PER_FLOAT
+    forward_bytes = BATCH * active * row_bytes
+    backward_bytes = 2 * forward_bytes + unique_rows * row_bytes
+    return {
+        "median_s": medians,
+        "speedup": speedup,
+        "op_weight_bandwidth_gb_s": {
+            "forward": forward_bytes / op["forward"] / 1e9,
+            "forward_backward": backward_bytes / op["forward_backward"] / 1e9,
+        },
+        "op_weight_bytes": {"forward": forward_bytes, "forward_backward": backward_bytes},
+        "reps": len(times[("op", "forward")]),
+    }
+
+
+def run_config(neurons, active, settings, rng):
+    data = make_data(neurons, active, rng)
+    unique_rows = int(np.unique(data["idx"].numpy()).size)
+    functions = build_functions(data)
+    check = check_op(functions, data)
+    times = time_round_robin(functions, data, settings)
+    result = {
+        "N": neurons,
+        "K": active,
+        "active_fraction": active / neurons,
+        "unique_rows": unique_rows,
+        **summarise(times, active, unique_rows),
+        "check": check,
+    }
+    return result
+
+
+def evaluate_targets(results):
+    by_config = {(r["N"], r["K"]): r for r in results}
+    n_target, k_target = TARGET_GATHER_CONFIG
+    target = by_config.get(TARGET_GATHER_CONFIG)
+    gather_target = {
+        "description": (
+            f"op >= {TARGET_GATHER_SPEEDUP:g}x faster than gather_einsum, forward+backward, "
+            f"at N={n_target}, K={k_target}"
+        ),
+        "speedup": None,
+        "status": "not_measured",
+    }
+    if target is not None:
+        speedup = target["speedup"]["vs_gather_einsum"]["forward_backward"]
+        gather_target["speedup"] = speedup
+        gather_target["status"] = "pass" if speedup >= TARGET_GATHER_SPEEDUP else "fail"
+
+    dense_configs = []
+    for r in results:
+        if r["active_fraction"] > TARGET_DENSE_MAX_FRACTION:
+            continue
+        speedup = r["speedup"]["vs_dense"]
+        passed = all(speedup[phase] > 1.0 for phase in PHASES)
+        dense_configs.append(
+            {"N": r["N"], "K": r["K"], "speedup": speedup, "status": "pass" if passed else "fail"}
+        )
+    dense_target = {
+        "description": (
+            f"op faster than dense (forward and forward+backward) whenever "
+            f"K/N <= {TARGET_DENSE_MAX_FRACTION:.0%}"
+        ),
+        "configs": dense_configs,
+        "status": "pass" if all(c["status"] == "pass" for c in dense_configs) else "fail",
+    }
+    all_pass = gather_target["status"] == "pass" and dense_target["status"] == "pass"
+    return {
+        "op_vs_gather_einsum": gather_target,
+        "op_vs_dense": dense_target,
+        "all_pass": all_pass,
+    }
+
+
+def progress_line(result):
+    """One stderr line: each method's forward and forward+backward medians, and the check."""
+    parts = [
+        f"{method} {times['forward'] * 1e3:.2f}/{times['forward_backward'] * 1e3:.2f} ms"
+        for method, times in result["median_s"].items()
+    ]
+    return f"  fwd/fwd+bwd: {', '.join(parts)}; check ok={result['check']['ok']}"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    configure_threads(args.threads)
+    settings = MODES[args.mode]
+    rng = np.random.default_rng(SEED)
+    configs = [(n, k) for n in settings["neurons"] for k in settings["active"] if k <= n]
+
+    results = []
+    start = time.perf_counter()
+    for neurons, active in configs:
+        log(f"N={neurons} K={active} ...")
+        result = run_config(neurons, active, settings, rng)
+        log(progress_line(result))
+        results.append(result)
+
+    report = {
+        "benchmark": "sparse_gather_matmul",
+        "mode": args.mode,
+        "machine": machine_info(),
+        "settings": {
+            "B": BATCH,
+            "D": DIM,
+            "seed": SEED,
+            "threads_flag": args.threads,
+            "configs": [list(c) for c in configs],
+            **{key: settings[key] for key in ("warmup", "reps", "min_reps", "budget_s")},
+        },
+        "results": results,
+        "targets": evaluate_targets(results),
+        "all_checks_ok": all(r["check"]["ok"] for r in results),
+        "total_wall_s": time.perf_counter() - start,
+    }
+    json.dump(report, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
