@@ -51,7 +51,9 @@ setup(
     long_description=open(os.path.join(ROOT, "README.md")).read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["tf_lsh_ops", "tf_lsh_ops.*", "keras_layers", "keras_layers.*"]),
+    packages=find_packages(
+        include=["tf_lsh_ops", "tf_lsh_ops.*", "keras_layers", "keras_layers.*"]
+    ),
     install_requires=[TENSORFLOW, "keras>=3.10,<3.16"],
     cmdclass={"build_py": BuildWithBazel},
     distclass=BinaryDistribution,

@@ -13,17 +13,28 @@ layer of N neurons of which each example uses K (random uniform indices in [0, N
 
 Two times are measured per method: `forward` (outputs only) and `forward_backward` (outputs and
 the gradients w.r.t. inputs, weights and biases, given a fixed random upstream gradient; the
-outputs are returned too so that the forward pass cannot be pruned). `weights` and `biases` are
-`tf.Variable`s, as in training. Each method is a `tf.function`, traced once before timing and
-warmed up; the methods of a configuration are then timed round-robin (so that background load
-affects all of them alike) with `time.perf_counter`, and the median is reported. Every returned
-tensor (including the parts of `tf.IndexedSlices`, never densified) is materialised with
-`.numpy()` (zero-copy on CPU) inside the timed region.
+outputs are returned too so that the forward pass cannot be pruned).
+
+`weights` and `biases` are `tf.Variable`s, as in training, and each method has its own copy: once
+a variable has been read sparsely (`tf.gather` on it, or a sparse optimizer update), TensorFlow
+switches it to copy-on-read mode, and from then on every dense read (`ReadVariableOp`, which is
+how the op and `tf.matmul` see the variable) copies the whole [N, D] matrix. Sharing variables
+would thus charge the op and dense for gather_einsum's gathers. The op's cost in that situation,
+which is what training with sparse updates will see, is reported as the informational method
+`op_copy_on_read` (the op on variables that were read sparsely once before timing); it is not
+part of the speedups or targets.
+
+Each method is a `tf.function`, traced once before timing and warmed up; the methods of a
+configuration are then timed round-robin (so that background load affects all of them alike) with
+`time.perf_counter`, and the median is reported. Every returned tensor (including the parts of
+`tf.IndexedSlices`, never densified) is resolved with `memoryview` (zero-copy on CPU; `.numpy()`
+would copy) inside the timed region.
 
 Also reported: speedups of the op over the two baselines, the op's achieved bandwidth over weight
 rows (forward: B*K*D*4 bytes; forward+backward: 2*B*K*D*4 bytes read for the outputs and
 d_inputs plus U*D*4 bytes of d_weights written, U = distinct rows), a correctness check of the
-op against the baselines, and pass/fail of the performance targets.
+op against the baselines, the time of a trivial tf.function call (a floor for every median), and
+pass/fail of the performance targets.
 
 Usage: python benchmarks/bench_sparse_gather_matmul.py [--quick | --full] [--threads N]
 Prints one JSON document to stdout; progress goes to stderr.
@@ -50,7 +61,7 @@ BATCH = 128
 DIM = 128
 SEED = 0
 BYTES_PER_FLOAT = 4
-METHODS = ("op", "gather_einsum", "dense")
+METHODS = ("op", "gather_einsum", "dense", "op_copy_on_read")
 PHASES = ("forward", "forward_backward")
 
 # Grids and timing budgets: `reps` rounds at most, but a configuration stops after the round
@@ -115,7 +126,7 @@ def machine_info():
     }
 
 
-# --- The methods: each returns (forward_fn, forward_backward_fn), both tf.functions. ----------
+# --- The methods: a forward function each, and its forward+backward by autodiff. ------------
 
 
 def _with_gradients(forward):
@@ -145,19 +156,36 @@ def _dense_forward(x, w, b, idx):
     return tf.matmul(x, w, transpose_b=True) + b
 
 
-FORWARDS = {"op": _op_forward, "gather_einsum": _gather_einsum_forward, "dense": _dense_forward}
+FORWARDS = {
+    "op": _op_forward,
+    "gather_einsum": _gather_einsum_forward,
+    "dense": _dense_forward,
+    "op_copy_on_read": _op_forward,
+}
 
 
 # --- Data and timing. -------------------------------------------------------------------------
 
 
+def make_variables(weights, biases, copy_on_read):
+    """A fresh (weights, biases) variable pair; optionally read sparsely once (copy-on-read)."""
+    variables = (tf.Variable(weights, name="weights"), tf.Variable(biases, name="biases"))
+    if copy_on_read:
+        for variable in variables:
+            tf.gather(variable, [0])  # Any sparse access switches the variable for good.
+    return variables
+
+
 def make_data(neurons, active, rng):
-    """Random inputs, variables, indices and upstream gradients for one configuration."""
+    """Random inputs, per-method variables, indices and upstream gradients for one config."""
     weights = rng.standard_normal((neurons, DIM), dtype=np.float32) * np.float32(DIM**-0.5)
+    biases = rng.standard_normal(neurons, dtype=np.float32)
     return {
         "x": tf.constant(rng.standard_normal((BATCH, DIM), dtype=np.float32)),
-        "w": tf.Variable(weights, name="weights"),
-        "b": tf.Variable(rng.standard_normal(neurons, dtype=np.float32), name="biases"),
+        "variables": {
+            method: make_variables(weights, biases, method == "op_copy_on_read")
+            for method in METHODS
+        },
         "idx": tf.constant(rng.integers(0, neurons, (BATCH, active), dtype=np.int32)),
         "upstream_sparse": tf.constant(rng.standard_normal((BATCH, active), dtype=np.float32)),
         "upstream_dense": tf.constant(rng.standard_normal((BATCH, neurons), dtype=np.float32)),
@@ -165,7 +193,7 @@ def make_data(neurons, active, rng):
 
 
 def call_args(method, phase, data):
-    args = (data["x"], data["w"], data["b"], data["idx"])
+    args = (data["x"], *data["variables"][method], data["idx"])
     if phase == "forward":
         return args
     upstream = data["upstream_dense" if method == "dense" else "upstream_sparse"]
@@ -173,9 +201,13 @@ def call_args(method, phase, data):
 
 
 def materialise(result):
-    """Blocks until every output (including IndexedSlices parts) is computed."""
+    """Blocks until every output (including IndexedSlices parts) is computed.
+
+    `memoryview` resolves each tensor without copying it; `.numpy()` would copy, which for the
+    dense [B, N] outputs and [N, D] gradients costs tens of milliseconds.
+    """
     for tensor in tf.nest.flatten(result, expand_composites=True):
-        tensor.numpy()
+        memoryview(tensor)
     return result
 
 
@@ -183,6 +215,14 @@ def timed_call(fn, args):
     start = time.perf_counter()
     materialise(fn(*args))
     return time.perf_counter() - start
+
+
+def call_overhead_s(reps=200):
+    """Median time of calling a trivial tf.function on a [B, D] tensor, for scale."""
+    fn = tf.function(lambda x: x + 1.0)
+    x = tf.zeros([BATCH, DIM])
+    materialise(fn(x))
+    return statistics.median(timed_call(fn, (x,)) for _ in range(reps))
 
 
 def build_functions(data):
@@ -275,6 +315,9 @@ def summarise(times, active, unique_rows):
             "forward_backward": backward_bytes / op["forward_backward"] / 1e9,
         },
         "op_weight_bytes": {"forward": forward_bytes, "forward_backward": backward_bytes},
+        "op_copy_on_read_slowdown": {
+            phase: medians["op_copy_on_read"][phase] / op[phase] for phase in PHASES
+        },
         "reps": len(times[("op", "forward")]),
     }
 
@@ -375,6 +418,7 @@ def main(argv=None):
             **{key: settings[key] for key in ("warmup", "reps", "min_reps", "budget_s")},
         },
         "results": results,
+        "tf_function_call_overhead_s": call_overhead_s(),
         "targets": evaluate_targets(results),
         "all_checks_ok": all(r["check"]["ok"] for r in results),
         "total_wall_s": time.perf_counter() - start,

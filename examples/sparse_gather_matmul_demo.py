@@ -16,9 +16,7 @@ BATCH, DIM, NEURONS, ACTIVE = 128, 128, 670_091, 3_000
 
 
 def gather_einsum(inputs, weights, biases, indices):
-    return tf.einsum("bd,bkd->bk", inputs, tf.gather(weights, indices)) + tf.gather(
-        biases, indices
-    )
+    return tf.einsum("bd,bkd->bk", inputs, tf.gather(weights, indices)) + tf.gather(biases, indices)
 
 
 def forward_backward(matmul, inputs, weights, biases, indices):
@@ -57,7 +55,9 @@ def main():
     for name, (loss, seconds) in results.items():
         print(f"  {name:34s} loss {loss:.6g}  forward+backward {seconds * 1e3:8.1f} ms")
     (ours_loss, ours), (ref_loss, ref) = results.values()
-    print(f"  same loss: {np.isclose(ours_loss, ref_loss, rtol=1e-4)};  speed-up: {ref / ours:.1f}x")
+    print(
+        f"  same loss: {np.isclose(ours_loss, ref_loss, rtol=1e-4)};  speed-up: {ref / ours:.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -1,10 +1,33 @@
 """TensorFlow ops for hashing-based sparse training (tf-lsh).
 
-`import tf_lsh_ops` loads the compiled op library once; it must be imported before loading a
-SavedModel that uses these ops.
+`import tf_lsh_ops` loads the compiled op library once; import it before loading a SavedModel
+that uses these ops.
 """
 
 from tf_lsh_ops._loader import LIBRARY_PATH
+from tf_lsh_ops.lsh import (
+    HASH_FAMILIES,
+    OVERFLOW_POLICIES,
+    QUERY_RULES,
+    bucket_bits,
+    build_tables,
+    hash_params,
+    lsh_hash,
+    query_tables,
+    update_tables,
+)
 from tf_lsh_ops.sparse_gather_matmul import sparse_gather_matmul
 
-__all__ = ["LIBRARY_PATH", "sparse_gather_matmul"]
+__all__ = [
+    "HASH_FAMILIES",
+    "LIBRARY_PATH",
+    "OVERFLOW_POLICIES",
+    "QUERY_RULES",
+    "bucket_bits",
+    "build_tables",
+    "hash_params",
+    "lsh_hash",
+    "query_tables",
+    "sparse_gather_matmul",
+    "update_tables",
+]

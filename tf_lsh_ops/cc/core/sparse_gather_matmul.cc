@@ -12,9 +12,11 @@ namespace {
 // prefetcher alone leaves the gather waiting on memory.
 constexpr int64_t kPrefetchDistance = 4;
 
-// Backward work is cut into this many blocks whatever the thread count, each with its own
-// grad_inputs accumulator: the sums, and so the results, are the same on any machine.
+// Backward work is cut into up to this many blocks, each with its own grad_inputs accumulator.
+// The count depends only on the shapes, never on the thread count: the sums, and so the
+// results, are the same on any machine. The accumulators take at most kAccumulatorBytes.
 constexpr int64_t kBackwardBlocks = 16;
+constexpr int64_t kAccumulatorBytes = int64_t{64} << 20;
 
 // Stable LSD radix sort of `keys` by bits [32, 32 + id_bits): the neuron id in the high half.
 void RadixSortByHighBits(std::vector<uint64_t>* keys, int id_bits) {
@@ -106,7 +108,9 @@ void SparseGatherMatmulBackward(const GatherMatmulShape& shape, const float* inp
   const std::vector<int32_t>& ids = rows.ids();
   const std::vector<int64_t>& offsets = rows.offsets();
   const std::vector<int64_t>& positions = rows.positions();
-  const int64_t blocks = std::min<int64_t>(kBackwardBlocks, std::max<int64_t>(num_rows, 1));
+  const int64_t accumulator_bytes = std::max<int64_t>(shape.batch * dim * sizeof(float), 1);
+  const int64_t blocks = std::max<int64_t>(
+      1, std::min({kBackwardBlocks, num_rows, kAccumulatorBytes / accumulator_bytes}));
   // Each block owns a grad_inputs accumulator; one pass over its rows reads every weight row
   // once and writes every gradient row once.
   std::vector<float> partial_grad_inputs(blocks * shape.batch * dim, 0.f);

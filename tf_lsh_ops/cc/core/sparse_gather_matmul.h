@@ -36,7 +36,11 @@ int64_t FindInvalidIndex(const int32_t* indices, int64_t count, int64_t num_neur
 // memory of size num_neurons.
 class ActiveRows {
  public:
-  // `indices` must hold only ids in [-1, num_neurons) (see FindInvalidIndex).
+  // Positions share a 64-bit sort key with the neuron id.
+  static constexpr int64_t kMaxPositions = int64_t{1} << 32;
+
+  // `indices` must hold only ids in [-1, num_neurons) (see FindInvalidIndex), and fewer than
+  // kMaxPositions entries.
   ActiveRows(const int32_t* indices, int64_t count);
 
   int64_t size() const { return static_cast<int64_t>(ids_.size()); }

@@ -15,6 +15,11 @@ using tensorflow::TensorShape;
 namespace {
 
 absl::Status CheckIndices(const char* op, const Tensor& indices, int64_t num_neurons) {
+  if (indices.NumElements() >= ActiveRows::kMaxPositions) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": indices has shape ",
+                                                   indices.shape().DebugString(),
+                                                   "; at most 2^32 - 1 entries are supported"));
+  }
   const int64_t bad = FindInvalidIndex(indices.flat<int32_t>().data(), indices.NumElements(),
                                        num_neurons);
   if (bad >= 0) {

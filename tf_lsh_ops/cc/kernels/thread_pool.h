@@ -11,7 +11,10 @@ inline ParallelFor TfParallelFor(tensorflow::OpKernelContext* ctx) {
   auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
   return [pool](int64_t total, int64_t cost_per_unit,
                 const std::function<void(int64_t, int64_t)>& fn) {
-    if (total > 0) pool->ParallelFor(total, cost_per_unit, fn);
+    if (total > 0) {
+      pool->ParallelFor(total, tsl::thread::ThreadPool::SchedulingParams::Adaptive(cost_per_unit),
+                        fn);
+    }
   };
 }
 

@@ -1,0 +1,573 @@
+"""Tests of `tf_lsh_ops.sparse_gather_matmul`: values, gradients, errors, graphs and Keras.
+
+Contract under test: inputs float32 [B, D], weights float32 [N, D] (neuron-major), biases
+float32 [N], indices int32 [B, K] with -1 meaning "no neuron" (output 0, no gradient);
+out[b, k] = dot(inputs[b], weights[indices[b, k]]) + biases[indices[b, k]]. The gradient is
+dense for inputs and a tf.IndexedSlices over the distinct rows used for weights and biases.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+try:
+    import tf_lsh_ops  # noqa: E402
+except ModuleNotFoundError:  # Not installed: use the source tree this file belongs to.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import tf_lsh_ops  # noqa: E402
+
+sparse_gather_matmul = tf_lsh_ops.sparse_gather_matmul
+
+OP = "SparseGatherMatmul"
+
+# (batch B, dim D, num_neurons N, active K).
+SHAPES = [
+    pytest.param(1, 7, 5, 1, id="B1-K1-D7"),
+    pytest.param(1, 1, 3, 4, id="B1-D1"),
+    pytest.param(2, 13, 4, 6, id="D13-K>N"),
+    pytest.param(4, 128, 40, 8, id="D128"),
+    pytest.param(5, 130, 20, 7, id="D130"),
+    pytest.param(3, 1, 2, 5, id="D1-N2"),
+    pytest.param(6, 33, 9, 3, id="D33"),
+    pytest.param(3, 0, 4, 2, id="D0"),
+    pytest.param(256, 128, 4096, 32, id="large-sharded"),
+    pytest.param(64, 37, 16, 48, id="heavy-duplicates"),
+    pytest.param(8, 2, (1 << 22) + 5, 5, id="ids-need-23-bits"),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def make_indices(rng, batch, num_neurons, active):
+    """Random ids in [0, N) with -1 padding, duplicates within and across rows, an all -1 row."""
+    idx = rng.integers(0, num_neurons, size=(batch, active)).astype(np.int32)
+    idx[rng.random((batch, active)) < 0.25] = -1
+    if batch * active == 0:
+        return idx
+    top = num_neurons - 1
+    idx[0, 0] = top  # the largest valid id
+    if active >= 2:
+        idx[0, 1] = top  # duplicate within a row
+    if active >= 3:
+        idx[0, 2] = -1  # padding
+    if batch >= 2:
+        idx[batch - 1, active - 1] = top  # the same id in another row
+    if batch >= 3:
+        idx[1, :] = -1  # a row with no neuron at all
+    if batch >= 4:
+        idx[2, 0] = 0  # the smallest valid id
+    return idx
+
+
+def make_case(seed, batch, dim, num_neurons, active):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, dim)).astype(np.float32)
+    w = rng.standard_normal((num_neurons, dim)).astype(np.float32)
+    b = rng.standard_normal(num_neurons).astype(np.float32)
+    idx = make_indices(rng, batch, num_neurons, active)
+    return x, w, b, idx
+
+
+def numpy_forward(x, w, b, idx):
+    """float64 reference of the forward pass."""
+    mask = idx >= 0
+    ids = np.where(mask, idx, 0)
+    x64, w64, b64 = x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)
+    out = np.einsum("bd,bkd->bk", x64, w64[ids]) + b64[ids]
+    return np.where(mask, out, 0.0)
+
+
+def numpy_grads(x, w, idx, grad_out):
+    """float64 reference gradients (dense) of sum(out * grad_out)."""
+    mask = idx >= 0
+    ids = np.where(mask, idx, 0)
+    g = np.where(mask, grad_out.astype(np.float64), 0.0)
+    dx = np.einsum("bk,bkd->bd", g, w.astype(np.float64)[ids])
+    dw = np.zeros(w.shape, np.float64)
+    db = np.zeros(w.shape[0], np.float64)
+    rows_b, rows_k = np.nonzero(mask)
+    np.add.at(dw, idx[rows_b, rows_k], g[rows_b, rows_k, None] * x[rows_b].astype(np.float64))
+    np.add.at(db, idx[rows_b, rows_k], g[rows_b, rows_k])
+    return dx, dw, db
+
+
+def reference_forward_tf(x, w, b, idx):
+    """The same function built from stock TF ops, for an autodiff reference."""
+    ids = tf.maximum(idx, 0)
+    mask = tf.cast(idx >= 0, tf.float32)
+    out = tf.einsum("bd,bkd->bk", x, tf.gather(w, ids)) + tf.gather(b, ids)
+    return out * mask
+
+
+def forward_and_grads(x, w, b, idx, grad_out):
+    """Eager forward and gradients of sum(out * grad_out) w.r.t. inputs, weights, biases."""
+    x, w, b = tf.constant(x), tf.constant(w), tf.constant(b)
+    with tf.GradientTape() as tape:
+        tape.watch([x, w, b])
+        out = sparse_gather_matmul(x, w, b, tf.constant(idx))
+        loss = tf.reduce_sum(out * grad_out)
+    dx, dw, db = tape.gradient(loss, [x, w, b])
+    return out, dx, dw, db
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Forward values
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch,dim,num_neurons,active", SHAPES)
+def test_forward_matches_numpy(batch, dim, num_neurons, active):
+    x, w, b, idx = make_case(1, batch, dim, num_neurons, active)
+    out = sparse_gather_matmul(x, w, b, idx).numpy()
+
+    assert out.dtype == np.float32
+    assert out.shape == (batch, active)
+    np.testing.assert_allclose(out, numpy_forward(x, w, b, idx), rtol=1e-4, atol=1e-4)
+    # Padding gives exactly zero, not just a small number.
+    assert np.all(out[idx == -1] == 0.0)
+
+
+def test_forward_documented_example():
+    x = tf.constant([[1.0, 2.0]])
+    w = tf.constant([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    b = tf.constant([0.0, 0.0, 5.0])
+    out = sparse_gather_matmul(x, w, b, tf.constant([[2, -1]]))
+    np.testing.assert_array_equal(out.numpy(), [[8.0, 0.0]])
+
+
+def test_forward_all_padding_is_zero():
+    x, w, b, _ = make_case(2, 4, 9, 6, 5)
+    idx = np.full((4, 5), -1, np.int32)
+    np.testing.assert_array_equal(sparse_gather_matmul(x, w, b, idx).numpy(), np.zeros((4, 5)))
+
+
+@pytest.mark.parametrize("batch,active", [(0, 3), (4, 0), (0, 0)])
+def test_empty_batch_or_active(batch, active):
+    dim, num_neurons = 5, 4
+    x, w, b, idx = make_case(3, batch, dim, num_neurons, active)
+    out, dx, dw, db = forward_and_grads(x, w, b, idx, np.ones((batch, active), np.float32))
+
+    assert out.shape == (batch, active)
+    assert dx.shape == (batch, dim)
+    np.testing.assert_array_equal(dx.numpy(), np.zeros((batch, dim)))
+    for grad, dense_shape in ((dw, (num_neurons, dim)), (db, (num_neurons,))):
+        assert isinstance(grad, tf.IndexedSlices)
+        assert grad.indices.shape[0] == 0
+        assert tuple(grad.dense_shape.numpy()) == dense_shape
+        np.testing.assert_array_equal(tf.convert_to_tensor(grad).numpy(), np.zeros(dense_shape))
+
+    # Also with an unknown batch dimension in a graph.
+    fn = tf.function(
+        sparse_gather_matmul,
+        input_signature=[
+            tf.TensorSpec([None, dim], tf.float32),
+            tf.TensorSpec([num_neurons, dim], tf.float32),
+            tf.TensorSpec([num_neurons], tf.float32),
+            tf.TensorSpec([None, None], tf.int32),
+        ],
+    )
+    assert fn(x, w, b, idx).shape == (batch, active)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Gradients
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch,dim,num_neurons,active", SHAPES)
+def test_gradients_match_autodiff_reference(batch, dim, num_neurons, active):
+    x, w, b, idx = make_case(4, batch, dim, num_neurons, active)
+    grad_out = np.random.default_rng(5).standard_normal((batch, active)).astype(np.float32)
+
+    out, dx, dw, db = forward_and_grads(x, w, b, idx, grad_out)
+
+    xt, wt, bt = tf.constant(x), tf.constant(w), tf.constant(b)
+    with tf.GradientTape() as tape:
+        tape.watch([xt, wt, bt])
+        ref_out = reference_forward_tf(xt, wt, bt, tf.constant(idx))
+        ref_loss = tf.reduce_sum(ref_out * grad_out)
+    ref_dx, ref_dw, ref_db = tape.gradient(ref_loss, [xt, wt, bt])
+
+    tol = dict(rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out.numpy(), ref_out.numpy(), **tol)
+    np.testing.assert_allclose(dx.numpy(), ref_dx.numpy(), **tol)
+    np.testing.assert_allclose(
+        tf.convert_to_tensor(dw).numpy(), tf.convert_to_tensor(ref_dw).numpy(), **tol
+    )
+    np.testing.assert_allclose(
+        tf.convert_to_tensor(db).numpy(), tf.convert_to_tensor(ref_db).numpy(), **tol
+    )
+
+    # And against an independent float64 NumPy reference (duplicates summed, -1 skipped).
+    np_dx, np_dw, np_db = numpy_grads(x, w, idx, grad_out)
+    np.testing.assert_allclose(dx.numpy(), np_dx, **tol)
+    np.testing.assert_allclose(tf.convert_to_tensor(dw).numpy(), np_dw, **tol)
+    np.testing.assert_allclose(tf.convert_to_tensor(db).numpy(), np_db, **tol)
+
+
+@pytest.mark.parametrize("wrt", ["inputs", "weights", "biases"])
+def test_gradient_matches_numerical_jacobian(wrt):
+    rng = np.random.default_rng(6)
+    batch, dim, num_neurons, active = 3, 5, 6, 4
+    args = {
+        "inputs": tf.constant(rng.uniform(-1, 1, (batch, dim)).astype(np.float32)),
+        "weights": tf.constant(rng.uniform(-1, 1, (num_neurons, dim)).astype(np.float32)),
+        "biases": tf.constant(rng.uniform(-1, 1, num_neurons).astype(np.float32)),
+    }
+    # Duplicates within and across rows, padding, an all -1 row, and an unused neuron (4).
+    idx = tf.constant([[5, 0, 5, -1], [-1, -1, -1, -1], [2, 3, 0, 1]], tf.int32)
+
+    def f(value):
+        call_args = dict(args, **{wrt: value})
+        return sparse_gather_matmul(
+            call_args["inputs"], call_args["weights"], call_args["biases"], idx
+        )
+
+    theoretical, numerical = tf.test.compute_gradient(f, [args[wrt]], delta=1e-2)
+    theoretical, numerical = theoretical[0], numerical[0]
+    assert theoretical.shape == numerical.shape == (batch * active, args[wrt].shape.num_elements())
+    assert np.abs(theoretical).max() > 0.1  # the check is not comparing zeros with zeros
+    np.testing.assert_allclose(theoretical, numerical, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize(
+    "indices",
+    [
+        pytest.param([[3, 1, 3], [-1, 1, 7], [-1, -1, -1], [0, 7, 3]], id="mixed"),
+        pytest.param([[2, 2, 2], [2, 2, 2]], id="one-id-repeated"),
+        pytest.param([[-1, -1], [-1, -1]], id="all-padding"),
+        pytest.param([[7], [6], [5], [4]], id="all-distinct"),
+    ],
+)
+def test_sparse_gradients_are_indexed_slices_over_used_rows(indices):
+    idx = np.array(indices, np.int32)
+    batch, active = idx.shape
+    dim, num_neurons = 6, 8
+    rng = np.random.default_rng(7)
+    x = tf.constant(rng.standard_normal((batch, dim)).astype(np.float32))
+    w = tf.Variable(rng.standard_normal((num_neurons, dim)).astype(np.float32))
+    b = tf.Variable(rng.standard_normal(num_neurons).astype(np.float32))
+    grad_out = rng.standard_normal((batch, active)).astype(np.float32)
+
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(sparse_gather_matmul(x, w, b, idx) * grad_out)
+    dw, db = tape.gradient(loss, [w, b])
+
+    used = sorted(set(idx[idx >= 0].tolist()))
+    _, np_dw, np_db = numpy_grads(x.numpy(), w.numpy(), idx, grad_out)
+    for grad, dense_shape, dense_ref in (
+        (dw, (num_neurons, dim), np_dw),
+        (db, (num_neurons,), np_db),
+    ):
+        assert isinstance(grad, tf.IndexedSlices)
+        rows = grad.indices.numpy()
+        assert len(np.unique(rows)) == len(rows), f"repeated rows {rows}"
+        assert -1 not in rows
+        assert sorted(rows.tolist()) == used
+        assert tuple(grad.dense_shape.numpy()) == dense_shape
+        assert grad.values.shape == (len(used),) + dense_shape[1:]
+        # Documented by SparseGatherMatmulGrad: the rows are sorted by neuron id.
+        np.testing.assert_array_equal(rows, used)
+        # Each row holds the sum over all its uses.
+        np.testing.assert_allclose(grad.values.numpy(), dense_ref[rows], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(dw.indices.numpy(), db.indices.numpy())
+
+
+def test_padding_and_unused_rows_are_never_read():
+    x, w, b, _ = make_case(11, 4, 10, 8, 3)
+    idx = np.array([[0, -1, 2], [-1, -1, -1], [2, 5, -1], [5, 0, 0]], np.int32)
+    unused = [1, 3, 4, 6, 7]
+    w_poisoned, b_poisoned = w.copy(), b.copy()
+    w_poisoned[unused] = np.nan
+    b_poisoned[unused] = np.inf
+    grad_out = np.random.default_rng(11).standard_normal(idx.shape).astype(np.float32)
+    grad_out_poisoned = np.where(idx == -1, np.float32(np.nan), grad_out)
+
+    clean = forward_and_grads(x, w, b, idx, np.where(idx == -1, 0, grad_out).astype(np.float32))
+    poisoned = forward_and_grads(x, w_poisoned, b_poisoned, idx, grad_out_poisoned)
+    for c, p in zip(clean, poisoned, strict=True):
+        c, p = tf.convert_to_tensor(c).numpy(), tf.convert_to_tensor(p).numpy()
+        assert np.all(np.isfinite(p))
+        np.testing.assert_array_equal(p, c)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Bad input
+# ---------------------------------------------------------------------------------------------
+
+
+def _good():
+    """A valid call: B=2, D=3, N=4, K=2."""
+    return {
+        "inputs": np.ones((2, 3), np.float32),
+        "weights": np.ones((4, 3), np.float32),
+        "biases": np.zeros(4, np.float32),
+        "indices": np.array([[0, -1], [3, 3]], np.int32),
+    }
+
+
+def _with(**changes):
+    args = _good()
+    args.update(changes)
+    return args
+
+
+def _bad_index(value):
+    idx = _good()["indices"].copy()
+    idx[-1, -1] = value  # the very last element, to catch off-by-one scans
+    return _with(indices=idx)
+
+
+ERROR_CASES = [
+    pytest.param(_with(inputs=np.ones((2, 5), np.float32)), ["inputs", "weights"], id="dim"),
+    pytest.param(_with(biases=np.zeros(5, np.float32)), ["weights", "biases"], id="rows"),
+    pytest.param(_with(inputs=np.ones((3, 3), np.float32)), ["inputs", "indices"], id="batch"),
+    pytest.param(_with(inputs=np.ones(3, np.float32)), ["inputs"], id="inputs-rank1"),
+    pytest.param(_with(inputs=np.ones((2, 3, 1), np.float32)), ["inputs"], id="inputs-rank3"),
+    pytest.param(_with(weights=np.ones(3, np.float32)), ["weights"], id="weights-rank1"),
+    pytest.param(_with(weights=np.ones((4, 3, 1), np.float32)), ["weights"], id="weights-rank3"),
+    pytest.param(_with(biases=np.float32(0.0)), ["biases"], id="biases-rank0"),
+    pytest.param(_with(biases=np.zeros((4, 1), np.float32)), ["biases"], id="biases-rank2"),
+    pytest.param(_with(indices=np.array([0, 1], np.int32)), ["indices"], id="indices-rank1"),
+    pytest.param(_with(indices=np.zeros((2, 2, 1), np.int32)), ["indices"], id="indices-rank3"),
+    pytest.param(_bad_index(4), ["indices"], id="index-eq-N"),
+    pytest.param(_bad_index(-2), ["indices"], id="index-minus2"),
+    pytest.param(_bad_index(np.iinfo(np.int32).min), ["indices"], id="index-int32-min"),
+    pytest.param(_with(indices=np.array([[0, 1], [2, 3]], np.int64)), ["indices"], id="int64"),
+    pytest.param(_with(inputs=np.ones((2, 3), np.float64)), ["inputs"], id="inputs-f64"),
+    pytest.param(_with(weights=np.ones((4, 3), np.float64)), ["weights"], id="weights-f64"),
+    pytest.param(_with(biases=np.zeros(4, np.float64)), ["biases"], id="biases-f64"),
+]
+
+_ARG_ORDER = ("inputs", "weights", "biases", "indices")
+
+
+def _assert_names_op_and_args(error, arg_names):
+    """Some line of the message starts the op's own text and names every argument involved."""
+    lines = [line for line in str(error).splitlines() if f"{OP}:" in line]
+    assert lines, f"no '{OP}:' in error message:\n{error}"
+    assert any(
+        all(re.search(rf"\b{name}\b", line.split(f"{OP}:", 1)[1]) for name in arg_names)
+        for line in lines
+    ), f"message does not name {arg_names}:\n{error}"
+
+
+@pytest.mark.parametrize("args,arg_names", ERROR_CASES)
+@pytest.mark.parametrize("mode", ["eager", "function", "function-unknown-shapes"])
+def test_bad_input_raises_named_error(mode, args, arg_names):
+    tensors = [tf.constant(args[name]) for name in _ARG_ORDER]
+    if mode == "eager":
+        expected = tf.errors.InvalidArgumentError
+        fn = sparse_gather_matmul
+    elif mode == "function":
+        # Static shapes: the shape function may reject the call while tracing.
+        expected = (tf.errors.InvalidArgumentError, ValueError)
+        fn = tf.function(sparse_gather_matmul)
+    else:
+        # No static shapes: only the kernel (or the dtype check) can catch the error.
+        expected = tf.errors.InvalidArgumentError
+        fn = tf.function(
+            sparse_gather_matmul,
+            input_signature=[tf.TensorSpec(None, t.dtype) for t in tensors],
+        )
+    with pytest.raises(expected) as info:
+        fn(*tensors)
+    _assert_names_op_and_args(info.value, arg_names)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. tf.function
+# ---------------------------------------------------------------------------------------------
+
+
+def test_tf_function_with_unknown_batch_matches_eager():
+    dim, num_neurons, active = 19, 30, 6
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, dim], tf.float32),
+            tf.TensorSpec([num_neurons, dim], tf.float32),
+            tf.TensorSpec([num_neurons], tf.float32),
+            tf.TensorSpec([None, active], tf.int32),
+            tf.TensorSpec([None, active], tf.float32),
+        ]
+    )
+    def graph_fn(x, w, b, idx, grad_out):
+        with tf.GradientTape() as tape:
+            tape.watch([x, w, b])
+            out = sparse_gather_matmul(x, w, b, idx)
+            loss = tf.reduce_sum(out * grad_out)
+        dx, dw, db = tape.gradient(loss, [x, w, b])
+        return out, dx, dw.indices, dw.values, db.indices, db.values
+
+    static_out = graph_fn.get_concrete_function().structured_outputs[0]
+    assert static_out.shape.as_list() == [None, active]
+
+    for seed, batch in enumerate([1, 7, 40]):
+        x, w, b, idx = make_case(10 + seed, batch, dim, num_neurons, active)
+        grad_out = np.random.default_rng(seed).standard_normal((batch, active)).astype(np.float32)
+        graph = [t.numpy() for t in graph_fn(x, w, b, idx, grad_out)]
+        out, dx, dw, db = forward_and_grads(x, w, b, idx, grad_out)
+        eager = [t.numpy() for t in (out, dx, dw.indices, dw.values, db.indices, db.values)]
+        for g, e in zip(graph, eager, strict=True):
+            np.testing.assert_array_equal(g, e)
+        np.testing.assert_allclose(graph[0], numpy_forward(x, w, b, idx), rtol=1e-4, atol=1e-4)
+
+    assert graph_fn.experimental_get_tracing_count() == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Keras 3
+# ---------------------------------------------------------------------------------------------
+
+
+class SparseGatherDense(keras.layers.Layer):
+    """Computes the outputs of a fixed set of neurons per example."""
+
+    def __init__(self, num_neurons, indices, **kwargs):
+        super().__init__(**kwargs)
+        self.num_neurons = num_neurons
+        self.indices = np.asarray(indices, np.int32)
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(self.num_neurons, dim),
+            initializer=keras.initializers.RandomNormal(seed=1),
+        )
+        self.bias = self.add_weight(
+            name="bias",
+            shape=(self.num_neurons,),
+            initializer=keras.initializers.RandomNormal(seed=2),
+        )
+
+    def call(self, x):
+        return sparse_gather_matmul(x, self.kernel, self.bias, tf.constant(self.indices))
+
+
+def test_keras_fit_updates_only_active_rows():
+    dim, num_neurons, learning_rate = 6, 12, 0.1
+    indices = np.array([[0, 3, -1], [3, 7, 7], [-1, -1, -1], [10, 0, 5]], np.int32)
+    batch, active = indices.shape
+    used = sorted(set(indices[indices >= 0].tolist()))
+    unused = sorted(set(range(num_neurons)) - set(used))
+
+    layer = SparseGatherDense(num_neurons, indices)
+    inputs = keras.Input(shape=(dim,), batch_size=batch)
+    model = keras.Model(inputs, layer(inputs))
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=learning_rate),
+        loss="mse",
+        jit_compile=False,
+    )
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((batch, dim)).astype(np.float32)
+    y = rng.standard_normal((batch, active)).astype(np.float32)
+    kernel_before = np.array(layer.kernel.numpy())
+    bias_before = np.array(layer.bias.numpy())
+
+    model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 1
+
+    kernel_after = layer.kernel.numpy()
+    bias_after = layer.bias.numpy()
+    assert np.array_equal(kernel_after[unused], kernel_before[unused])
+    assert np.array_equal(bias_after[unused], bias_before[unused])
+    for row in used:
+        assert not np.array_equal(kernel_after[row], kernel_before[row]), f"kernel row {row}"
+        assert bias_after[row] != bias_before[row], f"bias row {row}"
+
+    # The step is plain SGD on the mean-squared error.
+    out = numpy_forward(x, kernel_before, bias_before, indices)
+    grad_out = 2.0 * (out - y) / (batch * active)
+    _, dw, db = numpy_grads(x, kernel_before, indices, grad_out)
+    np.testing.assert_allclose(kernel_after, kernel_before - learning_rate * dw, atol=1e-5)
+    np.testing.assert_allclose(bias_after, bias_before - learning_rate * db, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Determinism
+# ---------------------------------------------------------------------------------------------
+
+
+def test_forward_and_gradient_are_deterministic():
+    # Many examples sharing few neurons: the gradient sums run across threads' shards.
+    batch, dim, num_neurons, active = 512, 67, 24, 32
+    x, w, b, idx = make_case(9, batch, dim, num_neurons, active)
+    grad_out = np.random.default_rng(9).standard_normal((batch, active)).astype(np.float32)
+
+    def run():
+        out, dx, dw, db = forward_and_grads(x, w, b, idx, grad_out)
+        return [t.numpy() for t in (out, dx, dw.indices, dw.values, db.indices, db.values)]
+
+    first, second = run(), run()
+    for a, c in zip(first, second, strict=True):
+        assert a.dtype == c.dtype and a.shape == c.shape
+        assert np.array_equal(a, c)  # bitwise, not approximately
+
+
+_THREADS_CHILD = """
+import sys
+import numpy as np
+import tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+import tf_lsh_ops
+data = np.load(sys.argv[1])
+x, w, b = (tf.constant(data[k]) for k in ("x", "w", "b"))
+with tf.GradientTape() as tape:
+    tape.watch([x, w, b])
+    out = tf_lsh_ops.sparse_gather_matmul(x, w, b, tf.constant(data["idx"]))
+    loss = tf.reduce_sum(out * data["grad_out"])
+dx, dw, db = tape.gradient(loss, [x, w, b])
+np.savez(sys.argv[2], out=out, dx=dx, dw_indices=dw.indices, dw_values=dw.values,
+         db_indices=db.indices, db_values=db.values)
+"""
+
+
+def test_results_do_not_depend_on_thread_count(tmp_path):
+    """Documented: the same bits whatever the number of threads (here: default vs one)."""
+    batch, dim, num_neurons, active = 384, 45, 40, 24
+    x, w, b, idx = make_case(12, batch, dim, num_neurons, active)
+    grad_out = np.random.default_rng(12).standard_normal((batch, active)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x, w=w, b=b, idx=idx, grad_out=grad_out)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    subprocess.run(
+        [sys.executable, "-c", _THREADS_CHILD, str(tmp_path / "in.npz"), str(tmp_path / "out")],
+        check=True,
+        env=env,
+        timeout=120,
+    )
+    single = np.load(tmp_path / "out.npz")
+
+    out, dx, dw, db = forward_and_grads(x, w, b, idx, grad_out)
+    here = {
+        "out": out,
+        "dx": dx,
+        "dw_indices": dw.indices,
+        "dw_values": dw.values,
+        "db_indices": db.indices,
+        "db_values": db.values,
+    }
+    for name, value in here.items():
+        assert np.array_equal(value.numpy(), single[name]), name
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(pytest.main([__file__, "-q"]))

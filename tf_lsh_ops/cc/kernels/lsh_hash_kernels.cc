@@ -1,0 +1,256 @@
+// Kernels of the hash ops (SimHash and (densified) WTA, dense and sparse inputs).
+#include <vector>
+
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tf_lsh_ops/cc/core/lsh_hash.h"
+#include "tf_lsh_ops/cc/kernels/input_checks.h"
+#include "tf_lsh_ops/cc/kernels/thread_pool.h"
+
+namespace tf_lsh {
+
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+
+namespace {
+
+// A 2-D SparseTensor regrouped by row (CSR), after checking its indices.
+struct SparseRows {
+  int64_t batch = 0, dim = 0;
+  std::vector<int64_t> row_offsets, feature_ids;
+  std::vector<float> values;
+};
+
+absl::Status ReadSparseInputs(const char* op, OpKernelContext* ctx, SparseRows* rows) {
+  const Tensor& indices = ctx->input(0);
+  const Tensor& values = ctx->input(1);
+  const Tensor& dense_shape = ctx->input(2);
+  TF_RETURN_IF_ERROR(CheckRank(op, "sparse_indices", indices, 2));
+  TF_RETURN_IF_ERROR(CheckRank(op, "sparse_values", values, 1));
+  TF_RETURN_IF_ERROR(CheckRank(op, "dense_shape", dense_shape, 1));
+  if (dense_shape.NumElements() != 2 || indices.dim_size(1) != 2 ||
+      indices.dim_size(0) != values.dim_size(0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": inputs must be a 2-D SparseTensor; got indices ", indices.shape().DebugString(),
+        ", values ", values.shape().DebugString(), ", dense_shape ",
+        dense_shape.shape().DebugString()));
+  }
+  rows->batch = dense_shape.flat<int64_t>()(0);
+  rows->dim = dense_shape.flat<int64_t>()(1);
+  if (rows->batch < 0 || rows->dim < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": dense_shape must be non-negative"));
+  }
+  const auto index = indices.matrix<int64_t>();
+  const auto value = values.flat<float>();
+  const int64_t nnz = values.NumElements();
+  rows->row_offsets.assign(rows->batch + 1, 0);
+  for (int64_t i = 0; i < nnz; ++i) {
+    if (index(i, 0) < 0 || index(i, 0) >= rows->batch || index(i, 1) < 0 ||
+        index(i, 1) >= rows->dim) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          op, ": sparse index [", index(i, 0), ", ", index(i, 1), "] (entry ", i,
+          ") is outside dense_shape [", rows->batch, ", ", rows->dim, "]"));
+    }
+    ++rows->row_offsets[index(i, 0) + 1];
+  }
+  for (int64_t b = 0; b < rows->batch; ++b) rows->row_offsets[b + 1] += rows->row_offsets[b];
+  std::vector<int64_t> next(rows->row_offsets.begin(), rows->row_offsets.end() - 1);
+  rows->feature_ids.resize(nnz);
+  rows->values.resize(nnz);
+  for (int64_t i = 0; i < nnz; ++i) {
+    const int64_t slot = next[index(i, 0)]++;
+    rows->feature_ids[slot] = index(i, 1);
+    rows->values[slot] = value(i);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseMips(OpKernelConstruction* ctx, MipsSide* mips) {
+  std::string side;
+  TF_RETURN_IF_ERROR(ctx->GetAttr("mips", &side));
+  *mips = side == "data" ? MipsSide::kData : side == "query" ? MipsSide::kQuery : MipsSide::kNone;
+  return absl::OkStatus();
+}
+
+// Common attrs and output allocation of the four hash ops.
+class LshHashOpBase : public OpKernel {
+ public:
+  explicit LshHashOpBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_tables", &num_tables_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_hashes", &num_hashes_));
+  }
+
+ protected:
+  LshShape Shape(int64_t batch, int64_t dim) const {
+    return {batch, dim, num_tables_, num_hashes_};
+  }
+
+  int32_t* AllocateCodes(OpKernelContext* ctx, int64_t batch) {
+    Tensor* codes = nullptr;
+    const absl::Status status =
+        ctx->allocate_output(0, TensorShape({batch, num_tables_}), &codes);
+    if (!status.ok()) {
+      ctx->SetStatus(status);
+      return nullptr;
+    }
+    return codes->flat<int32_t>().data();
+  }
+
+  int64_t num_tables_, num_hashes_;
+};
+
+class SrpHashOpBase : public LshHashOpBase {
+ public:
+  explicit SrpHashOpBase(OpKernelConstruction* ctx) : LshHashOpBase(ctx) {
+    OP_REQUIRES_OK(ctx, ParseMips(ctx, &mips_));
+    OP_REQUIRES(ctx, num_hashes_ <= 30,
+                absl::InvalidArgumentError(absl::StrCat(
+                    name(), ": num_hashes (bits per table) must be in [1, 30], got ",
+                    num_hashes_)));
+  }
+
+ protected:
+  // Checks projections [dim (+1 with MIPS), L * K] and max_norm against inputs of width `dim`.
+  absl::Status CheckParams(const char* op, const Tensor& projections, const Tensor& max_norm,
+                           int64_t dim) const {
+    TF_RETURN_IF_ERROR(CheckRank(op, "projections", projections, 2));
+    const int64_t rows = dim + (mips_ == MipsSide::kNone ? 0 : 1);
+    if (projections.dim_size(0) != rows ||
+        projections.dim_size(1) != num_tables_ * num_hashes_) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          op, ": projections must have shape [", rows, ", ", num_tables_ * num_hashes_,
+          "] (input width ", dim, mips_ == MipsSide::kNone ? "" : " + 1 for MIPS",
+          ", num_tables * num_hashes), got ", projections.shape().DebugString()));
+    }
+    if (max_norm.NumElements() != 1) {
+      return absl::InvalidArgumentError(absl::StrCat(op, ": max_norm must be a scalar, got ",
+                                                     max_norm.shape().DebugString()));
+    }
+    if (mips_ == MipsSide::kData && !(max_norm.flat<float>()(0) > 0.f)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          op, ": max_norm must be positive for mips='data', got ", max_norm.flat<float>()(0)));
+    }
+    return absl::OkStatus();
+  }
+
+  MipsSide mips_;
+};
+
+class LshSrpHashOp : public SrpHashOpBase {
+ public:
+  using SrpHashOpBase::SrpHashOpBase;
+
+  void Compute(OpKernelContext* ctx) override {
+    constexpr char kOp[] = "LshSrpHash";
+    const Tensor& inputs = ctx->input(0);
+    OP_REQUIRES_OK(ctx, CheckRank(kOp, "inputs", inputs, 2));
+    OP_REQUIRES_OK(ctx, CheckParams(kOp, ctx->input(1), ctx->input(2), inputs.dim_size(1)));
+    const LshShape shape = Shape(inputs.dim_size(0), inputs.dim_size(1));
+    int32_t* codes = AllocateCodes(ctx, shape.batch);
+    if (codes == nullptr) return;
+    SrpHashDense(shape, inputs.flat<float>().data(), ctx->input(1).flat<float>().data(), mips_,
+                 ctx->input(2).flat<float>()(0), codes, TfParallelFor(ctx));
+  }
+};
+
+class LshSrpHashSparseOp : public SrpHashOpBase {
+ public:
+  using SrpHashOpBase::SrpHashOpBase;
+
+  void Compute(OpKernelContext* ctx) override {
+    constexpr char kOp[] = "LshSrpHashSparse";
+    SparseRows rows;
+    OP_REQUIRES_OK(ctx, ReadSparseInputs(kOp, ctx, &rows));
+    OP_REQUIRES_OK(ctx, CheckParams(kOp, ctx->input(3), ctx->input(4), rows.dim));
+    const LshShape shape = Shape(rows.batch, rows.dim);
+    int32_t* codes = AllocateCodes(ctx, shape.batch);
+    if (codes == nullptr) return;
+    SrpHashSparse(shape, rows.row_offsets.data(), rows.feature_ids.data(), rows.values.data(),
+                  ctx->input(3).flat<float>().data(), mips_, ctx->input(4).flat<float>()(0), codes,
+                  TfParallelFor(ctx));
+  }
+};
+
+class WtaHashOpBase : public LshHashOpBase {
+ public:
+  explicit WtaHashOpBase(OpKernelConstruction* ctx) : LshHashOpBase(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("densified", &densified_));
+  }
+
+ protected:
+  // Checks bins [L * K, bin_size] (coordinates in [0, dim)).
+  absl::Status CheckBins(const char* op, const Tensor& bins, int64_t dim) const {
+    TF_RETURN_IF_ERROR(CheckRank(op, "bins", bins, 2));
+    const int64_t bin_size = bins.dim_size(1);
+    if (bins.dim_size(0) != num_tables_ * num_hashes_ || bin_size < 2 ||
+        (bin_size & (bin_size - 1)) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          op, ": bins must have shape [num_tables * num_hashes = ", num_tables_ * num_hashes_,
+          ", bin_size] with bin_size a power of two >= 2, got ", bins.shape().DebugString()));
+    }
+    if (num_hashes_ * WtaHashBits(bin_size) > 30) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          op, ": num_hashes * log2(bin_size) = ", num_hashes_ * WtaHashBits(bin_size),
+          " bits per table; at most 30 are allowed"));
+    }
+    const auto flat = bins.flat<int32_t>();
+    for (int64_t i = 0; i < flat.size(); ++i) {
+      if (flat(i) < 0 || flat(i) >= dim) {
+        return absl::InvalidArgumentError(absl::StrCat(op, ": bins holds coordinate ", flat(i),
+                                                       ", outside the input width [0, ", dim,
+                                                       ")"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  bool densified_;
+};
+
+class LshWtaHashOp : public WtaHashOpBase {
+ public:
+  using WtaHashOpBase::WtaHashOpBase;
+
+  void Compute(OpKernelContext* ctx) override {
+    constexpr char kOp[] = "LshWtaHash";
+    const Tensor& inputs = ctx->input(0);
+    OP_REQUIRES_OK(ctx, CheckRank(kOp, "inputs", inputs, 2));
+    OP_REQUIRES_OK(ctx, CheckBins(kOp, ctx->input(1), inputs.dim_size(1)));
+    const LshShape shape = Shape(inputs.dim_size(0), inputs.dim_size(1));
+    int32_t* codes = AllocateCodes(ctx, shape.batch);
+    if (codes == nullptr) return;
+    WtaHashDense(shape, inputs.flat<float>().data(), ctx->input(1).flat<int32_t>().data(),
+                 ctx->input(1).dim_size(1), densified_, codes, TfParallelFor(ctx));
+  }
+};
+
+class LshWtaHashSparseOp : public WtaHashOpBase {
+ public:
+  using WtaHashOpBase::WtaHashOpBase;
+
+  void Compute(OpKernelContext* ctx) override {
+    constexpr char kOp[] = "LshWtaHashSparse";
+    SparseRows rows;
+    OP_REQUIRES_OK(ctx, ReadSparseInputs(kOp, ctx, &rows));
+    OP_REQUIRES_OK(ctx, CheckBins(kOp, ctx->input(3), rows.dim));
+    const LshShape shape = Shape(rows.batch, rows.dim);
+    int32_t* codes = AllocateCodes(ctx, shape.batch);
+    if (codes == nullptr) return;
+    WtaHashSparse(shape, rows.row_offsets.data(), rows.feature_ids.data(), rows.values.data(),
+                  ctx->input(3).flat<int32_t>().data(), ctx->input(3).dim_size(1), densified_, codes,
+                  TfParallelFor(ctx));
+  }
+};
+
+}  // namespace
+
+REGISTER_KERNEL_BUILDER(Name("LshSrpHash").Device(tensorflow::DEVICE_CPU), LshSrpHashOp);
+REGISTER_KERNEL_BUILDER(Name("LshSrpHashSparse").Device(tensorflow::DEVICE_CPU),
+                        LshSrpHashSparseOp);
+REGISTER_KERNEL_BUILDER(Name("LshWtaHash").Device(tensorflow::DEVICE_CPU), LshWtaHashOp);
+REGISTER_KERNEL_BUILDER(Name("LshWtaHashSparse").Device(tensorflow::DEVICE_CPU),
+                        LshWtaHashSparseOp);
+
+}  // namespace tf_lsh

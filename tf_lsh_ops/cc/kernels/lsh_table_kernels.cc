@@ -1,0 +1,211 @@
+// Kernels that build, update and query the hash tables.
+#include <algorithm>
+#include <string>
+
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tf_lsh_ops/cc/core/id_map.h"
+#include "tf_lsh_ops/cc/core/lsh_tables.h"
+#include "tf_lsh_ops/cc/kernels/input_checks.h"
+#include "tf_lsh_ops/cc/kernels/thread_pool.h"
+
+namespace tf_lsh {
+
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+
+namespace {
+
+absl::Status ParseOverflow(OpKernelConstruction* ctx, Overflow* overflow) {
+  std::string policy;
+  TF_RETURN_IF_ERROR(ctx->GetAttr("overflow", &policy));
+  *overflow = policy == "reservoir" ? Overflow::kReservoir : Overflow::kFifo;
+  return absl::OkStatus();
+}
+
+absl::Status CheckCodes(const char* op, const char* name, const Tensor& codes,
+                        int64_t num_buckets) {
+  const int64_t bad = FindInvalidCode(codes.flat<int32_t>().data(), codes.NumElements(),
+                                      num_buckets);
+  if (bad < 0) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      op, ": ", name, " holds bucket ", codes.flat<int32_t>()(bad), " at flat position ", bad,
+      ", outside [0, ", num_buckets, ") (", name, " has shape ", codes.shape().DebugString(),
+      ")"));
+}
+
+// table_ids [L, buckets, capacity] and table_counts [L, buckets] must agree.
+absl::Status CheckTables(const char* op, const Tensor& ids, const Tensor& counts,
+                         TableShape* shape) {
+  TF_RETURN_IF_ERROR(CheckRank(op, "table_ids", ids, 3));
+  TF_RETURN_IF_ERROR(CheckRank(op, "table_counts", counts, 2));
+  TF_RETURN_IF_ERROR(CheckSameDim(op, "table_ids", ids, 0, "table_counts", counts, 0));
+  TF_RETURN_IF_ERROR(CheckSameDim(op, "table_ids", ids, 1, "table_counts", counts, 1));
+  if (ids.dim_size(2) < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": table_ids must have capacity >= 1, got shape ",
+                     ids.shape().DebugString()));
+  }
+  *shape = {ids.dim_size(0), ids.dim_size(1), ids.dim_size(2)};
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+class LshBuildTablesOp : public OpKernel {
+ public:
+  explicit LshBuildTablesOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    int64_t bits;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("bucket_bits", &bits));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("capacity", &capacity_));
+    OP_REQUIRES_OK(ctx, ParseOverflow(ctx, &overflow_));
+    OP_REQUIRES(ctx, bits >= 1 && bits <= 30,
+                absl::InvalidArgumentError(
+                    absl::StrCat("LshBuildTables: bucket_bits must be in [1, 30], got ", bits)));
+    num_buckets_ = int64_t{1} << bits;
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    constexpr char kOp[] = "LshBuildTables";
+    const Tensor& codes = ctx->input(0);
+    OP_REQUIRES_OK(ctx, CheckRank(kOp, "codes", codes, 2));
+    OP_REQUIRES(ctx, codes.dim_size(1) >= 1,
+                absl::InvalidArgumentError(absl::StrCat(
+                    kOp, ": codes must have at least one table, got shape ",
+                    codes.shape().DebugString())));
+    OP_REQUIRES_OK(ctx, CheckCodes(kOp, "codes", codes, num_buckets_));
+    const TableShape shape{codes.dim_size(1), num_buckets_, capacity_};
+    Tensor *ids = nullptr, *counts = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            0, TensorShape({shape.num_tables, num_buckets_, capacity_}), &ids));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({shape.num_tables, num_buckets_}),
+                                             &counts));
+    BuildTables(shape, codes.dim_size(0), codes.flat<int32_t>().data(), overflow_,
+                ctx->input(1).scalar<int64_t>()(), ids->flat<int32_t>().data(),
+                counts->flat<int32_t>().data(), TfParallelFor(ctx));
+  }
+
+ private:
+  int64_t num_buckets_, capacity_;
+  Overflow overflow_;
+};
+
+class LshUpdateTablesOp : public OpKernel {
+ public:
+  explicit LshUpdateTablesOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ParseOverflow(ctx, &overflow_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    constexpr char kOp[] = "LshUpdateTables";
+    TableShape shape;
+    OP_REQUIRES_OK(ctx, CheckTables(kOp, ctx->input(0), ctx->input(1), &shape));
+    const Tensor& neuron_ids = ctx->input(2);
+    const Tensor& old_codes = ctx->input(3);
+    const Tensor& new_codes = ctx->input(4);
+    OP_REQUIRES_OK(ctx, CheckRank(kOp, "neuron_ids", neuron_ids, 1));
+    OP_REQUIRES_OK(ctx, CheckRank(kOp, "old_codes", old_codes, 2));
+    OP_REQUIRES_OK(ctx, CheckRank(kOp, "new_codes", new_codes, 2));
+    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "old_codes", old_codes, 0, "neuron_ids", neuron_ids, 0));
+    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "new_codes", new_codes, 0, "neuron_ids", neuron_ids, 0));
+    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "old_codes", old_codes, 1, "table_ids", ctx->input(0),
+                                     0));
+    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "new_codes", new_codes, 1, "table_ids", ctx->input(0),
+                                     0));
+    OP_REQUIRES_OK(ctx, CheckCodes(kOp, "old_codes", old_codes, shape.num_buckets));
+    OP_REQUIRES_OK(ctx, CheckCodes(kOp, "new_codes", new_codes, shape.num_buckets));
+    const auto neurons = neuron_ids.flat<int32_t>();
+    IdMap seen(neurons.size());
+    for (int64_t i = 0; i < neurons.size(); ++i) {
+      OP_REQUIRES(ctx, neurons(i) >= 0,
+                  absl::InvalidArgumentError(absl::StrCat(kOp, ": neuron_ids[", i, "] = ",
+                                                          neurons(i), " is negative")));
+      OP_REQUIRES(ctx, seen.FindOrInsert(neurons(i), static_cast<int32_t>(i)) == i,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      kOp, ": neuron_ids must be distinct; ", neurons(i), " appears twice")));
+    }
+
+    // Updates in place when the inputs are not shared (no copy of the tables); else copies.
+    Tensor* ids = nullptr;
+    Tensor* counts = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, ctx->input(0).shape(), &ids));
+    OP_REQUIRES_OK(ctx,
+                   ctx->forward_input_or_allocate_output({1}, 1, ctx->input(1).shape(), &counts));
+    for (int i : {0, 1}) {
+      int32_t* out = (i == 0 ? ids : counts)->flat<int32_t>().data();
+      const auto in = ctx->input(i).flat<int32_t>();
+      if (out != in.data()) std::copy(in.data(), in.data() + in.size(), out);
+    }
+    UpdateTables(shape, neurons.size(), neurons.data(), old_codes.flat<int32_t>().data(),
+                 new_codes.flat<int32_t>().data(), overflow_, ctx->input(5).scalar<int64_t>()(),
+                 ids->flat<int32_t>().data(), counts->flat<int32_t>().data(), TfParallelFor(ctx));
+  }
+
+ private:
+  Overflow overflow_;
+};
+
+class LshQueryOp : public OpKernel {
+ public:
+  explicit LshQueryOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    std::string rule;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("k", &options_.k));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_neurons", &options_.num_neurons));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("rule", &rule));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("min_count", &options_.min_count));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("fill_random", &options_.fill_random));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("batch_wide", &options_.batch_wide));
+    options_.rule = rule == "union"       ? QueryRule::kUnion
+                    : rule == "threshold" ? QueryRule::kThreshold
+                                          : QueryRule::kFrequency;
+    OP_REQUIRES(ctx, options_.k <= options_.num_neurons,
+                absl::InvalidArgumentError(absl::StrCat("LshQuery: k = ", options_.k,
+                                                        " is larger than num_neurons = ",
+                                                        options_.num_neurons)));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    constexpr char kOp[] = "LshQuery";
+    const Tensor& codes = ctx->input(0);
+    const Tensor& labels = ctx->input(3);
+    TableShape shape;
+    OP_REQUIRES_OK(ctx, CheckTables(kOp, ctx->input(1), ctx->input(2), &shape));
+    OP_REQUIRES_OK(ctx, CheckRank(kOp, "codes", codes, 2));
+    OP_REQUIRES_OK(ctx, CheckRank(kOp, "labels", labels, 2));
+    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "codes", codes, 1, "table_ids", ctx->input(1), 0));
+    OP_REQUIRES_OK(ctx, CheckCodes(kOp, "codes", codes, shape.num_buckets));
+    const int64_t batch = codes.dim_size(0);
+    if (labels.dim_size(1) > 0) {
+      OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "labels", labels, 0, "codes", codes, 0));
+    }
+    const auto label = labels.flat<int32_t>();
+    for (int64_t i = 0; i < label.size(); ++i) {
+      OP_REQUIRES(ctx, label(i) >= -1 && label(i) < options_.num_neurons,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      kOp, ": labels[", i / labels.dim_size(1), ", ", i % labels.dim_size(1),
+                      "] = ", label(i), " is outside [-1, ", options_.num_neurons,
+                      ") (labels has shape ", labels.shape().DebugString(), ")")));
+    }
+    QueryOptions options = options_;
+    options.seed = ctx->input(4).scalar<int64_t>()();
+    Tensor* active = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            0, TensorShape({options.batch_wide ? 1 : batch, options.k}), &active));
+    const std::string error = QueryTables(
+        shape, batch, codes.flat<int32_t>().data(), ctx->input(1).flat<int32_t>().data(),
+        ctx->input(2).flat<int32_t>().data(), label.data(), labels.dim_size(1), options, active->flat<int32_t>().data(),
+        TfParallelFor(ctx));
+    OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError(absl::StrCat(kOp, ": ", error)));
+  }
+
+ private:
+  QueryOptions options_;
+};
+
+REGISTER_KERNEL_BUILDER(Name("LshBuildTables").Device(tensorflow::DEVICE_CPU), LshBuildTablesOp);
+REGISTER_KERNEL_BUILDER(Name("LshUpdateTables").Device(tensorflow::DEVICE_CPU), LshUpdateTablesOp);
+REGISTER_KERNEL_BUILDER(Name("LshQuery").Device(tensorflow::DEVICE_CPU), LshQueryOp);
+
+}  // namespace tf_lsh
