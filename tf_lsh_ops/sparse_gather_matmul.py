@@ -1,11 +1,18 @@
 """`sparse_gather_matmul`: each example multiplies its input by its own few weight rows."""
 
 import tensorflow as tf
+from tensorflow.python.ops import resource_variable_ops
 
-from tf_lsh_ops._checks import as_tensor
+from tf_lsh_ops._checks import as_tensor, require_dtype
 from tf_lsh_ops._loader import ops
 
 _OP = "SparseGatherMatmul"
+
+
+def _as_resource_variable(value):
+    """The tf.Variable behind a tf.Variable or a Keras 3 variable, or None for a tensor."""
+    value = getattr(value, "value", value) if not isinstance(value, tf.Variable) else value
+    return value if isinstance(value, resource_variable_ops.BaseResourceVariable) else None
 
 
 def sparse_gather_matmul(inputs, weights, biases, indices, name=None):
@@ -15,10 +22,15 @@ def sparse_gather_matmul(inputs, weights, biases, indices, name=None):
     The gradient with respect to `weights` and `biases` is a `tf.IndexedSlices` over the distinct
     rows used in the batch (duplicates summed), so optimizers update only those rows.
 
+    When `weights` and `biases` are variables (`tf.Variable` or Keras variables), the op reads
+    them in place, without the full copy that TensorFlow makes on every read of a variable
+    that has had sparse updates.
+
     Args:
       inputs: float32 `[B, D]`.
-      weights: float32 `[N, D]`, neuron-major: row `j` is neuron `j`'s weight vector.
-      biases: float32 `[N]`.
+      weights: float32 `[N, D]`, neuron-major: row `j` is neuron `j`'s weight vector. A tensor
+        or a variable.
+      biases: float32 `[N]`, a tensor or a variable (the same kind as `weights`).
       indices: int32 `[B, K]`, the active neurons of each example; `-1` pads (output 0, no
         gradient).
       name: optional op name.
@@ -39,9 +51,20 @@ def sparse_gather_matmul(inputs, weights, biases, indices, name=None):
     array([[8., 0.]], dtype=float32)
     """
     inputs = as_tensor(_OP, "inputs", inputs, tf.float32)
+    indices = as_tensor(_OP, "indices", indices, tf.int32)
+    weight_variable = _as_resource_variable(weights)
+    bias_variable = _as_resource_variable(biases)
+    if weight_variable is not None and bias_variable is not None:
+        require_dtype(_OP, "weights", weight_variable, tf.float32)
+        require_dtype(_OP, "biases", bias_variable, tf.float32)
+        # Lets GradientTape and tf.function see the variables read through their handles.
+        resource_variable_ops.variable_accessed(weight_variable)
+        resource_variable_ops.variable_accessed(bias_variable)
+        return ops.resource_sparse_gather_matmul(
+            inputs, weight_variable.handle, bias_variable.handle, indices, name=name
+        )
     weights = as_tensor(_OP, "weights", weights, tf.float32)
     biases = as_tensor(_OP, "biases", biases, tf.float32)
-    indices = as_tensor(_OP, "indices", indices, tf.int32)
     return ops.sparse_gather_matmul(inputs, weights, biases, indices, name=name)
 
 
@@ -53,4 +76,19 @@ def _sparse_gather_matmul_grad(op, grad_output):
     )
     grad_weights = tf.IndexedSlices(grad_weight_rows, rows, tf.shape(weights))
     grad_biases = tf.IndexedSlices(grad_bias_rows, rows, tf.shape(biases))
+    return [grad_inputs, grad_weights, grad_biases, None]
+
+
+@tf.RegisterGradient("Resource" + _OP)
+def _resource_sparse_gather_matmul_grad(op, grad_output):
+    inputs, weights, biases, indices = op.inputs
+    grad_inputs, rows, grad_weight_rows, grad_bias_rows = ops.resource_sparse_gather_matmul_grad(
+        inputs, weights, indices, grad_output
+    )
+    grad_weights = tf.IndexedSlices(
+        grad_weight_rows, rows, resource_variable_ops.variable_shape(weights)
+    )
+    grad_biases = tf.IndexedSlices(
+        grad_bias_rows, rows, resource_variable_ops.variable_shape(biases)
+    )
     return [grad_inputs, grad_weights, grad_biases, None]

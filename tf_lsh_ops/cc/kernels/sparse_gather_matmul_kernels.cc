@@ -3,6 +3,7 @@
 #include "tf_lsh_ops/cc/core/sparse_gather_matmul.h"
 #include "tf_lsh_ops/cc/kernels/input_checks.h"
 #include "tf_lsh_ops/cc/kernels/thread_pool.h"
+#include "tf_lsh_ops/cc/kernels/variable_access.h"
 
 namespace tf_lsh {
 
@@ -35,15 +36,20 @@ absl::Status CheckIndices(const char* op, const Tensor& indices, int64_t num_neu
 
 }  // namespace
 
+// Serves SparseGatherMatmul (weights and biases as tensors) and ResourceSparseGatherMatmul
+// (as variables, read in place).
 class SparseGatherMatmulOp : public OpKernel {
  public:
   explicit SparseGatherMatmulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
-    constexpr char kOp[] = "SparseGatherMatmul";
+    const char* kOp = type_string().c_str();
+    InputTensor weights_input, biases_input;
+    OP_REQUIRES_OK(ctx, weights_input.Init(ctx, kOp, "weights", 1));
+    OP_REQUIRES_OK(ctx, biases_input.Init(ctx, kOp, "biases", 2));
     const Tensor& inputs = ctx->input(0);
-    const Tensor& weights = ctx->input(1);
-    const Tensor& biases = ctx->input(2);
+    const Tensor& weights = weights_input.tensor();
+    const Tensor& biases = biases_input.tensor();
     const Tensor& indices = ctx->input(3);
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "inputs", inputs, 2));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "weights", weights, 2));
@@ -71,9 +77,11 @@ class SparseGatherMatmulGradOp : public OpKernel {
   explicit SparseGatherMatmulGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
-    constexpr char kOp[] = "SparseGatherMatmulGrad";
+    const char* kOp = type_string().c_str();
+    InputTensor weights_input;
+    OP_REQUIRES_OK(ctx, weights_input.Init(ctx, kOp, "weights", 1));
     const Tensor& inputs = ctx->input(0);
-    const Tensor& weights = ctx->input(1);
+    const Tensor& weights = weights_input.tensor();
     const Tensor& indices = ctx->input(2);
     const Tensor& grad_output = ctx->input(3);
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "inputs", inputs, 2));
@@ -108,6 +116,10 @@ class SparseGatherMatmulGradOp : public OpKernel {
 REGISTER_KERNEL_BUILDER(Name("SparseGatherMatmul").Device(tensorflow::DEVICE_CPU),
                         SparseGatherMatmulOp);
 REGISTER_KERNEL_BUILDER(Name("SparseGatherMatmulGrad").Device(tensorflow::DEVICE_CPU),
+                        SparseGatherMatmulGradOp);
+REGISTER_KERNEL_BUILDER(Name("ResourceSparseGatherMatmul").Device(tensorflow::DEVICE_CPU),
+                        SparseGatherMatmulOp);
+REGISTER_KERNEL_BUILDER(Name("ResourceSparseGatherMatmulGrad").Device(tensorflow::DEVICE_CPU),
                         SparseGatherMatmulGradOp);
 
 }  // namespace tf_lsh

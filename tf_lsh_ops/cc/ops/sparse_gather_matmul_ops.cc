@@ -64,4 +64,46 @@ Gradient of SparseGatherMatmul: dense grad_inputs, and one row of weight and bia
 distinct neuron in `indices` (`rows`, sorted; -1 entries skipped).
 )doc");
 
+// The same ops reading weights and biases from resource variables in place (no copy, even in
+// copy-on-read mode); their gradients are IndexedSlices for the variables.
+REGISTER_OP("ResourceSparseGatherMatmul")
+    .Input("inputs: float")
+    .Input("weights: resource")
+    .Input("biases: resource")
+    .Input("indices: int32")
+    .Output("output: float")
+    .SetShapeFn([](InferenceContext* c) -> absl::Status {
+      constexpr char kOp[] = "ResourceSparseGatherMatmul";
+      ShapeHandle inputs, indices;
+      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 0, "inputs", 2, &inputs));
+      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 3, "indices", 2, &indices));
+      DimensionHandle batch;
+      TF_RETURN_IF_ERROR(MergeNamed(c, kOp, inputs, 0, "inputs", indices, 0, "indices", &batch));
+      c->set_output(0, c->Matrix(batch, c->Dim(indices, 1)));
+      return absl::OkStatus();
+    })
+    .Doc("SparseGatherMatmul with weights and biases read from resource variables.");
+
+REGISTER_OP("ResourceSparseGatherMatmulGrad")
+    .Input("inputs: float")
+    .Input("weights: resource")
+    .Input("indices: int32")
+    .Input("grad_output: float")
+    .Output("grad_inputs: float")
+    .Output("rows: int32")
+    .Output("grad_weight_rows: float")
+    .Output("grad_bias_rows: float")
+    .SetShapeFn([](InferenceContext* c) -> absl::Status {
+      ShapeHandle inputs;
+      TF_RETURN_IF_ERROR(WithRankNamed(c, "ResourceSparseGatherMatmulGrad", 0, "inputs", 2,
+                                       &inputs));
+      c->set_output(0, inputs);
+      DimensionHandle rows = c->UnknownDim();
+      c->set_output(1, c->Vector(rows));
+      c->set_output(2, c->Matrix(rows, c->Dim(inputs, 1)));
+      c->set_output(3, c->Vector(rows));
+      return absl::OkStatus();
+    })
+    .Doc("Gradient of ResourceSparseGatherMatmul.");
+
 }  // namespace tf_lsh

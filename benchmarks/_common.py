@@ -1,0 +1,100 @@
+"""Helpers shared by the benchmark scripts: arguments, machine info, timing, memory.
+
+Timing follows `bench_sparse_gather_matmul.py`: functions are warmed up, then timed in turn
+(round-robin, so that background load affects all of them alike) with `time.perf_counter`, every
+returned tensor being resolved with `memoryview` (zero-copy on CPU) inside the timed region; the
+median is reported.
+"""
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import tensorflow as tf
+
+
+def make_logger(name):
+    """A function that prints `[name] message` to stderr."""
+
+    def log(message):
+        print(f"[{name}] {message}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def mode_parser(description):
+    """An argument parser with --quick / --full (default full) and --threads."""
+    parser = argparse.ArgumentParser(description=description)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="mode", action="store_const", const="quick")
+    mode.add_argument("--full", dest="mode", action="store_const", const="full")
+    parser.set_defaults(mode="full")
+    parser.add_argument("--threads", type=int, default=None, help="intra/inter op threads")
+    return parser
+
+
+def configure_threads(threads):
+    """Sets TF's thread pools; must run before any TF op."""
+    if threads is not None:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def meminfo_bytes(field):
+    """A field of /proc/meminfo (e.g. "MemAvailable") in bytes, or None where unavailable."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                name, value = line.split(":", 1)
+                if name == field:
+                    return int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def machine_info():
+    return {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "memory_total_bytes": meminfo_bytes("MemTotal"),
+    }
+
+
+def materialise(result):
+    """Blocks until every output (including IndexedSlices parts) is computed, without copying."""
+    for tensor in tf.nest.flatten(result, expand_composites=True):
+        memoryview(tensor)
+    return result
+
+
+def timed_call(fn, args=()):
+    start = time.perf_counter()
+    materialise(fn(*args))
+    return time.perf_counter() - start
+
+
+def time_round_robin(jobs, *, warmup, reps, min_reps=1, budget_s=float("inf")):
+    """Times `jobs` ({name: (fn, args)}) in turn; returns {name: [seconds]}.
+
+    Each job is warmed up `warmup` times; then up to `reps` rounds run, stopping after the round
+    that exceeds `budget_s` seconds (once at least `min_reps` rounds ran).
+    """
+    for fn, args in jobs.values():
+        for _ in range(warmup):
+            materialise(fn(*args))
+    times = {name: [] for name in jobs}
+    start = time.perf_counter()
+    for rep in range(reps):
+        for name, (fn, args) in jobs.items():
+            times[name].append(timed_call(fn, args))
+        if rep + 1 >= min_reps and time.perf_counter() - start > budget_s:
+            break
+    return times
