@@ -16,6 +16,7 @@ from tf_lsh_ops.lsh import (
     query_tables,
     update_tables,
 )
+from tf_lsh_ops.sparse_adam import sparse_adam_apply
 from tf_lsh_ops.sparse_gather_matmul import sparse_gather_matmul
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "hash_params",
     "lsh_hash",
     "query_tables",
+    "sparse_adam_apply",
     "sparse_gather_matmul",
     "update_tables",
 ]

@@ -167,10 +167,33 @@ void SrpHashSparse(const LshShape& shape, const int64_t* row_offsets, const int6
   parallel_for(shape.batch, 2 * mean_nonzeros * shape.total_hashes(),
                [&](int64_t begin, int64_t end) {
                  SrpProjector projector(shape, projections, mips, max_norm);
+                 // Repeated features are summed first: the MIPS norm is the summed vector's.
+                 std::vector<int64_t> row_features;
+                 std::vector<float> row_values;
+                 int64_t map_capacity = 64;
+                 IdMap slot_of(map_capacity);
                  for (int64_t b = begin; b < end; ++b) {
+                   const int64_t first = row_offsets[b], count = row_offsets[b + 1] - first;
+                   if (count > map_capacity) {
+                     map_capacity = count;
+                     slot_of = IdMap(map_capacity);
+                   }
+                   slot_of.Clear();
+                   row_features.clear();
+                   row_values.clear();
+                   for (int64_t i = first; i < first + count; ++i) {
+                     const int32_t slot =
+                         slot_of.FindOrInsert(static_cast<int32_t>(feature_ids[i]),
+                                              static_cast<int32_t>(row_values.size()));
+                     if (slot == static_cast<int32_t>(row_values.size())) {
+                       row_features.push_back(feature_ids[i]);
+                       row_values.push_back(0.f);
+                     }
+                     row_values[slot] += values[i];
+                   }
                    projector.Start();
-                   for (int64_t i = row_offsets[b]; i < row_offsets[b + 1]; ++i) {
-                     projector.Add(feature_ids[i], values[i]);
+                   for (size_t i = 0; i < row_values.size(); ++i) {
+                     projector.Add(row_features[i], row_values[i]);
                    }
                    projector.Finish(codes + b * shape.num_tables);
                  }

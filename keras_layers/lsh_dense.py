@@ -1,0 +1,400 @@
+"""`LSHDense`: a dense layer that computes only the units a hash-table lookup selects."""
+
+import math
+
+import keras
+import tensorflow as tf
+from keras import activations, constraints, initializers, regularizers
+
+import tf_lsh_ops
+
+INFERENCE_MODES = ("dense", "lsh")
+_SIMHASH = ("srp", "sparse_srp")
+
+
+@keras.saving.register_keras_serializable(package="tf_lsh")
+class LSHDense(keras.layers.Layer):
+    """A `Dense` layer whose forward and backward passes touch only a few, hashed-for units.
+
+    Each unit's weight vector sits in L locality-sensitive hash tables. For every example the
+    layer hashes its input, looks up the L buckets it falls in and computes only the `active`
+    units found there (the paper's rule: those found in most tables), so a training step costs
+    about `active / units` of a dense one and its weight gradients are sparse
+    (`tf.IndexedSlices`, for `SparseAdam` or `keras.optimizers.SGD`). The tables are rebuilt from
+    the current weights by `LSHRebuildCallback` every few steps.
+
+    As a hidden layer (the paper), the output is `[batch, units]` with zeros outside each
+    example's active set. As an output layer over many classes (SLIDE), train it with
+    `LSHClassifier`, which puts each example's labels in its active set and takes the softmax
+    cross-entropy over that set.
+
+    Weights are stored neuron-major: `kernel` is `[units, input_dim]` (row j is unit j's
+    weights; the transpose of `keras.layers.Dense`'s kernel), so an active unit's weights are
+    one contiguous row. Hash parameters and tables are non-trainable weights: checkpoints,
+    `.keras` files and SavedModels carry them.
+
+    Args:
+      units: number of units.
+      activation: as for `Dense`.
+      use_bias: as for `Dense`.
+      kernel_initializer: as for `Dense` (fan-in and fan-out as for a `[input_dim, units]`
+        kernel).
+      bias_initializer, kernel_regularizer, bias_regularizer, activity_regularizer,
+        kernel_constraint, bias_constraint: as for `Dense`.
+      active: units computed per example: a fraction of `units` (a float in (0, 1]) or a count
+        (an int >= 1). Default 5%.
+      hash_family: `"srp"` (SimHash with the MIPS transform), `"sparse_srp"`, `"wta"` or
+        `"dwta"` (see `tf_lsh_ops.lsh`).
+      num_hashes: K, hashes per table; None picks a value for `units` and `active`.
+      num_tables: L.
+      bin_size: coordinates per WTA hash.
+      bucket_capacity: ids a bucket holds.
+      active_rule: `"frequency"`, `"union"` or `"threshold"` (see `tf_lsh_ops.query_tables`).
+      min_count: for `"threshold"`.
+      fill_random: fill active sets the tables leave short with random units (else -1
+        padding, computed as 0).
+      overflow: `"fifo"` or `"reservoir"`, for full buckets.
+      batch_wide: one active set per batch (as Mongoose) instead of per example.
+      inference: `"dense"` (exact: all units, with standard TF ops) or `"lsh"` (only the
+        retrieved units); it can be switched after training.
+      seed: seeds the hash functions, the tables and the random fill.
+      **kwargs: base `Layer` arguments (`name`, `dtype`, ...).
+
+    Example:
+
+    >>> layer = LSHDense(1000, activation="relu", active=0.05, num_tables=8)
+    >>> x = tf.random.stateless_normal([4, 64], seed=[0, 1])
+    >>> layer(x, training=True).shape
+    TensorShape([4, 1000])
+    >>> int(tf.reduce_max(tf.math.count_nonzero(layer(x, training=True), axis=1))) <= 50
+    True
+    """
+
+    def __init__(
+        self,
+        units,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        active=0.05,
+        hash_family="srp",
+        num_hashes=None,
+        num_tables=16,
+        bin_size=8,
+        bucket_capacity=128,
+        active_rule="frequency",
+        min_count=1,
+        fill_random=True,
+        overflow="fifo",
+        batch_wide=False,
+        inference="dense",
+        seed=0,
+        **kwargs,
+    ):
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        if not isinstance(units, int) or units < 1:
+            raise ValueError(f"LSHDense: units must be a positive int, got {units!r}")
+        self.units = units
+        self.activation = activations.get(activation)
+        self.use_bias = use_bias
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.kernel_constraint = constraints.get(kernel_constraint)
+        self.bias_constraint = constraints.get(bias_constraint)
+
+        self.active = active
+        self.num_active = _active_count(active, units)
+        if hash_family not in tf_lsh_ops.HASH_FAMILIES:
+            raise ValueError(
+                f"LSHDense: unknown hash_family {hash_family!r}; expected one of "
+                f"{tf_lsh_ops.HASH_FAMILIES}"
+            )
+        self.hash_family = hash_family
+        if not isinstance(num_tables, int) or num_tables < 1:
+            raise ValueError(f"LSHDense: num_tables must be an int >= 1, got {num_tables!r}")
+        self.num_tables = num_tables
+        if hash_family in ("wta", "dwta") and (bin_size < 2 or bin_size & (bin_size - 1)):
+            raise ValueError(f"LSHDense: bin_size must be a power of two >= 2, got {bin_size}")
+        self.bin_size = bin_size
+        self.num_hashes = num_hashes
+        self.num_hashes_used = num_hashes or _default_num_hashes(
+            hash_family, units, self.num_active, num_tables, bucket_capacity, bin_size
+        )
+        if self.num_hashes_used < 1:
+            raise ValueError(f"LSHDense: num_hashes must be >= 1, got {num_hashes}")
+        self.bucket_bits = tf_lsh_ops.bucket_bits(hash_family, self.num_hashes_used, bin_size)
+        if self.bucket_bits > tf_lsh_ops.lsh.MAX_BUCKET_BITS:
+            raise ValueError(
+                f"LSHDense: {hash_family} with num_hashes={self.num_hashes_used} needs "
+                f"{self.bucket_bits} bits per bucket id; at most "
+                f"{tf_lsh_ops.lsh.MAX_BUCKET_BITS} are allowed"
+            )
+        if not isinstance(bucket_capacity, int) or bucket_capacity < 1:
+            raise ValueError(f"LSHDense: bucket_capacity must be >= 1, got {bucket_capacity!r}")
+        self.bucket_capacity = bucket_capacity
+        if active_rule not in tf_lsh_ops.QUERY_RULES:
+            raise ValueError(
+                f"LSHDense: unknown active_rule {active_rule!r}; expected one of "
+                f"{tf_lsh_ops.QUERY_RULES}"
+            )
+        self.active_rule = active_rule
+        if min_count < 1:
+            raise ValueError(f"LSHDense: min_count must be >= 1, got {min_count}")
+        self.min_count = min_count
+        self.fill_random = bool(fill_random)
+        if overflow not in tf_lsh_ops.OVERFLOW_POLICIES:
+            raise ValueError(
+                f"LSHDense: unknown overflow {overflow!r}; expected one of "
+                f"{tf_lsh_ops.OVERFLOW_POLICIES}"
+            )
+        self.overflow = overflow
+        self.batch_wide = bool(batch_wide)
+        self.inference = inference  # checked by the property setter
+        self.seed = int(seed)
+        self.supports_jit = False
+        self.input_spec = keras.layers.InputSpec(min_ndim=2)
+
+    @property
+    def inference(self):
+        return self._inference
+
+    @inference.setter
+    def inference(self, mode):
+        if mode not in INFERENCE_MODES:
+            raise ValueError(
+                f"LSHDense: unknown inference mode {mode!r}; expected one of {INFERENCE_MODES}"
+            )
+        self._inference = mode
+
+    @property
+    def table_bytes(self):
+        """Memory of the hash tables and the units' stored bucket ids, in bytes."""
+        buckets = self.num_tables * 2**self.bucket_bits
+        return 4 * (buckets * (self.bucket_capacity + 1) + self.units * self.num_tables)
+
+    def build(self, input_shape):
+        input_dim = int(input_shape[-1])
+        self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_dim})
+        initializer = self.kernel_initializer
+
+        def neuron_major(shape, dtype=None):
+            # Fan-in and fan-out as for Dense's [input_dim, units] kernel.
+            return keras.ops.transpose(initializer((shape[1], shape[0]), dtype=dtype))
+
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(self.units, input_dim),
+            initializer=neuron_major,
+            regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
+        )
+        self.bias = self.add_weight(
+            name="bias",
+            shape=(self.units,),
+            initializer=self.bias_initializer if self.use_bias else "zeros",
+            regularizer=self.bias_regularizer if self.use_bias else None,
+            constraint=self.bias_constraint if self.use_bias else None,
+            trainable=self.use_bias,
+        )
+        params = tf_lsh_ops.hash_params(
+            self.hash_family,
+            input_dim,
+            self.num_tables,
+            self.num_hashes_used,
+            bin_size=self.bin_size,
+            mips=self._mips,
+            seed=self.seed,
+        )
+        self.hash_params = self._state("hash_params", params.shape, params.dtype.name, params)
+        buckets = 2**self.bucket_bits
+        self.table_ids = self._state(
+            "table_ids", (self.num_tables, buckets, self.bucket_capacity), "int32", -1
+        )
+        self.table_counts = self._state("table_counts", (self.num_tables, buckets), "int32", 0)
+        self.neuron_codes = self._state("neuron_codes", (self.units, self.num_tables), "int32", 0)
+        self.max_norm = self._state("max_norm", (), "float32", 1.0)
+        # Training calls so far: seeds the random fill, so that it differs between steps.
+        self.step = self._state("step", (), "int64", 0)
+        self.rebuild_tables()
+
+    def _state(self, name, shape, dtype, value):
+        """A non-trainable weight (saved and restored with the model)."""
+        return self.add_weight(
+            name=name,
+            shape=shape,
+            dtype=dtype,
+            initializer=lambda shape, dtype=None: tf.cast(
+                tf.broadcast_to(value, shape), dtype or "float32"
+            ),
+            trainable=False,
+        )
+
+    @property
+    def _mips(self):
+        return self.hash_family in _SIMHASH
+
+    def _hash(self, vectors, mips_side):
+        return tf_lsh_ops.lsh_hash(
+            vectors,
+            self.hash_params,
+            family=self.hash_family,
+            num_tables=self.num_tables,
+            num_hashes=self.num_hashes_used,
+            mips=mips_side if self._mips else "none",
+            max_norm=self.max_norm,
+        )
+
+    def rebuild_tables(self):
+        """Re-hashes every unit from the current weights and rebuilds the tables."""
+        kernel = tf.convert_to_tensor(self.kernel)
+        if self._mips:
+            self.max_norm.assign(tf.maximum(tf.reduce_max(tf.norm(kernel, axis=1)), 1e-12))
+        codes = self._hash(kernel, "data")
+        ids, counts = tf_lsh_ops.build_tables(
+            codes,
+            bucket_bits=self.bucket_bits,
+            capacity=self.bucket_capacity,
+            overflow=self.overflow,
+            seed=self.seed + 7919 * tf.cast(self.step, tf.int64),
+        )
+        self.neuron_codes.assign(codes)
+        self.table_ids.assign(ids)
+        self.table_counts.assign(counts)
+
+    def update_tables(self, unit_ids):
+        """Re-hashes only `unit_ids` (distinct, int32) and moves those whose bucket changed.
+
+        Keeps the norm of the last full rebuild for the MIPS transform, so the rest of the
+        tables stay valid.
+        """
+        unit_ids = tf.convert_to_tensor(unit_ids, tf.int32)
+        weights = tf.gather(self.kernel.value, unit_ids)
+        new_codes = self._hash(weights, "data")
+        old_codes = tf.gather(self.neuron_codes.value, unit_ids)
+        ids, counts = tf_lsh_ops.update_tables(
+            self.table_ids,
+            self.table_counts,
+            unit_ids,
+            old_codes,
+            new_codes,
+            overflow=self.overflow,
+            seed=self.seed + 104729 * tf.cast(self.step, tf.int64),
+        )
+        self.neuron_codes.scatter_update(tf.IndexedSlices(new_codes, unit_ids))
+        self.table_ids.assign(ids)
+        self.table_counts.assign(counts)
+
+    def active_ids(self, inputs, labels=None):
+        """The units each example computes: int32 `[batch, k]` (`[1, k]` if batch-wide).
+
+        `labels` (int32 `[batch, max_labels]`, -1 padded) are always included, first.
+        """
+        return tf_lsh_ops.query_tables(
+            self._hash(inputs, "query"),
+            self.table_ids,
+            self.table_counts,
+            k=self.num_active,
+            num_neurons=self.units,
+            rule=self.active_rule,
+            min_count=self.min_count,
+            fill_random=self.fill_random,
+            labels=labels,
+            batch_wide=self.batch_wide,
+            seed=self.seed + 1_000_003 * tf.cast(self.step, tf.int64),
+        )
+
+    def active_outputs(self, inputs, labels=None):
+        """`(ids, values)`: the active units and their activations, both `[batch, k]`.
+
+        Padding ids (-1) have value 0. Gradients of `values` reach the weights as
+        `tf.IndexedSlices` over the active rows.
+        """
+        ids = self.active_ids(inputs, labels)
+        if self.batch_wide:
+            ids = tf.tile(ids, [tf.shape(inputs)[0], 1])
+        values = tf_lsh_ops.sparse_gather_matmul(inputs, self.kernel, self.bias, ids)
+        if self.activation is not None and self.activation is not activations.linear:
+            values = tf.where(ids >= 0, self.activation(values), 0.0)
+        return ids, values
+
+    def call(self, inputs, training=None):
+        if not training and self.inference == "dense":
+            outputs = tf.matmul(inputs, self.kernel, transpose_b=True)
+            if self.use_bias:
+                outputs = outputs + self.bias
+            return self.activation(outputs) if self.activation is not None else outputs
+        ids, values = self.active_outputs(inputs)
+        if training:
+            self.step.assign_add(1)
+        return _scatter_rows(ids, values, self.units)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            units=self.units,
+            activation=activations.serialize(self.activation),
+            use_bias=self.use_bias,
+            kernel_initializer=initializers.serialize(self.kernel_initializer),
+            bias_initializer=initializers.serialize(self.bias_initializer),
+            kernel_regularizer=regularizers.serialize(self.kernel_regularizer),
+            bias_regularizer=regularizers.serialize(self.bias_regularizer),
+            kernel_constraint=constraints.serialize(self.kernel_constraint),
+            bias_constraint=constraints.serialize(self.bias_constraint),
+            active=self.active,
+            hash_family=self.hash_family,
+            num_hashes=self.num_hashes,
+            num_tables=self.num_tables,
+            bin_size=self.bin_size,
+            bucket_capacity=self.bucket_capacity,
+            active_rule=self.active_rule,
+            min_count=self.min_count,
+            fill_random=self.fill_random,
+            overflow=self.overflow,
+            batch_wide=self.batch_wide,
+            inference=self.inference,
+            seed=self.seed,
+        )
+        return config
+
+
+def _active_count(active, units):
+    if isinstance(active, bool) or not isinstance(active, (int, float)):
+        raise ValueError(
+            f"LSHDense: active must be a float fraction or an int count, got {active!r}"
+        )
+    if isinstance(active, float):
+        if not 0 < active <= 1:
+            raise ValueError(f"LSHDense: active as a fraction must be in (0, 1], got {active}")
+        return max(1, round(active * units))
+    if not 1 <= active <= units:
+        raise ValueError(f"LSHDense: active = {active} units must be in [1, units = {units}]")
+    return active
+
+
+def _default_num_hashes(family, units, active, num_tables, capacity, bin_size):
+    """K such that the L buckets of a query hold about twice `active` units, and a bucket's
+    expected load fits its capacity."""
+    bits = max(math.log2(max(num_tables * units / (2 * active), 2)), math.log2(units / capacity))
+    bits = min(max(round(bits), 1), tf_lsh_ops.lsh.MAX_BUCKET_BITS)
+    if family in _SIMHASH:
+        return bits
+    return max(1, math.ceil(bits / math.log2(bin_size)))
+
+
+def _scatter_rows(ids, values, units):
+    """`[batch, units]` with `values[b, j]` at column `ids[b, j]` and zeros elsewhere."""
+    valid = ids >= 0
+    rows = tf.broadcast_to(tf.range(tf.shape(ids)[0])[:, None], tf.shape(ids))
+    positions = tf.stack([rows, tf.where(valid, ids, 0)], axis=-1)
+    return tf.scatter_nd(positions, tf.where(valid, values, 0.0), [tf.shape(ids)[0], units])

@@ -1,0 +1,33 @@
+// Lazy ("sparse") Adam: updates the moments and weights of the touched rows only.
+//
+// For each distinct row r of `indices` (duplicate rows have their gradients summed first):
+//   m[r] += (g - m[r]) * (1 - beta1)
+//   v[r] += (g * g - v[r]) * (1 - beta2)
+//   var[r] -= alpha * m[r] / (sqrt(v[r]) + epsilon),  alpha = lr * sqrt(1 - beta2^t) / (1 - beta1^t)
+// as Keras' Adam does for every row. Rows not in `indices` are not touched at all, so their
+// moments do not decay: the usual lazy-Adam trade-off (TensorFlow Addons' LazyAdam).
+// Each row is written by one thread; the result does not depend on the thread count.
+#ifndef TF_LSH_OPS_CC_CORE_SPARSE_ADAM_H_
+#define TF_LSH_OPS_CC_CORE_SPARSE_ADAM_H_
+
+#include <cstdint>
+
+#include "tf_lsh_ops/cc/core/parallel.h"
+
+namespace tf_lsh {
+
+struct AdamHyperparameters {
+  float alpha;  // lr * sqrt(1 - beta2^t) / (1 - beta1^t)
+  float beta1;
+  float beta2;
+  float epsilon;
+};
+
+// var, m, v: [num_rows, dim]; indices [count], each in [0, num_rows); grad [count, dim].
+void SparseAdamApply(const AdamHyperparameters& hyper, int64_t dim, const int32_t* indices,
+                     const float* grad, int64_t count, float* var, float* m, float* v,
+                     const ParallelFor& parallel_for);
+
+}  // namespace tf_lsh
+
+#endif  // TF_LSH_OPS_CC_CORE_SPARSE_ADAM_H_

@@ -1,0 +1,27 @@
+// Op registration of the fused lazy-Adam update on resource variables.
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace tf_lsh {
+
+REGISTER_OP("SparseAdamApply")
+    .Input("var: resource")
+    .Input("m: resource")
+    .Input("v: resource")
+    .Input("indices: Tindices")
+    .Input("grad: float")
+    .Input("lr: float")
+    .Input("beta1: float")
+    .Input("beta2: float")
+    .Input("epsilon: float")
+    .Input("beta1_power: float")
+    .Input("beta2_power: float")
+    .Attr("Tindices: {int32, int64}")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext*) {
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Lazy Adam on the rows `indices` of var and its moments m and v, in place (see core/sparse_adam.h).
+)doc");
+
+}  // namespace tf_lsh
