@@ -17,9 +17,11 @@ Parts of the report:
   weights) and `update_s` (`update_tables`). Called eagerly, `update_tables` cannot update its
   inputs in place (Python still holds them), so it copies the tables first: `update_empty_s`
   (the same call with no neurons) is that copy, and `update_incremental_s` the difference. Also:
-  the first (cold) build time, the fraction of (neuron, table) entries the buckets hold
-  (`stored_fraction`, < 1 when buckets overflow) and, for SimHash, the time of the plain
-  `tf.matmul` of the weights by the projections, a reference for the hashing cost.
+  the first (cold) build time, the build time with `overflow="reservoir"`, the fraction of
+  (neuron, table) entries the buckets hold (`stored_fraction`, < 1 when buckets overflow), the
+  fraction of neurons in at least one table (`coverage`, with the default FIFO overflow and
+  with reservoir sampling) and, for SimHash, the time of the plain `tf.matmul` of the weights by
+  the projections, a reference for the hashing cost.
 * `query`: for B = 128 Gaussian queries and k = 5% of N and k = 3000: `lsh_hash` of the queries
   (`hash_queries_s`) and `query_tables` (rule "frequency", without / with `fill_random`),
   against the exact `tf.math.top_k(tf.matmul(queries, weights, transpose_b=True), k)` over all N
@@ -34,7 +36,8 @@ Parts of the report:
   norm; each query is a ReLU of a noisy centre, as a hidden layer's output). `recall` uses
   `fill_random=True` (exactly k ids, as a layer uses them), `recall_lsh` only the ids the tables
   found (`lsh_fraction` of k); the random baseline is k / N. Grid tables have capacity 128,
-  halved until they fit in 256 MiB (reported per row).
+  halved until they fit in 256 MiB (reported per row), and each point is built with both
+  overflow policies ("fifo", the default, and "reservoir"), with their `coverage`.
 * `memory`: table bytes (`table_ids` + `table_counts`) of each setting, run or skipped.
 
 Each timed function is warmed up (build parts: the first call, kept), then timed round-robin
@@ -214,6 +217,15 @@ def stored_fraction(counts, capacity, neurons):
     return float(stored) / (neurons * num_tables)
 
 
+def coverage(table_ids, neurons):
+    """Fraction of the neurons held by at least one table (one table at a time, for memory)."""
+    covered = np.zeros(neurons, bool)
+    for table in range(table_ids.shape[0]):
+        stored = table_ids[table].numpy().ravel()
+        covered[stored[stored >= 0]] = True
+    return float(covered.mean())
+
+
 def recall_at_k(active, top):
     """Mean over rows of the fraction of `top[r]` (exact top ids) found in `active[r]`."""
     active, top = np.asarray(active), np.asarray(top)
@@ -368,17 +380,23 @@ def build_setting(setting, capacity, weights, settings, rng):
     def hash_all():
         return hash_neurons(weights, params, setting)
 
-    def build(codes):
-        return tf_lsh_ops.build_tables(codes, bucket_bits=bits, capacity=capacity)
+    def build(codes, overflow):
+        return tf_lsh_ops.build_tables(
+            codes, bucket_bits=bits, capacity=capacity, overflow=overflow, seed=SEED
+        )
 
     cold_hash_s = _common.timed_call(hash_all)
     codes = hash_all()
     start = time.perf_counter()
-    ids, counts = _common.materialise(build(codes))
+    ids, counts = _common.materialise(build(codes, "fifo"))
     cold_build_s = time.perf_counter() - start
-    times = _common.time_round_robin(
-        {"hash": (hash_all, ()), "build": (build, (codes,))}, warmup=0, reps=settings["build_reps"]
-    )
+    reservoir_coverage = coverage(build(codes, "reservoir")[0], neurons)
+    jobs = {
+        "hash": (hash_all, ()),
+        "build": (build, (codes, "fifo")),
+        "build_reservoir": (build, (codes, "reservoir")),
+    }
+    times = _common.time_round_robin(jobs, warmup=0, reps=settings["build_reps"])
     tables = Tables(setting, params, ids, counts)
     max_norm = max_row_norm(weights) if uses_mips(setting) else None
     entry = {
@@ -386,9 +404,12 @@ def build_setting(setting, capacity, weights, settings, rng):
         "capacity": capacity,
         "hash_s": statistics.median(times["hash"]),
         "build_s": statistics.median(times["build"]),
+        "build_reservoir_s": statistics.median(times["build_reservoir"]),
         "hash_cold_s": cold_hash_s,
         "build_cold_s": cold_build_s,
         "stored_fraction": stored_fraction(counts, capacity, neurons),
+        "coverage": coverage(ids, neurons),
+        "coverage_reservoir": reservoir_coverage,
         **time_update(tables, weights, codes, max_norm, settings, rng),
     }
     if is_simhash(setting):
@@ -487,24 +508,32 @@ def grid_capacity(num_tables, bits):
     return capacity
 
 
-def grid_point(codes, query_codes, top, num_tables, bits, k):
-    """Recall of the first `num_tables` tables of precomputed codes."""
+def policy_recall(codes, query_codes, top, bits, capacity, overflow, k):
+    """Coverage and recall of tables built from `codes` with one overflow policy."""
     neurons = int(codes.shape[0])
-    capacity = grid_capacity(num_tables, bits)
     ids, counts = tf_lsh_ops.build_tables(
-        codes[:, :num_tables], bucket_bits=bits, capacity=capacity
+        codes, bucket_bits=bits, capacity=capacity, overflow=overflow, seed=SEED
     )
-    args = (query_codes[:, :num_tables], ids, counts)
+    args = (query_codes, ids, counts)
     active = tf_lsh_ops.query_tables(*args, k=k, num_neurons=neurons)
     filled = tf_lsh_ops.query_tables(*args, k=k, num_neurons=neurons, fill_random=True, seed=SEED)
     return {
-        "L": num_tables,
-        "capacity": capacity,
-        "stored_fraction": stored_fraction(counts, capacity, neurons),
+        "coverage": coverage(ids, neurons),
         "recall": recall_at_k(filled, top),
         "recall_lsh": recall_at_k(active, top),
         "lsh_fraction": lsh_fraction(active),
-    }
+    }, stored_fraction(counts, capacity, neurons)
+
+
+def grid_point(codes, query_codes, top, num_tables, bits, k):
+    """Recall of the first `num_tables` tables of precomputed codes, per overflow policy."""
+    capacity = grid_capacity(num_tables, bits)
+    point = {"L": num_tables, "capacity": capacity}
+    for overflow in tf_lsh_ops.OVERFLOW_POLICIES:
+        point[overflow], point["stored_fraction"] = policy_recall(
+            codes[:, :num_tables], query_codes[:, :num_tables], top, bits, capacity, overflow, k
+        )
+    return point
 
 
 def grid_variant(weights, queries, top, variant, num_hashes, settings, k):
@@ -523,11 +552,14 @@ def grid_variant(weights, queries, top, variant, num_hashes, settings, k):
 
 
 def best_rows(rows):
-    """Per variant, the row of highest recall_lsh."""
+    """Per variant and overflow policy, the (K, L) of highest recall_lsh and its figures."""
     best = {}
     for row in rows:
-        if row["variant"] not in best or row["recall_lsh"] > best[row["variant"]]["recall_lsh"]:
-            best[row["variant"]] = row
+        for overflow in tf_lsh_ops.OVERFLOW_POLICIES:
+            candidate = {key: row[key] for key in ("K", "L", "capacity")} | row[overflow]
+            current = best.setdefault(row["variant"], {}).get(overflow)
+            if current is None or candidate["recall_lsh"] > current["recall_lsh"]:
+                best[row["variant"]][overflow] = candidate
     return best
 
 
@@ -548,7 +580,8 @@ def run_recall_grid(settings, rng):
                 last = rows[-1]
                 log(
                     f"  {name} {variant} K={num_hashes} L={last['L']}: "
-                    f"recall {last['recall']:.3f}, lsh-only {last['recall_lsh']:.3f}"
+                    f"lsh-only recall fifo {last['fifo']['recall_lsh']:.3f}, "
+                    f"reservoir {last['reservoir']['recall_lsh']:.3f}"
                 )
         report["datasets"][name] = {
             **info,

@@ -1,6 +1,23 @@
 """Keras 3 layers, callbacks, losses, metrics and optimizers for hashing-based sparse training."""
 
-from keras_layers.lsh_dense import LSHDense
+from keras_layers.callbacks import LSHRebuildCallback
+from keras_layers.losses import active_softmax_cross_entropy, dense_softmax_cross_entropy
+from keras_layers.lsh_dense import LSHDense, lsh_layers, set_inference
+from keras_layers.metrics import LSHRecall, PrecisionAtK
+from keras_layers.models import LSHClassifier
 from keras_layers.optimizers import SparseAdam
+from keras_layers.sparse_input_dense import SparseInputDense
 
-__all__ = ["LSHDense", "SparseAdam"]
+__all__ = [
+    "LSHClassifier",
+    "LSHDense",
+    "LSHRebuildCallback",
+    "LSHRecall",
+    "PrecisionAtK",
+    "SparseAdam",
+    "SparseInputDense",
+    "active_softmax_cross_entropy",
+    "dense_softmax_cross_entropy",
+    "lsh_layers",
+    "set_inference",
+]

@@ -56,7 +56,7 @@ class LSHDense(keras.layers.Layer):
       overflow: `"fifo"` or `"reservoir"`, for full buckets.
       batch_wide: one active set per batch (as Mongoose) instead of per example.
       inference: `"dense"` (exact: all units, with standard TF ops) or `"lsh"` (only the
-        retrieved units); it can be switched after training.
+        retrieved units); switch it after training with `set_inference(model, mode)`.
       seed: seeds the hash functions, the tables and the random fill.
       **kwargs: base `Layer` arguments (`name`, `dtype`, ...).
 
@@ -223,7 +223,12 @@ class LSHDense(keras.layers.Layer):
         self.max_norm = self._state("max_norm", (), "float32", 1.0)
         # Training calls so far: seeds the random fill, so that it differs between steps.
         self.step = self._state("step", (), "int64", 0)
-        self.rebuild_tables()
+        # Whether the tables hold the units yet. Keras often builds layers while tracing the
+        # train function, where the first tables cannot be made eagerly: then the first step
+        # makes them, once (see _ensure_tables).
+        self.tables_built = self._state("tables_built", (), "bool", False)
+        if tf.executing_eagerly():
+            self.rebuild_tables()
 
     def _state(self, name, shape, dtype, value):
         """A non-trainable weight (saved and restored with the model)."""
@@ -268,6 +273,19 @@ class LSHDense(keras.layers.Layer):
         self.neuron_codes.assign(codes)
         self.table_ids.assign(ids)
         self.table_counts.assign(counts)
+        self.tables_built.assign(True)
+
+    def _ensure_tables(self):
+        if tf.executing_eagerly():
+            if not bool(self.tables_built):
+                self.rebuild_tables()
+            return
+
+        def rebuild():
+            self.rebuild_tables()
+            return tf.constant(True)
+
+        tf.cond(self.tables_built, lambda: tf.constant(False), rebuild)
 
     def update_tables(self, unit_ids):
         """Re-hashes only `unit_ids` (distinct, int32) and moves those whose bucket changed.
@@ -297,6 +315,7 @@ class LSHDense(keras.layers.Layer):
 
         `labels` (int32 `[batch, max_labels]`, -1 padded) are always included, first.
         """
+        self._ensure_tables()
         return tf_lsh_ops.query_tables(
             self._hash(inputs, "query"),
             self.table_ids,
@@ -366,6 +385,25 @@ class LSHDense(keras.layers.Layer):
             seed=self.seed,
         )
         return config
+
+
+def lsh_layers(model):
+    """Every `LSHDense` inside `model`, nested models included."""
+    return [
+        layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, LSHDense)
+    ]
+
+
+def set_inference(model, mode):
+    """Switches every `LSHDense` of `model` to inference `mode` ("dense" or "lsh").
+
+    Also drops the model's traced predict and test functions, which Keras would otherwise
+    keep using with the old mode.
+    """
+    for layer in lsh_layers(model):
+        layer.inference = mode
+    model.predict_function = None
+    model.test_function = None
 
 
 def _active_count(active, units):

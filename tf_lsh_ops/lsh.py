@@ -212,7 +212,7 @@ def build_tables(codes, *, bucket_bits, capacity=128, overflow="fifo", seed=0, n
     codes = as_tensor(op_name, "codes", codes, tf.int32)
     return ops.lsh_build_tables(
         codes,
-        tf.constant(seed, tf.int64),
+        tf.cast(seed, tf.int64),
         bucket_bits=bucket_bits,
         capacity=capacity,
         overflow=overflow,

@@ -1,0 +1,179 @@
+"""`LSHRebuildCallback`: keeps the hash tables of every `LSHDense` in step with its weights."""
+
+import math
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_layers.lsh_dense import LSHDense
+
+SCHEDULES = ("fixed", "exponential", "drift")
+
+
+def lsh_layers(model):
+    """Every `LSHDense` inside `model`, nested models included."""
+    return [
+        layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, LSHDense)
+    ]
+
+
+class LSHRebuildCallback(keras.callbacks.Callback):
+    """Rebuilds (or incrementally rehashes) the hash tables of every `LSHDense` during `fit`.
+
+    Schedules:
+      - `"fixed"`: every `period` steps.
+      - `"exponential"`: the first rebuild after `period` steps, then each period `growth`
+        times the last (SLIDE's exponentially decaying rebuild rate: weights move less as
+        training converges).
+      - `"drift"`: every `period` steps, rebuild only if the weights moved: the relative
+        change of a fixed sample of `sample_rows` rows since the last rebuild exceeds
+        `drift_threshold` (as Mongoose; cheap, and the same decision on every worker since it
+        reads synchronised weights).
+
+    With `incremental_fraction` (e.g. 0.1), each event rehashes only the next slice of that
+    fraction of units (round-robin) with `LSHDense.update_tables`, instead of all of them.
+
+    Each event adds `lsh_rebuilds` (the running count) and `lsh_rebuild_seconds` to the logs
+    (the progress bar and `History` show them), and, with `log_dir`, writes both as
+    TensorBoard scalars.
+
+    Args:
+      period: steps between rebuilds (or between drift checks).
+      schedule: one of `SCHEDULES`.
+      growth: period factor after each rebuild, for `"exponential"`.
+      drift_threshold: relative weight change that triggers a rebuild, for `"drift"`.
+      sample_rows: rows sampled per layer for the drift fingerprint.
+      incremental_fraction: None for full rebuilds; else the fraction of units per event.
+      rebuild_on_train_begin: rebuild once when training starts (weights may have been loaded).
+      log_dir: optional TensorBoard log directory.
+      verbose: 1 prints a line per rebuild.
+
+    Example:
+
+    >>> model.fit(x, y, callbacks=[LSHRebuildCallback(period=50)])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        period=50,
+        schedule="fixed",
+        growth=1.5,
+        drift_threshold=0.01,
+        sample_rows=1024,
+        incremental_fraction=None,
+        rebuild_on_train_begin=True,
+        log_dir=None,
+        verbose=0,
+    ):
+        super().__init__()
+        if not isinstance(period, int) or period < 1:
+            raise ValueError(f"LSHRebuildCallback: period must be an int >= 1, got {period!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(
+                f"LSHRebuildCallback: unknown schedule {schedule!r}; expected one of {SCHEDULES}"
+            )
+        if growth < 1:
+            raise ValueError(f"LSHRebuildCallback: growth must be >= 1, got {growth}")
+        if incremental_fraction is not None and not 0 < incremental_fraction <= 1:
+            raise ValueError(
+                "LSHRebuildCallback: incremental_fraction must be in (0, 1], got "
+                f"{incremental_fraction}"
+            )
+        self.period = period
+        self.schedule = schedule
+        self.growth = growth
+        self.drift_threshold = drift_threshold
+        self.sample_rows = sample_rows
+        self.incremental_fraction = incremental_fraction
+        self.rebuild_on_train_begin = rebuild_on_train_begin
+        self.log_dir = log_dir
+        self.verbose = verbose
+        self.rebuilds = 0
+        self.events = []  # (step, seconds) of each rebuild
+        self._writer = None
+
+    def on_train_begin(self, logs=None):
+        self._layers = lsh_layers(self.model)
+        if not self._layers:
+            raise ValueError("LSHRebuildCallback: the model has no LSHDense layer")
+        self._step = 0
+        self._next = self.period
+        self._current_period = float(self.period)
+        self._cursor = {id(layer): 0 for layer in self._layers}
+        self._snapshots = {}
+        if self.log_dir and self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        if self.rebuild_on_train_begin:
+            self._rebuild(full=True)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if self._step < self._next:
+            return
+        if self.schedule == "exponential":
+            self._current_period *= self.growth
+            self._next = self._step + max(1, round(self._current_period))
+        else:
+            self._next = self._step + self.period
+        if self.schedule == "drift" and self.drift() <= self.drift_threshold:
+            return
+        seconds = self._rebuild(full=self.incremental_fraction is None)
+        if logs is not None:
+            logs["lsh_rebuilds"] = self.rebuilds
+            logs["lsh_rebuild_seconds"] = seconds
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["lsh_rebuilds"] = self.rebuilds
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.flush()
+
+    def drift(self):
+        """Largest relative change, over the layers, of the sampled rows since the last rebuild."""
+        worst = 0.0
+        for layer in self._layers:
+            if id(layer) not in self._snapshots:
+                self._take_snapshot(layer)  # built after train begin: first check sets the base
+                continue
+            rows, before = self._snapshots[id(layer)]
+            now = tf.gather(layer.kernel.value, rows).numpy()
+            change = np.linalg.norm(now - before) / max(np.linalg.norm(before), 1e-12)
+            worst = max(worst, float(change))
+        return worst
+
+    def _take_snapshot(self, layer):
+        rng = np.random.default_rng(layer.seed)
+        count = min(self.sample_rows, layer.units)
+        rows = np.sort(rng.choice(layer.units, count, replace=False)).astype(np.int32)
+        self._snapshots[id(layer)] = (rows, tf.gather(layer.kernel.value, rows).numpy())
+
+    def _rebuild(self, full):
+        start = time.perf_counter()
+        for layer in self._layers:
+            if not layer.built:  # its first tables come with its weights
+                continue
+            if self.schedule == "drift":
+                self._take_snapshot(layer)
+            if full:
+                layer.rebuild_tables()
+            else:
+                count = max(1, math.ceil(self.incremental_fraction * layer.units))
+                begin = self._cursor[id(layer)]
+                ids = (np.arange(begin, begin + count) % layer.units).astype(np.int32)
+                self._cursor[id(layer)] = int((begin + count) % layer.units)
+                layer.update_tables(np.unique(ids))
+        seconds = time.perf_counter() - start
+        self.rebuilds += 1
+        self.events.append((self._step, seconds))
+        if self._writer is not None:
+            with self._writer.as_default():
+                tf.summary.scalar("lsh_rebuilds", self.rebuilds, step=self._step)
+                tf.summary.scalar("lsh_rebuild_seconds", seconds, step=self._step)
+        if self.verbose:
+            kind = "rebuilt" if full else "rehashed a slice of"
+            print(f"LSHRebuildCallback: step {self._step}: {kind} the tables in {seconds:.2f} s")
+        return seconds

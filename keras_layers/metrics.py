@@ -1,0 +1,75 @@
+"""Metrics for many-label outputs: precision at k and the recall of LSH active sets."""
+
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="tf_lsh")
+class PrecisionAtK(keras.metrics.Mean):
+    """P@k for multi-label outputs: the fraction of the top k predictions that are labels.
+
+    `update_state(y_true, y_pred)`: `y_true` int `[batch, max_labels]`, -1 padded (or `[batch]`
+    for one label each); `y_pred` either int top ids `[batch, >= k]` (best first) or float
+    scores `[batch, units]`.
+
+    Example:
+
+    >>> m = PrecisionAtK(2)
+    >>> m.update_state([[3, 5, -1]], [[5, 1, 3]])
+    >>> float(m.result())
+    0.5
+    """
+
+    def __init__(self, k=1, name=None, dtype=None):
+        super().__init__(name=name or f"P@{k}", dtype=dtype)
+        self.k = k
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = tf.convert_to_tensor(y_true)
+        y_pred = tf.convert_to_tensor(y_pred)
+        if y_true.shape.rank == 1:
+            y_true = y_true[:, None]
+        if y_pred.dtype.is_floating:
+            y_pred = tf.math.top_k(y_pred, self.k).indices
+        top = tf.cast(y_pred[:, : self.k], tf.int64)
+        labels = tf.cast(y_true, tf.int64)
+        hit = (
+            (top[:, :, None] == labels[:, None, :])
+            & (labels[:, None, :] >= 0)
+            & (top[:, :, None] >= 0)
+        )
+        hits = tf.reduce_sum(tf.cast(tf.reduce_any(hit, axis=-1), self.dtype), axis=1)
+        return super().update_state(hits / self.k, sample_weight=sample_weight)
+
+    def get_config(self):
+        return {**super().get_config(), "k": self.k}
+
+
+@keras.saving.register_keras_serializable(package="tf_lsh")
+class LSHRecall(keras.metrics.Mean):
+    """The fraction of the exact top-k units that the LSH active set contained.
+
+    `update_state(exact_top_ids, active_ids)`: int `[batch, k]` ids of the largest exact
+    outputs, and the active set `[batch, active]` (or `[1, active]` batch-wide; -1 padded).
+    `LSHClassifier(..., lsh_recall_k=k)` tracks it during `evaluate`.
+    """
+
+    def __init__(self, k=5, name=None, dtype=None):
+        super().__init__(name=name or f"lsh_recall@{k}", dtype=dtype)
+        self.k = k
+
+    def update_state(self, exact_top_ids, active_ids, sample_weight=None):
+        exact = tf.cast(exact_top_ids, tf.int64)[:, : self.k]
+        active = tf.cast(active_ids, tf.int64)
+        active = tf.broadcast_to(active, [tf.shape(exact)[0], tf.shape(active)[1]])
+        # Sorted search: O(k log active) per example instead of k x active comparisons.
+        active = tf.sort(active, axis=1)
+        positions = tf.searchsorted(active, tf.sort(exact, axis=1))
+        found = tf.gather(active, tf.minimum(positions, tf.shape(active)[1] - 1), batch_dims=1)
+        recall = tf.reduce_mean(
+            tf.cast(tf.equal(found, tf.sort(exact, axis=1)), self.dtype), axis=1
+        )
+        return super().update_state(recall, sample_weight=sample_weight)
+
+    def get_config(self):
+        return {**super().get_config(), "k": self.k}

@@ -1,0 +1,151 @@
+"""`LSHClassifier`: trains an `LSHDense` output layer over many classes with `model.fit`."""
+
+import keras
+import tensorflow as tf
+
+from keras_layers.losses import active_softmax_cross_entropy, dense_softmax_cross_entropy
+from keras_layers.lsh_dense import LSHDense
+from keras_layers.metrics import LSHRecall
+
+
+@keras.saving.register_keras_serializable(package="tf_lsh")
+class LSHClassifier(keras.Model):
+    """A classifier over many labels whose output layer computes only a hashed-for few units.
+
+    `body` maps inputs to features (any Keras layer or model, e.g. a `SparseInputDense` on a
+    bag of words); `head` is an `LSHDense` with one unit per label and no activation.
+
+    - Training (`fit`): the labels `y` (int `[batch, max_labels]`, -1 padded, multi-label;
+      or `[batch]`) go into each example's active set (label inclusion), and the loss is the
+      softmax cross-entropy over that set (`active_softmax_cross_entropy`), as in SLIDE. The
+      head's weights get `IndexedSlices` gradients: compile with `SparseAdam` or `SGD`.
+    - Evaluation (`evaluate`): with `head.inference == "dense"`, exact logits over all labels
+      (full softmax loss); with `"lsh"`, only the retrieved labels. Compiled metrics receive
+      `(labels, top ids)`: use `PrecisionAtK`. With `lsh_recall_k`, evaluation also reports how
+      many of the exact top-k labels the active set held (costs a dense pass).
+    - Prediction: `predict` gives the head's outputs (`[batch, units]` logits when dense);
+      `predict_top_k(x, k)` gives `(ids, scores)` without `[batch, units]` in LSH mode.
+
+    Args:
+      body: the feature extractor.
+      head: the `LSHDense` output layer.
+      top_k: how many top ids evaluation hands to the metrics (>= the largest P@k).
+      lsh_recall_k: if set, track `LSHRecall(lsh_recall_k)` during evaluation.
+      **kwargs: `keras.Model` arguments (`name`, ...).
+
+    Example:
+
+    >>> body = keras.Sequential([keras.layers.Dense(32, activation="relu")])
+    >>> model = LSHClassifier(body, LSHDense(5000, active=200))
+    >>> model.compile(optimizer=SparseAdam(1e-3), metrics=[PrecisionAtK(1)])
+    >>> model.fit(x, labels, epochs=2)  # doctest: +SKIP
+    """
+
+    def __init__(self, body, head, top_k=5, lsh_recall_k=None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(head, LSHDense):
+            raise ValueError(f"LSHClassifier: head must be an LSHDense, got {type(head).__name__}")
+        self.body = body
+        self.head = head
+        self.top_k = top_k
+        self.lsh_recall_k = lsh_recall_k
+        self.lsh_recall = LSHRecall(lsh_recall_k) if lsh_recall_k else None
+
+    def call(self, inputs, training=None):
+        return self.head(self.body(inputs, training=training), training=training)
+
+    def build(self, input_shape):
+        features_shape = self.body.compute_output_shape(input_shape)
+        if not self.body.built:
+            self.body.build(input_shape)
+        if not self.head.built:
+            self.head.build(features_shape)
+        self.built = True
+
+    def _features(self, x, training):
+        features = self.body(x, training=training)
+        if not self.head.built:  # train/test steps bypass call(), where Keras would build it
+            self.head.build(features.shape)
+        return features
+
+    @staticmethod
+    def _labels(y):
+        y = tf.convert_to_tensor(y)
+        y = tf.cast(y, tf.int32)
+        return y[:, None] if y.shape.rank == 1 else y
+
+    def train_step(self, data):
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        labels = self._labels(y)
+        with tf.GradientTape() as tape:
+            features = self._features(x, training=True)
+            ids, logits = self.head.active_outputs(features, labels=labels)
+            loss = active_softmax_cross_entropy(ids, logits, labels)
+            if self.losses:
+                loss = loss + tf.add_n(self.losses)
+        self.head.step.assign_add(1)
+        variables = self.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+        self._loss_tracker.update_state(loss, sample_weight=tf.shape(labels)[0])
+        # Training metrics rank the active set only (labels included): optimistic, but free.
+        return self.compute_metrics(x, labels, _top_ids(ids, logits, self.top_k))
+
+    def test_step(self, data):
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        labels = self._labels(y)
+        features = self._features(x, training=False)
+        exact_logits = None
+        if self.head.inference == "dense" or self.lsh_recall is not None:
+            exact_logits = (
+                self.head(features, training=False)
+                if self.head.inference == "dense"
+                else (tf.matmul(features, self.head.kernel, transpose_b=True) + self.head.bias)
+            )
+        if self.head.inference == "dense":
+            loss = dense_softmax_cross_entropy(exact_logits, labels)
+            top_ids = tf.math.top_k(exact_logits, self.top_k).indices
+        else:
+            ids, logits = self.head.active_outputs(features, labels=labels)
+            loss = active_softmax_cross_entropy(ids, logits, labels)
+            top_ids = _top_ids(*self.head.active_outputs(features), self.top_k)
+        if self.lsh_recall is not None:
+            self.lsh_recall.update_state(
+                tf.math.top_k(exact_logits, self.lsh_recall.k).indices,
+                self.head.active_ids(features),
+            )
+        self._loss_tracker.update_state(loss, sample_weight=tf.shape(labels)[0])
+        return self.compute_metrics(x, labels, top_ids)
+
+    def predict_top_k(self, x, k=5):
+        """`(ids, scores)` `[batch, k]`: the k best labels, exact or LSH per `head.inference`."""
+        features = self._features(x, training=False)
+        if self.head.inference == "lsh":
+            ids, logits = self.head.active_outputs(features)
+            logits = tf.where(ids >= 0, logits, logits.dtype.min)
+            top = tf.math.top_k(logits, k)
+            return tf.gather(ids, top.indices, batch_dims=1), top.values
+        top = tf.math.top_k(self.head(features, training=False), k)
+        return top.indices, top.values
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "body": keras.saving.serialize_keras_object(self.body),
+            "head": keras.saving.serialize_keras_object(self.head),
+            "top_k": self.top_k,
+            "lsh_recall_k": self.lsh_recall_k,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["body"] = keras.saving.deserialize_keras_object(config["body"])
+        config["head"] = keras.saving.deserialize_keras_object(config["head"])
+        return cls(**config)
+
+
+def _top_ids(ids, logits, k):
+    """The ids of the k largest logits of each row (padding ids -1 last)."""
+    logits = tf.where(ids >= 0, logits, logits.dtype.min)
+    top = tf.math.top_k(logits, tf.minimum(k, tf.shape(ids)[1]))
+    return tf.gather(ids, top.indices, batch_dims=1)

@@ -1,0 +1,103 @@
+"""`SparseInputDense`: a dense layer over very wide sparse inputs, with sparse gradients."""
+
+import keras
+import tensorflow as tf
+from keras import activations, initializers, regularizers
+
+
+@keras.saving.register_keras_serializable(package="tf_lsh")
+class SparseInputDense(keras.layers.Layer):
+    """`activation(x @ kernel + bias)` for a `tf.SparseTensor` x, e.g. a 135k-wide bag of words.
+
+    The first layer of an extreme-classification model (SLIDE's 135,909 -> 128). It uses
+    TensorFlow's own sparse ops (`tf.nn.embedding_lookup_sparse`): each example reads only the
+    kernel rows of its nonzero features, and the kernel's gradient is a `tf.IndexedSlices` over
+    the features seen in the batch, which `SparseAdam` and `SGD` apply sparsely. Dense inputs
+    work too (a plain matmul).
+
+    The kernel is `[input_dim, units]`, as in `keras.layers.Dense`: for sparse inputs a row per
+    feature is the contiguous access.
+
+    Args:
+      units: output width.
+      activation, use_bias, kernel_initializer, bias_initializer, kernel_regularizer,
+        bias_regularizer: as for `keras.layers.Dense`.
+      **kwargs: base `Layer` arguments.
+
+    Example:
+
+    >>> x = tf.SparseTensor([[0, 3], [1, 7]], [1.0, 2.0], [2, 10])
+    >>> SparseInputDense(4)(x).shape
+    TensorShape([2, 4])
+    """
+
+    def __init__(
+        self,
+        units,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.units = units
+        self.activation = activations.get(activation)
+        self.use_bias = use_bias
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self._supports_sparse_inputs = True
+        self.supports_jit = False
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(int(input_shape[-1]), self.units),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+        )
+        self.bias = (
+            self.add_weight(
+                name="bias",
+                shape=(self.units,),
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+            )
+            if self.use_bias
+            else None
+        )
+
+    def call(self, inputs):
+        if isinstance(inputs, tf.SparseTensor):
+            inputs = tf.sparse.reorder(inputs)
+            feature_ids = tf.SparseTensor(inputs.indices, inputs.indices[:, 1], inputs.dense_shape)
+            outputs = tf.nn.embedding_lookup_sparse(
+                self.kernel.value, feature_ids, inputs, combiner="sum"
+            )
+            # The lookup stops at the last row with a feature: trailing empty rows become zeros.
+            missing = inputs.dense_shape[0] - tf.shape(outputs, out_type=tf.int64)[0]
+            outputs = tf.pad(outputs, [[0, missing], [0, 0]])
+        else:
+            outputs = tf.matmul(inputs, self.kernel)
+        if self.bias is not None:
+            outputs = outputs + self.bias
+        return self.activation(outputs) if self.activation is not None else outputs
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "activation": activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            "kernel_initializer": initializers.serialize(self.kernel_initializer),
+            "bias_initializer": initializers.serialize(self.bias_initializer),
+            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+            "bias_regularizer": regularizers.serialize(self.bias_regularizer),
+        }
