@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
-cd examples && ../.venv/bin/python sparse_gather_matmul_demo.py
+.venv/bin/python examples/extreme_classification.py "$@"
