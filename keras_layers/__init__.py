@@ -2,7 +2,7 @@
 
 from keras_layers.callbacks import LSHRebuildCallback
 from keras_layers.losses import active_softmax_cross_entropy, dense_softmax_cross_entropy
-from keras_layers.lsh_dense import LSHDense, lsh_layers, set_inference
+from keras_layers.lsh_dense import LSHDense, export_saved_model, lsh_layers, set_inference
 from keras_layers.metrics import LSHRecall, PrecisionAtK
 from keras_layers.models import LSHClassifier
 from keras_layers.optimizers import SparseAdam
@@ -18,6 +18,7 @@ __all__ = [
     "SparseInputDense",
     "active_softmax_cross_entropy",
     "dense_softmax_cross_entropy",
+    "export_saved_model",
     "lsh_layers",
     "set_inference",
 ]

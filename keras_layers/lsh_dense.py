@@ -124,9 +124,16 @@ class LSHDense(keras.layers.Layer):
         if hash_family in ("wta", "dwta") and (bin_size < 2 or bin_size & (bin_size - 1)):
             raise ValueError(f"LSHDense: bin_size must be a power of two >= 2, got {bin_size}")
         self.bin_size = bin_size
+        # Checked before the default num_hashes, which divides by it.
+        if not isinstance(bucket_capacity, int) or bucket_capacity < 1:
+            raise ValueError(f"LSHDense: bucket_capacity must be >= 1, got {bucket_capacity!r}")
         self.num_hashes = num_hashes
-        self.num_hashes_used = num_hashes or _default_num_hashes(
-            hash_family, units, self.num_active, num_tables, bucket_capacity, bin_size
+        self.num_hashes_used = (
+            num_hashes
+            if num_hashes is not None
+            else _default_num_hashes(
+                hash_family, units, self.num_active, num_tables, bucket_capacity, bin_size
+            )
         )
         if self.num_hashes_used < 1:
             raise ValueError(f"LSHDense: num_hashes must be >= 1, got {num_hashes}")
@@ -137,8 +144,6 @@ class LSHDense(keras.layers.Layer):
                 f"{self.bucket_bits} bits per bucket id; at most "
                 f"{tf_lsh_ops.lsh.MAX_BUCKET_BITS} are allowed"
             )
-        if not isinstance(bucket_capacity, int) or bucket_capacity < 1:
-            raise ValueError(f"LSHDense: bucket_capacity must be >= 1, got {bucket_capacity!r}")
         self.bucket_capacity = bucket_capacity
         if active_rule not in tf_lsh_ops.QUERY_RULES:
             raise ValueError(
@@ -436,3 +441,30 @@ def _scatter_rows(ids, values, units):
     rows = tf.broadcast_to(tf.range(tf.shape(ids)[0])[:, None], tf.shape(ids))
     positions = tf.stack([rows, tf.where(valid, ids, 0)], axis=-1)
     return tf.scatter_nd(positions, tf.where(valid, values, 0.0), [tf.shape(ids)[0], units])
+
+
+def export_saved_model(model, path, inference="dense", input_signature=None):
+    """Exports `model` as a SavedModel serving its `call` with every `LSHDense` in `inference`.
+
+    `inference="dense"` gives exact outputs with standard TensorFlow ops only: the SavedModel
+    loads with no plugin (TF Serving, C++, Java, ...). `inference="lsh"` serves only the
+    retrieved units; loading it needs `import tf_lsh_ops` first. The model's own modes are
+    restored afterwards.
+
+    Args:
+      model: a built Keras model.
+      path: the SavedModel directory.
+      inference: "dense" or "lsh".
+      input_signature: as for `keras.Model.export` (needed for models never called, e.g.
+        `[keras.KerasTensor((None, num_features), "float32", sparse=True)]`).
+    """
+    layers = lsh_layers(model)
+    previous = [layer.inference for layer in layers]
+    set_inference(model, inference)
+    try:
+        model.export(path, input_signature=input_signature, verbose=False)
+    finally:
+        for layer, mode in zip(layers, previous, strict=True):
+            layer.inference = mode
+        model.predict_function = None
+        model.test_function = None

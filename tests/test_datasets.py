@@ -1,0 +1,151 @@
+"""Data loaders: MNIST, the Extreme Classification Repository format, the synthetic generator."""
+
+import gzip
+import os
+import struct
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+try:
+    from keras_layers import datasets
+except ImportError:  # running from a checkout without the package installed
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from keras_layers import datasets
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return datasets.synthetic_extreme_classification("tiny", seed=3)
+
+
+def test_synthetic_data_has_the_requested_statistics(tiny):
+    train, test = tiny
+    assert (len(train), len(test)) == (4_000, 1_000)
+    assert train.num_features == 2_000 and train.num_labels == 1_000
+    assert 4.0 < np.diff(train.label_offsets).mean() < 6.0  # about 5 labels
+    assert 60 < np.diff(train.feature_offsets).mean() < 90  # about 75 features
+    counts = np.sort(np.bincount(train.label_ids, minlength=train.num_labels))[::-1]
+    assert counts[0] > 20 * max(np.median(counts), 1)  # power law: a few labels dominate
+    for data in tiny:
+        for i in range(0, len(data), 97):  # labels and features distinct within a row
+            labels = data.label_ids[data.label_offsets[i] : data.label_offsets[i + 1]]
+            features = data.feature_ids[data.feature_offsets[i] : data.feature_offsets[i + 1]]
+            assert len(set(labels)) == len(labels) and len(set(features)) == len(features)
+            assert np.all(np.diff(features) > 0)
+
+
+def test_synthetic_data_is_seeded(tiny):
+    again, _ = datasets.synthetic_extreme_classification("tiny", seed=3)
+    other, _ = datasets.synthetic_extreme_classification("tiny", seed=4)
+    np.testing.assert_array_equal(again.feature_ids, tiny[0].feature_ids)
+    np.testing.assert_array_equal(again.label_ids, tiny[0].label_ids)
+    assert not np.array_equal(other.label_ids[:100], tiny[0].label_ids[:100])
+
+
+def test_popular_labels_baseline_is_computed_on_training_counts(tiny):
+    train, test = tiny
+    top = np.argmax(np.bincount(train.label_ids, minlength=train.num_labels))
+    want = np.mean(
+        [
+            top in test.label_ids[test.label_offsets[i] : test.label_offsets[i + 1]]
+            for i in range(len(test))
+        ]
+    )
+    assert test.popular_labels_precision(train, 1) == pytest.approx(want)
+
+
+def test_format_round_trip_and_rows_without_labels(tiny, tmp_path):
+    _, test = tiny
+    path = str(tmp_path / "test.txt")
+    datasets.write_extreme_classification(test, path)
+    back = datasets.read_extreme_classification(path)
+    np.testing.assert_array_equal(back.label_offsets, test.label_offsets)
+    np.testing.assert_array_equal(back.label_ids, test.label_ids)
+    np.testing.assert_array_equal(back.feature_ids, test.feature_ids)
+    np.testing.assert_allclose(back.feature_values, test.feature_values, rtol=1e-5)
+
+    with open(path, "w") as f:
+        f.write("3 10 4\n1,3 0:0.5 9:1\n 2:1.5\n0 4:2\n")
+    data = datasets.read_extreme_classification(path)
+    np.testing.assert_array_equal(data.label_offsets, [0, 2, 2, 3])
+    np.testing.assert_array_equal(data.feature_ids, [0, 9, 2, 4])
+    x, y = next(iter(data.dataset(3)))
+    np.testing.assert_array_equal(
+        tf.sparse.to_dense(x).numpy()[:, [0, 2, 4, 9]],
+        [[0.5, 0, 0, 1], [0, 1.5, 0, 0], [0, 0, 2, 0]],
+    )
+    np.testing.assert_array_equal(y.numpy(), [[1, 3], [-1, -1], [0, -1]])
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("2 10 4\n1 0:1\n", "header says 2 examples, found 1"),
+        ("1 10 4\n7 0:1\n", "label is outside"),
+        ("1 10 4\n1 12:1\n", "feature id is outside"),
+        ("1 10\n1 0:1\n", "first line"),
+    ],
+)
+def test_format_errors_are_clear(tmp_path, text, message):
+    path = tmp_path / "bad.txt"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        datasets.read_extreme_classification(str(path))
+
+
+def test_dataset_batches_sparse_features_and_padded_labels(tiny):
+    train, _ = tiny
+    x, y = next(iter(train.dataset(32)))
+    assert isinstance(x, tf.SparseTensor)
+    np.testing.assert_array_equal(x.dense_shape.numpy(), [32, train.num_features])
+    assert y.dtype == tf.int32 and y.shape == (32, train.max_labels)
+    dense = tf.sparse.to_dense(tf.sparse.reorder(x)).numpy()
+    for i in range(32):
+        lo, hi = train.feature_offsets[i], train.feature_offsets[i + 1]
+        np.testing.assert_allclose(dense[i, train.feature_ids[lo:hi]], train.feature_values[lo:hi])
+        assert np.count_nonzero(dense[i]) == hi - lo
+        labels = train.label_ids[train.label_offsets[i] : train.label_offsets[i + 1]]
+        np.testing.assert_array_equal(y[i, : len(labels)], labels)
+        assert np.all(y[i, len(labels) :].numpy() == -1)
+
+
+def test_mnist_from_the_package():
+    (x_train, y_train), (x_valid, _), (x_test, y_test) = datasets.load_mnist()
+    assert x_train.shape == (50_000, 784) and x_valid.shape == (10_000, 784)
+    assert x_test.shape == (10_000, 784) and x_train.dtype == np.float32
+    assert 0.0 <= x_train.min() and x_train.max() <= 1.0
+    assert set(np.unique(y_test)) == set(range(10))
+    assert y_train[:5].tolist() == [5, 0, 4, 1, 9]
+
+
+def test_mnist_idx_reader(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    labels = np.array([7, 2, 1], np.uint8)
+
+    def write(name, array, gz):
+        header = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(
+            ">" + "I" * array.ndim, *array.shape
+        )
+        opener = gzip.open if gz else open
+        with opener(str(tmp_path / (name + (".gz" if gz else ""))), "wb") as f:
+            f.write(header + array.tobytes())
+
+    write("train-images-idx3-ubyte", images, gz=True)
+    write("train-labels-idx1-ubyte", labels, gz=False)
+    write("t10k-images-idx3-ubyte", images[:2], gz=False)
+    write("t10k-labels-idx1-ubyte", labels[:2], gz=True)
+    (x, y), (xt, yt) = datasets.load_mnist_idx(str(tmp_path))
+    np.testing.assert_allclose(x, images.reshape(3, -1) / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(y, labels)
+    assert xt.shape == (2, 784) and yt.tolist() == [7, 2]
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(pytest.main([__file__, "-q"]))
