@@ -43,8 +43,11 @@ class LSHDense(keras.layers.Layer):
         kernel_constraint, bias_constraint: as for `Dense`.
       active: units computed per example: a fraction of `units` (a float in (0, 1]) or a count
         (an int >= 1). Default 5%.
-      hash_family: `"srp"` (SimHash with the MIPS transform), `"sparse_srp"`, `"wta"` or
-        `"dwta"` (see `tf_lsh_ops.lsh`).
+      hash_family: `"srp"` (SimHash), `"sparse_srp"`, `"wta"` or `"dwta"` (see
+        `tf_lsh_ops.lsh`).
+      mips: SimHash only: hash with the asymmetric MIPS transform, so that tables rank units by
+        inner product rather than by angle. It suits weights of similar norms: one unit with a
+        much larger norm than the rest crowds the others into few buckets.
       num_hashes: K, hashes per table; None picks a value for `units` and `active`.
       num_tables: L.
       bin_size: coordinates per WTA hash.
@@ -53,7 +56,8 @@ class LSHDense(keras.layers.Layer):
       min_count: for `"threshold"`.
       fill_random: fill active sets the tables leave short with random units (else -1
         padding, computed as 0).
-      overflow: `"fifo"` or `"reservoir"`, for full buckets.
+      overflow: `"reservoir"` (a uniform sample of a full bucket's units) or `"fifo"` (the
+        latest inserted; a full rebuild inserts units in id order, so FIFO keeps high ids).
       batch_wide: one active set per batch (as Mongoose) instead of per example.
       inference: `"dense"` (exact: all units, with standard TF ops) or `"lsh"` (only the
         retrieved units); switch it after training with `set_inference(model, mode)`.
@@ -84,6 +88,7 @@ class LSHDense(keras.layers.Layer):
         bias_constraint=None,
         active=0.05,
         hash_family="srp",
+        mips=False,
         num_hashes=None,
         num_tables=16,
         bin_size=8,
@@ -91,7 +96,7 @@ class LSHDense(keras.layers.Layer):
         active_rule="frequency",
         min_count=1,
         fill_random=True,
-        overflow="fifo",
+        overflow="reservoir",
         batch_wide=False,
         inference="dense",
         seed=0,
@@ -118,6 +123,9 @@ class LSHDense(keras.layers.Layer):
                 f"{tf_lsh_ops.HASH_FAMILIES}"
             )
         self.hash_family = hash_family
+        if mips and hash_family not in _SIMHASH:
+            raise ValueError(f"LSHDense: mips=True needs a SimHash family, not {hash_family!r}")
+        self.mips = bool(mips)
         if not isinstance(num_tables, int) or num_tables < 1:
             raise ValueError(f"LSHDense: num_tables must be an int >= 1, got {num_tables!r}")
         self.num_tables = num_tables
@@ -215,7 +223,7 @@ class LSHDense(keras.layers.Layer):
             self.num_tables,
             self.num_hashes_used,
             bin_size=self.bin_size,
-            mips=self._mips,
+            mips=self.mips,
             seed=self.seed,
         )
         self.hash_params = self._state("hash_params", params.shape, params.dtype.name, params)
@@ -247,10 +255,6 @@ class LSHDense(keras.layers.Layer):
             trainable=False,
         )
 
-    @property
-    def _mips(self):
-        return self.hash_family in _SIMHASH
-
     def _hash(self, vectors, mips_side):
         return tf_lsh_ops.lsh_hash(
             vectors,
@@ -258,14 +262,14 @@ class LSHDense(keras.layers.Layer):
             family=self.hash_family,
             num_tables=self.num_tables,
             num_hashes=self.num_hashes_used,
-            mips=mips_side if self._mips else "none",
+            mips=mips_side if self.mips else "none",
             max_norm=self.max_norm,
         )
 
     def rebuild_tables(self):
         """Re-hashes every unit from the current weights and rebuilds the tables."""
         kernel = tf.convert_to_tensor(self.kernel)
-        if self._mips:
+        if self.mips:
             self.max_norm.assign(tf.maximum(tf.reduce_max(tf.norm(kernel, axis=1)), 1e-12))
         codes = self._hash(kernel, "data")
         ids, counts = tf_lsh_ops.build_tables(
@@ -377,6 +381,7 @@ class LSHDense(keras.layers.Layer):
             bias_constraint=constraints.serialize(self.bias_constraint),
             active=self.active,
             hash_family=self.hash_family,
+            mips=self.mips,
             num_hashes=self.num_hashes,
             num_tables=self.num_tables,
             bin_size=self.bin_size,
