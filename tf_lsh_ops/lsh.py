@@ -151,7 +151,11 @@ def lsh_hash(
     _check_family(op_name, family)
     _require(mips in ("none", "data", "query"), f"{op_name}: unknown mips side {mips!r}")
     _require(mips != "data" or max_norm is not None, f"{op_name}: mips='data' needs max_norm")
-    bin_size = params.shape[-1] if family in ("wta", "dwta") else 8
+    bin_size = 8
+    if family in ("wta", "dwta"):
+        params = as_tensor(op_name, "bins", params, tf.int32)
+        # bins [L * K, bin_size]; a bin_size unknown while tracing is left to the kernel's check.
+        bin_size = (params.shape[-1] if params.shape.rank else None) or 2
     _check_layout(op_name, family, num_tables, num_hashes, bin_size)
     sparse = isinstance(vectors, tf.SparseTensor)
     if not sparse:

@@ -150,12 +150,28 @@ void MakeWtaBins(int64_t dim, int64_t total_hashes, int64_t bin_size, uint64_t s
 
 void SrpHashDense(const LshShape& shape, const float* inputs, const float* projections,
                   MipsSide mips, float max_norm, int32_t* codes, const ParallelFor& parallel_for) {
-  parallel_for(shape.batch, 2 * shape.dim * shape.total_hashes(), [&](int64_t begin, int64_t end) {
-    SrpProjector projector(shape, projections, mips, max_norm);
-    for (int64_t b = begin; b < end; ++b) {
-      projector.Start();
-      for (int64_t d = 0; d < shape.dim; ++d) projector.Add(d, inputs[b * shape.dim + d]);
-      projector.Finish(codes + b * shape.num_tables);
+  // Rows are projected a block at a time with a register-blocked matmul: the projection matrix
+  // streams from cache once per block instead of once per row.
+  constexpr int64_t kBlock = 64;
+  const int64_t total = shape.total_hashes(), dim = shape.dim;
+  const int64_t blocks = (shape.batch + kBlock - 1) / kBlock;
+  parallel_for(blocks, 2 * kBlock * dim * total, [&](int64_t begin, int64_t end) {
+    std::vector<float> projected(kBlock * total);
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t first = block * kBlock, rows = std::min(kBlock, shape.batch - first);
+      const float* x = inputs + first * dim;
+      MatMul(x, dim, projections, total, projected.data(), total, rows, total, dim);
+      for (int64_t r = 0; r < rows; ++r) {
+        float* p = projected.data() + r * total;
+        if (mips == MipsSide::kData) {
+          const float inv = 1.f / max_norm;
+          const float squared_norm = Dot(x + r * dim, x + r * dim, dim);
+          const float extra = std::sqrt(std::max(0.f, 1.f - squared_norm * inv * inv));
+          for (int64_t h = 0; h < total; ++h) p[h] *= inv;
+          Axpy(extra, projections + dim * total, p, total);
+        }
+        PackSignBits(shape, p, codes + (first + r) * shape.num_tables);
+      }
     }
   });
 }

@@ -28,6 +28,15 @@ void AxpyPortable(float alpha, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
+void MatMulPortable(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                    int64_t ldc, int64_t m, int64_t n, int64_t k) {
+  for (int64_t i = 0; i < m; ++i) {
+    float* row = c + i * ldc;
+    for (int64_t j = 0; j < n; ++j) row[j] = 0.f;
+    for (int64_t d = 0; d < k; ++d) AxpyPortable(a[i * lda + d], b + d * ldb, row, n);
+  }
+}
+
 #ifdef TF_LSH_X86
 __attribute__((target("avx2,fma"))) float DotAvx2(const float* a, const float* b, int64_t n) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
@@ -61,6 +70,73 @@ __attribute__((target("avx2,fma"))) void AxpyAvx2(float alpha, const float* x, f
   for (; i < n; ++i) y[i] += alpha * x[i];
 }
 
+// One row of c, columns [j, j + 16): two accumulators.
+__attribute__((target("avx2,fma"))) inline void MatMulRow16(const float* a, const float* b,
+                                                             int64_t ldb, float* c, int64_t k) {
+  __m256 c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps();
+  for (int64_t d = 0; d < k; ++d) {
+    const __m256 x = _mm256_broadcast_ss(a + d);
+    c0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(b + d * ldb), c0);
+    c1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(b + d * ldb + 8), c1);
+  }
+  _mm256_storeu_ps(c, c0);
+  _mm256_storeu_ps(c + 8, c1);
+}
+
+__attribute__((target("avx2,fma"))) void MatMulAvx2(const float* a, int64_t lda, const float* b,
+                                                     int64_t ldb, float* c, int64_t ldc,
+                                                     int64_t m, int64_t n, int64_t k) {
+  const int64_t n16 = n - n % 16;
+  int64_t i = 0;
+  for (; i + 4 <= m; i += 4) {
+    const float* a0 = a + i * lda;
+    for (int64_t j = 0; j < n16; j += 16) {
+      // 4 x 16 block in 8 registers; each b load serves four rows.
+      __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+      __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+      __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+      __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+      for (int64_t d = 0; d < k; ++d) {
+        const __m256 b0 = _mm256_loadu_ps(b + d * ldb + j);
+        const __m256 b1 = _mm256_loadu_ps(b + d * ldb + j + 8);
+        __m256 x = _mm256_broadcast_ss(a0 + d);
+        c00 = _mm256_fmadd_ps(x, b0, c00);
+        c01 = _mm256_fmadd_ps(x, b1, c01);
+        x = _mm256_broadcast_ss(a0 + lda + d);
+        c10 = _mm256_fmadd_ps(x, b0, c10);
+        c11 = _mm256_fmadd_ps(x, b1, c11);
+        x = _mm256_broadcast_ss(a0 + 2 * lda + d);
+        c20 = _mm256_fmadd_ps(x, b0, c20);
+        c21 = _mm256_fmadd_ps(x, b1, c21);
+        x = _mm256_broadcast_ss(a0 + 3 * lda + d);
+        c30 = _mm256_fmadd_ps(x, b0, c30);
+        c31 = _mm256_fmadd_ps(x, b1, c31);
+      }
+      float* out = c + i * ldc + j;
+      _mm256_storeu_ps(out, c00);
+      _mm256_storeu_ps(out + 8, c01);
+      _mm256_storeu_ps(out + ldc, c10);
+      _mm256_storeu_ps(out + ldc + 8, c11);
+      _mm256_storeu_ps(out + 2 * ldc, c20);
+      _mm256_storeu_ps(out + 2 * ldc + 8, c21);
+      _mm256_storeu_ps(out + 3 * ldc, c30);
+      _mm256_storeu_ps(out + 3 * ldc + 8, c31);
+    }
+  }
+  for (; i < m; ++i) {
+    for (int64_t j = 0; j < n16; j += 16) MatMulRow16(a + i * lda, b + j, ldb, c + i * ldc + j, k);
+  }
+  if (n16 < n) {  // the last n % 16 columns
+    for (int64_t r = 0; r < m; ++r) {
+      for (int64_t j = n16; j < n; ++j) {
+        float sum = 0.f;
+        for (int64_t d = 0; d < k; ++d) sum += a[r * lda + d] * b[d * ldb + j];
+        c[r * ldc + j] = sum;
+      }
+    }
+  }
+}
+
 bool CpuHasAvx2() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -71,10 +147,13 @@ bool CpuHasAvx2() { return false; }
 
 using DotFn = float (*)(const float*, const float*, int64_t);
 using AxpyFn = void (*)(float, const float*, float*, int64_t);
+using MatMulFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t,
+                          int64_t, int64_t);
 
 struct Dispatch {
   DotFn dot = DotPortable;
   AxpyFn axpy = AxpyPortable;
+  MatMulFn matmul = MatMulPortable;
   bool avx2 = false;
   Dispatch() {
 #ifdef TF_LSH_X86
@@ -83,6 +162,7 @@ struct Dispatch {
     if (CpuHasAvx2() && !(portable && portable[0] == '1')) {
       dot = DotAvx2;
       axpy = AxpyAvx2;
+      matmul = MatMulAvx2;
       avx2 = true;
     }
 #endif
@@ -99,6 +179,11 @@ const Dispatch& GetDispatch() {
 float Dot(const float* a, const float* b, int64_t n) { return GetDispatch().dot(a, b, n); }
 
 void Axpy(float alpha, const float* x, float* y, int64_t n) { GetDispatch().axpy(alpha, x, y, n); }
+
+void MatMul(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+            int64_t m, int64_t n, int64_t k) {
+  GetDispatch().matmul(a, lda, b, ldb, c, ldc, m, n, k);
+}
 
 bool UsesAvx2() { return GetDispatch().avx2; }
 

@@ -15,7 +15,12 @@ float Dot(const float* a, const float* b, int64_t n);
 // y[i] += alpha * x[i].
 void Axpy(float alpha, const float* x, float* y, int64_t n);
 
-// True when Dot and Axpy run the AVX2/FMA code.
+// c[i * ldc + j] = sum_d a[i * lda + d] * b[d * ldb + j], for i < m, j < n, d < k.
+// Register-blocked (4 rows x 16 columns): for hashing many rows against one projection matrix.
+void MatMul(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+            int64_t m, int64_t n, int64_t k);
+
+// True when Dot, Axpy and MatMul run the AVX2/FMA code.
 bool UsesAvx2();
 
 }  // namespace tf_lsh

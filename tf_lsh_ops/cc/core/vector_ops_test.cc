@@ -1,0 +1,59 @@
+#include "tf_lsh_ops/cc/core/vector_ops.h"
+
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "tf_lsh_ops/cc/core/test_util.h"
+
+namespace tf_lsh {
+namespace {
+
+void TestDotAndAxpy() {
+  for (int64_t n : {0, 1, 7, 8, 31, 32, 33, 130}) {
+    std::vector<float> a(n), b(n), y(n, 1.f);
+    double want = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      a[i] = 0.5f * i - 3;
+      b[i] = 1.f / (i + 1);
+      want += double{a[i]} * b[i];
+    }
+    CHECK_NEAR(Dot(a.data(), b.data(), n), want, 1e-4);
+    Axpy(2.f, a.data(), y.data(), n);
+    for (int64_t i = 0; i < n; ++i) CHECK_NEAR(y[i], 1.f + 2.f * a[i], 1e-5);
+  }
+}
+
+void TestMatMulAllBlockShapes() {
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> uniform(-1.f, 1.f);
+  for (int64_t m : {1, 3, 4, 5, 9}) {
+    for (int64_t n : {1, 15, 16, 17, 40}) {
+      for (int64_t k : {1, 8, 13}) {
+        const int64_t lda = k + 2, ldb = n + 3, ldc = n + 1;  // strides wider than the blocks
+        std::vector<float> a(m * lda), b(k * ldb), c(m * ldc, 99.f);
+        for (auto& v : a) v = uniform(rng);
+        for (auto& v : b) v = uniform(rng);
+        MatMul(a.data(), lda, b.data(), ldb, c.data(), ldc, m, n, k);
+        for (int64_t i = 0; i < m; ++i) {
+          for (int64_t j = 0; j < n; ++j) {
+            double want = 0;
+            for (int64_t d = 0; d < k; ++d) want += double{a[i * lda + d]} * b[d * ldb + j];
+            CHECK_NEAR(c[i * ldc + j], want, 1e-4);
+          }
+          CHECK_TRUE(c[i * ldc + n] == 99.f);  // padding between rows untouched
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace tf_lsh
+
+int main() {
+  tf_lsh::TestDotAndAxpy();
+  tf_lsh::TestMatMulAllBlockShapes();
+  std::printf("PASS (avx2: %d)\n", tf_lsh::UsesAvx2());
+  return 0;
+}
