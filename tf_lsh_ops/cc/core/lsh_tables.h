@@ -4,7 +4,9 @@
 //   ids    [num_tables, num_buckets, capacity]  neuron ids, -1 where empty;
 //   counts [num_tables, num_buckets]            neurons that hashed to the bucket so far; the
 //                                               bucket holds the first min(count, capacity)
-//                                               slots of ids.
+//                                               slots of ids. Removing a neuron (an update)
+//                                               resets it to the number stored, minus one:
+//                                               neurons dropped on overflow are forgotten.
 // A full bucket keeps `capacity` of its neurons: FIFO overwrites the oldest slot (a ring
 // buffer), reservoir sampling keeps a uniform sample (seeded, per table).
 //
