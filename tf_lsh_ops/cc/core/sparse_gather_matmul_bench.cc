@@ -1,0 +1,79 @@
+// Times the gather-matmul core on the Amazon-670K output-layer shape, without TensorFlow:
+//   bazel run -c opt //tf_lsh_ops:sparse_gather_matmul_bench -- [threads]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "tf_lsh_ops/cc/core/sparse_gather_matmul.h"
+
+namespace tf_lsh {
+namespace {
+
+// Splits [0, total) into `threads` contiguous shards on std::threads.
+ParallelFor ThreadsFor(int threads) {
+  return [threads](int64_t total, int64_t, const std::function<void(int64_t, int64_t)>& fn) {
+    std::vector<std::thread> workers;
+    for (int t = 0; t < threads; ++t) {
+      const int64_t begin = total * t / threads, end = total * (t + 1) / threads;
+      if (begin < end) workers.emplace_back(fn, begin, end);
+    }
+    for (auto& w : workers) w.join();
+  };
+}
+
+template <typename F>
+double MedianMs(F&& f, int reps = 9) {
+  std::vector<double> times;
+  for (int r = 0; r < reps; ++r) {
+    const auto start = std::chrono::steady_clock::now();
+    f();
+    times.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+            .count());
+  }
+  std::sort(times.begin(), times.end());
+  return times[reps / 2];
+}
+
+}  // namespace
+}  // namespace tf_lsh
+
+int main(int argc, char** argv) {
+  using namespace tf_lsh;
+  const int threads = argc > 1 ? std::atoi(argv[1]) : 2;
+  const GatherMatmulShape shape{128, 128, 670091, 3000};
+  std::mt19937 rng(0);
+  std::normal_distribution<float> normal;
+  std::uniform_int_distribution<int32_t> neuron(0, shape.num_neurons - 1);
+  std::vector<float> x(shape.batch * shape.dim), w(shape.num_neurons * shape.dim),
+      bias(shape.num_neurons), g(shape.batch * shape.active), out(shape.batch * shape.active);
+  for (auto& v : x) v = normal(rng);
+  for (auto& v : w) v = normal(rng);
+  for (auto& v : g) v = normal(rng);
+  std::vector<int32_t> ids(shape.batch * shape.active);
+  for (auto& v : ids) v = neuron(rng);
+  const ParallelFor parallel_for = ThreadsFor(threads);
+
+  const double rows_ms = MedianMs([&] { ActiveRows rows(ids.data(), ids.size()); });
+  const ActiveRows rows(ids.data(), ids.size());
+  const double forward_ms = MedianMs([&] {
+    SparseGatherMatmulForward(shape, x.data(), w.data(), bias.data(), rows, out.data(),
+                              parallel_for);
+  });
+  std::vector<float> dx(shape.batch * shape.dim), dw(rows.size() * shape.dim), db(rows.size());
+  const double backward_ms = MedianMs([&] {
+    SparseGatherMatmulBackward(shape, x.data(), w.data(), g.data(), rows, dx.data(), dw.data(),
+                               db.data(), parallel_for);
+  });
+  const double row_gb = rows.size() * shape.dim * 4 / 1e9;
+  std::printf(
+      "{\"threads\": %d, \"unique_rows\": %lld, \"active_rows_ms\": %.2f, \"forward_ms\": %.2f, "
+      "\"backward_ms\": %.2f, \"forward_row_gb_per_s\": %.1f, \"backward_gb_per_s\": %.1f}\n",
+      threads, static_cast<long long>(rows.size()), rows_ms, forward_ms, backward_ms,
+      row_gb / (forward_ms / 1e3), 2 * row_gb / (backward_ms / 1e3));
+  return 0;
+}
