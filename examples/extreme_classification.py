@@ -87,7 +87,7 @@ def main(argv=None):
     parser.add_argument("--shape", default="small", choices=sorted(datasets.SYNTHETIC_SHAPES))
     parser.add_argument("--train", help="training file (Extreme Classification Repository format)")
     parser.add_argument("--test", help="test file (same format)")
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--active", type=int, default=None, help="active labels per example")
     parser.add_argument("--skip-dense", action="store_true", help="train only the tf-lsh model")

@@ -315,7 +315,10 @@ class LSHDense(keras.layers.Layer):
             overflow=self.overflow,
             seed=self.seed + 104729 * tf.cast(self.step, tf.int64),
         )
-        self.neuron_codes.scatter_update(tf.IndexedSlices(new_codes, unit_ids))
+        # A Keras Variable has no scatter_update.
+        self.neuron_codes.assign(
+            tf.tensor_scatter_nd_update(self.neuron_codes.value, unit_ids[:, None], new_codes)
+        )
         self.table_ids.assign(ids)
         self.table_counts.assign(counts)
 
