@@ -63,6 +63,10 @@ class LSHClassifier(keras.Model):
         self.built = True
 
     def _features(self, x, training):
+        # Train and test steps bypass __call__, where Keras would build the model and record
+        # the input shape that `save` needs (else load_model skips the optimizer's state).
+        if not self.built and hasattr(x, "shape"):
+            self.build(tuple(x.shape))
         features = self.body(x, training=training)
         if not self.head.built:  # train/test steps bypass call(), where Keras would build it
             self.head.build(features.shape)
@@ -88,7 +92,10 @@ class LSHClassifier(keras.Model):
         self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
         self._loss_tracker.update_state(loss, sample_weight=tf.shape(labels)[0])
         # Training metrics rank the active set only (labels included): optimistic, but free.
-        return self.compute_metrics(x, labels, _top_ids(ids, logits, self.top_k))
+        logs = self.compute_metrics(x, labels, _top_ids(ids, logits, self.top_k))
+        if self.lsh_recall is not None:  # only evaluation measures it: not a training 0.0
+            logs.pop(self.lsh_recall.name, None)
+        return logs
 
     def test_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)

@@ -1,0 +1,796 @@
+"""Tests of the Keras layers: `LSHDense`, `LSHClassifier`, `SparseAdam`, `SparseInputDense`,
+`LSHRebuildCallback` and their configuration errors.
+
+Serialization, checkpoint resume and SavedModel export are in test_keras_saving.py.
+
+Contracts under test (see keras_layers/*.py):
+  - `LSHDense` stores its kernel neuron-major, `[units, input_dim]`: `keras.layers.Dense` with
+    the transposed kernel computes the same function. Inference "dense" is that function;
+    training (and inference "lsh") computes only each example's active units
+    (`layer.active_ids(x)`, the same ids `active_outputs` uses) and leaves zeros elsewhere.
+  - `LSHClassifier` puts every example's labels first in its active set and trains on the
+    softmax over that set; evaluation works in both inference modes.
+  - `SparseAdam` is lazy Adam on `tf.IndexedSlices` (untouched rows and their moments keep
+    their bits, duplicate indices are summed) and Keras' Adam on dense gradients.
+  - `SparseInputDense(x) == tf.sparse.to_dense(x) @ kernel + bias` with a sparse kernel
+    gradient.
+  - `LSHRebuildCallback` rebuilds on its schedule and logs `lsh_rebuilds`.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+try:
+    import tf_lsh_ops  # noqa: E402, F401
+except ModuleNotFoundError:  # Not installed: use the source tree this file belongs to.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import tf_lsh_ops  # noqa: E402, F401
+
+import keras_layers  # noqa: E402
+from keras_layers import (  # noqa: E402
+    LSHClassifier,
+    LSHDense,
+    LSHRebuildCallback,
+    PrecisionAtK,
+    SparseAdam,
+    SparseInputDense,
+    set_inference,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def normal(seed, *shape):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def lsh_and_dense(units, dim, activation, use_bias=True, **kwargs):
+    """A built LSHDense and a keras Dense with the same (transposed) weights."""
+    layer = LSHDense(
+        units,
+        activation=activation,
+        use_bias=use_bias,
+        kernel_initializer=keras.initializers.GlorotUniform(seed=1),
+        bias_initializer=keras.initializers.RandomNormal(seed=2),
+        seed=3,
+        **kwargs,
+    )
+    layer.build((None, dim))
+    dense = keras.layers.Dense(units, activation=activation, use_bias=use_bias)
+    dense.build((None, dim))
+    weights = [layer.kernel.numpy().T] + ([layer.bias.numpy()] if use_bias else [])
+    dense.set_weights(weights)
+    return layer, dense
+
+
+def gaussian_blobs(seed, num_classes, dim, count, spread):
+    """A Gaussian-blob classification task: x = center[y] + spread * noise."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((num_classes, dim)).astype(np.float32)
+    y = rng.integers(0, num_classes, count).astype(np.int32)
+    x = (centers[y] + spread * rng.standard_normal((count, dim))).astype(np.float32)
+    return x, y
+
+
+def prototype_multilabel(seed, num_labels, dim, count, max_labels, noise=0.3):
+    """Multi-label task: each label has a prototype; x = sum of its labels' prototypes + noise.
+
+    Labels are int32 [count, max_labels], -1 padded, 1..max_labels labels per example.
+    """
+    rng = np.random.default_rng(seed)
+    prototypes = rng.standard_normal((num_labels, dim)).astype(np.float32)
+    labels = np.full((count, max_labels), -1, np.int32)
+    x = np.empty((count, dim), np.float32)
+    for i in range(count):
+        n = rng.integers(1, max_labels + 1)
+        chosen = rng.choice(num_labels, n, replace=False)
+        labels[i, :n] = chosen
+        x[i] = prototypes[chosen].sum(0) + noise * rng.standard_normal(dim)
+    return x, labels
+
+
+def hidden_model(dim, classes, units=64, active=8, seed=2, **lsh_kwargs):
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((dim,)),
+            LSHDense(
+                units, activation="relu", active=active, num_tables=4, seed=seed, **lsh_kwargs
+            ),
+            keras.layers.Dense(classes),
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. LSHDense against keras.layers.Dense
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "tanh"])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_dense_inference_equals_keras_dense(activation, use_bias):
+    layer, dense = lsh_and_dense(96, 24, activation, use_bias=use_bias, active=10)
+    x = normal(0, 7, 24)
+    step = int(layer.step.numpy())
+    np.testing.assert_allclose(layer(x).numpy(), dense(x).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        layer(x, training=False).numpy(), dense(x).numpy(), rtol=1e-5, atol=1e-6
+    )
+    assert int(layer.step.numpy()) == step  # inference does not count as a training step
+    assert layer.compute_output_shape((None, 24)) == (None, 96)
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
+def test_training_output_is_dense_output_on_the_active_units(activation):
+    units, dim, active = 96, 24, 10
+    layer, dense = lsh_and_dense(units, dim, activation, active=active, num_tables=6)
+    x = normal(1, 9, dim)
+    expected = dense(x).numpy()
+    # The same step (seed) as the training call below: the same active sets.
+    ids = layer.active_ids(x).numpy()
+    out_ids, values = (t.numpy() for t in layer.active_outputs(x))
+    step = int(layer.step.numpy())
+    out = layer(x, training=True).numpy()
+    assert int(layer.step.numpy()) == step + 1
+
+    assert ids.shape == (9, active) and np.array_equal(out_ids, ids)
+    for b in range(len(x)):
+        assert len(set(ids[b])) == active and ids[b].min() >= 0  # distinct, filled
+        np.testing.assert_allclose(values[b], expected[b, ids[b]], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out[b, ids[b]], expected[b, ids[b]], rtol=1e-5, atol=1e-6)
+        outside = np.setdiff1d(np.arange(units), ids[b])
+        assert np.all(out[b, outside] == 0.0)
+        if activation == "sigmoid":  # never 0: a dense output there would show
+            assert np.all(expected[b, outside] != 0.0)
+
+
+def test_lsh_inference_computes_only_the_active_units():
+    units, dim = 80, 16
+    layer, dense = lsh_and_dense(units, dim, "sigmoid", active=12, inference="lsh")
+    x = normal(2, 5, dim)
+    ids = layer.active_ids(x).numpy()
+    out = layer(x).numpy()
+    expected = dense(x).numpy()
+    assert int(layer.step.numpy()) == 0
+    assert np.count_nonzero(out, axis=1).tolist() == [12] * 5
+    for b in range(5):
+        np.testing.assert_allclose(out[b, ids[b]], expected[b, ids[b]], rtol=1e-5, atol=1e-6)
+    layer.inference = "dense"
+    np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "hash_family, mips",
+    [("srp", True), ("sparse_srp", False), ("sparse_srp", True), ("wta", False), ("dwta", False)],
+)
+def test_every_hash_family_computes_dense_outputs_on_its_active_units(hash_family, mips):
+    units, dim = 72, 16
+    layer, dense = lsh_and_dense(
+        units, dim, "sigmoid", active=9, hash_family=hash_family, mips=mips, bin_size=4
+    )
+    x = normal(6, 5, dim)
+    ids = layer.active_ids(x).numpy()
+    out = layer(x, training=True).numpy()
+    expected = dense(x).numpy()
+    for b in range(5):
+        assert len(set(ids[b])) == 9
+        np.testing.assert_allclose(out[b, ids[b]], expected[b, ids[b]], rtol=1e-5, atol=1e-6)
+        assert np.count_nonzero(out[b]) == 9
+    if mips:
+        norms = np.linalg.norm(layer.kernel.numpy(), axis=1)
+        assert float(layer.max_norm.numpy()) == pytest.approx(norms.max(), rel=1e-5)
+
+
+@pytest.mark.parametrize("active", [1.0, 80])
+def test_all_units_active_training_equals_dense(active):
+    layer, dense = lsh_and_dense(80, 16, "relu", active=active, num_tables=4)
+    assert layer.num_active == 80
+    x = normal(3, 6, 16)
+    ids = layer.active_ids(x).numpy()
+    assert all(sorted(row) == list(range(80)) for row in ids)
+    np.testing.assert_allclose(
+        layer(x, training=True).numpy(), dense(x).numpy(), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_batch_wide_active_set_is_shared():
+    layer, dense = lsh_and_dense(64, 16, "sigmoid", active=9, batch_wide=True)
+    x = normal(4, 6, 16)
+    ids = layer.active_ids(x).numpy()
+    assert ids.shape == (1, 9)
+    out = layer(x, training=True).numpy()
+    support = np.flatnonzero(np.any(out != 0, axis=0))
+    assert np.array_equal(support, np.sort(ids[0]))
+    np.testing.assert_allclose(out[:, ids[0]], dense(x).numpy()[:, ids[0]], rtol=1e-5, atol=1e-6)
+
+
+def test_training_gradients_are_sparse_and_match_dense_on_active_rows():
+    layer, dense = lsh_and_dense(64, 12, "tanh", active=6)
+    x = normal(5, 4, 12)
+    ids = layer.active_ids(x).numpy()
+    with tf.GradientTape(persistent=True) as tape:
+        loss = tf.reduce_sum(layer(x, training=True) ** 2)
+        mask = np.zeros((4, 64), np.float32)
+        for b in range(4):
+            mask[b, ids[b]] = 1.0
+        dense_loss = tf.reduce_sum((dense(x) * mask) ** 2)
+    grad_kernel, grad_bias = tape.gradient(loss, [layer.kernel, layer.bias])
+    ref_kernel, ref_bias = tape.gradient(dense_loss, [dense.kernel, dense.bias])
+    assert isinstance(grad_kernel, tf.IndexedSlices) and isinstance(grad_bias, tf.IndexedSlices)
+    assert set(grad_kernel.indices.numpy().tolist()) <= set(ids.ravel().tolist())
+    np.testing.assert_allclose(
+        tf.convert_to_tensor(grad_kernel).numpy(), ref_kernel.numpy().T, rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        tf.convert_to_tensor(grad_bias).numpy(), ref_bias.numpy(), rtol=1e-5, atol=1e-6
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Hidden layer trained with model.fit
+# ---------------------------------------------------------------------------------------------
+
+HIDDEN_MARGIN = 0.08  # LSHDense's held-out accuracy may trail Dense's by at most this
+
+
+def _blob_classifier(hidden_layers, dim, classes):
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input((dim,))
+    h = inputs
+    for layer in hidden_layers:
+        h = layer(h)
+    outputs = keras.layers.Dense(classes, activation="softmax")(h)
+    model = keras.Model(inputs, outputs)
+    model.compile(
+        keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
+    return model
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    x, y = gaussian_blobs(11, num_classes=6, dim=20, count=1600, spread=1.6)
+    return (x[:1200], y[:1200]), (x[1200:], y[1200:])
+
+
+@pytest.fixture(scope="module")
+def dense_blob_accuracy(blobs):
+    (x, y), (xv, yv) = blobs
+    model = _blob_classifier([keras.layers.Dense(256, activation="relu")], 20, 6)
+    model.fit(x, y, batch_size=32, epochs=4, verbose=0, shuffle=False)
+    return model.evaluate(xv, yv, verbose=0)[1]
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_hidden_lsh_dense_learns_as_well_as_dense(blobs, dense_blob_accuracy, depth):
+    (x, y), (xv, yv) = blobs
+    chance = 1 / 6
+    assert dense_blob_accuracy > chance + 0.4  # the task is learnable
+    layers = [
+        LSHDense(256, activation="relu", active=0.25, num_tables=8, seed=3 + i)
+        for i in range(depth)
+    ]
+    model = _blob_classifier(layers, 20, 6)
+    callback = LSHRebuildCallback(period=10)
+    history = model.fit(
+        x, y, batch_size=32, epochs=4, verbose=0, shuffle=False, callbacks=[callback]
+    )
+    accuracy = model.evaluate(xv, yv, verbose=0)[1]
+    assert accuracy >= dense_blob_accuracy - HIDDEN_MARGIN, (accuracy, dense_blob_accuracy)
+    # 38 steps an epoch: a rebuild when training begins, then every 10 steps.
+    assert history.history["lsh_rebuilds"] == [4, 8, 12, 16]
+    assert callback.rebuilds == 16
+    assert [int(layer.step.numpy()) for layer in layers] == [4 * 38] * depth
+    assert keras_layers.lsh_layers(model) == layers
+    # Evaluated with only the retrieved units, it is still far above chance.
+    set_inference(model, "lsh")
+    assert model.evaluate(xv, yv, verbose=0)[1] > chance + 0.3
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Output layer: LSHClassifier
+# ---------------------------------------------------------------------------------------------
+
+NUM_LABELS = 200
+
+
+@pytest.fixture(scope="module")
+def multilabel():
+    x, labels = prototype_multilabel(21, NUM_LABELS, dim=32, count=3000, max_labels=3)
+    return (x[:2500], labels[:2500]), (x[2500:], labels[2500:])
+
+
+@pytest.fixture(scope="module")
+def classifier(multilabel):
+    (x, labels), _ = multilabel
+    keras.utils.set_random_seed(0)
+    body = keras.Sequential([keras.Input((32,)), keras.layers.Dense(64, activation="relu")])
+    head = LSHDense(NUM_LABELS, active=20, num_tables=8, seed=5)
+    model = LSHClassifier(body, head, top_k=3, lsh_recall_k=5)
+    model.compile(optimizer=SparseAdam(3e-3), metrics=[PrecisionAtK(1), PrecisionAtK(3)])
+    history = model.fit(
+        x,
+        labels,
+        batch_size=64,
+        epochs=5,
+        verbose=0,
+        shuffle=False,
+        callbacks=[LSHRebuildCallback(period=10)],
+    )
+    return model, history.history
+
+
+@pytest.fixture
+def dense_mode(classifier):
+    """Leaves the shared classifier in dense inference whatever the test did."""
+    yield classifier[0]
+    set_inference(classifier[0], "dense")
+
+
+def test_classifier_trains_well_above_chance(classifier, multilabel):
+    model, history = classifier
+    _, (xv, labels) = multilabel
+    assert history["loss"][-1] < 0.6 * history["loss"][0]
+    assert history["lsh_rebuilds"][-1] > 5
+    assert "lsh_recall@5" not in history  # measured by evaluation only, not a training 0.0
+    chance = 2 / NUM_LABELS  # 2 labels on average
+    results = model.evaluate(xv, labels, verbose=0, return_dict=True)
+    assert results["P@1"] > 0.6, results  # exact (dense) inference
+    assert results["P@1"] > 50 * chance
+
+
+def test_classifier_evaluates_in_both_modes(dense_mode, multilabel):
+    model = dense_mode
+    _, (xv, labels) = multilabel
+    dense = model.evaluate(xv, labels, batch_size=len(xv), verbose=0, return_dict=True)
+    set_inference(model, "lsh")
+    assert model.head.inference == "lsh"
+    lsh = model.evaluate(xv, labels, batch_size=len(xv), verbose=0, return_dict=True)
+    for results in (dense, lsh):
+        assert set(results) == {"loss", "P@1", "P@3", "lsh_recall@5"}
+        assert all(np.isfinite(v) for v in results.values())
+        assert 0.0 <= results["lsh_recall@5"] <= 1.0
+    assert lsh["P@1"] > 10 * 2 / NUM_LABELS  # retrieval still beats chance by far
+    assert lsh["P@1"] <= dense["P@1"] + 0.05
+
+    # lsh_recall@5 is the fraction of the exact top 5 the active sets held (one batch: the
+    # same query seed as evaluate).
+    features = model.body(xv)
+    logits = features.numpy() @ model.head.kernel.numpy().T + model.head.bias.numpy()
+    exact = np.argsort(-logits, axis=1, kind="stable")[:, :5]
+    active = model.head.active_ids(features).numpy()
+    recall = np.mean([np.isin(exact[b], active[b]).mean() for b in range(len(xv))])
+    assert lsh["lsh_recall@5"] == pytest.approx(recall, abs=1e-5)
+    assert dense["lsh_recall@5"] == pytest.approx(recall, abs=1e-5)
+
+
+def test_predict_top_k_in_both_modes(dense_mode, multilabel):
+    model = dense_mode
+    _, (xv, _) = multilabel
+    x = xv[:7]
+    ids, scores = (t.numpy() for t in model.predict_top_k(x, k=4))
+    assert ids.shape == (7, 4) and scores.shape == (7, 4)
+    logits = model.predict(x, verbose=0)
+    assert logits.shape == (7, NUM_LABELS)
+    np.testing.assert_allclose(scores, np.sort(logits, axis=1)[:, ::-1][:, :4], rtol=1e-5)
+    np.testing.assert_allclose(np.take_along_axis(logits, ids, 1), scores, rtol=1e-5)
+
+    set_inference(model, "lsh")
+    ids, scores = (t.numpy() for t in model.predict_top_k(x, k=4))
+    assert ids.shape == (7, 4) and scores.shape == (7, 4)
+    active = model.head.active_ids(model.body(x)).numpy()
+    assert all(set(ids[b]) <= set(active[b]) for b in range(7))
+    assert np.all(np.diff(scores, axis=1) <= 0)
+    np.testing.assert_allclose(np.take_along_axis(logits, ids, 1), scores, rtol=1e-5, atol=1e-5)
+    assert model.predict(x, verbose=0).shape == (7, NUM_LABELS)
+
+
+def test_labels_are_in_the_active_set_and_first(classifier, multilabel):
+    model, _ = classifier
+    _, (xv, labels) = multilabel
+    labels = labels[:50]
+    ids = model.head.active_ids(model.body(xv[:50]), labels).numpy()
+    assert ids.shape == (50, model.head.num_active)
+    for b in range(50):
+        row_labels = labels[b][labels[b] >= 0]
+        assert set(ids[b, : len(row_labels)]) == set(row_labels), (ids[b], labels[b])
+        assert len(set(ids[b])) == len(ids[b])  # no duplicates, labels included only once
+
+
+def test_lsh_classifier_with_sparse_input_dense_body():
+    """The README's model: a SparseInputDense body on tf.SparseTensor bags of features."""
+    rng = np.random.default_rng(31)
+    count, num_features, num_labels = 512, 300, 100
+    labels = rng.integers(0, num_labels, (count, 1)).astype(np.int32)
+    label_features = rng.integers(0, num_features, (num_labels, 5))
+    x = np.zeros((count, num_features), np.float32)
+    for i in range(count):
+        x[i, label_features[labels[i, 0]]] = 1.0
+        x[i, rng.integers(0, num_features, 3)] += 1.0
+    data = tf.data.Dataset.from_tensor_slices((tf.sparse.from_dense(x), labels)).batch(64)
+    keras.utils.set_random_seed(0)
+    model = LSHClassifier(
+        SparseInputDense(32, activation="relu"),
+        LSHDense(num_labels, active=20, num_tables=8, seed=1),
+    )
+    model.compile(optimizer=SparseAdam(1e-2), metrics=[PrecisionAtK(1)])
+    model.fit(data, epochs=4, verbose=0, shuffle=False, callbacks=[LSHRebuildCallback(period=4)])
+    assert model.evaluate(data, verbose=0, return_dict=True)["P@1"] > 0.5  # chance: 0.01
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. SparseAdam (and SGD) on sparse gradients
+# ---------------------------------------------------------------------------------------------
+
+
+def lazy_adam_reference(w, m, v, indices, values, t, lr, beta_1, beta_2, epsilon):
+    """One lazy-Adam step in float64 NumPy (Keras' Adam formula on the touched rows)."""
+    w, m, v = (a.astype(np.float64).copy() for a in (w, m, v))
+    rows = np.unique(indices)
+    g = np.zeros((len(rows),) + w.shape[1:])
+    np.add.at(g, np.searchsorted(rows, indices), values)  # duplicates summed
+    alpha = lr * np.sqrt(1 - beta_2**t) / (1 - beta_1**t)
+    m[rows] += (g - m[rows]) * (1 - beta_1)
+    v[rows] += (g**2 - v[rows]) * (1 - beta_2)
+    w[rows] -= alpha * m[rows] / (np.sqrt(v[rows]) + epsilon)
+    return w, m, v
+
+
+def test_sparse_adam_is_lazy_adam():
+    lr, beta_1, beta_2, epsilon = 0.05, 0.8, 0.95, 1e-7
+    w0 = normal(40, 12, 5)
+    var = keras.Variable(w0.copy(), name="w")
+    optimizer = SparseAdam(lr, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon)
+    optimizer.build([var])
+    momentum, velocity = optimizer._momentums[0], optimizer._velocities[0]
+    ref = (w0, np.zeros_like(w0), np.zeros_like(w0))
+    steps = [[1, 3, 1, 7, 3, 1], [3, 10, 10], [0, 7, 11, 7]]  # with duplicates
+    for t, indices in enumerate(steps, start=1):
+        before = [a.numpy().copy() for a in (var, momentum, velocity)]
+        values = normal(40 + t, len(indices), 5)
+        gradient = tf.IndexedSlices(
+            tf.constant(values), tf.constant(indices, tf.int32), tf.constant([12, 5])
+        )
+        optimizer.apply_gradients([(gradient, var)])
+        assert int(optimizer.iterations.numpy()) == t
+        ref = lazy_adam_reference(*ref, np.array(indices), values, t, lr, beta_1, beta_2, epsilon)
+        untouched = np.setdiff1d(np.arange(12), indices)
+        for after, old, expected in zip((var, momentum, velocity), before, ref, strict=True):
+            after = after.numpy()
+            assert np.array_equal(after[untouched], old[untouched])  # bit-identical
+            np.testing.assert_allclose(after, expected, rtol=2e-5, atol=1e-6)
+            assert not np.array_equal(after[indices], old[indices])
+
+
+def test_sparse_adam_on_dense_gradients_is_keras_adam():
+    w0, b0 = normal(50, 6, 4), normal(51, 4)
+    results = []
+    for optimizer in (SparseAdam(0.01), keras.optimizers.Adam(0.01)):
+        w, b = keras.Variable(w0.copy()), keras.Variable(b0.copy())
+        for t in range(3):
+            grads = [tf.constant(normal(60 + t, 6, 4)), tf.constant(normal(70 + t, 4))]
+            optimizer.apply_gradients(zip(grads, [w, b], strict=True))
+        results.append([w.numpy(), b.numpy()] + [v.numpy() for v in optimizer.variables[2:]])
+    for sparse, keras_adam in zip(*results, strict=True):
+        np.testing.assert_array_equal(sparse, keras_adam)  # the same code path: same bits
+
+
+def test_sparse_adam_rejects_amsgrad():
+    with pytest.raises(ValueError, match="amsgrad"):
+        SparseAdam(amsgrad=True)
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [lambda: keras.optimizers.SGD(0.1), lambda: SparseAdam(0.01)],
+    ids=["sgd", "sparse_adam"],
+)
+def test_fit_leaves_untouched_lsh_rows_bit_identical(make_optimizer):
+    x, y = gaussian_blobs(80, num_classes=3, dim=12, count=64, spread=1.0)
+    # Without random fill the active sets depend on the inputs and the tables only, so
+    # active_ids before fit names every row the two steps can touch.
+    model = hidden_model(12, 3, units=200, active=5, fill_random=False)
+    optimizer = make_optimizer()
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    layer = model.layers[0]
+    touched = np.unique(layer.active_ids(x).numpy())
+    touched = touched[touched >= 0]
+    assert 0 < len(touched) < 200
+    before = [layer.kernel.numpy().copy(), layer.bias.numpy().copy()]
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)
+    untouched = np.setdiff1d(np.arange(200), touched)
+    for var, old in zip((layer.kernel, layer.bias), before, strict=True):
+        assert np.array_equal(var.numpy()[untouched], old[untouched])
+    changed = np.flatnonzero(np.any(layer.kernel.numpy() != before[0], axis=1))
+    assert len(changed) > 0 and set(changed) <= set(touched)
+    if isinstance(optimizer, SparseAdam):
+        index = optimizer._get_variable_index(layer.kernel)
+        for slot in (optimizer._momentums[index], optimizer._velocities[index]):
+            assert np.all(slot.numpy()[untouched] == 0.0)
+            assert np.any(slot.numpy()[touched] != 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. SparseInputDense
+# ---------------------------------------------------------------------------------------------
+
+
+def sparse_batch(seed, rows, cols):
+    """A SparseTensor with an empty middle row and two trailing empty rows, and its dense."""
+    rng = np.random.default_rng(seed)
+    dense = ((rng.random((rows, cols)) < 0.2) * rng.standard_normal((rows, cols))).astype(
+        np.float32
+    )
+    dense[0, 0] = 1.5  # at least one feature in the first row
+    dense[2] = 0.0
+    dense[-2:] = 0.0
+    return tf.sparse.from_dense(dense), dense
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_sparse_input_dense_equals_dense_matmul(activation):
+    sparse, dense = sparse_batch(90, 8, 40)
+    layer = SparseInputDense(6, activation=activation, bias_initializer="random_normal")
+    out = layer(sparse).numpy()
+    expected = dense @ layer.kernel.numpy() + layer.bias.numpy()
+    if activation == "relu":
+        expected = np.maximum(expected, 0)
+    assert out.shape == (8, 6)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    bias = layer.bias.numpy() if activation is None else np.maximum(layer.bias.numpy(), 0)
+    for row in (2, 6, 7):  # empty rows, the last two trailing: bias only
+        np.testing.assert_array_equal(out[row], bias)
+    np.testing.assert_allclose(layer(dense).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_input_dense_reorders_and_keeps_the_batch_size():
+    # Unsorted indices, and no feature at all past row 0 of a batch of 4.
+    sparse = tf.SparseTensor([[0, 3], [0, 1]], [2.0, -1.0], [4, 5])
+    layer = SparseInputDense(3, bias_initializer="ones")
+    out = layer(sparse).numpy()
+    kernel = layer.kernel.numpy()
+    np.testing.assert_allclose(out[0], 2 * kernel[3] - kernel[1] + 1, rtol=1e-6)
+    np.testing.assert_array_equal(out[1:], np.ones((3, 3), np.float32))
+
+
+def test_sparse_input_dense_kernel_gradient_is_indexed_slices():
+    sparse, dense = sparse_batch(91, 8, 40)
+    layer = SparseInputDense(6, bias_initializer="random_normal")
+    upstream = normal(92, 8, 6)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(sparse) * upstream)
+    grad_kernel, grad_bias = tape.gradient(loss, [layer.kernel, layer.bias])
+    assert isinstance(grad_kernel, tf.IndexedSlices)
+    features = np.unique(sparse.indices.numpy()[:, 1])
+    assert set(grad_kernel.indices.numpy().tolist()) <= set(features.tolist())
+    np.testing.assert_allclose(
+        tf.convert_to_tensor(grad_kernel).numpy(), dense.T @ upstream, rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(grad_bias.numpy(), upstream.sum(0), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. LSHRebuildCallback schedules
+# ---------------------------------------------------------------------------------------------
+
+
+class CodesRecorder(keras.callbacks.Callback):
+    """After every step (and LSHRebuildCallback's event), the layer's stored codes and tables."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+        self.codes, self.fresh_codes, self.tables = [], [], []
+
+    def on_train_batch_end(self, batch, logs=None):
+        layer = self.layer
+        self.codes.append(layer.neuron_codes.numpy().copy())
+        self.fresh_codes.append(layer._hash(layer.kernel.value, "data").numpy())
+        self.tables.append(layer.table_ids.numpy().copy())
+
+
+def _callback_fit(callback, learning_rate=0.05, steps=16, recorder=False, **lsh_kwargs):
+    x, y = gaussian_blobs(100, num_classes=3, dim=12, count=8 * steps, spread=1.0)
+    model = hidden_model(12, 3, **lsh_kwargs)
+    model.compile(
+        SparseAdam(learning_rate), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    callbacks = [callback]
+    if recorder:
+        callbacks.append(CodesRecorder(model.layers[0]))
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
+    return model, history.history, callbacks[-1]
+
+
+def test_fixed_schedule_rebuilds_every_period_steps():
+    callback = LSHRebuildCallback(period=3)
+    model, history, recorder = _callback_fit(callback, steps=15, recorder=True)
+    assert [step for step, _ in callback.events] == [0, 3, 6, 9, 12, 15]
+    assert history["lsh_rebuilds"] == [6] and callback.rebuilds == 6
+    events = {3, 6, 9, 12, 15}
+    changes = 0
+    for step in range(1, 16):
+        codes = recorder.codes[step - 1]
+        if step in events:  # rebuilt from the weights of this step
+            assert np.array_equal(codes, recorder.fresh_codes[step - 1]), step
+            changes += not np.array_equal(codes, recorder.codes[step - 2])
+        elif step > 1:  # untouched between events
+            assert np.array_equal(codes, recorder.codes[step - 2]), step
+            assert np.array_equal(recorder.tables[step - 1], recorder.tables[step - 2]), step
+    assert changes > 0  # the weights moved enough to move some units
+    # The tables are a full rebuild of the final weights.
+    layer = model.layers[0]
+    tables = [layer.table_ids.numpy(), layer.table_counts.numpy()]
+    layer.rebuild_tables()
+    assert np.array_equal(tables[0], layer.table_ids.numpy())
+    assert np.array_equal(tables[1], layer.table_counts.numpy())
+
+
+def test_exponential_schedule_periods_grow():
+    callback = LSHRebuildCallback(period=1, schedule="exponential", growth=2.0)
+    _, history, _ = _callback_fit(callback, steps=16)
+    steps = [step for step, _ in callback.events]
+    assert steps == [0, 1, 3, 7, 15]
+    assert np.diff(steps[1:]).tolist() == [2, 4, 8]
+    assert history["lsh_rebuilds"] == [5]
+
+
+@pytest.mark.parametrize(
+    "learning_rate, threshold, expected",
+    [
+        (0.0, 0.01, [0]),  # weights frozen: no rebuild after the initial one
+        (0.05, 0.01, [0, 4, 8, 12, 16]),  # weights move: a rebuild at every check
+        (0.05, 1e9, [0]),  # they move, but less than the threshold
+    ],
+)
+def test_drift_schedule_rebuilds_only_when_weights_moved(learning_rate, threshold, expected):
+    callback = LSHRebuildCallback(period=4, schedule="drift", drift_threshold=threshold)
+    model, history, _ = _callback_fit(callback, learning_rate=learning_rate)
+    assert [step for step, _ in callback.events] == expected
+    assert history["lsh_rebuilds"] == [len(expected)]
+    drift = callback.drift()  # relative change since the last rebuild
+    if learning_rate == 0.0:
+        assert drift == 0.0
+    elif threshold > 1:
+        assert 0.0 < drift < threshold  # the weights moved, just not enough
+    else:
+        assert drift == 0.0  # rebuilt after the last step
+
+
+def test_incremental_rebuild_rehashes_one_slice_per_event():
+    units, fraction = 64, 0.25
+    callback = LSHRebuildCallback(
+        period=1, incremental_fraction=fraction, rebuild_on_train_begin=False
+    )
+    x, y = gaussian_blobs(110, num_classes=3, dim=12, count=32, spread=1.0)
+    model = hidden_model(12, 3, units=units, active=8, bucket_capacity=128)
+    # Frozen weights (learning rate 0), but not the ones the tables hold: permuted rows move
+    # units between buckets. (Permuting keeps the set of norms, so a MIPS max norm too.)
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    layer = model.layers[0]
+    old_codes = layer.neuron_codes.numpy().copy()
+    old_tables = layer.table_ids.numpy().copy()
+    permutation = np.random.default_rng(111).permutation(units)
+    layer.kernel.assign(layer.kernel.numpy()[permutation])
+    recorder = CodesRecorder(layer)
+    model.fit(
+        x,
+        np.zeros((32, 3), np.float32),
+        batch_size=8,
+        epochs=1,
+        verbose=0,
+        shuffle=False,
+        callbacks=[callback, recorder],
+    )
+    assert [step for step, _ in callback.events] == [1, 2, 3, 4]
+    new_codes = old_codes[permutation]
+    assert np.array_equal(recorder.fresh_codes[0], new_codes)
+    assert not np.array_equal(recorder.tables[0], old_tables)  # the first slice moved
+    for event in range(1, 5):
+        done = int(event * fraction * units)
+        codes = recorder.codes[event - 1]
+        assert np.array_equal(codes[:done], new_codes[:done]), event
+        assert np.array_equal(codes[done:], old_codes[done:]), event
+    # After 1 / fraction events, the tables hold the same buckets as a full rebuild.
+    tables = layer.table_ids.numpy().copy()
+    counts = layer.table_counts.numpy().copy()
+    layer.rebuild_tables()
+    assert np.array_equal(layer.neuron_codes.numpy(), new_codes)
+    assert np.array_equal(counts, layer.table_counts.numpy())
+    assert np.array_equal(np.sort(tables, axis=-1), np.sort(layer.table_ids.numpy(), axis=-1))
+    for table in range(layer.num_tables):  # every unit in its bucket
+        for unit in range(units):
+            assert unit in tables[table, new_codes[unit, table]]
+
+
+def test_callback_needs_an_lsh_layer():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile("sgd", "mse")
+    with pytest.raises(ValueError, match="no LSHDense"):
+        model.fit(np.zeros((4, 4)), np.zeros((4, 2)), verbose=0, callbacks=[LSHRebuildCallback()])
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. Configuration errors
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(active=200), r"active = 200 units must be in \[1, units = 100\]"),
+        (dict(active=0), r"active = 0 units must be in \[1"),
+        (dict(active=-3), r"active = -3 units"),
+        (dict(active=0.0), r"active as a fraction must be in \(0, 1\]"),
+        (dict(active=1.5), r"active as a fraction must be in \(0, 1\]"),
+        (dict(active="5%"), r"active must be a float fraction or an int count"),
+        (dict(num_hashes=31), r"srp with num_hashes=31 needs 31 bits per bucket id; at most 30"),
+        (
+            dict(hash_family="wta", num_hashes=11),
+            r"wta with num_hashes=11 needs 33 bits per bucket id; at most 30",
+        ),
+        (dict(num_hashes=0), r"num_hashes must be >= 1"),
+        (dict(hash_family="minhash"), r"unknown hash_family 'minhash'"),
+        (dict(active_rule="top"), r"unknown active_rule 'top'"),
+        (dict(inference="sparse"), r"unknown inference mode 'sparse'"),
+        (dict(bucket_capacity=0), r"bucket_capacity must be >= 1"),
+        (dict(bucket_capacity=-2), r"bucket_capacity must be >= 1"),
+        (dict(num_tables=0), r"num_tables must be an int >= 1"),
+        (dict(overflow="lru"), r"unknown overflow 'lru'"),
+        (dict(min_count=0), r"min_count must be >= 1"),
+        (dict(hash_family="wta", bin_size=6), r"bin_size must be a power of two"),
+    ],
+)
+def test_lsh_dense_rejects_bad_configuration(kwargs, message):
+    with pytest.raises(ValueError, match=r"^LSHDense: " + message):
+        LSHDense(100, **kwargs)
+
+
+def test_lsh_dense_rejects_bad_units():
+    with pytest.raises(ValueError, match="units must be a positive int"):
+        LSHDense(0)
+
+
+def test_set_inference_rejects_unknown_mode():
+    layer = LSHDense(10, active=2)
+    with pytest.raises(ValueError, match="unknown inference mode 'fast'"):
+        layer.inference = "fast"
+    model = keras.Sequential([keras.Input((4,)), layer])
+    with pytest.raises(ValueError, match="unknown inference mode"):
+        set_inference(model, "exact")
+
+
+def test_lsh_classifier_needs_an_lsh_dense_head():
+    with pytest.raises(ValueError, match="head must be an LSHDense, got Dense"):
+        LSHClassifier(keras.layers.Dense(4), keras.layers.Dense(10))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(period=0), "period must be an int >= 1"),
+        (dict(period=2.5), "period must be an int >= 1"),
+        (dict(schedule="cosine"), "unknown schedule 'cosine'"),
+        (dict(schedule="exponential", growth=0.5), "growth must be >= 1"),
+        (dict(incremental_fraction=0.0), r"incremental_fraction must be in \(0, 1\]"),
+        (dict(incremental_fraction=1.5), r"incremental_fraction must be in \(0, 1\]"),
+    ],
+)
+def test_rebuild_callback_rejects_bad_configuration(kwargs, message):
+    with pytest.raises(ValueError, match=r"^LSHRebuildCallback: " + message):
+        LSHRebuildCallback(**kwargs)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
