@@ -7,16 +7,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_layers.lsh_dense import LSHDense
+from keras_layers.lsh_dense import lsh_layers
 
 SCHEDULES = ("fixed", "exponential", "drift")
-
-
-def lsh_layers(model):
-    """Every `LSHDense` inside `model`, nested models included."""
-    return [
-        layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, LSHDense)
-    ]
 
 
 class LSHRebuildCallback(keras.callbacks.Callback):
@@ -46,7 +39,10 @@ class LSHRebuildCallback(keras.callbacks.Callback):
       drift_threshold: relative weight change that triggers a rebuild, for `"drift"`.
       sample_rows: rows sampled per layer for the drift fingerprint.
       incremental_fraction: None for full rebuilds; else the fraction of units per event.
-      rebuild_on_train_begin: rebuild once when training starts (weights may have been loaded).
+      rebuild_on_train_begin: rebuild once when training starts, e.g. after loading weights
+        from elsewhere. Off by default: the tables are saved and restored with the model, and
+        the schedule follows the optimizer's step count, so a run resumed from a checkpoint
+        rebuilds exactly when an uninterrupted one would.
       log_dir: optional TensorBoard log directory.
       verbose: 1 prints a line per rebuild.
 
@@ -63,7 +59,7 @@ class LSHRebuildCallback(keras.callbacks.Callback):
         drift_threshold=0.01,
         sample_rows=1024,
         incremental_fraction=None,
-        rebuild_on_train_begin=True,
+        rebuild_on_train_begin=False,
         log_dir=None,
         verbose=0,
     ):
@@ -98,28 +94,43 @@ class LSHRebuildCallback(keras.callbacks.Callback):
         self._layers = lsh_layers(self.model)
         if not self._layers:
             raise ValueError("LSHRebuildCallback: the model has no LSHDense layer")
-        self._step = 0
-        self._next = self.period
-        self._current_period = float(self.period)
-        self._cursor = {id(layer): 0 for layer in self._layers}
         self._snapshots = {}
         if self.log_dir and self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
         if self.rebuild_on_train_begin:
-            self._rebuild(full=True)
+            self._rebuild(self._global_step(), full=True)
+        elif self.schedule == "drift":
+            for layer in self._layers:
+                if layer.built:  # drift is measured from here
+                    self._take_snapshot(layer)
+
+    def _global_step(self):
+        """Steps trained so far: the optimizer's counter, which checkpoints restore."""
+        return int(self.model.optimizer.iterations)
+
+    def event_index(self, step):
+        """How many scheduled events fall in steps 1..`step`, and whether `step` is one.
+
+        A function of the step alone, so a resumed run keeps the schedule of an uninterrupted
+        one.
+        """
+        if self.schedule != "exponential":
+            return step // self.period, step > 0 and step % self.period == 0
+        count, at, gap = 0, self.period, float(self.period)
+        while at < step:
+            count += 1
+            gap *= self.growth
+            at += max(1, round(gap))
+        return count + (at == step), at == step
 
     def on_train_batch_end(self, batch, logs=None):
-        self._step += 1
-        if self._step < self._next:
+        step = self._global_step()
+        index, is_event = self.event_index(step)
+        if not is_event:
             return
-        if self.schedule == "exponential":
-            self._current_period *= self.growth
-            self._next = self._step + max(1, round(self._current_period))
-        else:
-            self._next = self._step + self.period
         if self.schedule == "drift" and self.drift() <= self.drift_threshold:
             return
-        seconds = self._rebuild(full=self.incremental_fraction is None)
+        seconds = self._rebuild(step, full=self.incremental_fraction is None, index=index)
         if logs is not None:
             logs["lsh_rebuilds"] = self.rebuilds
             logs["lsh_rebuild_seconds"] = seconds
@@ -151,7 +162,7 @@ class LSHRebuildCallback(keras.callbacks.Callback):
         rows = np.sort(rng.choice(layer.units, count, replace=False)).astype(np.int32)
         self._snapshots[id(layer)] = (rows, tf.gather(layer.kernel.value, rows).numpy())
 
-    def _rebuild(self, full):
+    def _rebuild(self, step, full, index=1):
         start = time.perf_counter()
         for layer in self._layers:
             if not layer.built:  # its first tables come with its weights
@@ -161,19 +172,19 @@ class LSHRebuildCallback(keras.callbacks.Callback):
             if full:
                 layer.rebuild_tables()
             else:
+                # Event `index` (1-based) rehashes the index-th slice, round-robin.
                 count = max(1, math.ceil(self.incremental_fraction * layer.units))
-                begin = self._cursor[id(layer)]
+                begin = (index - 1) * count
                 ids = (np.arange(begin, begin + count) % layer.units).astype(np.int32)
-                self._cursor[id(layer)] = int((begin + count) % layer.units)
                 layer.update_tables(np.unique(ids))
         seconds = time.perf_counter() - start
         self.rebuilds += 1
-        self.events.append((self._step, seconds))
+        self.events.append((step, seconds))
         if self._writer is not None:
             with self._writer.as_default():
-                tf.summary.scalar("lsh_rebuilds", self.rebuilds, step=self._step)
-                tf.summary.scalar("lsh_rebuild_seconds", seconds, step=self._step)
+                tf.summary.scalar("lsh_rebuilds", self.rebuilds, step=step)
+                tf.summary.scalar("lsh_rebuild_seconds", seconds, step=step)
         if self.verbose:
             kind = "rebuilt" if full else "rehashed a slice of"
-            print(f"LSHRebuildCallback: step {self._step}: {kind} the tables in {seconds:.2f} s")
+            print(f"LSHRebuildCallback: step {step}: {kind} the tables in {seconds:.2f} s")
         return seconds
