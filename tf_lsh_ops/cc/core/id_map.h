@@ -6,6 +6,7 @@
 #define TF_LSH_OPS_CC_CORE_ID_MAP_H_
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 namespace tf_lsh {
@@ -35,7 +36,8 @@ class IdMap {
   }
 
   // Returns a pointer to the value of `id`, or nullptr.
-  int32_t* Find(int32_t id) {
+  int32_t* Find(int32_t id) { return const_cast<int32_t*>(std::as_const(*this).Find(id)); }
+  const int32_t* Find(int32_t id) const {
     uint64_t slot = Hash(id) & mask_;
     while (keys_[slot] != kEmpty) {
       if (keys_[slot] == id) return &values_[slot];

@@ -72,6 +72,43 @@ uint64_t ProbeHash(int64_t hash, int attempt) {
   return z ^ (z >> 29);
 }
 
+// One row of a sparse input with repeated features summed (as the dense vector it stands
+// for), in order of first appearance. Reused across rows to avoid allocations.
+class MergedRow {
+ public:
+  void Load(const int64_t* feature_ids, const float* values, int64_t count) {
+    if (count > capacity_) {
+      capacity_ = count;
+      slot_of_ = IdMap(capacity_);
+    }
+    slot_of_.Clear();
+    features_.clear();
+    values_.clear();
+    for (int64_t i = 0; i < count; ++i) {
+      const int32_t slot = slot_of_.FindOrInsert(static_cast<int32_t>(feature_ids[i]),
+                                                 static_cast<int32_t>(values_.size()));
+      if (slot == static_cast<int32_t>(values_.size())) {
+        features_.push_back(feature_ids[i]);
+        values_.push_back(0.f);
+      }
+      values_[slot] += values[i];
+    }
+  }
+
+  const std::vector<int64_t>& features() const { return features_; }
+  const std::vector<float>& values() const { return values_; }
+  float ValueOf(int32_t feature) const {
+    const int32_t* slot = slot_of_.Find(feature);
+    return slot ? values_[*slot] : 0.f;
+  }
+
+ private:
+  int64_t capacity_ = 64;
+  IdMap slot_of_{capacity_};
+  std::vector<int64_t> features_;
+  std::vector<float> values_;
+};
+
 // WTA over one vector whose coordinate f has value value_of(f).
 template <typename ValueOf>
 void WtaHashOne(const LshShape& shape, const int32_t* bins, int64_t bin_size, bool densified,
@@ -184,32 +221,13 @@ void SrpHashSparse(const LshShape& shape, const int64_t* row_offsets, const int6
                [&](int64_t begin, int64_t end) {
                  SrpProjector projector(shape, projections, mips, max_norm);
                  // Repeated features are summed first: the MIPS norm is the summed vector's.
-                 std::vector<int64_t> row_features;
-                 std::vector<float> row_values;
-                 int64_t map_capacity = 64;
-                 IdMap slot_of(map_capacity);
+                 MergedRow row;
                  for (int64_t b = begin; b < end; ++b) {
-                   const int64_t first = row_offsets[b], count = row_offsets[b + 1] - first;
-                   if (count > map_capacity) {
-                     map_capacity = count;
-                     slot_of = IdMap(map_capacity);
-                   }
-                   slot_of.Clear();
-                   row_features.clear();
-                   row_values.clear();
-                   for (int64_t i = first; i < first + count; ++i) {
-                     const int32_t slot =
-                         slot_of.FindOrInsert(static_cast<int32_t>(feature_ids[i]),
-                                              static_cast<int32_t>(row_values.size()));
-                     if (slot == static_cast<int32_t>(row_values.size())) {
-                       row_features.push_back(feature_ids[i]);
-                       row_values.push_back(0.f);
-                     }
-                     row_values[slot] += values[i];
-                   }
+                   const int64_t first = row_offsets[b];
+                   row.Load(feature_ids + first, values + first, row_offsets[b + 1] - first);
                    projector.Start();
-                   for (size_t i = 0; i < row_values.size(); ++i) {
-                     projector.Add(row_features[i], row_values[i]);
+                   for (size_t i = 0; i < row.values().size(); ++i) {
+                     projector.Add(row.features()[i], row.values()[i]);
                    }
                    projector.Finish(codes + b * shape.num_tables);
                  }
@@ -234,29 +252,12 @@ void WtaHashSparse(const LshShape& shape, const int64_t* row_offsets, const int6
                    int32_t* codes, const ParallelFor& parallel_for) {
   parallel_for(shape.batch, 20 * shape.total_hashes() * bin_size, [&](int64_t begin, int64_t end) {
     std::vector<int32_t> winners;
-    std::vector<float> row_values;  // the row's distinct features' values (repeats summed)
-    int64_t map_capacity = 64;
-    IdMap slot_of(map_capacity);
+    MergedRow row;
     for (int64_t b = begin; b < end; ++b) {
-      const int64_t first = row_offsets[b], count = row_offsets[b + 1] - first;
-      if (count > map_capacity) {
-        map_capacity = count;
-        slot_of = IdMap(map_capacity);
-      }
-      slot_of.Clear();
-      row_values.clear();
-      for (int64_t i = first; i < first + count; ++i) {
-        const int32_t slot = slot_of.FindOrInsert(static_cast<int32_t>(feature_ids[i]),
-                                                  static_cast<int32_t>(row_values.size()));
-        if (slot == static_cast<int32_t>(row_values.size())) row_values.push_back(0.f);
-        row_values[slot] += values[i];
-      }
+      const int64_t first = row_offsets[b];
+      row.Load(feature_ids + first, values + first, row_offsets[b + 1] - first);
       WtaHashOne(
-          shape, bins, bin_size, densified,
-          [&](int32_t f) {
-            const int32_t* slot = slot_of.Find(f);
-            return slot ? row_values[*slot] : 0.f;
-          },
+          shape, bins, bin_size, densified, [&row](int32_t f) { return row.ValueOf(f); },
           &winners, codes + b * shape.num_tables);
     }
   });
