@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "tf_lsh_ops/cc/core/sparse_gather_matmul.h"
+#include "tf_lsh_ops/cc/core/vector_ops.h"
 
 namespace tf_lsh {
 namespace {
@@ -39,6 +40,22 @@ double MedianMs(F&& f, int reps = 9) {
   return times[reps / 2];
 }
 
+// The per-example forward (no grouping), for comparison with the sorted-rows one.
+void ForwardPerExample(const GatherMatmulShape& shape, const float* x, const float* w,
+                       const float* bias, const int32_t* ids, float* out,
+                       const ParallelFor& parallel_for) {
+  parallel_for(shape.batch, 0, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int32_t* row = ids + b * shape.active;
+      for (int64_t k = 0; k < shape.active; ++k) {
+        if (k + 4 < shape.active) __builtin_prefetch(w + int64_t{row[k + 4]} * shape.dim);
+        out[b * shape.active + k] = Dot(x + b * shape.dim, w + int64_t{row[k]} * shape.dim,
+                                        shape.dim) + bias[row[k]];
+      }
+    }
+  });
+}
+
 }  // namespace
 }  // namespace tf_lsh
 
@@ -64,6 +81,14 @@ int main(int argc, char** argv) {
     SparseGatherMatmulForward(shape, x.data(), w.data(), bias.data(), rows, out.data(),
                               parallel_for);
   });
+  const double per_example_ms = MedianMs([&] {
+    ForwardPerExample(shape, x.data(), w.data(), bias.data(), ids.data(), out.data(),
+                      parallel_for);
+  });
+  const double sorted_again_ms = MedianMs([&] {
+    SparseGatherMatmulForward(shape, x.data(), w.data(), bias.data(), rows, out.data(),
+                              parallel_for);
+  });
   std::vector<float> dx(shape.batch * shape.dim), dw(rows.size() * shape.dim), db(rows.size());
   const double backward_ms = MedianMs([&] {
     SparseGatherMatmulBackward(shape, x.data(), w.data(), g.data(), rows, dx.data(), dw.data(),
@@ -72,8 +97,10 @@ int main(int argc, char** argv) {
   const double row_gb = rows.size() * shape.dim * 4 / 1e9;
   std::printf(
       "{\"threads\": %d, \"unique_rows\": %lld, \"active_rows_ms\": %.2f, \"forward_ms\": %.2f, "
-      "\"backward_ms\": %.2f, \"forward_row_gb_per_s\": %.1f, \"backward_gb_per_s\": %.1f}\n",
+      "\"backward_ms\": %.2f, \"forward_row_gb_per_s\": %.1f, \"backward_gb_per_s\": %.1f, "
+      "\"per_example_forward_ms\": %.2f, \"sorted_forward_again_ms\": %.2f}\n",
       threads, static_cast<long long>(rows.size()), rows_ms, forward_ms, backward_ms,
-      row_gb / (forward_ms / 1e3), 2 * row_gb / (backward_ms / 1e3));
+      row_gb / (forward_ms / 1e3), 2 * row_gb / (backward_ms / 1e3), per_example_ms,
+      sorted_again_ms);
   return 0;
 }
