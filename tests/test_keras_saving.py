@@ -16,6 +16,7 @@ Contracts under test:
 import os
 import subprocess
 import sys
+import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -362,6 +363,8 @@ def served(tmp_path_factory):
     child = subprocess.run(
         [sys.executable, "-c", _SERVE_CHILD, str(directory)],
         env=env,
+        # `python -c` puts the working directory first on sys.path: keep the checkout off it.
+        cwd=tempfile.gettempdir(),
         capture_output=True,
         text=True,
         timeout=300,

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -738,6 +739,8 @@ def test_results_do_not_depend_on_thread_count(tmp_path):
         ],
         check=True,
         env=env,
+        # `python -c` puts the working directory first on sys.path: keep the checkout off it.
+        cwd=tempfile.gettempdir(),
         timeout=120,
     )
     single = np.load(tmp_path / "out.npz")

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -550,6 +551,8 @@ def test_results_do_not_depend_on_thread_count(tmp_path):
         [sys.executable, "-c", _THREADS_CHILD, str(tmp_path / "in.npz"), str(tmp_path / "out")],
         check=True,
         env=env,
+        # `python -c` puts the working directory first on sys.path: keep the checkout off it.
+        cwd=tempfile.gettempdir(),
         timeout=120,
     )
     single = np.load(tmp_path / "out.npz")
