@@ -455,7 +455,9 @@ def test_sparse_adam_is_lazy_adam():
     optimizer.build([var])
     momentum, velocity = optimizer._momentums[0], optimizer._velocities[0]
     ref = (w0, np.zeros_like(w0), np.zeros_like(w0))
-    steps = [[1, 3, 1, 7, 3, 1], [3, 10, 10], [0, 7, 11, 7]]  # with duplicates
+    # With duplicates (grouped and summed), then sorted distinct rows (as sparse_gather_matmul's
+    # gradients are: the kernel's direct path), then distinct but unsorted.
+    steps = [[1, 3, 1, 7, 3, 1], [3, 10, 10], [0, 7, 11, 7], [2, 5, 9, 11], [9, 2]]
     for t, indices in enumerate(steps, start=1):
         before = [a.numpy().copy() for a in (var, momentum, velocity)]
         values = normal(40 + t, len(indices), 5)

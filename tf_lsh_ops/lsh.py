@@ -48,6 +48,8 @@ HASH_FAMILIES = ("srp", "sparse_srp", "wta", "dwta")
 QUERY_RULES = ("frequency", "union", "threshold")
 OVERFLOW_POLICIES = ("fifo", "reservoir")
 MAX_BUCKET_BITS = 30
+# Ids, coordinates and hash counts are int32 in the kernels.
+MAX_INT32 = 2**31 - 1
 
 
 def _invalid(message):
@@ -77,6 +79,11 @@ def bucket_bits(family, num_hashes, bin_size=8):
 def _check_layout(op_name, family, num_tables, num_hashes, bin_size):
     _require(num_tables >= 1, f"{op_name}: num_tables (L) must be >= 1, got {num_tables}")
     _require(num_hashes >= 1, f"{op_name}: num_hashes (K) must be >= 1, got {num_hashes}")
+    _require(
+        num_tables * num_hashes <= MAX_INT32,
+        f"{op_name}: num_tables * num_hashes must be at most 2^31 - 1, got "
+        f"{num_tables} * {num_hashes}",
+    )
     if family in ("wta", "dwta"):
         _require(
             bin_size >= 2 and bin_size & (bin_size - 1) == 0,
@@ -112,7 +119,7 @@ def hash_params(
     op_name = "hash_params"
     _check_family(op_name, family)
     _check_layout(op_name, family, num_tables, num_hashes, bin_size)
-    _require(dim >= 1, f"{op_name}: dim must be >= 1, got {dim}")
+    _require(1 <= dim <= MAX_INT32, f"{op_name}: dim must be in [1, 2^31 - 1], got {dim}")
     seed = tf.constant(seed, tf.int64)
     total = num_tables * num_hashes
     if family in ("srp", "sparse_srp"):
@@ -211,7 +218,9 @@ def build_tables(codes, *, bucket_bits, capacity=128, overflow="fifo", seed=0, n
         1 <= bucket_bits <= MAX_BUCKET_BITS,
         f"{op_name}: bucket_bits must be in [1, {MAX_BUCKET_BITS}], got {bucket_bits}",
     )
-    _require(capacity >= 1, f"{op_name}: capacity must be >= 1, got {capacity}")
+    _require(
+        1 <= capacity <= MAX_INT32, f"{op_name}: capacity must be in [1, 2^31 - 1], got {capacity}"
+    )
     _require(overflow in OVERFLOW_POLICIES, f"{op_name}: unknown overflow policy {overflow!r}")
     codes = as_tensor(op_name, "codes", codes, tf.int32)
     return ops.lsh_build_tables(
@@ -300,6 +309,10 @@ def query_tables(
     _require(rule in QUERY_RULES, f"{op_name}: unknown rule {rule!r}; expected {QUERY_RULES}")
     _require(
         1 <= k <= num_neurons, f"{op_name}: k = {k} must be in [1, num_neurons = {num_neurons}]"
+    )
+    _require(
+        num_neurons <= MAX_INT32,
+        f"{op_name}: num_neurons must be at most 2^31 - 1 (ids are int32), got {num_neurons}",
     )
     _require(min_count >= 1, f"{op_name}: min_count must be >= 1, got {min_count}")
     codes = as_tensor(op_name, "codes", codes, tf.int32)

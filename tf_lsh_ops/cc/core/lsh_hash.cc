@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -85,6 +86,9 @@ class MergedRow {
     features_.clear();
     values_.clear();
     for (int64_t i = 0; i < count; ++i) {
+      // WTA bins name int32 coordinates only, and SimHash inputs are no wider (the kernels
+      // check): a wider feature id would alias a narrower one in the map.
+      if (feature_ids[i] > std::numeric_limits<int32_t>::max()) continue;
       const int32_t slot = slot_of_.FindOrInsert(static_cast<int32_t>(feature_ids[i]),
                                                  static_cast<int32_t>(values_.size()));
       if (slot == static_cast<int32_t>(values_.size())) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <limits>
 #include <vector>
 
 #include "tf_lsh_ops/cc/core/id_map.h"
@@ -22,7 +23,8 @@ void Insert(int64_t capacity, Overflow overflow, Random* random, int32_t neuron,
     const uint64_t j = random->Uniform(seen + 1);
     if (j < static_cast<uint64_t>(capacity)) slots[j] = neuron;
   }
-  *count = static_cast<int32_t>(seen + 1);
+  // Saturates rather than wrapping to a negative count.
+  if (seen < std::numeric_limits<int32_t>::max()) *count = static_cast<int32_t>(seen + 1);
 }
 
 // Removes `neuron` from the bucket if it is stored there; returns whether it was.

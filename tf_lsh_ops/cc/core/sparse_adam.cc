@@ -7,15 +7,46 @@
 
 namespace tf_lsh {
 
+namespace {
+
+// The update of one row, given its (summed) gradient g.
+inline void AdamRow(const AdamHyperparameters& hyper, int64_t dim, const float* g, float* w,
+                    float* m, float* v) {
+  const float one_minus_beta1 = 1.f - hyper.beta1, one_minus_beta2 = 1.f - hyper.beta2;
+  for (int64_t d = 0; d < dim; ++d) {
+    m[d] += (g[d] - m[d]) * one_minus_beta1;
+    v[d] += (g[d] * g[d] - v[d]) * one_minus_beta2;
+    w[d] -= hyper.alpha * m[d] / (std::sqrt(v[d]) + hyper.epsilon);
+  }
+}
+
+bool StrictlyIncreasing(const int32_t* indices, int64_t count) {
+  for (int64_t i = 1; i < count; ++i) {
+    if (indices[i] <= indices[i - 1]) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 void SparseAdamApply(const AdamHyperparameters& hyper, int64_t dim, const int32_t* indices,
                      const float* grad, int64_t count, float* var, float* m, float* v,
                      const ParallelFor& parallel_for) {
+  if (StrictlyIncreasing(indices, count)) {
+    // Distinct and sorted, as sparse_gather_matmul's gradients are: no grouping needed.
+    parallel_for(count, 12 * dim, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t base = int64_t{indices[i]} * dim;
+        AdamRow(hyper, dim, grad + i * dim, var + base, m + base, v + base);
+      }
+    });
+    return;
+  }
   // Groups duplicate rows, sorted by row so that the updates stream through memory.
   const ActiveRows rows(indices, count);
   const std::vector<int32_t>& ids = rows.ids();
   const std::vector<int64_t>& offsets = rows.offsets();
   const std::vector<int64_t>& positions = rows.positions();
-  const float one_minus_beta1 = 1.f - hyper.beta1, one_minus_beta2 = 1.f - hyper.beta2;
   parallel_for(rows.size(), 12 * dim, [&](int64_t begin, int64_t end) {
     std::vector<float> summed(dim);
     for (int64_t r = begin; r < end; ++r) {
@@ -29,14 +60,7 @@ void SparseAdamApply(const AdamHyperparameters& hyper, int64_t dim, const int32_
         g = summed.data();
       }
       const int64_t base = int64_t{ids[r]} * dim;
-      float* w = var + base;
-      float* mr = m + base;
-      float* vr = v + base;
-      for (int64_t d = 0; d < dim; ++d) {
-        mr[d] += (g[d] - mr[d]) * one_minus_beta1;
-        vr[d] += (g[d] * g[d] - vr[d]) * one_minus_beta2;
-        w[d] -= hyper.alpha * mr[d] / (std::sqrt(vr[d]) + hyper.epsilon);
-      }
+      AdamRow(hyper, dim, g, var + base, m + base, v + base);
     }
   });
 }

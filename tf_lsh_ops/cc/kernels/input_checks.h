@@ -2,7 +2,10 @@
 #ifndef TF_LSH_OPS_CC_KERNELS_INPUT_CHECKS_H_
 #define TF_LSH_OPS_CC_KERNELS_INPUT_CHECKS_H_
 
+#include <initializer_list>
+
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 
@@ -28,6 +31,32 @@ inline absl::Status CheckSameDim(const char* op, const char* name_a, const tenso
                      b.shape().DebugString(), ")"));
   }
   return absl::OkStatus();
+}
+
+// A scalar input such as a seed (Tensor::scalar would CHECK-fail, killing the process).
+template <typename T>
+absl::Status ReadScalar(const char* op, const char* name, const tensorflow::Tensor& t,
+                        T* value) {
+  if (t.dims() != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": ", name, " must be a scalar, got shape ",
+                                                   t.shape().DebugString()));
+  }
+  *value = t.scalar<T>()();
+  return absl::OkStatus();
+}
+
+// Allocates output `index` of a shape computed from attrs or input values; a shape whose size
+// overflows int64 is an InvalidArgument error (TensorShape's constructor would CHECK-fail).
+inline absl::Status AllocateOutput(tensorflow::OpKernelContext* ctx, const char* op, int index,
+                                   std::initializer_list<int64_t> dims,
+                                   tensorflow::Tensor** out) {
+  tensorflow::TensorShape shape;
+  if (!tensorflow::TensorShape::BuildTensorShape(dims, &shape).ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": output ", index, " of shape [",
+                                                   absl::StrJoin(dims, ", "),
+                                                   "] is too large"));
+  }
+  return ctx->allocate_output(index, shape, out);
 }
 
 }  // namespace tf_lsh

@@ -1,4 +1,7 @@
 // Kernels of the hash ops (SimHash and (densified) WTA, dense and sparse inputs).
+#include <algorithm>
+#include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "tensorflow/core/framework/op_kernel.h"
@@ -19,11 +22,14 @@ namespace {
 // A 2-D SparseTensor regrouped by row (CSR), after checking its indices.
 struct SparseRows {
   int64_t batch = 0, dim = 0;
-  std::vector<int64_t> row_offsets, feature_ids;
+  Tensor row_offsets;  // int64 [batch + 1]; a temp tensor, so a huge batch fails cleanly
+  std::vector<int64_t> feature_ids;
   std::vector<float> values;
+  const int64_t* offsets() const { return row_offsets.flat<int64_t>().data(); }
 };
 
-absl::Status ReadSparseInputs(const char* op, OpKernelContext* ctx, SparseRows* rows) {
+// Checks the SparseTensor inputs and reads its dense shape, without allocating.
+absl::Status CheckSparseInputs(const char* op, OpKernelContext* ctx, SparseRows* rows) {
   const Tensor& indices = ctx->input(0);
   const Tensor& values = ctx->input(1);
   const Tensor& dense_shape = ctx->input(2);
@@ -43,27 +49,39 @@ absl::Status ReadSparseInputs(const char* op, OpKernelContext* ctx, SparseRows* 
     return absl::InvalidArgumentError(absl::StrCat(op, ": dense_shape must be non-negative"));
   }
   const auto index = indices.matrix<int64_t>();
-  const auto value = values.flat<float>();
-  const int64_t nnz = values.NumElements();
-  rows->row_offsets.assign(rows->batch + 1, 0);
-  for (int64_t i = 0; i < nnz; ++i) {
+  for (int64_t i = 0; i < indices.dim_size(0); ++i) {
     if (index(i, 0) < 0 || index(i, 0) >= rows->batch || index(i, 1) < 0 ||
         index(i, 1) >= rows->dim) {
       return absl::InvalidArgumentError(absl::StrCat(
           op, ": sparse index [", index(i, 0), ", ", index(i, 1), "] (entry ", i,
           ") is outside dense_shape [", rows->batch, ", ", rows->dim, "]"));
     }
-    ++rows->row_offsets[index(i, 0) + 1];
   }
-  for (int64_t b = 0; b < rows->batch; ++b) rows->row_offsets[b + 1] += rows->row_offsets[b];
-  std::vector<int64_t> next(rows->row_offsets.begin(), rows->row_offsets.end() - 1);
+  return absl::OkStatus();
+}
+
+// Regroups the checked entries by row. Called once the output [batch, L] is allocated.
+absl::Status GroupSparseRows(OpKernelContext* ctx, SparseRows* rows) {
+  const auto index = ctx->input(0).matrix<int64_t>();
+  const auto value = ctx->input(1).flat<float>();
+  const int64_t nnz = value.size();
+  TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_INT64, TensorShape({rows->batch + 1}),
+                                        &rows->row_offsets));
+  int64_t* offsets = rows->row_offsets.flat<int64_t>().data();
+  std::fill(offsets, offsets + rows->batch + 1, 0);
+  for (int64_t i = 0; i < nnz; ++i) ++offsets[index(i, 0) + 1];
+  for (int64_t b = 0; b < rows->batch; ++b) offsets[b + 1] += offsets[b];
   rows->feature_ids.resize(nnz);
   rows->values.resize(nnz);
+  // Placing an entry advances its row's offset; each ends at the next row's start...
   for (int64_t i = 0; i < nnz; ++i) {
-    const int64_t slot = next[index(i, 0)]++;
+    const int64_t slot = offsets[index(i, 0)]++;
     rows->feature_ids[slot] = index(i, 1);
     rows->values[slot] = value(i);
   }
+  // ... and is shifted back.
+  for (int64_t b = rows->batch; b > 0; --b) offsets[b] = offsets[b - 1];
+  offsets[0] = 0;
   return absl::OkStatus();
 }
 
@@ -80,6 +98,11 @@ class LshHashOpBase : public OpKernel {
   explicit LshHashOpBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("num_tables", &num_tables_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("num_hashes", &num_hashes_));
+    // Checked before anything multiplies them (the op def only asks for >= 1).
+    OP_REQUIRES(ctx, num_tables_ <= std::numeric_limits<int32_t>::max() / num_hashes_,
+                absl::InvalidArgumentError(absl::StrCat(
+                    name(), ": num_tables * num_hashes must be at most 2^31 - 1, got ",
+                    num_tables_, " * ", num_hashes_)));
   }
 
  protected:
@@ -90,7 +113,7 @@ class LshHashOpBase : public OpKernel {
   int32_t* AllocateCodes(OpKernelContext* ctx, int64_t batch) {
     Tensor* codes = nullptr;
     const absl::Status status =
-        ctx->allocate_output(0, TensorShape({batch, num_tables_}), &codes);
+        AllocateOutput(ctx, type_string().c_str(), 0, {batch, num_tables_}, &codes);
     if (!status.ok()) {
       ctx->SetStatus(status);
       return nullptr;
@@ -116,6 +139,11 @@ class SrpHashOpBase : public LshHashOpBase {
   absl::Status CheckParams(const char* op, const Tensor& projections, const Tensor& max_norm,
                            int64_t dim) const {
     TF_RETURN_IF_ERROR(CheckRank(op, "projections", projections, 2));
+    // Sparse rows are merged by int32 feature id (and dim + 1 must not overflow).
+    if (dim > std::numeric_limits<int32_t>::max()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          op, ": inputs of width ", dim, "; at most 2^31 - 1 features are supported"));
+    }
     const int64_t rows = dim + (mips_ == MipsSide::kNone ? 0 : 1);
     if (projections.dim_size(0) != rows ||
         projections.dim_size(1) != num_tables_ * num_hashes_) {
@@ -162,12 +190,13 @@ class LshSrpHashSparseOp : public SrpHashOpBase {
   void Compute(OpKernelContext* ctx) override {
     constexpr char kOp[] = "LshSrpHashSparse";
     SparseRows rows;
-    OP_REQUIRES_OK(ctx, ReadSparseInputs(kOp, ctx, &rows));
+    OP_REQUIRES_OK(ctx, CheckSparseInputs(kOp, ctx, &rows));
     OP_REQUIRES_OK(ctx, CheckParams(kOp, ctx->input(3), ctx->input(4), rows.dim));
     const LshShape shape = Shape(rows.batch, rows.dim);
     int32_t* codes = AllocateCodes(ctx, shape.batch);
     if (codes == nullptr) return;
-    SrpHashSparse(shape, rows.row_offsets.data(), rows.feature_ids.data(), rows.values.data(),
+    OP_REQUIRES_OK(ctx, GroupSparseRows(ctx, &rows));
+    SrpHashSparse(shape, rows.offsets(), rows.feature_ids.data(), rows.values.data(),
                   ctx->input(3).flat<float>().data(), mips_, ctx->input(4).flat<float>()(0), codes,
                   TfParallelFor(ctx));
   }
@@ -233,12 +262,13 @@ class LshWtaHashSparseOp : public WtaHashOpBase {
   void Compute(OpKernelContext* ctx) override {
     constexpr char kOp[] = "LshWtaHashSparse";
     SparseRows rows;
-    OP_REQUIRES_OK(ctx, ReadSparseInputs(kOp, ctx, &rows));
+    OP_REQUIRES_OK(ctx, CheckSparseInputs(kOp, ctx, &rows));
     OP_REQUIRES_OK(ctx, CheckBins(kOp, ctx->input(3), rows.dim));
     const LshShape shape = Shape(rows.batch, rows.dim);
     int32_t* codes = AllocateCodes(ctx, shape.batch);
     if (codes == nullptr) return;
-    WtaHashSparse(shape, rows.row_offsets.data(), rows.feature_ids.data(), rows.values.data(),
+    OP_REQUIRES_OK(ctx, GroupSparseRows(ctx, &rows));
+    WtaHashSparse(shape, rows.offsets(), rows.feature_ids.data(), rows.values.data(),
                   ctx->input(3).flat<int32_t>().data(), ctx->input(3).dim_size(1), densified_, codes,
                   TfParallelFor(ctx));
   }

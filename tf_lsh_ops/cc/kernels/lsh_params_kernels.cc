@@ -1,6 +1,10 @@
 // Kernels that make hash parameters from a seed: the same seed gives the same tensors anywhere.
+#include <cstdint>
+#include <limits>
+
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tf_lsh_ops/cc/core/lsh_hash.h"
+#include "tf_lsh_ops/cc/kernels/input_checks.h"
 
 namespace tf_lsh {
 
@@ -22,10 +26,12 @@ class LshSrpProjectionsOp : public OpKernel {
   }
 
   void Compute(OpKernelContext* ctx) override {
+    int64_t seed;
+    OP_REQUIRES_OK(ctx, ReadScalar("LshSrpProjections", "seed", ctx->input(0), &seed));
     Tensor* projections = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({dim_, total_hashes_}), &projections));
-    MakeSrpProjections(dim_, total_hashes_, density_, ctx->input(0).scalar<int64_t>()(),
-                       projections->flat<float>().data());
+    OP_REQUIRES_OK(ctx, AllocateOutput(ctx, "LshSrpProjections", 0, {dim_, total_hashes_},
+                                       &projections));
+    MakeSrpProjections(dim_, total_hashes_, density_, seed, projections->flat<float>().data());
   }
 
  private:
@@ -43,13 +49,18 @@ class LshWtaBinsOp : public OpKernel {
                 absl::InvalidArgumentError(absl::StrCat(
                     "LshWtaBins: bin_size must be a power of two no larger than dim = ", dim_,
                     ", got ", bin_size_)));
+    // Bins hold int32 coordinates.
+    OP_REQUIRES(ctx, dim_ <= std::numeric_limits<int32_t>::max(),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "LshWtaBins: dim must be at most 2^31 - 1, got ", dim_)));
   }
 
   void Compute(OpKernelContext* ctx) override {
+    int64_t seed;
+    OP_REQUIRES_OK(ctx, ReadScalar("LshWtaBins", "seed", ctx->input(0), &seed));
     Tensor* bins = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({total_hashes_, bin_size_}), &bins));
-    MakeWtaBins(dim_, total_hashes_, bin_size_, ctx->input(0).scalar<int64_t>()(),
-                bins->flat<int32_t>().data());
+    OP_REQUIRES_OK(ctx, AllocateOutput(ctx, "LshWtaBins", 0, {total_hashes_, bin_size_}, &bins));
+    MakeWtaBins(dim_, total_hashes_, bin_size_, seed, bins->flat<int32_t>().data());
   }
 
  private:

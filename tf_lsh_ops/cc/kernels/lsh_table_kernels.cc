@@ -1,5 +1,7 @@
 // Kernels that build, update and query the hash tables.
 #include <algorithm>
+#include <cstdint>
+#include <limits>
 #include <string>
 
 #include "tensorflow/core/framework/op_kernel.h"
@@ -76,15 +78,15 @@ class LshBuildTablesOp : public OpKernel {
                     kOp, ": codes must have at least one table, got shape ",
                     codes.shape().DebugString())));
     OP_REQUIRES_OK(ctx, CheckCodes(kOp, "codes", codes, num_buckets_));
+    int64_t seed;
+    OP_REQUIRES_OK(ctx, ReadScalar(kOp, "seed", ctx->input(1), &seed));
     const TableShape shape{codes.dim_size(1), num_buckets_, capacity_};
     Tensor *ids = nullptr, *counts = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            0, TensorShape({shape.num_tables, num_buckets_, capacity_}), &ids));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({shape.num_tables, num_buckets_}),
-                                             &counts));
-    BuildTables(shape, codes.dim_size(0), codes.flat<int32_t>().data(), overflow_,
-                ctx->input(1).scalar<int64_t>()(), ids->flat<int32_t>().data(),
-                counts->flat<int32_t>().data(), TfParallelFor(ctx));
+    OP_REQUIRES_OK(ctx, AllocateOutput(ctx, kOp, 0, {shape.num_tables, num_buckets_, capacity_},
+                                       &ids));
+    OP_REQUIRES_OK(ctx, AllocateOutput(ctx, kOp, 1, {shape.num_tables, num_buckets_}, &counts));
+    BuildTables(shape, codes.dim_size(0), codes.flat<int32_t>().data(), overflow_, seed,
+                ids->flat<int32_t>().data(), counts->flat<int32_t>().data(), TfParallelFor(ctx));
   }
 
  private:
@@ -116,6 +118,16 @@ class LshUpdateTablesOp : public OpKernel {
                                      0));
     OP_REQUIRES_OK(ctx, CheckCodes(kOp, "old_codes", old_codes, shape.num_buckets));
     OP_REQUIRES_OK(ctx, CheckCodes(kOp, "new_codes", new_codes, shape.num_buckets));
+    int64_t seed;
+    OP_REQUIRES_OK(ctx, ReadScalar(kOp, "seed", ctx->input(5), &seed));
+    // A negative count would make an insertion write before its bucket.
+    const auto count = ctx->input(1).flat<int32_t>();
+    for (int64_t i = 0; i < count.size(); ++i) {
+      OP_REQUIRES(ctx, count(i) >= 0,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      kOp, ": table_counts holds ", count(i), " at flat position ", i,
+                      "; counts are never negative: the tables were not made by build_tables")));
+    }
     const auto neurons = neuron_ids.flat<int32_t>();
     IdMap seen(neurons.size());
     for (int64_t i = 0; i < neurons.size(); ++i) {
@@ -139,8 +151,8 @@ class LshUpdateTablesOp : public OpKernel {
       if (out != in.data()) std::copy(in.data(), in.data() + in.size(), out);
     }
     UpdateTables(shape, neurons.size(), neurons.data(), old_codes.flat<int32_t>().data(),
-                 new_codes.flat<int32_t>().data(), overflow_, ctx->input(5).scalar<int64_t>()(),
-                 ids->flat<int32_t>().data(), counts->flat<int32_t>().data(), TfParallelFor(ctx));
+                 new_codes.flat<int32_t>().data(), overflow_, seed, ids->flat<int32_t>().data(),
+                 counts->flat<int32_t>().data(), TfParallelFor(ctx));
   }
 
  private:
@@ -164,6 +176,10 @@ class LshQueryOp : public OpKernel {
                 absl::InvalidArgumentError(absl::StrCat("LshQuery: k = ", options_.k,
                                                         " is larger than num_neurons = ",
                                                         options_.num_neurons)));
+    OP_REQUIRES(ctx, options_.num_neurons <= std::numeric_limits<int32_t>::max(),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "LshQuery: num_neurons must be at most 2^31 - 1 (ids are int32), got ",
+                    options_.num_neurons)));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -189,10 +205,12 @@ class LshQueryOp : public OpKernel {
                       ") (labels has shape ", labels.shape().DebugString(), ")")));
     }
     QueryOptions options = options_;
-    options.seed = ctx->input(4).scalar<int64_t>()();
+    int64_t seed;
+    OP_REQUIRES_OK(ctx, ReadScalar(kOp, "seed", ctx->input(4), &seed));
+    options.seed = seed;
     Tensor* active = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            0, TensorShape({options.batch_wide ? 1 : batch, options.k}), &active));
+    OP_REQUIRES_OK(ctx, AllocateOutput(ctx, kOp, 0, {options.batch_wide ? 1 : batch, options.k},
+                                       &active));
     const std::string error = QueryTables(
         shape, batch, codes.flat<int32_t>().data(), ctx->input(1).flat<int32_t>().data(),
         ctx->input(2).flat<int32_t>().data(), label.data(), labels.dim_size(1), options, active->flat<int32_t>().data(),

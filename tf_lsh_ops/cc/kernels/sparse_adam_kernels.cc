@@ -81,9 +81,11 @@ class SparseAdamApplyOp : public OpKernel {
     OP_REQUIRES(ctx, indices.dims() == 1,
                 absl::InvalidArgumentError(absl::StrCat(kOp, ": indices must have rank 1, got ",
                                                         indices.shape().DebugString())));
-    OP_REQUIRES(ctx,
-                grad.dims() == var.dims() && grad.dim_size(0) == indices.dim_size(0) &&
-                    grad.NumElements() == indices.dim_size(0) * dim,
+    bool same_rows = grad.dims() == var.dims() && grad.dim_size(0) == indices.dim_size(0);
+    for (int d = 1; same_rows && d < var.dims(); ++d) {
+      same_rows = grad.dim_size(d) == var.dim_size(d);
+    }
+    OP_REQUIRES(ctx, same_rows,
                 absl::InvalidArgumentError(absl::StrCat(
                     kOp, ": grad has shape ", grad.shape().DebugString(), "; expected [",
                     indices.dim_size(0), "] + var's row shape (var has shape ",

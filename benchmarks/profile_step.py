@@ -1,0 +1,139 @@
+"""Where the time of one tf-lsh training step goes, on the Amazon-670K shape.
+
+Times each stage of `LSHClassifier.train_step` alone (median of several runs, each stage a
+`tf.function`), then the whole step, and prints JSON. Stages: the sparse first layer forward
+and backward, hashing the hidden activations, the table query, the output gather-matmul
+forward and backward, the two SparseAdam updates, and the loss.
+
+    python benchmarks/profile_step.py [--quick]
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+import extreme_classification  # noqa: E402
+
+import keras_layers  # noqa: E402
+import tf_lsh_ops  # noqa: E402
+
+
+def median_seconds(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, result)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def random_batch(num_features, num_labels, batch, rng):
+    nnz = 75
+    rows = np.repeat(np.arange(batch), nnz)
+    cols = np.sort(rng.choice(num_features, (batch, nnz), replace=True), axis=1).ravel()
+    x = tf.sparse.reorder(
+        tf.SparseTensor(
+            np.stack([rows, cols], 1), rng.random(batch * nnz, np.float32), [batch, num_features]
+        )
+    )
+    labels = rng.integers(0, num_labels, (batch, 5)).astype(np.int32)
+    return x, tf.constant(labels)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a 100k-label layer, fewer runs")
+    parser.add_argument("--active", type=int, default=3000)
+    args = parser.parse_args(argv)
+    num_features, num_labels = (50_000, 100_000) if args.quick else (135_909, 670_091)
+    repeats = 3 if args.quick else 7
+    rng = np.random.default_rng(0)
+    model = extreme_classification.build_lsh_model(num_features, num_labels, args.active)
+    optimizer = keras_layers.SparseAdam(1e-3)
+    model.compile(optimizer=optimizer)
+    optimizer.build(model.trainable_variables)
+    x, labels = random_batch(num_features, num_labels, 128, rng)
+    body, head = model.body, model.head
+
+    features = body(x)
+    codes = head._hash(features, "query")
+    ids = head.active_ids(features, labels)
+    logits = tf_lsh_ops.sparse_gather_matmul(features, head.kernel, head.bias, ids)
+    grad_logits = tf.random.normal(tf.shape(logits))
+
+    def head_backward():
+        with tf.GradientTape() as tape:
+            tape.watch(features)
+            out = tf_lsh_ops.sparse_gather_matmul(features, head.kernel, head.bias, ids)
+        return tape.gradient(out, [features, head.kernel, head.bias], output_gradients=grad_logits)
+
+    def body_forward_backward():
+        with tf.GradientTape() as tape:
+            out = body(x)
+        return tape.gradient(out, body.trainable_variables, output_gradients=tf.ones_like(out))
+
+    head_grads = tf.function(head_backward)()
+    stages = {
+        "body_forward_backward": tf.function(body_forward_backward),
+        "hash_queries": tf.function(lambda: head._hash(features, "query")),
+        "query_tables": tf.function(
+            lambda: tf_lsh_ops.query_tables(
+                codes,
+                head.table_ids,
+                head.table_counts,
+                k=head.num_active,
+                num_neurons=head.units,
+                fill_random=True,
+                labels=labels,
+            )
+        ),
+        "gather_matmul_forward": tf.function(
+            lambda: tf_lsh_ops.sparse_gather_matmul(features, head.kernel, head.bias, ids)
+        ),
+        "gather_matmul_backward": tf.function(head_backward),
+        "loss_and_its_gradient": tf.function(
+            lambda: tf.gradients(
+                keras_layers.active_softmax_cross_entropy(ids, logits, labels), logits
+            )
+        ),
+        "sparse_adam_output_layer": tf.function(
+            lambda: optimizer.apply(head_grads[1:], [head.kernel, head.bias])
+        ),
+    }
+    results = {name: median_seconds(fn, repeats) for name, fn in stages.items()}
+    data = tf.data.Dataset.from_tensors((x, labels)).repeat()
+    iterator = iter(data)
+    model.train_step(next(iterator))  # trace
+    step = tf.function(model.train_step)
+    results["whole_train_step"] = median_seconds(lambda: step(next(iterator)), repeats)
+    results["unique_output_rows"] = int(tf.size(tf.unique(tf.reshape(ids, [-1]))[0]))
+    print(
+        json.dumps(
+            {
+                "shape": {
+                    "features": num_features,
+                    "labels": num_labels,
+                    "active": args.active,
+                    "batch": 128,
+                },
+                "seconds": results,
+                "note": "stages timed alone; their sum differs from the whole step",
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
