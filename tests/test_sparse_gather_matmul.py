@@ -570,6 +570,41 @@ def test_results_do_not_depend_on_thread_count(tmp_path):
         assert np.array_equal(value.numpy(), single[name]), name
 
 
+@pytest.mark.parametrize(
+    "rows, row_splits, positions, message",
+    [
+        ([0, 2], [0, 1, 3], [0, 1, 2], None),  # valid: the reference below
+        ([2, 0], [0, 1, 3], [0, 1, 2], "increasing neuron ids"),
+        ([0, 9], [0, 1, 3], [0, 1, 2], "increasing neuron ids"),
+        ([0, 2], [0, 0, 3], [0, 1, 2], "row_splits must increase"),
+        ([0, 2], [0, 1, 4], [0, 1, 2], "start at 0 and end"),
+        ([0, 2], [0, 1, 3], [0, 1, 99], "positions must lie in"),
+        ([0, 2], [0, 3], [0, 1, 2], "one entry more than rows"),
+    ],
+)
+def test_raw_gradient_op_checks_the_grouping(rows, row_splits, positions, message):
+    """The grouping normally comes from the forward op; a hand-made one must not crash."""
+    from tf_lsh_ops._loader import ops
+
+    x = tf.ones([2, 3])
+    w = tf.reshape(tf.range(12, dtype=tf.float32), [4, 3])
+    grad = tf.ones([2, 2])
+    call = lambda: ops.sparse_gather_matmul_grad(  # noqa: E731
+        x, w, tf.constant(rows), tf.constant(row_splits), tf.constant(positions), grad
+    )
+    if message is None:
+        grad_inputs, grad_rows, grad_bias = call()
+        # positions 0, 1, 2 of a [2, 2] grad: row 0 at (0, 0); row 2 at (0, 1) and (1, 0).
+        np.testing.assert_allclose(grad_inputs.numpy(), [[6, 8, 10], [6, 7, 8]])
+        np.testing.assert_allclose(grad_rows.numpy(), [[1, 1, 1], [2, 2, 2]])
+        np.testing.assert_allclose(grad_bias.numpy(), [1, 2])
+    else:
+        with pytest.raises(
+            tf.errors.InvalidArgumentError, match=f"SparseGatherMatmulGrad.*{message}"
+        ):
+            call()
+
+
 if __name__ == "__main__":
     import sys
 

@@ -62,33 +62,45 @@ def sparse_gather_matmul(inputs, weights, biases, indices, name=None):
         resource_variable_ops.variable_accessed(bias_variable)
         return ops.resource_sparse_gather_matmul(
             inputs, weight_variable.handle, bias_variable.handle, indices, name=name
-        )
+        ).output
     weights = as_tensor(_OP, "weights", weights, tf.float32)
     biases = as_tensor(_OP, "biases", biases, tf.float32)
-    return ops.sparse_gather_matmul(inputs, weights, biases, indices, name=name)
+    return ops.sparse_gather_matmul(inputs, weights, biases, indices, name=name).output
 
 
-@tf.RegisterGradient(_OP)
-def _sparse_gather_matmul_grad(op, grad_output):
-    inputs, weights, biases, indices = op.inputs
-    grad_inputs, rows, grad_weight_rows, grad_bias_rows = ops.sparse_gather_matmul_grad(
-        inputs, weights, indices, grad_output
+def _gradients(grad_op, op, grad_output, weights_shape, biases_shape):
+    """[d_inputs, d_weights, d_biases, None] from the forward op's grouping of the indices."""
+    inputs, weights = op.inputs[0], op.inputs[1]
+    rows, row_splits, positions = op.outputs[1:4]
+    grad_inputs, grad_weight_rows, grad_bias_rows = grad_op(
+        inputs, weights, rows, row_splits, positions, grad_output
     )
-    grad_weights = tf.IndexedSlices(grad_weight_rows, rows, tf.shape(weights))
-    grad_biases = tf.IndexedSlices(grad_bias_rows, rows, tf.shape(biases))
-    return [grad_inputs, grad_weights, grad_biases, None]
+    return [
+        grad_inputs,
+        tf.IndexedSlices(grad_weight_rows, rows, weights_shape),
+        tf.IndexedSlices(grad_bias_rows, rows, biases_shape),
+        None,
+    ]
+
+
+# Only `output` is differentiable: the other outputs describe the indices.
+@tf.RegisterGradient(_OP)
+def _sparse_gather_matmul_grad(op, grad_output, *unused_grads):
+    return _gradients(
+        ops.sparse_gather_matmul_grad,
+        op,
+        grad_output,
+        tf.shape(op.inputs[1]),
+        tf.shape(op.inputs[2]),
+    )
 
 
 @tf.RegisterGradient("Resource" + _OP)
-def _resource_sparse_gather_matmul_grad(op, grad_output):
-    inputs, weights, biases, indices = op.inputs
-    grad_inputs, rows, grad_weight_rows, grad_bias_rows = ops.resource_sparse_gather_matmul_grad(
-        inputs, weights, indices, grad_output
+def _resource_sparse_gather_matmul_grad(op, grad_output, *unused_grads):
+    return _gradients(
+        ops.resource_sparse_gather_matmul_grad,
+        op,
+        grad_output,
+        resource_variable_ops.variable_shape(op.inputs[1]),
+        resource_variable_ops.variable_shape(op.inputs[2]),
     )
-    grad_weights = tf.IndexedSlices(
-        grad_weight_rows, rows, resource_variable_ops.variable_shape(weights)
-    )
-    grad_biases = tf.IndexedSlices(
-        grad_bias_rows, rows, resource_variable_ops.variable_shape(biases)
-    )
-    return [grad_inputs, grad_weights, grad_biases, None]

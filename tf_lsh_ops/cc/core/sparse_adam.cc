@@ -45,16 +45,16 @@ void SparseAdamApply(const AdamHyperparameters& hyper, int64_t dim, const int32_
   // Groups duplicate rows, sorted by row so that the updates stream through memory.
   const ActiveRows rows(indices, count);
   const std::vector<int32_t>& ids = rows.ids();
-  const std::vector<int64_t>& offsets = rows.offsets();
-  const std::vector<int64_t>& positions = rows.positions();
+  const std::vector<int32_t>& offsets = rows.offsets();
+  const std::vector<int32_t>& positions = rows.positions();
   parallel_for(rows.size(), 12 * dim, [&](int64_t begin, int64_t end) {
     std::vector<float> summed(dim);
     for (int64_t r = begin; r < end; ++r) {
-      const float* g = grad + positions[offsets[r]] * dim;
+      const float* g = grad + int64_t{positions[offsets[r]]} * dim;
       if (offsets[r + 1] - offsets[r] > 1) {
         for (int64_t d = 0; d < dim; ++d) summed[d] = g[d];
         for (int64_t j = offsets[r] + 1; j < offsets[r + 1]; ++j) {
-          const float* more = grad + positions[j] * dim;
+          const float* more = grad + int64_t{positions[j]} * dim;
           for (int64_t d = 0; d < dim; ++d) summed[d] += more[d];
         }
         g = summed.data();

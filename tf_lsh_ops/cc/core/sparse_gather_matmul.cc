@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string>
 
 #include "tf_lsh_ops/cc/core/vector_ops.h"
 
@@ -63,27 +64,46 @@ ActiveRows::ActiveRows(const int32_t* indices, int64_t count) {
   for (size_t j = 0; j < keys.size(); ++j) {
     const int32_t id = static_cast<int32_t>(keys[j] >> 32);
     if (ids_.empty() || ids_.back() != id) {
-      if (!ids_.empty()) offsets_.push_back(j);
+      if (!ids_.empty()) offsets_.push_back(static_cast<int32_t>(j));
       ids_.push_back(id);
     }
-    positions_[j] = static_cast<int64_t>(keys[j] & 0xffffffffu);
+    positions_[j] = static_cast<int32_t>(keys[j] & 0xffffffffu);
   }
-  if (!ids_.empty()) offsets_.push_back(keys.size());
+  if (!ids_.empty()) offsets_.push_back(static_cast<int32_t>(keys.size()));
+}
+
+std::string CheckRowGroups(const RowGroups& groups, int64_t num_positions, int64_t num_neurons,
+                           int64_t num_slots) {
+  if (groups.offsets[0] != 0 || groups.offsets[groups.num_rows] != num_positions) {
+    return "row_splits must start at 0 and end at the number of positions";
+  }
+  for (int64_t r = 0; r < groups.num_rows; ++r) {
+    if (groups.offsets[r + 1] <= groups.offsets[r]) return "row_splits must increase";
+    if (groups.ids[r] < 0 || groups.ids[r] >= num_neurons ||
+        (r > 0 && groups.ids[r] <= groups.ids[r - 1])) {
+      return "rows must be increasing neuron ids in [0, " + std::to_string(num_neurons) + ")";
+    }
+  }
+  for (int64_t j = 0; j < num_positions; ++j) {
+    if (groups.positions[j] < 0 || groups.positions[j] >= num_slots) {
+      return "positions must lie in [0, " + std::to_string(num_slots) + ")";
+    }
+  }
+  return "";
 }
 
 void SparseGatherMatmulForward(const GatherMatmulShape& shape, const float* inputs,
-                               const float* weights, const float* biases, const ActiveRows& rows,
+                               const float* weights, const float* biases, const RowGroups& rows,
                                float* out, const ParallelFor& parallel_for) {
   const int64_t dim = shape.dim, active = shape.active;
   // Padding (-1) is never visited below.
   std::fill(out, out + shape.batch * active, 0.f);
-  const std::vector<int32_t>& ids = rows.ids();
-  const std::vector<int64_t>& offsets = rows.offsets();
-  const std::vector<int64_t>& positions = rows.positions();
-  const int64_t uses = rows.size() > 0 ? 1 + static_cast<int64_t>(positions.size()) / rows.size()
-                                       : 1;
+  const int32_t* ids = rows.ids;
+  const int32_t* offsets = rows.offsets;
+  const int32_t* positions = rows.positions;
+  const int64_t uses = rows.num_rows > 0 ? 1 + offsets[rows.num_rows] / rows.num_rows : 1;
   // Walking neurons in id order reads each weight row once, nearly as a stream.
-  parallel_for(rows.size(), uses * (2 * dim + 20), [&](int64_t begin, int64_t end) {
+  parallel_for(rows.num_rows, uses * (2 * dim + 20), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       if (r + kPrefetchDistance < end) {
         __builtin_prefetch(weights + int64_t{ids[r + kPrefetchDistance]} * dim);
@@ -101,20 +121,20 @@ void SparseGatherMatmulForward(const GatherMatmulShape& shape, const float* inpu
 
 void SparseGatherMatmulBackward(const GatherMatmulShape& shape, const float* inputs,
                                 const float* weights, const float* grad_out,
-                                const ActiveRows& rows, float* grad_inputs,
+                                const RowGroups& rows, float* grad_inputs,
                                 float* grad_weight_rows, float* grad_bias_rows,
                                 const ParallelFor& parallel_for) {
-  const int64_t dim = shape.dim, active = shape.active, num_rows = rows.size();
-  const std::vector<int32_t>& ids = rows.ids();
-  const std::vector<int64_t>& offsets = rows.offsets();
-  const std::vector<int64_t>& positions = rows.positions();
+  const int64_t dim = shape.dim, active = shape.active, num_rows = rows.num_rows;
+  const int32_t* ids = rows.ids;
+  const int32_t* offsets = rows.offsets;
+  const int32_t* positions = rows.positions;
   const int64_t accumulator_bytes = std::max<int64_t>(shape.batch * dim * sizeof(float), 1);
   const int64_t blocks = std::max<int64_t>(
       1, std::min({kBackwardBlocks, num_rows, kAccumulatorBytes / accumulator_bytes}));
   // Each block owns a grad_inputs accumulator; one pass over its rows reads every weight row
   // once and writes every gradient row once.
   std::vector<float> partial_grad_inputs(blocks * shape.batch * dim, 0.f);
-  const int64_t cost = static_cast<int64_t>(positions.size()) * 4 * dim / blocks + 1;
+  const int64_t cost = int64_t{offsets[num_rows]} * 4 * dim / blocks + 1;
   parallel_for(blocks, cost, [&](int64_t block_begin, int64_t block_end) {
     for (int64_t block = block_begin; block < block_end; ++block) {
       float* dx = partial_grad_inputs.data() + block * shape.batch * dim;

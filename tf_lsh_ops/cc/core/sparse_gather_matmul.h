@@ -8,12 +8,14 @@
 // Example (batch 1, two active neurons out of three):
 //   float x[2] = {1, 2};  float w[6] = {1, 0, 0, 1, 1, 1};  float bias[3] = {0, 0, 5};
 //   int32_t ids[2] = {2, -1};  float out[2];
-//   SparseGatherMatmulForward({1, 2, 3, 2}, x, w, bias, ActiveRows(ids, 2), out, SerialFor());
+//   SparseGatherMatmulForward({1, 2, 3, 2}, x, w, bias, ActiveRows(ids, 2).view(), out,
+//                             SerialFor());
 //   // out = {8, 0}
 #ifndef TF_LSH_OPS_CC_CORE_SPARSE_GATHER_MATMUL_H_
 #define TF_LSH_OPS_CC_CORE_SPARSE_GATHER_MATMUL_H_
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "tf_lsh_ops/cc/core/parallel.h"
@@ -30,35 +32,50 @@ struct GatherMatmulShape {
 // Returns the flat position of the first index outside [-1, num_neurons), or -1 if none.
 int64_t FindInvalidIndex(const int32_t* indices, int64_t count, int64_t num_neurons);
 
-// Groups the (example, slot) positions of an index matrix by neuron, skipping -1.
-// Rows are sorted by neuron id, so that walking them streams through the weight matrix;
-// within a row, positions are in increasing order. Built by a radix sort: O(count), and no
-// memory of size num_neurons.
+// The (example, slot) positions of an index matrix grouped by neuron, -1 entries skipped:
+// row r is neuron ids[r], at flat positions b * active + k listed in
+// positions[offsets[r] .. offsets[r + 1]). Rows are sorted by neuron id, so that walking them
+// streams through the weight matrix; within a row, positions increase. A view over arrays
+// owned by an ActiveRows or by tensors (the forward op hands its grouping to the gradient).
+struct RowGroups {
+  const int32_t* ids;
+  const int32_t* offsets;    // num_rows + 1 entries
+  const int32_t* positions;  // offsets[num_rows] entries
+  int64_t num_rows;
+};
+
+// Builds the RowGroups of an index matrix by a radix sort: O(count), no memory of size
+// num_neurons.
 class ActiveRows {
  public:
-  // Positions share a 64-bit sort key with the neuron id.
-  static constexpr int64_t kMaxPositions = int64_t{1} << 32;
+  // Positions and offsets are int32.
+  static constexpr int64_t kMaxPositions = (int64_t{1} << 31) - 1;
 
-  // `indices` must hold only ids in [-1, num_neurons) (see FindInvalidIndex), and fewer than
+  // `indices` must hold only ids in [-1, num_neurons) (see FindInvalidIndex), and at most
   // kMaxPositions entries.
   ActiveRows(const int32_t* indices, int64_t count);
 
   int64_t size() const { return static_cast<int64_t>(ids_.size()); }
-  // Neuron id of each row.
   const std::vector<int32_t>& ids() const { return ids_; }
-  // Flat positions b * active + k of row r are positions()[offsets()[r] .. offsets()[r + 1]).
-  const std::vector<int64_t>& offsets() const { return offsets_; }
-  const std::vector<int64_t>& positions() const { return positions_; }
+  const std::vector<int32_t>& offsets() const { return offsets_; }
+  const std::vector<int32_t>& positions() const { return positions_; }
+  RowGroups view() const { return {ids_.data(), offsets_.data(), positions_.data(), size()}; }
 
  private:
   std::vector<int32_t> ids_;
-  std::vector<int64_t> offsets_;
-  std::vector<int64_t> positions_;
+  std::vector<int32_t> offsets_;
+  std::vector<int32_t> positions_;
 };
 
-// `rows` must be built from `indices`.
+// Returns "" if `groups` is a well-formed grouping of `num_slots` = batch * active positions
+// over neurons in [0, num_neurons), else what is wrong. For groupings that arrive as op
+// inputs; O(rows + positions).
+std::string CheckRowGroups(const RowGroups& groups, int64_t num_positions, int64_t num_neurons,
+                           int64_t num_slots);
+
+// `rows` must group `indices`; positions absent from it (-1 ids) get output 0.
 void SparseGatherMatmulForward(const GatherMatmulShape& shape, const float* inputs,
-                               const float* weights, const float* biases, const ActiveRows& rows,
+                               const float* weights, const float* biases, const RowGroups& rows,
                                float* out, const ParallelFor& parallel_for);
 
 // Gradients of SparseGatherMatmulForward given grad_out [batch, active]:
@@ -69,9 +86,9 @@ void SparseGatherMatmulForward(const GatherMatmulShape& shape, const float* inpu
 // summed in block order, so results do not depend on the number of threads.
 void SparseGatherMatmulBackward(const GatherMatmulShape& shape, const float* inputs,
                                 const float* weights, const float* grad_out,
-                                const ActiveRows& rows,
-                                float* grad_inputs, float* grad_weight_rows,
-                                float* grad_bias_rows, const ParallelFor& parallel_for);
+                                const RowGroups& rows, float* grad_inputs,
+                                float* grad_weight_rows, float* grad_bias_rows,
+                                const ParallelFor& parallel_for);
 
 }  // namespace tf_lsh
 

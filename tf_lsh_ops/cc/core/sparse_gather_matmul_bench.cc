@@ -78,7 +78,7 @@ int main(int argc, char** argv) {
   const double rows_ms = MedianMs([&] { ActiveRows rows(ids.data(), ids.size()); });
   const ActiveRows rows(ids.data(), ids.size());
   const double forward_ms = MedianMs([&] {
-    SparseGatherMatmulForward(shape, x.data(), w.data(), bias.data(), rows, out.data(),
+    SparseGatherMatmulForward(shape, x.data(), w.data(), bias.data(), rows.view(), out.data(),
                               parallel_for);
   });
   const double per_example_ms = MedianMs([&] {
@@ -86,12 +86,12 @@ int main(int argc, char** argv) {
                       parallel_for);
   });
   const double sorted_again_ms = MedianMs([&] {
-    SparseGatherMatmulForward(shape, x.data(), w.data(), bias.data(), rows, out.data(),
+    SparseGatherMatmulForward(shape, x.data(), w.data(), bias.data(), rows.view(), out.data(),
                               parallel_for);
   });
   std::vector<float> dx(shape.batch * shape.dim), dw(rows.size() * shape.dim), db(rows.size());
   const double backward_ms = MedianMs([&] {
-    SparseGatherMatmulBackward(shape, x.data(), w.data(), g.data(), rows, dx.data(), dw.data(),
+    SparseGatherMatmulBackward(shape, x.data(), w.data(), g.data(), rows.view(), dx.data(), dw.data(),
                                db.data(), parallel_for);
   });
   const double row_gb = rows.size() * shape.dim * 4 / 1e9;

@@ -12,7 +12,8 @@ namespace {
 void TestExampleFromHeader() {
   float x[2] = {1, 2}, w[6] = {1, 0, 0, 1, 1, 1}, bias[3] = {0, 0, 5}, out[2];
   int32_t ids[2] = {2, -1};
-  SparseGatherMatmulForward({1, 2, 3, 2}, x, w, bias, ActiveRows(ids, 2), out, SerialFor());
+  SparseGatherMatmulForward({1, 2, 3, 2}, x, w, bias, ActiveRows(ids, 2).view(), out,
+                            SerialFor());
   CHECK_NEAR(out[0], 8.f, 0.f);
   CHECK_NEAR(out[1], 0.f, 0.f);
 }
@@ -35,9 +36,12 @@ void TestAgainstLoops() {
 
   const ActiveRows rows(ids.data(), ids.size());
   CHECK_TRUE((rows.ids() == std::vector<int32_t>{0, 1, 2, 3, 4, 8}));
-  CHECK_TRUE((rows.offsets() == std::vector<int64_t>{0, 2, 3, 4, 5, 8, 9}));
+  CHECK_TRUE((rows.offsets() == std::vector<int32_t>{0, 2, 3, 4, 5, 8, 9}));
+  CHECK_TRUE(CheckRowGroups(rows.view(), 9, shape.num_neurons, ids.size()).empty());
+  CHECK_TRUE(!CheckRowGroups(rows.view(), 9, 5, ids.size()).empty());  // id 8 >= 5
+  CHECK_TRUE(!CheckRowGroups(rows.view(), 9, shape.num_neurons, 4).empty());  // positions
   std::vector<float> out(shape.batch * shape.active, 123.f);
-  SparseGatherMatmulForward(shape, x.data(), w.data(), bias.data(), rows, out.data(),
+  SparseGatherMatmulForward(shape, x.data(), w.data(), bias.data(), rows.view(), out.data(),
                             SerialFor());
   for (int64_t b = 0; b < shape.batch; ++b) {
     for (int64_t k = 0; k < shape.active; ++k) {
@@ -52,7 +56,7 @@ void TestAgainstLoops() {
   }
 
   std::vector<float> dx(shape.batch * shape.dim), dw(rows.size() * shape.dim), db(rows.size());
-  SparseGatherMatmulBackward(shape, x.data(), w.data(), g.data(), rows, dx.data(), dw.data(),
+  SparseGatherMatmulBackward(shape, x.data(), w.data(), g.data(), rows.view(), dx.data(), dw.data(),
                              db.data(), SerialFor());
   for (int64_t r = 0; r < rows.size(); ++r) {
     for (int64_t d = 0; d < shape.dim; ++d) {

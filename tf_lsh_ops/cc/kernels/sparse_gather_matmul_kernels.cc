@@ -1,4 +1,8 @@
 // CPU kernels of SparseGatherMatmul and its gradient: validate, allocate, call the core.
+#include <algorithm>
+#include <string>
+#include <vector>
+
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tf_lsh_ops/cc/core/sparse_gather_matmul.h"
 #include "tf_lsh_ops/cc/kernels/input_checks.h"
@@ -16,10 +20,10 @@ using tensorflow::TensorShape;
 namespace {
 
 absl::Status CheckIndices(const char* op, const Tensor& indices, int64_t num_neurons) {
-  if (indices.NumElements() >= ActiveRows::kMaxPositions) {
+  if (indices.NumElements() > ActiveRows::kMaxPositions) {
     return absl::InvalidArgumentError(absl::StrCat(op, ": indices has shape ",
                                                    indices.shape().DebugString(),
-                                                   "; at most 2^32 - 1 entries are supported"));
+                                                   "; at most 2^31 - 1 entries are supported"));
   }
   const int64_t bad = FindInvalidIndex(indices.flat<int32_t>().data(), indices.NumElements(),
                                        num_neurons);
@@ -62,13 +66,26 @@ class SparseGatherMatmulOp : public OpKernel {
 
     const GatherMatmulShape shape{inputs.dim_size(0), inputs.dim_size(1), weights.dim_size(0),
                                   indices.dim_size(1)};
+    const ActiveRows rows(indices.flat<int32_t>().data(), indices.NumElements());
     Tensor* output = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({shape.batch, shape.active}),
                                              &output));
-    const ActiveRows rows(indices.flat<int32_t>().data(), indices.NumElements());
+    OP_REQUIRES_OK(ctx, OutputVector(ctx, 1, rows.ids()));
+    OP_REQUIRES_OK(ctx, OutputVector(ctx, 2, rows.offsets()));
+    OP_REQUIRES_OK(ctx, OutputVector(ctx, 3, rows.positions()));
     SparseGatherMatmulForward(shape, inputs.flat<float>().data(), weights.flat<float>().data(),
-                              biases.flat<float>().data(), rows, output->flat<float>().data(),
-                              TfParallelFor(ctx));
+                              biases.flat<float>().data(), rows.view(),
+                              output->flat<float>().data(), TfParallelFor(ctx));
+  }
+
+ private:
+  static absl::Status OutputVector(OpKernelContext* ctx, int index,
+                                   const std::vector<int32_t>& values) {
+    Tensor* out = nullptr;
+    TF_RETURN_IF_ERROR(ctx->allocate_output(
+        index, TensorShape({static_cast<int64_t>(values.size())}), &out));
+    std::copy(values.begin(), values.end(), out->flat<int32_t>().data());
+    return absl::OkStatus();
   }
 };
 
@@ -82,31 +99,39 @@ class SparseGatherMatmulGradOp : public OpKernel {
     OP_REQUIRES_OK(ctx, weights_input.Init(ctx, kOp, "weights", 1));
     const Tensor& inputs = ctx->input(0);
     const Tensor& weights = weights_input.tensor();
-    const Tensor& indices = ctx->input(2);
-    const Tensor& grad_output = ctx->input(3);
+    const Tensor& rows = ctx->input(2);
+    const Tensor& row_splits = ctx->input(3);
+    const Tensor& positions = ctx->input(4);
+    const Tensor& grad_output = ctx->input(5);
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "inputs", inputs, 2));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "weights", weights, 2));
-    OP_REQUIRES_OK(ctx, CheckRank(kOp, "indices", indices, 2));
+    OP_REQUIRES_OK(ctx, CheckRank(kOp, "rows", rows, 1));
+    OP_REQUIRES_OK(ctx, CheckRank(kOp, "row_splits", row_splits, 1));
+    OP_REQUIRES_OK(ctx, CheckRank(kOp, "positions", positions, 1));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "grad_output", grad_output, 2));
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "inputs", inputs, 1, "weights", weights, 1));
-    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "inputs", inputs, 0, "indices", indices, 0));
-    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "grad_output", grad_output, 0, "indices", indices, 0));
-    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "grad_output", grad_output, 1, "indices", indices, 1));
-    OP_REQUIRES_OK(ctx, CheckIndices(kOp, indices, weights.dim_size(0)));
+    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "grad_output", grad_output, 0, "inputs", inputs, 0));
+    OP_REQUIRES(ctx, row_splits.NumElements() == rows.NumElements() + 1,
+                absl::InvalidArgumentError(absl::StrCat(
+                    kOp, ": row_splits must have one entry more than rows; got shapes ",
+                    row_splits.shape().DebugString(), " and ", rows.shape().DebugString())));
+    const RowGroups groups{rows.flat<int32_t>().data(), row_splits.flat<int32_t>().data(),
+                           positions.flat<int32_t>().data(), rows.NumElements()};
+    const std::string error = CheckRowGroups(groups, positions.NumElements(),
+                                             weights.dim_size(0), grad_output.NumElements());
+    OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError(absl::StrCat(
+                                        kOp, ": the grouping from the forward op is invalid: ",
+                                        error)));
 
     const GatherMatmulShape shape{inputs.dim_size(0), inputs.dim_size(1), weights.dim_size(0),
-                                  indices.dim_size(1)};
-    const ActiveRows rows(indices.flat<int32_t>().data(), indices.NumElements());
-    Tensor *grad_inputs = nullptr, *row_ids = nullptr, *grad_weight_rows = nullptr,
-           *grad_bias_rows = nullptr;
+                                  grad_output.dim_size(1)};
+    Tensor *grad_inputs = nullptr, *grad_weight_rows = nullptr, *grad_bias_rows = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, inputs.shape(), &grad_inputs));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({rows.size()}), &row_ids));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({rows.size(), shape.dim}),
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({groups.num_rows, shape.dim}),
                                              &grad_weight_rows));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({rows.size()}), &grad_bias_rows));
-    std::copy(rows.ids().begin(), rows.ids().end(), row_ids->flat<int32_t>().data());
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({groups.num_rows}), &grad_bias_rows));
     SparseGatherMatmulBackward(shape, inputs.flat<float>().data(), weights.flat<float>().data(),
-                               grad_output.flat<float>().data(), rows,
+                               grad_output.flat<float>().data(), groups,
                                grad_inputs->flat<float>().data(),
                                grad_weight_rows->flat<float>().data(),
                                grad_bias_rows->flat<float>().data(), TfParallelFor(ctx));

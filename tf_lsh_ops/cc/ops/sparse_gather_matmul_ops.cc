@@ -1,4 +1,8 @@
 // Op registrations and shape functions for the sparse gather-matmul and its gradient.
+//
+// The forward op also outputs how it grouped `indices` by neuron (rows, row_splits,
+// positions: see RowGroups in core/sparse_gather_matmul.h), so that the gradient does not
+// sort them again. The Python wrapper returns only `output`.
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tf_lsh_ops/cc/ops/shape_checks.h"
@@ -9,59 +13,79 @@ using tensorflow::shape_inference::DimensionHandle;
 using tensorflow::shape_inference::InferenceContext;
 using tensorflow::shape_inference::ShapeHandle;
 
+namespace {
+
+// Checks the ranks and sizes that can be checked (weights and biases are unknown for the
+// resource variants) and sets the outputs.
+absl::Status ForwardShape(InferenceContext* c, const char* op, bool resource) {
+  ShapeHandle inputs, indices;
+  TF_RETURN_IF_ERROR(WithRankNamed(c, op, 0, "inputs", 2, &inputs));
+  TF_RETURN_IF_ERROR(WithRankNamed(c, op, 3, "indices", 2, &indices));
+  DimensionHandle unused;
+  if (!resource) {
+    ShapeHandle weights, biases;
+    TF_RETURN_IF_ERROR(WithRankNamed(c, op, 1, "weights", 2, &weights));
+    TF_RETURN_IF_ERROR(WithRankNamed(c, op, 2, "biases", 1, &biases));
+    TF_RETURN_IF_ERROR(MergeNamed(c, op, inputs, 1, "inputs", weights, 1, "weights", &unused));
+    TF_RETURN_IF_ERROR(MergeNamed(c, op, weights, 0, "weights", biases, 0, "biases", &unused));
+  }
+  DimensionHandle batch;
+  TF_RETURN_IF_ERROR(MergeNamed(c, op, inputs, 0, "inputs", indices, 0, "indices", &batch));
+  c->set_output(0, c->Matrix(batch, c->Dim(indices, 1)));
+  c->set_output(1, c->Vector(c->UnknownDim()));
+  c->set_output(2, c->Vector(c->UnknownDim()));
+  c->set_output(3, c->Vector(c->UnknownDim()));
+  return absl::OkStatus();
+}
+
+absl::Status GradShape(InferenceContext* c, const char* op, bool resource) {
+  ShapeHandle inputs, rows, grad_output;
+  TF_RETURN_IF_ERROR(WithRankNamed(c, op, 0, "inputs", 2, &inputs));
+  TF_RETURN_IF_ERROR(WithRankNamed(c, op, 2, "rows", 1, &rows));
+  TF_RETURN_IF_ERROR(WithRankNamed(c, op, 5, "grad_output", 2, &grad_output));
+  DimensionHandle dim = c->Dim(inputs, 1);
+  if (!resource) {
+    ShapeHandle weights;
+    TF_RETURN_IF_ERROR(WithRankNamed(c, op, 1, "weights", 2, &weights));
+    TF_RETURN_IF_ERROR(MergeNamed(c, op, inputs, 1, "inputs", weights, 1, "weights", &dim));
+  }
+  c->set_output(0, inputs);
+  c->set_output(1, c->Matrix(c->Dim(rows, 0), dim));
+  c->set_output(2, c->Vector(c->Dim(rows, 0)));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 REGISTER_OP("SparseGatherMatmul")
     .Input("inputs: float")
     .Input("weights: float")
     .Input("biases: float")
     .Input("indices: int32")
     .Output("output: float")
-    .SetShapeFn([](InferenceContext* c) -> absl::Status {
-      constexpr char kOp[] = "SparseGatherMatmul";
-      ShapeHandle inputs, weights, biases, indices;
-      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 0, "inputs", 2, &inputs));
-      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 1, "weights", 2, &weights));
-      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 2, "biases", 1, &biases));
-      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 3, "indices", 2, &indices));
-      DimensionHandle unused;
-      TF_RETURN_IF_ERROR(MergeNamed(c, kOp, inputs, 1, "inputs", weights, 1, "weights", &unused));
-      TF_RETURN_IF_ERROR(MergeNamed(c, kOp, weights, 0, "weights", biases, 0, "biases", &unused));
-      DimensionHandle batch;
-      TF_RETURN_IF_ERROR(MergeNamed(c, kOp, inputs, 0, "inputs", indices, 0, "indices", &batch));
-      c->set_output(0, c->Matrix(batch, c->Dim(indices, 1)));
-      return absl::OkStatus();
-    })
+    .Output("rows: int32")
+    .Output("row_splits: int32")
+    .Output("positions: int32")
+    .SetShapeFn([](InferenceContext* c) { return ForwardShape(c, "SparseGatherMatmul", false); })
     .Doc(R"doc(
 out[b, k] = dot(inputs[b], weights[indices[b, k]]) + biases[indices[b, k]]; index -1 gives 0.
+Also outputs the grouping of `indices` by neuron, for the gradient.
 )doc");
 
 REGISTER_OP("SparseGatherMatmulGrad")
     .Input("inputs: float")
     .Input("weights: float")
-    .Input("indices: int32")
+    .Input("rows: int32")
+    .Input("row_splits: int32")
+    .Input("positions: int32")
     .Input("grad_output: float")
     .Output("grad_inputs: float")
-    .Output("rows: int32")
     .Output("grad_weight_rows: float")
     .Output("grad_bias_rows: float")
-    .SetShapeFn([](InferenceContext* c) -> absl::Status {
-      constexpr char kOp[] = "SparseGatherMatmulGrad";
-      ShapeHandle inputs, weights, indices, grad_output;
-      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 0, "inputs", 2, &inputs));
-      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 1, "weights", 2, &weights));
-      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 2, "indices", 2, &indices));
-      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 3, "grad_output", 2, &grad_output));
-      DimensionHandle dim;
-      TF_RETURN_IF_ERROR(MergeNamed(c, kOp, inputs, 1, "inputs", weights, 1, "weights", &dim));
-      c->set_output(0, inputs);
-      DimensionHandle rows = c->UnknownDim();
-      c->set_output(1, c->Vector(rows));
-      c->set_output(2, c->Matrix(rows, dim));
-      c->set_output(3, c->Vector(rows));
-      return absl::OkStatus();
-    })
+    .SetShapeFn([](InferenceContext* c) { return GradShape(c, "SparseGatherMatmulGrad", false); })
     .Doc(R"doc(
-Gradient of SparseGatherMatmul: dense grad_inputs, and one row of weight and bias gradients per
-distinct neuron in `indices` (`rows`, sorted; -1 entries skipped).
+Gradient of SparseGatherMatmul, from its grouping of the indices: dense grad_inputs, and one
+row of weight and bias gradients per distinct neuron (`rows`, sorted).
 )doc");
 
 // The same ops reading weights and biases from resource variables in place (no copy, even in
@@ -72,37 +96,26 @@ REGISTER_OP("ResourceSparseGatherMatmul")
     .Input("biases: resource")
     .Input("indices: int32")
     .Output("output: float")
-    .SetShapeFn([](InferenceContext* c) -> absl::Status {
-      constexpr char kOp[] = "ResourceSparseGatherMatmul";
-      ShapeHandle inputs, indices;
-      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 0, "inputs", 2, &inputs));
-      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 3, "indices", 2, &indices));
-      DimensionHandle batch;
-      TF_RETURN_IF_ERROR(MergeNamed(c, kOp, inputs, 0, "inputs", indices, 0, "indices", &batch));
-      c->set_output(0, c->Matrix(batch, c->Dim(indices, 1)));
-      return absl::OkStatus();
+    .Output("rows: int32")
+    .Output("row_splits: int32")
+    .Output("positions: int32")
+    .SetShapeFn([](InferenceContext* c) {
+      return ForwardShape(c, "ResourceSparseGatherMatmul", true);
     })
     .Doc("SparseGatherMatmul with weights and biases read from resource variables.");
 
 REGISTER_OP("ResourceSparseGatherMatmulGrad")
     .Input("inputs: float")
     .Input("weights: resource")
-    .Input("indices: int32")
+    .Input("rows: int32")
+    .Input("row_splits: int32")
+    .Input("positions: int32")
     .Input("grad_output: float")
     .Output("grad_inputs: float")
-    .Output("rows: int32")
     .Output("grad_weight_rows: float")
     .Output("grad_bias_rows: float")
-    .SetShapeFn([](InferenceContext* c) -> absl::Status {
-      ShapeHandle inputs;
-      TF_RETURN_IF_ERROR(WithRankNamed(c, "ResourceSparseGatherMatmulGrad", 0, "inputs", 2,
-                                       &inputs));
-      c->set_output(0, inputs);
-      DimensionHandle rows = c->UnknownDim();
-      c->set_output(1, c->Vector(rows));
-      c->set_output(2, c->Matrix(rows, c->Dim(inputs, 1)));
-      c->set_output(3, c->Vector(rows));
-      return absl::OkStatus();
+    .SetShapeFn([](InferenceContext* c) {
+      return GradShape(c, "ResourceSparseGatherMatmulGrad", true);
     })
     .Doc("Gradient of ResourceSparseGatherMatmul.");
 
