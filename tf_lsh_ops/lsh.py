@@ -61,6 +61,14 @@ def _require(condition, message):
         raise _invalid(message)
 
 
+def _seed(op_name, seed):
+    """Returns `seed`, checking that a Python int fits in int64 (TensorFlow would raise
+    TypeError or ValueError, depending on the conversion, instead of InvalidArgumentError)."""
+    if isinstance(seed, int):
+        _require(-(2**63) <= seed < 2**63, f"{op_name}: seed {seed} does not fit in int64")
+    return seed
+
+
 def _check_family(op_name, family):
     _require(
         family in HASH_FAMILIES,
@@ -120,7 +128,7 @@ def hash_params(
     _check_family(op_name, family)
     _check_layout(op_name, family, num_tables, num_hashes, bin_size)
     _require(1 <= dim <= MAX_INT32, f"{op_name}: dim must be in [1, 2^31 - 1], got {dim}")
-    seed = tf.constant(seed, tf.int64)
+    seed = tf.constant(_seed(op_name, seed), tf.int64)
     total = num_tables * num_hashes
     if family in ("srp", "sparse_srp"):
         if family == "sparse_srp":
@@ -225,7 +233,7 @@ def build_tables(codes, *, bucket_bits, capacity=128, overflow="fifo", seed=0, n
     codes = as_tensor(op_name, "codes", codes, tf.int32)
     return ops.lsh_build_tables(
         codes,
-        tf.cast(seed, tf.int64),
+        tf.cast(_seed(op_name, seed), tf.int64),
         bucket_bits=bucket_bits,
         capacity=capacity,
         overflow=overflow,
@@ -262,7 +270,7 @@ def update_tables(
         as_tensor(op_name, "neuron_ids", neuron_ids, tf.int32),
         as_tensor(op_name, "old_codes", old_codes, tf.int32),
         as_tensor(op_name, "new_codes", new_codes, tf.int32),
-        tf.cast(seed, tf.int64),
+        tf.cast(_seed(op_name, seed), tf.int64),
         overflow=overflow,
         name=name,
     )
@@ -323,7 +331,7 @@ def query_tables(
         as_tensor(op_name, "table_ids", table_ids, tf.int32),
         as_tensor(op_name, "table_counts", table_counts, tf.int32),
         as_tensor(op_name, "labels", labels, tf.int32),
-        tf.cast(seed, tf.int64),
+        tf.cast(_seed(op_name, seed), tf.int64),
         k=k,
         num_neurons=num_neurons,
         rule=rule,
