@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "tf_lsh_ops/cc/core/sparse_gather_matmul.h"
+#include "tf_lsh_ops/cc/core/vector_ops.h"
 
 namespace tf_lsh {
 
@@ -12,12 +13,7 @@ namespace {
 // The update of one row, given its (summed) gradient g.
 inline void AdamRow(const AdamHyperparameters& hyper, int64_t dim, const float* g, float* w,
                     float* m, float* v) {
-  const float one_minus_beta1 = 1.f - hyper.beta1, one_minus_beta2 = 1.f - hyper.beta2;
-  for (int64_t d = 0; d < dim; ++d) {
-    m[d] += (g[d] - m[d]) * one_minus_beta1;
-    v[d] += (g[d] * g[d] - v[d]) * one_minus_beta2;
-    w[d] -= hyper.alpha * m[d] / (std::sqrt(v[d]) + hyper.epsilon);
-  }
+  AdamUpdate(hyper.alpha, hyper.beta1, hyper.beta2, hyper.epsilon, g, w, m, v, dim);
 }
 
 bool StrictlyIncreasing(const int32_t* indices, int64_t count) {

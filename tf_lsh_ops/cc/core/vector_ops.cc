@@ -1,5 +1,6 @@
 #include "tf_lsh_ops/cc/core/vector_ops.h"
 
+#include <cmath>
 #include <cstdlib>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -26,6 +27,16 @@ float DotPortable(const float* a, const float* b, int64_t n) {
 
 void AxpyPortable(float alpha, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+}
+
+void AdamUpdatePortable(float alpha, float beta1, float beta2, float epsilon, const float* g,
+                        float* w, float* m, float* v, int64_t n) {
+  const float one_minus_beta1 = 1.f - beta1, one_minus_beta2 = 1.f - beta2;
+  for (int64_t i = 0; i < n; ++i) {
+    m[i] += (g[i] - m[i]) * one_minus_beta1;
+    v[i] += (g[i] * g[i] - v[i]) * one_minus_beta2;
+    w[i] -= alpha * m[i] / (std::sqrt(v[i]) + epsilon);
+  }
 }
 
 void MatMulPortable(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
@@ -137,6 +148,26 @@ __attribute__((target("avx2,fma"))) void MatMulAvx2(const float* a, int64_t lda,
   }
 }
 
+__attribute__((target("avx2"))) void AdamUpdateAvx2(float alpha, float beta1, float beta2,
+                                                     float epsilon, const float* g, float* w,
+                                                     float* m, float* v, int64_t n) {
+  const __m256 c1 = _mm256_set1_ps(1.f - beta1), c2 = _mm256_set1_ps(1.f - beta2);
+  const __m256 va = _mm256_set1_ps(alpha), ve = _mm256_set1_ps(epsilon);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 gi = _mm256_loadu_ps(g + i);
+    __m256 mi = _mm256_loadu_ps(m + i), vi = _mm256_loadu_ps(v + i);
+    mi = _mm256_add_ps(mi, _mm256_mul_ps(_mm256_sub_ps(gi, mi), c1));
+    vi = _mm256_add_ps(vi, _mm256_mul_ps(_mm256_sub_ps(_mm256_mul_ps(gi, gi), vi), c2));
+    const __m256 step = _mm256_div_ps(_mm256_mul_ps(va, mi),
+                                      _mm256_add_ps(_mm256_sqrt_ps(vi), ve));
+    _mm256_storeu_ps(m + i, mi);
+    _mm256_storeu_ps(v + i, vi);
+    _mm256_storeu_ps(w + i, _mm256_sub_ps(_mm256_loadu_ps(w + i), step));
+  }
+  AdamUpdatePortable(alpha, beta1, beta2, epsilon, g + i, w + i, m + i, v + i, n - i);
+}
+
 bool CpuHasAvx2() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -147,6 +178,8 @@ bool CpuHasAvx2() { return false; }
 
 using DotFn = float (*)(const float*, const float*, int64_t);
 using AxpyFn = void (*)(float, const float*, float*, int64_t);
+using AdamFn = void (*)(float, float, float, float, const float*, float*, float*, float*,
+                       int64_t);
 using MatMulFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t,
                           int64_t, int64_t);
 
@@ -154,6 +187,7 @@ struct Dispatch {
   DotFn dot = DotPortable;
   AxpyFn axpy = AxpyPortable;
   MatMulFn matmul = MatMulPortable;
+  AdamFn adam = AdamUpdatePortable;
   bool avx2 = false;
   Dispatch() {
 #ifdef TF_LSH_X86
@@ -163,6 +197,7 @@ struct Dispatch {
       dot = DotAvx2;
       axpy = AxpyAvx2;
       matmul = MatMulAvx2;
+      adam = AdamUpdateAvx2;
       avx2 = true;
     }
 #endif
@@ -183,6 +218,11 @@ void Axpy(float alpha, const float* x, float* y, int64_t n) { GetDispatch().axpy
 void MatMul(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
             int64_t m, int64_t n, int64_t k) {
   GetDispatch().matmul(a, lda, b, ldb, c, ldc, m, n, k);
+}
+
+void AdamUpdate(float alpha, float beta1, float beta2, float epsilon, const float* g, float* w,
+                float* m, float* v, int64_t n) {
+  GetDispatch().adam(alpha, beta1, beta2, epsilon, g, w, m, v, n);
 }
 
 bool UsesAvx2() { return GetDispatch().avx2; }

@@ -20,7 +20,14 @@ void Axpy(float alpha, const float* x, float* y, int64_t n);
 void MatMul(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
             int64_t m, int64_t n, int64_t k);
 
-// True when Dot, Axpy and MatMul run the AVX2/FMA code.
+// One Adam step on n elements:
+//   m += (g - m) * (1 - beta1);  v += (g * g - v) * (1 - beta2);
+//   w -= alpha * m / (sqrt(v) + epsilon).
+// Without fused multiply-adds, so both paths round alike.
+void AdamUpdate(float alpha, float beta1, float beta2, float epsilon, const float* g, float* w,
+                float* m, float* v, int64_t n);
+
+// True when Dot, Axpy, MatMul and AdamUpdate run the AVX2/FMA code.
 bool UsesAvx2();
 
 }  // namespace tf_lsh

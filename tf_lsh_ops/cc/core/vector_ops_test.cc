@@ -1,5 +1,6 @@
 #include "tf_lsh_ops/cc/core/vector_ops.h"
 
+#include <cmath>
 #include <cstdio>
 #include <random>
 #include <vector>
@@ -48,12 +49,33 @@ void TestMatMulAllBlockShapes() {
   }
 }
 
+void TestAdamUpdate() {
+  for (int64_t n : {1, 8, 13}) {
+    std::vector<float> g(n), w(n), m(n), v(n);
+    for (int64_t i = 0; i < n; ++i) {
+      g[i] = 0.3f * i - 1.f;
+      w[i] = 0.1f * i;
+      m[i] = 0.01f * i;
+      v[i] = 0.02f * i;
+    }
+    std::vector<float> w2 = w, m2 = m, v2 = v;
+    AdamUpdate(0.1f, 0.9f, 0.99f, 1e-7f, g.data(), w.data(), m.data(), v.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      const float mi = m2[i] + (g[i] - m2[i]) * (1.f - 0.9f);
+      const float vi = v2[i] + (g[i] * g[i] - v2[i]) * (1.f - 0.99f);
+      CHECK_TRUE(m[i] == mi && v[i] == vi);  // both paths round as this loop does
+      CHECK_TRUE(w[i] == w2[i] - 0.1f * mi / (std::sqrt(vi) + 1e-7f));
+    }
+  }
+}
+
 }  // namespace
 }  // namespace tf_lsh
 
 int main() {
   tf_lsh::TestDotAndAxpy();
   tf_lsh::TestMatMulAllBlockShapes();
+  tf_lsh::TestAdamUpdate();
   std::printf("PASS (avx2: %d)\n", tf_lsh::UsesAvx2());
   return 0;
 }
