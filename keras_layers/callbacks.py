@@ -105,8 +105,9 @@ class LSHRebuildCallback(keras.callbacks.Callback):
                     self._take_snapshot(layer)
 
     def _global_step(self):
-        """Steps trained so far: the optimizer's counter, which checkpoints restore."""
-        return int(self.model.optimizer.iterations)
+        """Steps trained so far: the optimizer's counter, which checkpoints restore (`.numpy()`:
+        under tf.distribute it is a MirroredVariable, which int() refuses)."""
+        return int(self.model.optimizer.iterations.numpy())
 
     def event_index(self, step):
         """How many scheduled events fall in steps 1..`step`, and whether `step` is one.
@@ -144,7 +145,26 @@ class LSHRebuildCallback(keras.callbacks.Callback):
             self._writer.flush()
 
     def drift(self):
-        """Largest relative change, over the layers, of the sampled rows since the last rebuild."""
+        """Largest relative change, over the layers, of the sampled rows since the last rebuild.
+
+        Under tf.distribute every worker returns the chief's value, so all decide alike even
+        if two hosts round the norms differently.
+        """
+        return self._chief_value(self._local_drift())
+
+    def _chief_value(self, value):
+        strategy = self.model.distribute_strategy
+        if strategy.num_replicas_in_sync == 1:
+            return value
+
+        def chief_value(context):
+            first = context.replica_id_in_sync_group == 0
+            return tf.constant(value if first else 0.0, tf.float64)
+
+        per_replica = strategy.experimental_distribute_values_from_function(chief_value)
+        return float(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
+
+    def _local_drift(self):
         worst = 0.0
         for layer in self._layers:
             if id(layer) not in self._snapshots:

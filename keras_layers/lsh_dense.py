@@ -339,7 +339,7 @@ class LSHDense(keras.layers.Layer):
             fill_random=self.fill_random,
             labels=labels,
             batch_wide=self.batch_wide,
-            seed=self.seed + 1_000_003 * tf.cast(self.step, tf.int64),
+            seed=self.seed + 1_000_003 * tf.cast(self.step, tf.int64) + _replica_seed_offset(),
         )
 
     def active_outputs(self, inputs, labels=None):
@@ -441,6 +441,16 @@ def _default_num_hashes(family, units, active, num_tables, capacity, bin_size):
     if family in _SIMHASH:
         return bits
     return max(1, math.ceil(bits / math.log2(bin_size)))
+
+
+def _replica_seed_offset():
+    """0, or under tf.distribute a per-replica offset of the random-fill seed: each replica's
+    batch gets its own random units, as one process's batch would (the fill's random stream is
+    the row within the batch, which replicas share)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return 0
+    return 2_000_003 * tf.cast(context.replica_id_in_sync_group, tf.int64)
 
 
 def _scatter_rows(ids, values, units):

@@ -3,13 +3,14 @@
 import keras
 import tensorflow as tf
 
+from keras_layers.distributed import DistributedFitMixin, scale_loss
 from keras_layers.losses import active_softmax_cross_entropy, dense_softmax_cross_entropy
 from keras_layers.lsh_dense import LSHDense
 from keras_layers.metrics import LSHRecall
 
 
 @keras.saving.register_keras_serializable(package="tf_lsh")
-class LSHClassifier(keras.Model):
+class LSHClassifier(DistributedFitMixin, keras.Model):
     """A classifier over many labels whose output layer computes only a hashed-for few units.
 
     `body` maps inputs to features (any Keras layer or model, e.g. a `SparseInputDense` on a
@@ -87,9 +88,12 @@ class LSHClassifier(keras.Model):
             loss = active_softmax_cross_entropy(ids, logits, labels)
             if self.losses:
                 loss = loss + tf.add_n(self.losses)
+            # Under tf.distribute, gradients are summed over replicas: scale to the global mean.
+            scaled_loss = scale_loss(loss)
         self.head.step.assign_add(1)
         variables = self.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+        gradients = tape.gradient(scaled_loss, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
         self._loss_tracker.update_state(loss, sample_weight=tf.shape(labels)[0])
         # Training metrics rank the active set only (labels included): optimistic, but free.
         logs = self.compute_metrics(x, labels, _top_ids(ids, logits, self.top_k))
