@@ -17,7 +17,10 @@ seed 0), batch size 128, learning rate 1e-3, the same cores and `model.fit`:
   Adam applies as a dense update of every row.
 * `tf_lsh` (c): `LSHClassifier` with an `LSHDense` output (`build_lsh_model`: SimHash, 16
   tables), `SparseAdam`, `LSHRebuildCallback(period=50, schedule="exponential", growth=1.2)` as
-  in the example; `active` labels per example (labels included).
+  in the example; one active set of `active` labels per batch (the batch's labels first, then
+  the units its buckets share most), as the example trains.
+* optional `tf_lsh_per_example` (c'): the same with one active set per example (SLIDE's way):
+  a step then touches up to batch x active output rows.
 * optional (`--methods ... sampled_3000_sparse_adam`): (b) with 3,000 samples and `SparseAdam`,
   separating the optimizer's share of the difference from the hashing's.
 
@@ -105,13 +108,15 @@ REBUILD = {"period": 50, "schedule": "exponential", "growth": 1.2}
 SAMPLED_FRACTION = 0.2
 SAMPLED_FIXED = 3000
 DEFAULT_METHODS = ("full_softmax", "sampled_20pct", "sampled_3000", "tf_lsh")
-ALL_METHODS = DEFAULT_METHODS + ("sampled_3000_sparse_adam",)
+LSH_METHODS = ("tf_lsh", "tf_lsh_per_example")
+ALL_METHODS = DEFAULT_METHODS + ("tf_lsh_per_example", "sampled_3000_sparse_adam")
 LABELS = {
     "full_softmax": "(a) Dense, full softmax + Adam",
     "sampled_20pct": "(b) sampled softmax, 20% + Adam",
     "sampled_3000": "(b) sampled softmax, 3000 + Adam",
     "sampled_3000_sparse_adam": "(b') sampled softmax, 3000 + SparseAdam",
     "tf_lsh": "(c) tf-lsh: LSHDense + SparseAdam",
+    "tf_lsh_per_example": "(c') tf-lsh, one active set per example",
 }
 
 MODES = {
@@ -219,9 +224,14 @@ def build_model(method, data, active, num_tables):
             optimizer=keras.optimizers.Adam(LEARNING_RATE), loss=example.full_softmax_loss
         )
         return model, []
-    if method == "tf_lsh":
+    if method in LSH_METHODS:
         model = example.build_lsh_model(
-            num_features, num_labels, active, num_tables=num_tables, seed=SEED
+            num_features,
+            num_labels,
+            active,
+            num_tables=num_tables,
+            batch_wide=method == "tf_lsh",
+            seed=SEED,
         )
         model.compile(optimizer=keras_layers.SparseAdam(LEARNING_RATE))
         return model, [keras_layers.LSHRebuildCallback(**REBUILD)]
@@ -351,7 +361,7 @@ def multiplications(method, model, data, active, distinct_rows):
     if method == "full_softmax":
         out["output"] = 3 * b * h * big_n
         out["output_rows_updated"] = big_n
-    elif method == "tf_lsh":
+    elif method in LSH_METHODS:
         head = model.head
         bits = head.num_tables * head.num_hashes_used
         out["output"] = 3 * b * h * active
@@ -371,7 +381,7 @@ def multiplications(method, model, data, active, distinct_rows):
 def distinct_output_rows(method, model, batch):
     """Distinct output rows one training batch touches (sparse methods)."""
     x, y = batch
-    if method == "tf_lsh":
+    if method in LSH_METHODS:
         ids = model.head.active_ids(model.body(x, training=False), labels=tf.cast(y, tf.int32))
         ids = ids.numpy()
         return int(np.unique(ids[ids >= 0]).size)
@@ -419,13 +429,13 @@ def run_method(method, data, cfg, kind, num_tables):
     median_step = statistics.median(steps)
     rebuild_events = list(callbacks[0].events) if callbacks else []
     rebuild_times = [seconds for _, seconds in rebuild_events]
-    if method == "tf_lsh":  # one more, timed here: a short run may have had none
+    if method in LSH_METHODS:  # one more, timed here: a short run may have had none
         rebuild_start = time.perf_counter()
         model.head.rebuild_tables()
         rebuild_times.append(time.perf_counter() - rebuild_start)
     rebuild_mean = statistics.fmean(rebuild_times) if rebuild_times else 0.0
     projected = median_step * steps_per_epoch
-    if method == "tf_lsh":
+    if method in LSH_METHODS:
         projected += rebuilds_per_epoch(steps_per_epoch) * rebuild_mean
     sample = next(iter(train.dataset(BATCH, shuffle=True, seed=SEED + 1)))
     rows = distinct_output_rows(method, model, sample)
@@ -447,7 +457,7 @@ def run_method(method, data, cfg, kind, num_tables):
         "rss_after_data_bytes": rss_after_data,
         "peak_rss_bytes": rss_peak_bytes(),
     }
-    if method == "tf_lsh":
+    if method in LSH_METHODS:
         head = model.head
         report["lsh"] = {
             "active": head.num_active,

@@ -55,11 +55,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a 100k-label layer, fewer runs")
     parser.add_argument("--active", type=int, default=3000)
+    parser.add_argument("--batch-wide", action="store_true", help="one active set per batch")
     args = parser.parse_args(argv)
     num_features, num_labels = (50_000, 100_000) if args.quick else (135_909, 670_091)
     repeats = 3 if args.quick else 7
     rng = np.random.default_rng(0)
-    model = extreme_classification.build_lsh_model(num_features, num_labels, args.active)
+    model = extreme_classification.build_lsh_model(
+        num_features, num_labels, args.active, batch_wide=args.batch_wide
+    )
     optimizer = keras_layers.SparseAdam(1e-3)
     model.compile(optimizer=optimizer)
     optimizer.build(model.trainable_variables)
@@ -68,7 +71,7 @@ def main(argv=None):
 
     features = body(x)
     codes = head._hash(features, "query")
-    ids = head.active_ids(features, labels)
+    ids, _ = head.active_outputs(features, labels)
     logits = tf_lsh_ops.sparse_gather_matmul(features, head.kernel, head.bias, ids)
     grad_logits = tf.random.normal(tf.shape(logits))
 

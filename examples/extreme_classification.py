@@ -30,13 +30,23 @@ from keras_layers import datasets  # noqa: E402
 HIDDEN = 128
 
 
-def build_lsh_model(num_features, num_labels, active, num_tables=16, seed=0):
-    """SparseInputDense(128, relu) -> LSHDense(num_labels) trained by LSHClassifier."""
+def build_lsh_model(num_features, num_labels, active, num_tables=16, batch_wide=False, seed=0):
+    """SparseInputDense(128, relu) -> LSHDense(num_labels) trained by LSHClassifier.
+
+    With `batch_wide`, the batch shares one active set (its labels first, then the units its
+    examples' buckets share most), as Mongoose does: a step then touches `active` rows of the
+    output layer, not up to `batch * active`.
+    """
     keras.utils.set_random_seed(seed)
     model = keras_layers.LSHClassifier(
         body=keras_layers.SparseInputDense(HIDDEN, activation="relu", name="hidden"),
         head=keras_layers.LSHDense(
-            num_labels, active=active, num_tables=num_tables, seed=seed, name="output"
+            num_labels,
+            active=active,
+            num_tables=num_tables,
+            batch_wide=batch_wide,
+            seed=seed,
+            name="output",
         ),
     )
     model.build((None, num_features))
@@ -90,6 +100,11 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--active", type=int, default=None, help="active labels per example")
+    parser.add_argument(
+        "--per-example",
+        action="store_true",
+        help="one active set per example instead of one per batch",
+    )
     parser.add_argument("--skip-dense", action="store_true", help="train only the tf-lsh model")
     parser.add_argument("--out", default="out/extreme_classification", help="where to save")
     args = parser.parse_args(argv)
@@ -122,7 +137,7 @@ def main(argv=None):
     }
 
     print("tf-lsh: LSHDense output + SparseAdam", file=sys.stderr)
-    lsh_model = build_lsh_model(num_features, num_labels, active)
+    lsh_model = build_lsh_model(num_features, num_labels, active, batch_wide=not args.per_example)
     lsh_model.compile(optimizer=keras_layers.SparseAdam(1e-3), metrics=precision_metrics())
     rebuild = keras_layers.LSHRebuildCallback(period=50, schedule="exponential", growth=1.2)
     results["tf_lsh"] = train(
