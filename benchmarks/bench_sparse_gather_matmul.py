@@ -40,10 +40,8 @@ Usage: python benchmarks/bench_sparse_gather_matmul.py [--quick | --full] [--thr
 Prints one JSON document to stdout; progress goes to stderr.
 """
 
-import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -56,6 +54,11 @@ try:
 except ModuleNotFoundError:  # Run from a checkout without installing: use the checkout's ops.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import tf_lsh_ops
+
+try:
+    from benchmarks import _common
+except ModuleNotFoundError:  # Run as a script: the benchmarks folder is on sys.path.
+    import _common
 
 BATCH = 128
 DIM = 128
@@ -93,37 +96,15 @@ TARGET_DENSE_MAX_FRACTION = 0.05
 CHECK_TOLERANCE = 1e-4
 
 
-def log(message):
-    print(f"[bench_sparse_gather_matmul] {message}", file=sys.stderr, flush=True)
+log = _common.make_logger("bench_sparse_gather_matmul")
+configure_threads = _common.configure_threads
+machine_info = _common.machine_info
+materialise = _common.materialise
+timed_call = _common.timed_call
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="mode", action="store_const", const="quick")
-    mode.add_argument("--full", dest="mode", action="store_const", const="full")
-    parser.set_defaults(mode="full")
-    parser.add_argument("--threads", type=int, default=None, help="intra/inter op threads")
-    return parser.parse_args(argv)
-
-
-def configure_threads(threads):
-    """Sets TF's thread pools; must run before any TF op."""
-    if threads is not None:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-
-
-def machine_info():
-    return {
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-    }
+    return _common.mode_parser(__doc__.splitlines()[0]).parse_args(argv)
 
 
 # --- The methods: a forward function each, and its forward+backward by autodiff. ------------
@@ -198,23 +179,6 @@ def call_args(method, phase, data):
         return args
     upstream = data["upstream_dense" if method == "dense" else "upstream_sparse"]
     return args + (upstream,)
-
-
-def materialise(result):
-    """Blocks until every output (including IndexedSlices parts) is computed.
-
-    `memoryview` resolves each tensor without copying it; `.numpy()` would copy, which for the
-    dense [B, N] outputs and [N, D] gradients costs tens of milliseconds.
-    """
-    for tensor in tf.nest.flatten(result, expand_composites=True):
-        memoryview(tensor)
-    return result
-
-
-def timed_call(fn, args):
-    start = time.perf_counter()
-    materialise(fn(*args))
-    return time.perf_counter() - start
 
 
 def call_overhead_s(reps=200):
