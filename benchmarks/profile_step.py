@@ -56,7 +56,11 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="a 100k-label layer, fewer runs")
     parser.add_argument("--active", type=int, default=3000)
     parser.add_argument("--batch-wide", action="store_true", help="one active set per batch")
+    parser.add_argument("--threads", type=int, default=None, help="TF intra/inter-op threads")
     args = parser.parse_args(argv)
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     num_features, num_labels = (50_000, 100_000) if args.quick else (135_909, 670_091)
     repeats = 3 if args.quick else 7
     rng = np.random.default_rng(0)
@@ -124,6 +128,7 @@ def main(argv=None):
     print(
         json.dumps(
             {
+                "threads": args.threads or os.cpu_count(),
                 "shape": {
                     "features": num_features,
                     "labels": num_labels,

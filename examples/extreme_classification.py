@@ -78,6 +78,7 @@ def train(model, train_data, test_data, epochs, batch_size, callbacks=(), verbos
         model.fit(
             train_data.dataset(batch_size, shuffle=True, seed=epoch),
             epochs=1,
+            shuffle=False,  # the dataset shuffles, seeded per epoch
             verbose=verbose,
             callbacks=list(callbacks),
         )
