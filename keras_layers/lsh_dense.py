@@ -59,6 +59,11 @@ class LSHDense(keras.layers.Layer):
       overflow: `"reservoir"` (a uniform sample of a full bucket's units) or `"fifo"` (the
         latest inserted; a full rebuild inserts units in id order, so FIFO keeps high ids).
       batch_wide: one active set per batch (as Mongoose) instead of per example.
+      sparse_outputs: in training (and LSH inference), return the active units' activations
+        as a `tf.SparseTensor` `[batch, units]` (each example's active ids and values) instead
+        of a dense tensor with zeros elsewhere. A following `LSHDense` reads it sparsely
+        (hashing and `sparse_input_gather_matmul`), so neither layer forms `[batch, units]`.
+        Exact (dense) inference still returns a dense tensor.
       inference: `"dense"` (exact: all units, with standard TF ops) or `"lsh"` (only the
         retrieved units); switch it after training with `set_inference(model, mode)`.
       seed: seeds the hash functions, the tables and the random fill.
@@ -98,6 +103,7 @@ class LSHDense(keras.layers.Layer):
         fill_random=True,
         overflow="reservoir",
         batch_wide=False,
+        sparse_outputs=False,
         inference="dense",
         seed=0,
         **kwargs,
@@ -170,6 +176,7 @@ class LSHDense(keras.layers.Layer):
             )
         self.overflow = overflow
         self.batch_wide = bool(batch_wide)
+        self.sparse_outputs = bool(sparse_outputs)
         self.inference = inference  # checked by the property setter
         self.seed = int(seed)
         self.supports_jit = False
@@ -349,22 +356,32 @@ class LSHDense(keras.layers.Layer):
         `tf.IndexedSlices` over the active rows.
         """
         ids = self.active_ids(inputs, labels)
+        sparse = isinstance(inputs, tf.SparseTensor)
         if self.batch_wide:
-            ids = tf.tile(ids, [tf.shape(inputs)[0], 1])
-        values = tf_lsh_ops.sparse_gather_matmul(inputs, self.kernel, self.bias, ids)
+            batch = inputs.dense_shape[0] if sparse else tf.shape(inputs, out_type=tf.int64)[0]
+            ids = tf.tile(ids, tf.stack([batch, 1]))
+        if sparse:
+            values = tf_lsh_ops.sparse_input_gather_matmul(inputs, self.kernel, self.bias, ids)
+        else:
+            values = tf_lsh_ops.sparse_gather_matmul(inputs, self.kernel, self.bias, ids)
         if self.activation is not None and self.activation is not activations.linear:
             values = tf.where(ids >= 0, self.activation(values), 0.0)
         return ids, values
 
     def call(self, inputs, training=None):
         if not training and self.inference == "dense":
-            outputs = tf.matmul(inputs, self.kernel, transpose_b=True)
+            if isinstance(inputs, tf.SparseTensor):
+                outputs = tf.sparse.sparse_dense_matmul(inputs, self.kernel, adjoint_b=True)
+            else:
+                outputs = tf.matmul(inputs, self.kernel, transpose_b=True)
             if self.use_bias:
                 outputs = outputs + self.bias
             return self.activation(outputs) if self.activation is not None else outputs
         ids, values = self.active_outputs(inputs)
         if training:
             self.step.assign_add(1)
+        if self.sparse_outputs:
+            return _sparse_rows(ids, values, self.units)
         return _scatter_rows(ids, values, self.units)
 
     def compute_output_shape(self, input_shape):
@@ -394,6 +411,7 @@ class LSHDense(keras.layers.Layer):
             fill_random=self.fill_random,
             overflow=self.overflow,
             batch_wide=self.batch_wide,
+            sparse_outputs=self.sparse_outputs,
             inference=self.inference,
             seed=self.seed,
         )
@@ -451,6 +469,20 @@ def _replica_seed_offset():
     if context is None or context.num_replicas_in_sync == 1:
         return 0
     return 2_000_003 * tf.cast(context.replica_id_in_sync_group, tf.int64)
+
+
+def _sparse_rows(ids, values, units):
+    """A `tf.SparseTensor` `[batch, units]` of `values[b, j]` at `(b, ids[b, j])`, -1 skipped."""
+    valid = ids >= 0
+    rows = tf.broadcast_to(tf.range(tf.shape(ids, out_type=tf.int64)[0])[:, None], tf.shape(ids))
+    indices = tf.stack(
+        [tf.boolean_mask(rows, valid), tf.cast(tf.boolean_mask(ids, valid), tf.int64)], 1
+    )
+    return tf.SparseTensor(
+        indices,
+        tf.boolean_mask(values, valid),
+        tf.stack([tf.shape(ids, out_type=tf.int64)[0], units]),
+    )
 
 
 def _scatter_rows(ids, values, units):

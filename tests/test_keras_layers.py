@@ -795,5 +795,38 @@ def test_rebuild_callback_rejects_bad_configuration(kwargs, message):
         LSHRebuildCallback(**kwargs)
 
 
+def test_lsh_dense_layers_hand_sparse_activations_to_each_other():
+    """sparse_outputs: the hidden layer's activations reach the next LSHDense as (ids, values)."""
+    x, y = gaussian_blobs(11, num_classes=4, dim=32, count=1024, spread=1.0)
+    first = LSHDense(200, activation="relu", active=0.2, num_tables=8, sparse_outputs=True)
+    second = LSHDense(100, activation="relu", active=0.2, num_tables=8)
+    inputs = keras.Input((32,))
+    model = keras.Model(inputs, keras.layers.Dense(4)(second(first(inputs))))
+    model.compile(
+        SparseAdam(1e-2),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(x, y, batch_size=64, epochs=3, verbose=0, callbacks=[LSHRebuildCallback(10)])
+    assert model.evaluate(x, y, verbose=0)[1] > 0.9  # chance: 0.25
+
+    hidden = first(x[:8], training=True)
+    assert isinstance(hidden, tf.SparseTensor)
+    np.testing.assert_array_equal(hidden.dense_shape.numpy(), [8, 200])
+    assert int(tf.size(hidden.values)) <= 8 * first.num_active
+    # The next layer computes the same from the sparse pair as from its dense form.
+    ids, values = second.active_outputs(hidden)
+    dense_ids, dense_values = second.active_outputs(tf.sparse.to_dense(tf.sparse.reorder(hidden)))
+    np.testing.assert_array_equal(ids.numpy(), dense_ids.numpy())
+    np.testing.assert_allclose(values.numpy(), dense_values.numpy(), rtol=1e-5, atol=1e-5)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(second(first(x[:8], training=True), training=True))
+    gradients = tape.gradient(loss, [first.kernel, second.kernel])
+    assert all(isinstance(g, tf.IndexedSlices) for g in gradients)
+    # Exact inference stays dense, and sparse_outputs survives serialization.
+    assert isinstance(first(x[:8]), tf.Tensor)
+    assert LSHDense.from_config(first.get_config()).sparse_outputs
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

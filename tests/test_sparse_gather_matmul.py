@@ -605,6 +605,95 @@ def test_raw_gradient_op_checks_the_grouping(rows, row_splits, positions, messag
             call()
 
 
+def _sparse_case(seed, batch=6, dim=13, num_neurons=9, active=5, density=0.3):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, dim)).astype(np.float32)
+    x *= rng.random((batch, dim)) < density
+    x[-1] = 0  # a row without entries
+    w = rng.standard_normal((num_neurons, dim)).astype(np.float32)
+    b = rng.standard_normal(num_neurons).astype(np.float32)
+    idx = rng.integers(-1, num_neurons, (batch, active)).astype(np.int32)
+    idx[0, :2] = [3, 3]  # a duplicate
+    return x, w, b, idx
+
+
+def test_sparse_inputs_match_dense_inputs_in_values_and_gradients():
+    x, w, b, idx = _sparse_case(0)
+    dense = tf.sparse.from_dense(x)
+    # Unsorted entries, one feature split in two repeated entries (they add up).
+    order = np.random.default_rng(1).permutation(int(tf.size(dense.values)))
+    indices = tf.gather(dense.indices, order)
+    values = tf.Variable(tf.gather(dense.values, order))
+    inputs = lambda: tf.SparseTensor(indices, values, dense.dense_shape)  # noqa: E731
+    weights, biases = tf.Variable(w), tf.Variable(b)
+    with tf.GradientTape() as tape:
+        out = tf_lsh_ops.sparse_input_gather_matmul(inputs(), weights, biases, idx)
+        loss = tf.reduce_sum(out * out)
+    grad_values, grad_w, grad_b = tape.gradient(loss, [values, weights, biases])
+    np.testing.assert_allclose(out.numpy(), numpy_forward(x, w, b, idx), rtol=1e-5, atol=1e-5)
+    dense_x = tf.Variable(x)
+    with tf.GradientTape() as tape:
+        ref = sparse_gather_matmul(dense_x, weights.read_value(), biases.read_value(), idx)
+        ref_loss = tf.reduce_sum(ref * ref)
+    grad_x = tape.gradient(ref_loss, dense_x).numpy()
+    at = indices.numpy()
+    np.testing.assert_allclose(
+        grad_values.numpy(), grad_x[at[:, 0], at[:, 1]], rtol=1e-4, atol=1e-5
+    )
+    with tf.GradientTape() as tape:
+        ref = sparse_gather_matmul(x, weights, biases, idx)
+        ref_loss = tf.reduce_sum(ref * ref)
+    ref_w, ref_b = tape.gradient(ref_loss, [weights, biases])
+    assert isinstance(grad_w, tf.IndexedSlices) and isinstance(grad_b, tf.IndexedSlices)
+    assert len(np.unique(grad_w.indices.numpy())) == len(grad_w.indices.numpy())
+    for got, want in ((grad_w, ref_w), (grad_b, ref_b)):
+        np.testing.assert_allclose(
+            tf.convert_to_tensor(got).numpy(),
+            tf.convert_to_tensor(want).numpy(),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+
+
+def test_sparse_inputs_repeated_entries_add_up():
+    x, w, b, idx = _sparse_case(2)
+    dense = tf.sparse.from_dense(x)
+    doubled = tf.SparseTensor(
+        tf.concat([dense.indices, dense.indices], 0),
+        tf.concat([dense.values, dense.values], 0),
+        dense.dense_shape,
+    )
+    out = tf_lsh_ops.sparse_input_gather_matmul(doubled, w, b, idx).numpy()
+    np.testing.assert_allclose(out, numpy_forward(2 * x, w, b, idx), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("weights_width", "must have 13 columns"),
+        ("index_high", "outside \\[-1, 9\\)"),
+        ("batch", "indices .* 6 rows"),
+        ("not_sparse", "must be a tf.SparseTensor"),
+        ("entry_outside", "outside dense_shape"),
+    ],
+)
+def test_sparse_inputs_bad_input_is_named(change, message):
+    x, w, b, idx = _sparse_case(3)
+    inputs = tf.sparse.from_dense(x)
+    if change == "weights_width":
+        w = w[:, :-1]
+    elif change == "index_high":
+        idx[1, 1] = 9
+    elif change == "batch":
+        idx = idx[:-1]
+    elif change == "not_sparse":
+        inputs = x
+    elif change == "entry_outside":
+        inputs = tf.SparseTensor([[0, 20]], [1.0], [6, 13])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"SparseInputGatherMatmul.*{message}"):
+        tf_lsh_ops.sparse_input_gather_matmul(inputs, w, b, idx)
+
+
 if __name__ == "__main__":
     import sys
 

@@ -17,7 +17,7 @@ from tf_lsh_ops.lsh import (
     update_tables,
 )
 from tf_lsh_ops.sparse_adam import sparse_adam_apply
-from tf_lsh_ops.sparse_gather_matmul import sparse_gather_matmul
+from tf_lsh_ops.sparse_gather_matmul import sparse_gather_matmul, sparse_input_gather_matmul
 
 __all__ = [
     "HASH_FAMILIES",
@@ -31,5 +31,6 @@ __all__ = [
     "query_tables",
     "sparse_adam_apply",
     "sparse_gather_matmul",
+    "sparse_input_gather_matmul",
     "update_tables",
 ]

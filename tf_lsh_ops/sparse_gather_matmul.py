@@ -68,6 +68,57 @@ def sparse_gather_matmul(inputs, weights, biases, indices, name=None):
     return ops.sparse_gather_matmul(inputs, weights, biases, indices, name=name).output
 
 
+def sparse_input_gather_matmul(inputs, weights, biases, indices, name=None):
+    """`sparse_gather_matmul` for a 2-D `tf.SparseTensor` of inputs.
+
+    `out[b, k] = sum over row b's entries (f, v) of v * weights[indices[b, k], f] +
+    biases[indices[b, k]]`: the cost is `B * K * nonzeros per row`, and no `[B, D]` tensor is
+    formed. This is how an `LSHDense` layer reads the sparse activations of the one before it.
+    Gradients: for `inputs.values` (the previous layer's activations), and `tf.IndexedSlices`
+    over the distinct rows of `weights` and `biases` in `indices`.
+
+    Args:
+      inputs: float32 `tf.SparseTensor` `[B, D]` (repeated entries add up).
+      weights: float32 `[N, D]`, neuron-major.
+      biases: float32 `[N]`.
+      indices: int32 `[B, K]`, -1 pads.
+      name: optional op name.
+
+    Returns:
+      float32 `[B, K]`.
+    """
+    op_name = "SparseInputGatherMatmul"
+    if not isinstance(inputs, tf.SparseTensor):
+        raise tf.errors.InvalidArgumentError(
+            None, None, f"{op_name}: inputs must be a tf.SparseTensor, got {type(inputs).__name__}"
+        )
+    return ops.sparse_input_gather_matmul(
+        inputs.indices,
+        as_tensor(op_name, "inputs.values", inputs.values, tf.float32),
+        inputs.dense_shape,
+        as_tensor(op_name, "weights", weights, tf.float32),
+        as_tensor(op_name, "biases", biases, tf.float32),
+        as_tensor(op_name, "indices", indices, tf.int32),
+        name=name,
+    )
+
+
+@tf.RegisterGradient("SparseInputGatherMatmul")
+def _sparse_input_gather_matmul_grad(op, grad_output):
+    sparse_indices, sparse_values, dense_shape, weights, biases, indices = op.inputs
+    grad_values, rows, grad_weight_rows, grad_bias_rows = ops.sparse_input_gather_matmul_grad(
+        sparse_indices, sparse_values, dense_shape, weights, indices, grad_output
+    )
+    return [
+        None,
+        grad_values,
+        None,
+        tf.IndexedSlices(grad_weight_rows, rows, tf.shape(weights)),
+        tf.IndexedSlices(grad_bias_rows, rows, tf.shape(biases)),
+        None,
+    ]
+
+
 def _gradients(grad_op, op, grad_output, weights_shape, biases_shape):
     """[d_inputs, d_weights, d_biases, None] from the forward op's grouping of the indices."""
     inputs, weights = op.inputs[0], op.inputs[1]

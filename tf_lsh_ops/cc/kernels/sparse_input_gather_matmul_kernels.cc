@@ -1,0 +1,121 @@
+// Kernels of SparseInputGatherMatmul and its gradient: validate, regroup, call the core.
+#include <algorithm>
+#include <vector>
+
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tf_lsh_ops/cc/core/sparse_gather_matmul.h"
+#include "tf_lsh_ops/cc/core/sparse_input_gather_matmul.h"
+#include "tf_lsh_ops/cc/kernels/input_checks.h"
+#include "tf_lsh_ops/cc/kernels/sparse_inputs.h"
+#include "tf_lsh_ops/cc/kernels/thread_pool.h"
+
+namespace tf_lsh {
+
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+
+namespace {
+
+// Checks weights [N, D], biases [N] (if given), indices [B, K] against the sparse inputs
+// [B, D] and returns the shape.
+absl::Status CheckArguments(const char* op, OpKernelContext* ctx, const SparseRows& rows,
+                            const Tensor& weights, const Tensor* biases, const Tensor& indices,
+                            GatherMatmulShape* shape) {
+  TF_RETURN_IF_ERROR(CheckRank(op, "weights", weights, 2));
+  TF_RETURN_IF_ERROR(CheckRank(op, "indices", indices, 2));
+  if (biases != nullptr) {
+    TF_RETURN_IF_ERROR(CheckRank(op, "biases", *biases, 1));
+    TF_RETURN_IF_ERROR(CheckSameDim(op, "weights", weights, 0, "biases", *biases, 0));
+  }
+  if (weights.dim_size(1) != rows.dim || indices.dim_size(0) != rows.batch) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": the sparse inputs have dense_shape [", rows.batch, ", ", rows.dim,
+        "]; weights (shape ", weights.shape().DebugString(), ") must have ", rows.dim,
+        " columns and indices (shape ", indices.shape().DebugString(), ") ", rows.batch,
+        " rows"));
+  }
+  const int64_t num_neurons = weights.dim_size(0);
+  const int64_t bad = FindInvalidIndex(indices.flat<int32_t>().data(), indices.NumElements(),
+                                       num_neurons);
+  if (bad >= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": indices holds ", indices.flat<int32_t>()(bad), " at flat position ", bad,
+        ", outside [-1, ", num_neurons, ") (weights has shape ", weights.shape().DebugString(),
+        ")"));
+  }
+  if (indices.NumElements() > ActiveRows::kMaxPositions) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": indices has too many entries"));
+  }
+  *shape = {rows.batch, rows.dim, num_neurons, indices.dim_size(1)};
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+class SparseInputGatherMatmulOp : public OpKernel {
+ public:
+  explicit SparseInputGatherMatmulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    constexpr char kOp[] = "SparseInputGatherMatmul";
+    SparseRows rows;
+    OP_REQUIRES_OK(ctx, CheckSparseInputs(kOp, ctx, &rows));
+    GatherMatmulShape shape;
+    OP_REQUIRES_OK(ctx, CheckArguments(kOp, ctx, rows, ctx->input(3), &ctx->input(4),
+                                       ctx->input(5), &shape));
+    Tensor* output = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(5).shape(), &output));
+    OP_REQUIRES_OK(ctx, GroupSparseRows(ctx, &rows));
+    SparseInputGatherMatmulForward(
+        shape, {rows.offsets(), rows.feature_ids.data(), rows.values.data()},
+        ctx->input(3).flat<float>().data(), ctx->input(4).flat<float>().data(),
+        ctx->input(5).flat<int32_t>().data(), output->flat<float>().data(), TfParallelFor(ctx));
+  }
+};
+
+class SparseInputGatherMatmulGradOp : public OpKernel {
+ public:
+  explicit SparseInputGatherMatmulGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    constexpr char kOp[] = "SparseInputGatherMatmulGrad";
+    SparseRows rows;
+    OP_REQUIRES_OK(ctx, CheckSparseInputs(kOp, ctx, &rows));
+    const Tensor& weights = ctx->input(3);
+    const Tensor& indices = ctx->input(4);
+    const Tensor& grad_output = ctx->input(5);
+    GatherMatmulShape shape;
+    OP_REQUIRES_OK(ctx, CheckArguments(kOp, ctx, rows, weights, nullptr, indices, &shape));
+    OP_REQUIRES(ctx, grad_output.shape() == indices.shape(),
+                absl::InvalidArgumentError(absl::StrCat(
+                    kOp, ": grad_output has shape ", grad_output.shape().DebugString(),
+                    "; it must match indices, ", indices.shape().DebugString())));
+    OP_REQUIRES_OK(ctx, GroupSparseRows(ctx, &rows));
+    const ActiveRows active(indices.flat<int32_t>().data(), indices.NumElements());
+    Tensor *grad_values = nullptr, *row_ids = nullptr, *grad_weight_rows = nullptr,
+           *grad_bias_rows = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(1).shape(), &grad_values));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({active.size()}), &row_ids));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({active.size(), shape.dim}),
+                                             &grad_weight_rows));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({active.size()}), &grad_bias_rows));
+    std::copy(active.ids().begin(), active.ids().end(), row_ids->flat<int32_t>().data());
+    std::vector<float> grad_csr(rows.values.size());
+    SparseInputGatherMatmulBackward(
+        shape, {rows.offsets(), rows.feature_ids.data(), rows.values.data()},
+        weights.flat<float>().data(), indices.flat<int32_t>().data(),
+        grad_output.flat<float>().data(), active.view(), grad_csr.data(),
+        grad_weight_rows->flat<float>().data(), grad_bias_rows->flat<float>().data(),
+        TfParallelFor(ctx));
+    // Back to the SparseTensor's entry order.
+    float* out = grad_values->flat<float>().data();
+    for (size_t slot = 0; slot < grad_csr.size(); ++slot) out[rows.entries[slot]] = grad_csr[slot];
+  }
+};
+
+REGISTER_KERNEL_BUILDER(Name("SparseInputGatherMatmul").Device(tensorflow::DEVICE_CPU),
+                        SparseInputGatherMatmulOp);
+REGISTER_KERNEL_BUILDER(Name("SparseInputGatherMatmulGrad").Device(tensorflow::DEVICE_CPU),
+                        SparseInputGatherMatmulGradOp);
+
+}  // namespace tf_lsh

@@ -1,0 +1,57 @@
+// Op registrations for the gather-matmul over sparse inputs (a 2-D SparseTensor's parts).
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tf_lsh_ops/cc/ops/shape_checks.h"
+
+namespace tf_lsh {
+
+using tensorflow::shape_inference::InferenceContext;
+using tensorflow::shape_inference::ShapeHandle;
+
+REGISTER_OP("SparseInputGatherMatmul")
+    .Input("sparse_indices: int64")
+    .Input("sparse_values: float")
+    .Input("dense_shape: int64")
+    .Input("weights: float")
+    .Input("biases: float")
+    .Input("indices: int32")
+    .Output("output: float")
+    .SetShapeFn([](InferenceContext* c) -> absl::Status {
+      constexpr char kOp[] = "SparseInputGatherMatmul";
+      ShapeHandle unused, indices;
+      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 0, "sparse_indices", 2, &unused));
+      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 1, "sparse_values", 1, &unused));
+      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 3, "weights", 2, &unused));
+      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 4, "biases", 1, &unused));
+      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 5, "indices", 2, &indices));
+      c->set_output(0, indices);
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+out[b, k] = sum over row b's entries (f, v) of v * weights[indices[b, k], f] + biases[...].
+)doc");
+
+REGISTER_OP("SparseInputGatherMatmulGrad")
+    .Input("sparse_indices: int64")
+    .Input("sparse_values: float")
+    .Input("dense_shape: int64")
+    .Input("weights: float")
+    .Input("indices: int32")
+    .Input("grad_output: float")
+    .Output("grad_values: float")
+    .Output("rows: int32")
+    .Output("grad_weight_rows: float")
+    .Output("grad_bias_rows: float")
+    .SetShapeFn([](InferenceContext* c) -> absl::Status {
+      ShapeHandle weights;
+      TF_RETURN_IF_ERROR(
+          WithRankNamed(c, "SparseInputGatherMatmulGrad", 3, "weights", 2, &weights));
+      c->set_output(0, c->input(1));
+      c->set_output(1, c->Vector(c->UnknownDim()));
+      c->set_output(2, c->Matrix(c->UnknownDim(), c->Dim(weights, 1)));
+      c->set_output(3, c->Vector(c->UnknownDim()));
+      return absl::OkStatus();
+    })
+    .Doc("Gradient of SparseInputGatherMatmul: for the values, and rows of weights and biases.");
+
+}  // namespace tf_lsh
