@@ -1,5 +1,6 @@
 """`LSHRebuildCallback`: keeps the hash tables of every `LSHDense` in step with its weights."""
 
+import importlib.util
 import math
 import time
 
@@ -76,6 +77,10 @@ class LSHRebuildCallback(keras.callbacks.Callback):
             raise ValueError(
                 "LSHRebuildCallback: incremental_fraction must be in (0, 1], got "
                 f"{incremental_fraction}"
+            )
+        if log_dir is not None and importlib.util.find_spec("tensorboard") is None:
+            raise ValueError(
+                "LSHRebuildCallback: log_dir needs the package tensorboard"
             )
         self.period = period
         self.schedule = schedule

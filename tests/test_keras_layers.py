@@ -828,5 +828,16 @@ def test_lsh_dense_layers_hand_sparse_activations_to_each_other():
     assert LSHDense.from_config(first.get_config()).sparse_outputs
 
 
+def test_rebuild_events_reach_tensorboard(tmp_path):
+    callback = LSHRebuildCallback(period=4, log_dir=str(tmp_path))
+    _callback_fit(callback, steps=8)
+    events = []
+    for path in tmp_path.rglob("events.out.tfevents.*"):
+        for record in tf.compat.v1.train.summary_iterator(str(path)):
+            events += [(record.step, value.tag) for value in record.summary.value]
+    assert (4, "lsh_rebuilds") in events and (8, "lsh_rebuilds") in events
+    assert (8, "lsh_rebuild_seconds") in events
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
