@@ -79,9 +79,7 @@ class LSHRebuildCallback(keras.callbacks.Callback):
                 f"{incremental_fraction}"
             )
         if log_dir is not None and importlib.util.find_spec("tensorboard") is None:
-            raise ValueError(
-                "LSHRebuildCallback: log_dir needs the package tensorboard"
-            )
+            raise ValueError("LSHRebuildCallback: log_dir needs the package tensorboard")
         self.period = period
         self.schedule = schedule
         self.growth = growth
