@@ -39,7 +39,7 @@ void SparseAdamApply(const AdamHyperparameters& hyper, int64_t dim, const int32_
     return;
   }
   // Groups duplicate rows, sorted by row so that the updates stream through memory.
-  const ActiveRows rows(indices, count);
+  const ActiveRows rows(indices, count, parallel_for);
   const std::vector<int32_t>& ids = rows.ids();
   const std::vector<int32_t>& offsets = rows.offsets();
   const std::vector<int32_t>& positions = rows.positions();

@@ -2,20 +2,51 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <string>
 
+#include "tf_lsh_ops/cc/core/vector_kernels.h"
 #include "tf_lsh_ops/cc/core/vector_ops.h"
 
 namespace tf_lsh {
 namespace {
 
-// Rows ahead to prefetch. Sorted rows are close together but not contiguous, so the hardware
-// prefetcher alone leaves the gather waiting on memory.
-constexpr int64_t kPrefetchDistance = 8;
+// Weight rows are read in id order, close together but not contiguous, which leaves the
+// hardware prefetchers behind. Each row is prefetched twice: into L2 far ahead (enough rows in
+// flight to cover DRAM latency) and into L1 just before use. The per-position values of a row
+// (outputs written by the forward pass, upstream gradients read by the backward pass) are
+// scattered over [batch, active] and are prefetched far ahead too. Tuned on the Amazon-670K
+// shape (benchmarks/README.md).
+constexpr int64_t kFarPrefetch = 8;
+constexpr int64_t kNearPrefetch = 2;
 
-// Prefetches every cache line of a weight row.
-inline void PrefetchRow(const float* row, int64_t dim) {
-  for (int64_t i = 0; i < dim; i += 16) __builtin_prefetch(row + i);
+// Always inlined: GCC otherwise finds these free of side effects and drops their calls.
+__attribute__((always_inline)) inline void PrefetchRow(const float* row, int64_t dim, bool near) {
+  for (int64_t i = 0; i < dim; i += 16) {
+    if (near) {
+      __builtin_prefetch(row + i, 0, 3);
+    } else {
+      __builtin_prefetch(row + i, 0, 2);
+    }
+  }
+}
+
+// Prefetches what row r + kFarPrefetch and r + kNearPrefetch of `rows` will touch.
+template <bool kWritesPerPosition>
+__attribute__((always_inline)) inline void PrefetchAhead(const float* weights, int64_t dim,
+                                                        const RowGroups& rows,
+                                                        const float* per_position, int64_t r,
+                                                        int64_t end) {
+  if (r + kFarPrefetch < end) {
+    const int64_t far = r + kFarPrefetch;
+    PrefetchRow(weights + int64_t{rows.ids[far]} * dim, dim, false);
+    for (int32_t j = rows.offsets[far]; j < rows.offsets[far + 1]; ++j) {
+      __builtin_prefetch(per_position + rows.positions[j], kWritesPerPosition ? 1 : 0, 3);
+    }
+  }
+  if (r + kNearPrefetch < end) {
+    PrefetchRow(weights + int64_t{rows.ids[r + kNearPrefetch]} * dim, dim, true);
+  }
 }
 
 // position / active without an integer division (tens of cycles) per position: a
@@ -41,22 +72,73 @@ class Divider {
 constexpr int64_t kBackwardBlocks = 16;
 constexpr int64_t kAccumulatorBytes = int64_t{64} << 20;
 
-// Stable LSD radix sort of `keys` by bits [32, 32 + id_bits): the neuron id in the high half.
-void RadixSortByHighBits(std::vector<uint64_t>* keys, int id_bits) {
-  constexpr int kDigitBits = 11;
-  std::vector<uint64_t> buffer(keys->size());
-  for (int shift = 32; shift < 32 + id_bits; shift += kDigitBits) {
-    int64_t counts[1 << kDigitBits] = {0};
-    for (uint64_t key : *keys) ++counts[(key >> shift) & ((1 << kDigitBits) - 1)];
-    int64_t total = 0;
-    for (int64_t& count : counts) {
-      const int64_t c = count;
-      count = total;
-      total += c;
+// Gradient rows larger than this in all bypass the caches when written: they would not stay
+// there until the optimizer reads them, and streaming saves reading each line before writing.
+constexpr int64_t kStreamingBytes = int64_t{16} << 20;
+
+// Sorting is cut into chunks of at least kMinSortChunk keys, at most kMaxSortChunks of them
+// (fixed by the input size, so the work is the same for any thread count).
+constexpr int kDigitBits = 11;
+constexpr int64_t kDigits = int64_t{1} << kDigitBits;
+constexpr int64_t kMaxSortChunks = 16;
+constexpr int64_t kMinSortChunk = 16384;
+
+// Loops over a chunk read end(c) once into a local: stores in the loop body may alias the
+// fields, and the division would then run on every iteration.
+struct Chunks {
+  int64_t total;
+  int64_t count;
+  int64_t begin(int64_t c) const { return total * c / count; }
+  int64_t end(int64_t c) const { return total * (c + 1) / count; }
+  int64_t cost(int64_t cycles_per_item) const { return cycles_per_item * (total / count + 1); }
+};
+
+Chunks SortChunks(int64_t total) {
+  return {total, std::clamp<int64_t>(total / kMinSortChunk, 1, kMaxSortChunks)};
+}
+
+// Sort keys: the neuron id in the high half, the position in the low half.
+inline uint64_t Key(int32_t id, int64_t position) {
+  return static_cast<uint64_t>(id) << 32 | static_cast<uint64_t>(position);
+}
+
+// Turns per-chunk digit counts ([chunk][digit]) into the first output slot of each (chunk,
+// digit): after all keys of smaller digits and, within a digit, after those of earlier chunks.
+// That keeps every pass stable.
+void CountsToStarts(int64_t chunks, int64_t* counts) {
+  int64_t total = 0;
+  for (int64_t digit = 0; digit < kDigits; ++digit) {
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t n = counts[c * kDigits + digit];
+      counts[c * kDigits + digit] = total;
+      total += n;
     }
-    for (uint64_t key : *keys) buffer[counts[(key >> shift) & ((1 << kDigitBits) - 1)]++] = key;
-    keys->swap(buffer);
   }
+}
+
+// One stable counting-sort pass of `count` keys by the digit at `shift`, chunks in parallel.
+void CountingSortPass(const uint64_t* __restrict from, int64_t count, int shift,
+                      uint64_t* __restrict to, const ParallelFor& parallel_for) {
+  const Chunks chunks = SortChunks(count);
+  std::vector<int64_t> starts(chunks.count * kDigits, 0);
+  parallel_for(chunks.count, chunks.cost(2), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      int64_t* counts = starts.data() + c * kDigits;
+      for (int64_t i = chunks.begin(c), last = chunks.end(c); i < last; ++i) {
+        ++counts[(from[i] >> shift) & (kDigits - 1)];
+      }
+    }
+  });
+  CountsToStarts(chunks.count, starts.data());
+  parallel_for(chunks.count, chunks.cost(8), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      int64_t* next = starts.data() + c * kDigits;
+      for (int64_t i = chunks.begin(c), last = chunks.end(c); i < last; ++i) {
+        const uint64_t key = from[i];
+        to[next[(key >> (shift)) & (kDigits - 1)]++] = key;
+      }
+    }
+  });
 }
 
 }  // namespace
@@ -68,30 +150,101 @@ int64_t FindInvalidIndex(const int32_t* indices, int64_t count, int64_t num_neur
   return -1;
 }
 
-ActiveRows::ActiveRows(const int32_t* indices, int64_t count) {
-  std::vector<uint64_t> keys;
-  keys.reserve(count);
-  int32_t max_id = 0;
-  for (int64_t i = 0; i < count; ++i) {
-    if (indices[i] < 0) continue;
-    keys.push_back(static_cast<uint64_t>(indices[i]) << 32 | static_cast<uint64_t>(i));
-    max_id = std::max(max_id, indices[i]);
-  }
-  int id_bits = 0;
-  while (id_bits < 31 && (int64_t{1} << id_bits) <= max_id) ++id_bits;
-  RadixSortByHighBits(&keys, id_bits);
-
-  positions_.resize(keys.size());
-  offsets_.push_back(0);
-  for (size_t j = 0; j < keys.size(); ++j) {
-    const int32_t id = static_cast<int32_t>(keys[j] >> 32);
-    if (ids_.empty() || ids_.back() != id) {
-      if (!ids_.empty()) offsets_.push_back(static_cast<int32_t>(j));
-      ids_.push_back(id);
+bool GroupRows(const int32_t* indices, int64_t count, const RowGroupAllocator& allocate,
+               const ParallelFor& parallel_for, RowGroups* groups) {
+  // Pass 1 over the indices: per chunk, the non-padding entries, the largest id and the counts
+  // of the lowest digit of the ids.
+  const Chunks input = SortChunks(count);
+  std::vector<int64_t> counts(input.count * kDigits, 0);
+  std::vector<int64_t> valid(input.count, 0);
+  std::vector<int32_t> max_ids(input.count, 0);
+  parallel_for(input.count, input.cost(3), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      int64_t* digit_counts = counts.data() + c * kDigits;
+      int32_t max_id = 0;
+      for (int64_t i = input.begin(c), last = input.end(c); i < last; ++i) {
+        const int32_t id = indices[i];
+        if (id < 0) continue;
+        ++digit_counts[id & (kDigits - 1)];
+        max_id = std::max(max_id, id);
+      }
+      max_ids[c] = max_id;
     }
-    positions_[j] = static_cast<int32_t>(keys[j] & 0xffffffffu);
+  });
+  int64_t num_positions = 0;
+  for (int64_t c = 0; c < input.count; ++c) {
+    for (int64_t digit = 0; digit < kDigits; ++digit) num_positions += counts[c * kDigits + digit];
   }
-  if (!ids_.empty()) offsets_.push_back(static_cast<int32_t>(keys.size()));
+  const int32_t max_id = *std::max_element(max_ids.begin(), max_ids.end());
+
+  // LSD radix sort of the keys (id, position) by id; stable, so positions stay increasing
+  // within an id. The first pass reads the indices and writes keys. Scratch is not zeroed.
+  std::unique_ptr<uint64_t[]> keys(new uint64_t[num_positions]);
+  std::unique_ptr<uint64_t[]> buffer(new uint64_t[num_positions]);
+  CountsToStarts(input.count, counts.data());
+  parallel_for(input.count, input.cost(8), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      int64_t* next = counts.data() + c * kDigits;
+      uint64_t* __restrict out = keys.get();
+      for (int64_t i = input.begin(c), last = input.end(c); i < last; ++i) {
+        const int32_t id = indices[i];
+        if (id >= 0) out[next[id & (kDigits - 1)]++] = Key(id, i);
+      }
+    }
+  });
+  for (int shift = 32 + kDigitBits; shift < 64 && (int64_t{1} << (shift - 32)) <= max_id;
+       shift += kDigitBits) {
+    CountingSortPass(keys.get(), num_positions, shift, buffer.get(), parallel_for);
+    keys.swap(buffer);
+  }
+
+  // Rows start where the id changes: chunks count their starts, then fill the storage.
+  const uint64_t* __restrict sorted_keys = keys.get();
+  const Chunks sorted = SortChunks(num_positions);
+  const auto starts_row = [sorted_keys](int64_t j) {
+    return j == 0 || (sorted_keys[j] >> 32) != (sorted_keys[j - 1] >> 32);
+  };
+  std::vector<int64_t> rows_before(sorted.count + 1, 0);
+  parallel_for(sorted.count, sorted.cost(2), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      int64_t rows = 0;
+      for (int64_t j = sorted.begin(c), last = sorted.end(c); j < last; ++j) rows += starts_row(j);
+      rows_before[c + 1] = rows;
+    }
+  });
+  for (int64_t c = 0; c < sorted.count; ++c) rows_before[c + 1] += rows_before[c];
+  const int64_t num_rows = rows_before[sorted.count];
+  RowGroupStorage storage;
+  if (!allocate(num_rows, num_positions, &storage)) return false;
+  storage.offsets[num_rows] = static_cast<int32_t>(num_positions);
+  parallel_for(sorted.count, sorted.cost(4), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      int64_t row = rows_before[c];
+      for (int64_t j = sorted.begin(c), last = sorted.end(c); j < last; ++j) {
+        if (starts_row(j)) {
+          storage.ids[row] = static_cast<int32_t>(sorted_keys[j] >> 32);
+          storage.offsets[row++] = static_cast<int32_t>(j);
+        }
+        storage.positions[j] = static_cast<int32_t>(sorted_keys[j] & 0xffffffffu);
+      }
+    }
+  });
+  *groups = {storage.ids, storage.offsets, storage.positions, num_rows};
+  return true;
+}
+
+ActiveRows::ActiveRows(const int32_t* indices, int64_t count, const ParallelFor& parallel_for) {
+  RowGroups groups;
+  GroupRows(
+      indices, count,
+      [this](int64_t num_rows, int64_t num_positions, RowGroupStorage* storage) {
+        ids_.resize(num_rows);
+        offsets_.resize(num_rows + 1);
+        positions_.resize(num_positions);
+        *storage = {ids_.data(), offsets_.data(), positions_.data()};
+        return true;
+      },
+      parallel_for, &groups);
 }
 
 std::string CheckRowGroups(const RowGroups& groups, int64_t num_positions, int64_t num_neurons,
@@ -114,30 +267,96 @@ std::string CheckRowGroups(const RowGroups& groups, int64_t num_positions, int64
   return "";
 }
 
+namespace {
+
+// The row loops, written once over a vector-kernel policy (vector_kernels.h).
+struct GatherMatmulArgs {
+  const GatherMatmulShape& shape;
+  const float* inputs;
+  const float* weights;
+  const RowGroups& rows;
+  Divider example_of;
+};
+
+template <typename Kernels>
+inline void ForwardRows(const GatherMatmulArgs& args, const float* biases, float* out,
+                        int64_t begin, int64_t end) {
+  const int64_t dim = args.shape.dim;
+  const RowGroups& rows = args.rows;
+  for (int64_t r = begin; r < end; ++r) {
+    PrefetchAhead</*kWritesPerPosition=*/true>(args.weights, dim, rows, out, r, end);
+    const float* w = args.weights + int64_t{rows.ids[r]} * dim;
+    const float bias = biases[rows.ids[r]];
+    for (int64_t j = rows.offsets[r]; j < rows.offsets[r + 1]; ++j) {
+      const int64_t pos = rows.positions[j];
+      out[pos] = Kernels::Dot(args.inputs + args.example_of(pos) * dim, w, dim) + bias;
+    }
+  }
+}
+
+// Rows [begin, end): their gradient rows, and their part of grad_inputs added to `dx`.
+template <typename Kernels>
+inline void BackwardRows(const GatherMatmulArgs& args, const float* grad_out, float* dx,
+                         float* grad_weight_rows, float* grad_bias_rows, int64_t begin,
+                         int64_t end) {
+  const int64_t dim = args.shape.dim;
+  const RowGroups& rows = args.rows;
+  const bool stream = rows.num_rows * dim * int64_t{sizeof(float)} > kStreamingBytes;
+  for (int64_t r = begin; r < end; ++r) {
+    PrefetchAhead</*kWritesPerPosition=*/false>(args.weights, dim, rows, grad_out, r, end);
+    const int32_t* positions = rows.positions + rows.offsets[r];
+    const int64_t count = rows.offsets[r + 1] - rows.offsets[r];
+    // grad_weight_rows[r] = sum of grad_out[pos] * inputs[example of pos].
+    Kernels::WeightedSum(
+        dim, count,
+        [&](int64_t j, float* weight, const float** vector) {
+          *weight = grad_out[positions[j]];
+          *vector = args.inputs + args.example_of(positions[j]) * dim;
+        },
+        stream, grad_weight_rows + r * dim);
+    const float* w = args.weights + int64_t{rows.ids[r]} * dim;
+    float db = 0.f;
+    for (int64_t j = 0; j < count; ++j) {
+      const float g = grad_out[positions[j]];
+      Kernels::Axpy(g, w, dx + args.example_of(positions[j]) * dim, dim);
+      db += g;
+    }
+    grad_bias_rows[r] = db;
+  }
+  Kernels::FinishStores();
+}
+
+#ifdef TF_LSH_X86
+__attribute__((target("avx2,fma"), flatten)) void ForwardRowsAvx2(const GatherMatmulArgs& args,
+                                                                   const float* biases,
+                                                                   float* out, int64_t begin,
+                                                                   int64_t end) {
+  ForwardRows<Avx2Kernels>(args, biases, out, begin, end);
+}
+
+__attribute__((target("avx2,fma"), flatten)) void BackwardRowsAvx2(
+    const GatherMatmulArgs& args, const float* grad_out, float* dx, float* grad_weight_rows,
+    float* grad_bias_rows, int64_t begin, int64_t end) {
+  BackwardRows<Avx2Kernels>(args, grad_out, dx, grad_weight_rows, grad_bias_rows, begin, end);
+}
+#endif
+
+}  // namespace
+
 void SparseGatherMatmulForward(const GatherMatmulShape& shape, const float* inputs,
                                const float* weights, const float* biases, const RowGroups& rows,
                                float* out, const ParallelFor& parallel_for) {
-  const int64_t dim = shape.dim, active = shape.active;
-  const Divider example_of(std::max<int64_t>(active, 1));
+  const GatherMatmulArgs args{shape, inputs, weights, rows,
+                              Divider(std::max<int64_t>(shape.active, 1))};
   // Padding (-1) is never visited below.
-  std::fill(out, out + shape.batch * active, 0.f);
-  const int32_t* ids = rows.ids;
-  const int32_t* offsets = rows.offsets;
-  const int32_t* positions = rows.positions;
-  const int64_t uses = rows.num_rows > 0 ? 1 + offsets[rows.num_rows] / rows.num_rows : 1;
+  std::fill(out, out + shape.batch * shape.active, 0.f);
+  const int64_t uses = rows.num_rows > 0 ? 1 + rows.offsets[rows.num_rows] / rows.num_rows : 1;
   // Walking neurons in id order reads each weight row once, nearly as a stream.
-  parallel_for(rows.num_rows, uses * (2 * dim + 20), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      if (r + kPrefetchDistance < end) {
-        PrefetchRow(weights + int64_t{ids[r + kPrefetchDistance]} * dim, dim);
-      }
-      const float* w = weights + int64_t{ids[r]} * dim;
-      const float bias = biases[ids[r]];
-      for (int64_t j = offsets[r]; j < offsets[r + 1]; ++j) {
-        const int64_t pos = positions[j];
-        out[pos] = Dot(inputs + example_of(pos) * dim, w, dim) + bias;
-      }
-    }
+  parallel_for(rows.num_rows, uses * (2 * shape.dim + 20), [&](int64_t begin, int64_t end) {
+#ifdef TF_LSH_X86
+    if (UsesAvx2()) return ForwardRowsAvx2(args, biases, out, begin, end);
+#endif
+    ForwardRows<PortableKernels>(args, biases, out, begin, end);
   });
 }
 
@@ -146,40 +365,28 @@ void SparseGatherMatmulBackward(const GatherMatmulShape& shape, const float* inp
                                 const RowGroups& rows, float* grad_inputs,
                                 float* grad_weight_rows, float* grad_bias_rows,
                                 const ParallelFor& parallel_for) {
-  const int64_t dim = shape.dim, active = shape.active, num_rows = rows.num_rows;
-  const Divider example_of(std::max<int64_t>(active, 1));
-  const int32_t* ids = rows.ids;
-  const int32_t* offsets = rows.offsets;
-  const int32_t* positions = rows.positions;
+  const GatherMatmulArgs args{shape, inputs, weights, rows,
+                              Divider(std::max<int64_t>(shape.active, 1))};
+  const int64_t dim = shape.dim, num_rows = rows.num_rows;
   const int64_t accumulator_bytes = std::max<int64_t>(shape.batch * dim * sizeof(float), 1);
   const int64_t blocks = std::max<int64_t>(
       1, std::min({kBackwardBlocks, num_rows, kAccumulatorBytes / accumulator_bytes}));
   // Each block owns a grad_inputs accumulator; one pass over its rows reads every weight row
   // once and writes every gradient row once.
   std::vector<float> partial_grad_inputs(blocks * shape.batch * dim, 0.f);
-  const int64_t cost = int64_t{offsets[num_rows]} * 4 * dim / blocks + 1;
+  const int64_t cost = int64_t{rows.offsets[num_rows]} * 4 * dim / blocks + 1;
   parallel_for(blocks, cost, [&](int64_t block_begin, int64_t block_end) {
     for (int64_t block = block_begin; block < block_end; ++block) {
       float* dx = partial_grad_inputs.data() + block * shape.batch * dim;
-      const int64_t end = num_rows * (block + 1) / blocks;
-      for (int64_t r = num_rows * block / blocks; r < end; ++r) {
-        if (r + kPrefetchDistance < end) {
-          PrefetchRow(weights + int64_t{ids[r + kPrefetchDistance]} * dim, dim);
-        }
-        const float* w = weights + int64_t{ids[r]} * dim;
-        float* dw = grad_weight_rows + r * dim;
-        std::memset(dw, 0, dim * sizeof(float));
-        float db = 0.f;
-        for (int64_t j = offsets[r]; j < offsets[r + 1]; ++j) {
-          const int64_t pos = positions[j];
-          const int64_t b = example_of(pos);
-          const float g = grad_out[pos];
-          Axpy(g, inputs + b * dim, dw, dim);
-          Axpy(g, w, dx + b * dim, dim);
-          db += g;
-        }
-        grad_bias_rows[r] = db;
+      const int64_t begin = num_rows * block / blocks, end = num_rows * (block + 1) / blocks;
+#ifdef TF_LSH_X86
+      if (UsesAvx2()) {
+        BackwardRowsAvx2(args, grad_out, dx, grad_weight_rows, grad_bias_rows, begin, end);
+        continue;
       }
+#endif
+      BackwardRows<PortableKernels>(args, grad_out, dx, grad_weight_rows, grad_bias_rows, begin,
+                                    end);
     }
   });
   // grad_inputs = sum of the block accumulators, in block order.

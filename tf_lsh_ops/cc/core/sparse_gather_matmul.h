@@ -15,6 +15,7 @@
 #define TF_LSH_OPS_CC_CORE_SPARSE_GATHER_MATMUL_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -44,16 +45,31 @@ struct RowGroups {
   int64_t num_rows;
 };
 
-// Builds the RowGroups of an index matrix by a radix sort: O(count), no memory of size
-// num_neurons.
+// Where GroupRows writes a grouping: ids [num_rows], offsets [num_rows + 1] and positions
+// [num_positions], from a callback that sees the sizes first (so an op can write straight into
+// its output tensors). The callback returns false if it could not allocate.
+struct RowGroupStorage {
+  int32_t* ids;
+  int32_t* offsets;
+  int32_t* positions;
+};
+using RowGroupAllocator =
+    std::function<bool(int64_t num_rows, int64_t num_positions, RowGroupStorage* storage)>;
+
+// Groups an index matrix by neuron with a parallel LSD radix sort: O(count) work, no memory of
+// size num_neurons. `indices` must hold only ids in [-1, num_neurons) (see FindInvalidIndex)
+// and at most ActiveRows::kMaxPositions entries. Returns false if `allocate` failed.
+bool GroupRows(const int32_t* indices, int64_t count, const RowGroupAllocator& allocate,
+               const ParallelFor& parallel_for, RowGroups* groups);
+
+// A grouping that owns its arrays.
 class ActiveRows {
  public:
   // Positions and offsets are int32.
   static constexpr int64_t kMaxPositions = (int64_t{1} << 31) - 1;
 
-  // `indices` must hold only ids in [-1, num_neurons) (see FindInvalidIndex), and at most
-  // kMaxPositions entries.
-  ActiveRows(const int32_t* indices, int64_t count);
+  ActiveRows(const int32_t* indices, int64_t count,
+             const ParallelFor& parallel_for = SerialFor());
 
   int64_t size() const { return static_cast<int64_t>(ids_.size()); }
   const std::vector<int32_t>& ids() const { return ids_; }

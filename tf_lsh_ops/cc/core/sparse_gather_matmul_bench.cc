@@ -83,8 +83,8 @@ int main(int argc, char** argv) {
   float* w_huge = static_cast<float*>(std::aligned_alloc(huge, huge_bytes));
   madvise(w_huge, huge_bytes, MADV_HUGEPAGE);
   std::copy(w.begin(), w.end(), w_huge);
-  const double rows_ms = MedianMs([&] { ActiveRows rows(ids.data(), ids.size()); });
-  const ActiveRows rows(ids.data(), ids.size());
+  const double rows_ms = MedianMs([&] { ActiveRows rows(ids.data(), ids.size(), parallel_for); });
+  const ActiveRows rows(ids.data(), ids.size(), parallel_for);
   const double forward_ms = MedianMs([&] {
     SparseGatherMatmulForward(shape, x.data(), w.data(), bias.data(), rows.view(), out.data(),
                               parallel_for);

@@ -1,7 +1,9 @@
 #include "tf_lsh_ops/cc/core/sparse_gather_matmul.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "tf_lsh_ops/cc/core/test_util.h"
@@ -79,12 +81,92 @@ void TestAgainstLoops() {
   }
 }
 
+// Runs the shards of every call in reverse order, a few units each: results must not depend on
+// how work is split or in which order shards finish.
+ParallelFor ReversedShards() {
+  return [](int64_t total, int64_t, const std::function<void(int64_t, int64_t)>& fn) {
+    constexpr int64_t kShard = 3;
+    for (int64_t end = total; end > 0; end -= kShard) fn(std::max<int64_t>(end - kShard, 0), end);
+  };
+}
+
+// Many chunks and three radix passes (ids up to 2^21), against a stable sort.
+void TestGroupRowsAgainstSort() {
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int32_t> id(-1, (1 << 21) - 1);
+  std::vector<int32_t> indices(300000);
+  for (auto& v : indices) v = id(rng) % 4 == 0 ? -1 : id(rng);
+  std::vector<std::pair<int32_t, int32_t>> want;
+  for (size_t i = 0; i < indices.size(); ++i) {
+    if (indices[i] >= 0) want.emplace_back(indices[i], static_cast<int32_t>(i));
+  }
+  std::stable_sort(want.begin(), want.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (const ParallelFor& parallel_for : {SerialFor(), ReversedShards()}) {
+    const ActiveRows rows(indices.data(), indices.size(), parallel_for);
+    CHECK_TRUE(rows.positions().size() == want.size());
+    CHECK_TRUE(CheckRowGroups(rows.view(), want.size(), 1 << 21, indices.size()).empty());
+    for (int64_t r = 0; r < rows.size(); ++r) {
+      for (int32_t j = rows.offsets()[r]; j < rows.offsets()[r + 1]; ++j) {
+        CHECK_TRUE(want[j].first == rows.ids()[r] && want[j].second == rows.positions()[j]);
+      }
+    }
+  }
+  // Nothing to group: no rows, one offset.
+  const std::vector<int32_t> padding(5, -1);
+  const ActiveRows none(padding.data(), padding.size());
+  CHECK_TRUE(none.size() == 0 && none.offsets() == std::vector<int32_t>{0});
+  const ActiveRows empty(nullptr, 0);
+  CHECK_TRUE(empty.size() == 0 && empty.offsets() == std::vector<int32_t>{0});
+}
+
+// Gradient rows of more than 16 MB take the streaming-store path; compare it with loops.
+void TestLargeBackward() {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal;
+  const GatherMatmulShape shape{12, 136, 60000, 5000};
+  std::uniform_int_distribution<int32_t> neuron(0, shape.num_neurons - 1);
+  std::vector<float> x(shape.batch * shape.dim), w(shape.num_neurons * shape.dim),
+      g(shape.batch * shape.active);
+  for (auto& v : x) v = normal(rng);
+  for (auto& v : w) v = normal(rng);
+  for (auto& v : g) v = normal(rng);
+  std::vector<int32_t> ids(shape.batch * shape.active);
+  for (auto& v : ids) v = neuron(rng);
+  const ActiveRows rows(ids.data(), ids.size(), ReversedShards());
+  CHECK_TRUE(rows.size() * shape.dim * 4 > (16 << 20));
+  std::vector<float> dx(shape.batch * shape.dim), dw(rows.size() * shape.dim), db(rows.size());
+  SparseGatherMatmulBackward(shape, x.data(), w.data(), g.data(), rows.view(), dx.data(),
+                             dw.data(), db.data(), ReversedShards());
+  for (int64_t r = 0; r < rows.size(); r += 97) {
+    for (int64_t d = 0; d < shape.dim; ++d) {
+      double want = 0;
+      for (int32_t j = rows.offsets()[r]; j < rows.offsets()[r + 1]; ++j) {
+        const int32_t p = rows.positions()[j];
+        want += g[p] * x[(p / shape.active) * shape.dim + d];
+      }
+      CHECK_NEAR(dw[r * shape.dim + d], want, 1e-4);
+    }
+  }
+  for (int64_t b = 0; b < shape.batch; ++b) {
+    for (int64_t d = 0; d < shape.dim; ++d) {
+      double want = 0;
+      for (int64_t k = 0; k < shape.active; ++k) {
+        want += g[b * shape.active + k] * w[ids[b * shape.active + k] * shape.dim + d];
+      }
+      CHECK_NEAR(dx[b * shape.dim + d], want, 1e-2);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace tf_lsh
 
 int main() {
   tf_lsh::TestExampleFromHeader();
   tf_lsh::TestAgainstLoops();
+  tf_lsh::TestGroupRowsAgainstSort();
+  tf_lsh::TestLargeBackward();
   std::printf("PASS\n");
   return 0;
 }

@@ -1,7 +1,5 @@
 // CPU kernels of SparseGatherMatmul and its gradient: validate, allocate, call the core.
-#include <algorithm>
 #include <string>
-#include <vector>
 
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tf_lsh_ops/cc/core/sparse_gather_matmul.h"
@@ -66,26 +64,29 @@ class SparseGatherMatmulOp : public OpKernel {
 
     const GatherMatmulShape shape{inputs.dim_size(0), inputs.dim_size(1), weights.dim_size(0),
                                   indices.dim_size(1)};
-    const ActiveRows rows(indices.flat<int32_t>().data(), indices.NumElements());
     Tensor* output = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({shape.batch, shape.active}),
                                              &output));
-    OP_REQUIRES_OK(ctx, OutputVector(ctx, 1, rows.ids()));
-    OP_REQUIRES_OK(ctx, OutputVector(ctx, 2, rows.offsets()));
-    OP_REQUIRES_OK(ctx, OutputVector(ctx, 3, rows.positions()));
+    // The grouping is written straight into outputs 1-3, which the gradient reuses.
+    absl::Status status;
+    const auto allocate = [ctx, &status](int64_t num_rows, int64_t num_positions,
+                                         RowGroupStorage* storage) {
+      Tensor *ids = nullptr, *offsets = nullptr, *positions = nullptr;
+      status = ctx->allocate_output(1, TensorShape({num_rows}), &ids);
+      if (status.ok()) status = ctx->allocate_output(2, TensorShape({num_rows + 1}), &offsets);
+      if (status.ok()) status = ctx->allocate_output(3, TensorShape({num_positions}), &positions);
+      if (!status.ok()) return false;
+      *storage = {ids->flat<int32_t>().data(), offsets->flat<int32_t>().data(),
+                  positions->flat<int32_t>().data()};
+      return true;
+    };
+    RowGroups rows;
+    GroupRows(indices.flat<int32_t>().data(), indices.NumElements(), allocate,
+              TfParallelFor(ctx), &rows);
+    OP_REQUIRES_OK(ctx, status);  // GroupRows stops only when an allocation failed
     SparseGatherMatmulForward(shape, inputs.flat<float>().data(), weights.flat<float>().data(),
-                              biases.flat<float>().data(), rows.view(),
+                              biases.flat<float>().data(), rows,
                               output->flat<float>().data(), TfParallelFor(ctx));
-  }
-
- private:
-  static absl::Status OutputVector(OpKernelContext* ctx, int index,
-                                   const std::vector<int32_t>& values) {
-    Tensor* out = nullptr;
-    TF_RETURN_IF_ERROR(ctx->allocate_output(
-        index, TensorShape({static_cast<int64_t>(values.size())}), &out));
-    std::copy(values.begin(), values.end(), out->flat<int32_t>().data());
-    return absl::OkStatus();
   }
 };
 

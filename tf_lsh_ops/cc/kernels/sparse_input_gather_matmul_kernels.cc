@@ -91,7 +91,8 @@ class SparseInputGatherMatmulGradOp : public OpKernel {
                     kOp, ": grad_output has shape ", grad_output.shape().DebugString(),
                     "; it must match indices, ", indices.shape().DebugString())));
     OP_REQUIRES_OK(ctx, GroupSparseRows(ctx, &rows));
-    const ActiveRows active(indices.flat<int32_t>().data(), indices.NumElements());
+    const ActiveRows active(indices.flat<int32_t>().data(), indices.NumElements(),
+                            TfParallelFor(ctx));
     Tensor *grad_values = nullptr, *row_ids = nullptr, *grad_weight_rows = nullptr,
            *grad_bias_rows = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(1).shape(), &grad_values));
