@@ -7,11 +7,15 @@ median is reported.
 """
 
 import argparse
+import concurrent.futures
+import contextlib
+import gc
 import os
 import platform
 import sys
 import time
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -81,20 +85,61 @@ def timed_call(fn, args=()):
     return time.perf_counter() - start
 
 
+@contextlib.contextmanager
+def gc_paused():
+    """Collects, then keeps Python's garbage collector off (as `timeit` does).
+
+    A full collection walks every object TensorFlow and Keras created (milliseconds); left on,
+    it lands at random inside timed calls and adds the same noise to every method.
+    """
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def time_round_robin(jobs, *, warmup, reps, min_reps=1, budget_s=float("inf")):
     """Times `jobs` ({name: (fn, args)}) in turn; returns {name: [seconds]}.
 
     Each job is warmed up `warmup` times; then up to `reps` rounds run, stopping after the round
-    that exceeds `budget_s` seconds (once at least `min_reps` rounds ran).
+    that exceeds `budget_s` seconds (once at least `min_reps` rounds ran). The garbage collector
+    is paused while timing (`gc_paused`).
     """
     for fn, args in jobs.values():
         for _ in range(warmup):
             materialise(fn(*args))
     times = {name: [] for name in jobs}
-    start = time.perf_counter()
-    for rep in range(reps):
-        for name, (fn, args) in jobs.items():
-            times[name].append(timed_call(fn, args))
-        if rep + 1 >= min_reps and time.perf_counter() - start > budget_s:
-            break
+    with gc_paused():
+        start = time.perf_counter()
+        for rep in range(reps):
+            for name, (fn, args) in jobs.items():
+                times[name].append(timed_call(fn, args))
+            if rep + 1 >= min_reps and time.perf_counter() - start > budget_s:
+                break
     return times
+
+
+def copy_bandwidth_gb_s(megabytes=512, threads=None, reps=5):
+    """The machine's memory-copy bandwidth, counted as STREAM's Copy does (bytes read + written).
+
+    NumPy copies `megabytes` (far beyond the caches) split over `threads` Python threads (NumPy
+    releases the GIL while copying; default: every core); the best of `reps` runs.
+    """
+    threads = threads or os.cpu_count()
+    count = megabytes * 2**20 // 4
+    source = np.ones(count, np.float32)
+    target = np.empty_like(source)
+    bounds = np.linspace(0, count, threads + 1).astype(int)
+    parts = [(target[a:b], source[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    np.copyto(target, source)  # first touch outside the timing
+    best = float("inf")
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        for _ in range(reps):
+            start = time.perf_counter()
+            list(pool.map(lambda part: np.copyto(*part), parts))
+            best = min(best, time.perf_counter() - start)
+    return 2 * source.nbytes / best / 1e9

@@ -698,3 +698,40 @@ if __name__ == "__main__":
     import sys
 
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def _anon_huge_page_bytes():
+    with open("/proc/self/smaps_rollup") as smaps:
+        for line in smaps:
+            if line.startswith("AnonHugePages:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _transparent_huge_pages_available():
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as setting:
+            return "[never]" not in setting.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(
+    not _transparent_huge_pages_available() or os.environ.get("TF_LSH_HUGE_PAGES") == "0",
+    reason="transparent huge pages are off",
+)
+def test_large_weight_variables_move_to_huge_pages_with_values_kept():
+    rng = np.random.default_rng(0)
+    weights = rng.standard_normal((140_000, 128), dtype=np.float32)  # 72 MB
+    biases = rng.standard_normal(140_000, dtype=np.float32)
+    w, b = tf.Variable(weights), tf.Variable(biases)
+    x = tf.constant(rng.standard_normal((4, 128), dtype=np.float32))
+    idx = tf.constant(rng.integers(-1, 140_000, (4, 50), dtype=np.int32))
+    before = _anon_huge_page_bytes()
+    out = sparse_gather_matmul(x, w, b, idx).numpy()
+    # Most of the 72 MB (all but the partial 2 MB pages at the ends) is now on huge pages.
+    assert _anon_huge_page_bytes() - before >= 60 * 2**20
+    np.testing.assert_allclose(
+        out, numpy_forward(x.numpy(), weights, biases, idx.numpy()), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_array_equal(w.numpy(), weights)

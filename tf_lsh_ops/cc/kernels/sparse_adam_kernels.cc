@@ -6,6 +6,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/resource_mgr.h"
 #include "tensorflow/core/framework/resource_var.h"
+#include "tf_lsh_ops/cc/core/huge_pages.h"
 #include "tf_lsh_ops/cc/core/sparse_adam.h"
 #include "tf_lsh_ops/cc/kernels/thread_pool.h"
 
@@ -103,7 +104,11 @@ class SparseAdamApplyOp : public OpKernel {
                       ") (var has shape ", var.shape().DebugString(), ")")));
       rows[i] = static_cast<int32_t>(index(i));
     }
-    for (auto& v : vars) OP_REQUIRES_OK(ctx, PrepareForUpdate(ctx, v.get()));
+    for (auto& v : vars) {
+      OP_REQUIRES_OK(ctx, PrepareForUpdate(ctx, v.get()));
+      // Touched rows are scattered over the whole variable (core/huge_pages.h).
+      AdviseHugePages(v->tensor()->tensor_data().data(), v->tensor()->TotalBytes());
+    }
 
     const float beta1_power = Scalar(ctx, 9), beta2_power = Scalar(ctx, 10);
     const AdamHyperparameters hyper{

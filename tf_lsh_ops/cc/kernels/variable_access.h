@@ -2,7 +2,8 @@
 //
 // A variable is read in place under a shared lock, as ResourceGather does: after a sparse
 // update TensorFlow puts a variable in copy-on-read mode, where every ReadVariableOp copies
-// the whole matrix; reading the handle avoids that copy on every training step.
+// the whole matrix; reading the handle avoids that copy on every training step. Large
+// variables are backed with huge pages (core/huge_pages.h).
 #ifndef TF_LSH_OPS_CC_KERNELS_VARIABLE_ACCESS_H_
 #define TF_LSH_OPS_CC_KERNELS_VARIABLE_ACCESS_H_
 
@@ -12,6 +13,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/resource_mgr.h"
 #include "tensorflow/core/framework/resource_var.h"
+#include "tf_lsh_ops/cc/core/huge_pages.h"
 
 namespace tf_lsh {
 
@@ -36,6 +38,8 @@ class InputTensor {
                        tensorflow::DataTypeString(var_->tensor()->dtype())));
     }
     tensor_ = var_->tensor();
+    // Variables live long: worth backing with huge pages (rows are read scattered).
+    AdviseHugePages(tensor_->tensor_data().data(), tensor_->TotalBytes());
     return absl::OkStatus();
   }
 
