@@ -357,13 +357,14 @@ class LSHDense(keras.layers.Layer):
         """
         ids = self.active_ids(inputs, labels)
         sparse = isinstance(inputs, tf.SparseTensor)
+        if not sparse:
+            # A batch-wide set stays [1, k]: the op then multiplies dense blocks.
+            values = tf_lsh_ops.sparse_gather_matmul(inputs, self.kernel, self.bias, ids)
         if self.batch_wide:
             batch = inputs.dense_shape[0] if sparse else tf.shape(inputs, out_type=tf.int64)[0]
             ids = tf.tile(ids, tf.stack([batch, 1]))
         if sparse:
             values = tf_lsh_ops.sparse_input_gather_matmul(inputs, self.kernel, self.bias, ids)
-        else:
-            values = tf_lsh_ops.sparse_gather_matmul(inputs, self.kernel, self.bias, ids)
         if self.activation is not None and self.activation is not activations.linear:
             values = tf.where(ids >= 0, self.activation(values), 0.0)
         return ids, values

@@ -438,7 +438,7 @@ def fuzz_gather(rng):
                 g = wrong[int(rng.integers(2))]
             else:
                 corrupt_grouping(rng, *grouping, num_neurons, batch * active)
-            rejects(lambda: ops.sparse_gather_matmul_grad(x, w, *grouping, g))
+            rejects(lambda: ops.sparse_gather_matmul_grad(x, w, *grouping, g, idx))
             return mutation
         weights, biases = args["weights"], args["biases"]
         if use_variables and weights.dtype == biases.dtype:

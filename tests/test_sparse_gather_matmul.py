@@ -589,8 +589,9 @@ def test_raw_gradient_op_checks_the_grouping(rows, row_splits, positions, messag
     x = tf.ones([2, 3])
     w = tf.reshape(tf.range(12, dtype=tf.float32), [4, 3])
     grad = tf.ones([2, 2])
+    indices = tf.zeros([2, 2], tf.int32)  # only its shape matters here: per-example
     call = lambda: ops.sparse_gather_matmul_grad(  # noqa: E731
-        x, w, tf.constant(rows), tf.constant(row_splits), tf.constant(positions), grad
+        x, w, tf.constant(rows), tf.constant(row_splits), tf.constant(positions), grad, indices
     )
     if message is None:
         grad_inputs, grad_rows, grad_bias = call()
@@ -735,3 +736,63 @@ def test_large_weight_variables_move_to_huge_pages_with_values_kept():
         out, numpy_forward(x.numpy(), weights, biases, idx.numpy()), rtol=1e-5, atol=1e-5
     )
     np.testing.assert_array_equal(w.numpy(), weights)
+
+
+@pytest.mark.parametrize("use_variables", [False, True], ids=["tensors", "variables"])
+def test_shared_active_set_equals_the_set_repeated_per_example(use_variables):
+    """indices [1, K] serves the whole batch, with the values and gradients of [B, K]."""
+    rng = np.random.default_rng(4)
+    batch, dim, num_neurons, active = 9, 37, 50, 21
+    x = tf.constant(rng.standard_normal((batch, dim), dtype=np.float32))
+    w_init = rng.standard_normal((num_neurons, dim), dtype=np.float32)
+    b_init = rng.standard_normal(num_neurons, dtype=np.float32)
+    ids = rng.integers(-1, num_neurons, (1, active)).astype(np.int32)
+    ids[0, :2] = 5  # a duplicate
+    upstream = tf.constant(rng.standard_normal((batch, active), dtype=np.float32))
+
+    def run(indices):
+        w = tf.Variable(w_init) if use_variables else tf.constant(w_init)
+        b = tf.Variable(b_init) if use_variables else tf.constant(b_init)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            if not use_variables:
+                tape.watch([w, b])
+            out = sparse_gather_matmul(x, w, b, indices)
+        return out, tape.gradient(out, [x, w, b], output_gradients=upstream)
+
+    out, grads = run(tf.constant(ids))
+    want_out, want_grads = run(tf.constant(np.repeat(ids, batch, axis=0)))
+    np.testing.assert_allclose(out, want_out, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        out, numpy_forward(x.numpy(), w_init, b_init, np.repeat(ids, batch, 0)), atol=1e-4
+    )
+    for grad, want in zip(grads, want_grads, strict=True):
+        if isinstance(want, tf.IndexedSlices):
+            assert isinstance(grad, tf.IndexedSlices)
+            np.testing.assert_array_equal(grad.indices, want.indices)
+            grad, want = grad.values, want.values
+        np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-4)
+
+
+def test_shared_active_set_gradients_match_numerical():
+    rng = np.random.default_rng(5)
+    x = tf.constant(rng.standard_normal((4, 6)), tf.float32)
+    w = tf.constant(rng.standard_normal((8, 6)), tf.float32)
+    b = tf.constant(rng.standard_normal(8), tf.float32)
+    ids = tf.constant([[3, -1, 3, 0, 7]], tf.int32)
+    theoretical, numerical = tf.test.compute_gradient(
+        lambda x, w, b: sparse_gather_matmul(x, w, b, ids), [x, w, b]
+    )
+    for t, n in zip(theoretical, numerical, strict=True):
+        np.testing.assert_allclose(t, n, atol=2e-2)
+
+
+def test_shared_active_set_shapes_and_errors():
+    x = tf.ones([3, 4])
+    w, b = tf.ones([6, 4]), tf.ones([6])
+    spec = [tf.TensorSpec([None, 4]), tf.TensorSpec([1, 5], tf.int32)]
+    fn = tf.function(lambda x, idx: sparse_gather_matmul(x, w, b, idx), input_signature=spec)
+    assert fn.get_concrete_function().structured_outputs.shape.as_list() == [None, 5]
+    assert fn(x, tf.zeros([1, 5], tf.int32)).shape == (3, 5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"{OP}: .*indices.*must be 1"):
+        sparse_gather_matmul(x, w, b, tf.zeros([2, 5], tf.int32))

@@ -32,7 +32,9 @@ def sparse_gather_matmul(inputs, weights, biases, indices, name=None):
         or a variable.
       biases: float32 `[N]`, a tensor or a variable (the same kind as `weights`).
       indices: int32 `[B, K]`, the active neurons of each example; `-1` pads (output 0, no
-        gradient).
+        gradient). Or `[1, K]`: one active set for the whole batch, computed as dense
+        blocked matrix products over the `K` gathered rows (faster than the same set
+        repeated per example).
       name: optional op name.
 
     Returns:
@@ -121,10 +123,10 @@ def _sparse_input_gather_matmul_grad(op, grad_output):
 
 def _gradients(grad_op, op, grad_output, weights_shape, biases_shape):
     """[d_inputs, d_weights, d_biases, None] from the forward op's grouping of the indices."""
-    inputs, weights = op.inputs[0], op.inputs[1]
+    inputs, weights, indices = op.inputs[0], op.inputs[1], op.inputs[3]
     rows, row_splits, positions = op.outputs[1:4]
     grad_inputs, grad_weight_rows, grad_bias_rows = grad_op(
-        inputs, weights, rows, row_splits, positions, grad_output
+        inputs, weights, rows, row_splits, positions, grad_output, indices
     )
     return [
         grad_inputs,

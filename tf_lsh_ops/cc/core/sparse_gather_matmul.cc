@@ -401,4 +401,106 @@ void SparseGatherMatmulBackward(const GatherMatmulShape& shape, const float* inp
   });
 }
 
+namespace {
+
+// Shared active sets are multiplied in column blocks of this many units: a block's gathered
+// rows (dim x 64 floats) and the inputs stay in L2 while the block is multiplied.
+constexpr int64_t kSharedBlock = 64;
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+void SharedGatherMatmulForward(const GatherMatmulShape& shape, const float* inputs,
+                               const float* weights, const float* biases, const int32_t* ids,
+                               float* out, const ParallelFor& parallel_for) {
+  const int64_t dim = shape.dim, active = shape.active, batch = shape.batch;
+  const int64_t blocks = CeilDiv(active, kSharedBlock);
+  parallel_for(blocks, batch * kSharedBlock * dim * 2, [&](int64_t begin, int64_t end) {
+    // The block's weight rows, transposed: panel[d * kSharedBlock + j] = weights[ids[j], d].
+    std::vector<float> panel(dim * kSharedBlock);
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t first = block * kSharedBlock;
+      const int64_t width = std::min(kSharedBlock, active - first);
+      for (int64_t j = 0; j < width; ++j) {
+        const int32_t id = ids[first + j];
+        const float* row = weights + int64_t{std::max(id, 0)} * dim;
+        for (int64_t d = 0; d < dim; ++d) panel[d * kSharedBlock + j] = id >= 0 ? row[d] : 0.f;
+      }
+      MatMul(inputs, dim, panel.data(), kSharedBlock, out + first, active, batch, width, dim);
+      for (int64_t b = 0; b < batch; ++b) {
+        float* out_row = out + b * active + first;
+        for (int64_t j = 0; j < width; ++j) {
+          if (ids[first + j] >= 0) out_row[j] += biases[ids[first + j]];
+        }
+      }
+    }
+  });
+}
+
+void SharedGatherMatmulBackward(const GatherMatmulShape& shape, const float* inputs,
+                                const float* weights, const float* grad_out, const int32_t* ids,
+                                const RowGroups& rows, float* grad_inputs,
+                                float* grad_weight_rows, float* grad_bias_rows,
+                                const ParallelFor& parallel_for) {
+  const int64_t dim = shape.dim, active = shape.active, batch = shape.batch;
+  // grad_inputs = grad_out [batch, active] x (the active rows, padding as zeros) [active, dim].
+  std::vector<float> selected(active * dim);
+  parallel_for(active, dim, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      float* row = selected.data() + k * dim;
+      if (ids[k] >= 0) {
+        std::memcpy(row, weights + int64_t{ids[k]} * dim, dim * sizeof(float));
+      } else {
+        std::fill(row, row + dim, 0.f);
+      }
+    }
+  });
+  constexpr int64_t kRowsPerShard = 4;  // MatMul's register block
+  parallel_for(CeilDiv(batch, kRowsPerShard), kRowsPerShard * active * dim * 2,
+               [&](int64_t begin, int64_t end) {
+                 const int64_t first = begin * kRowsPerShard;
+                 const int64_t count = std::min(end * kRowsPerShard, batch) - first;
+                 MatMul(grad_out + first * active, active, selected.data(), dim,
+                        grad_inputs + first * dim, dim, count, dim, active);
+               });
+
+  // Gradient rows, in grouping order: per position j (unit positions[j]), the column of
+  // grad_out times the inputs; positions of one neuron are then summed.
+  const int64_t num_positions = rows.offsets[rows.num_rows];
+  std::vector<float> columns(num_positions * batch);
+  parallel_for(num_positions, 2 * batch, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      for (int64_t b = 0; b < batch; ++b) {
+        columns[j * batch + b] = grad_out[b * active + rows.positions[j]];
+      }
+    }
+  });
+  const bool distinct = num_positions == rows.num_rows;
+  std::vector<float> per_position(distinct ? 0 : num_positions * dim);
+  float* position_rows = distinct ? grad_weight_rows : per_position.data();
+  parallel_for(CeilDiv(num_positions, kRowsPerShard), kRowsPerShard * batch * dim * 2,
+               [&](int64_t begin, int64_t end) {
+                 const int64_t first = begin * kRowsPerShard;
+                 const int64_t count = std::min(end * kRowsPerShard, num_positions) - first;
+                 MatMul(columns.data() + first * batch, batch, inputs, dim,
+                        position_rows + first * dim, dim, count, dim, batch);
+               });
+  parallel_for(rows.num_rows, 2 * dim, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      float db = 0.f;
+      for (int32_t j = rows.offsets[r]; j < rows.offsets[r + 1]; ++j) {
+        for (int64_t b = 0; b < batch; ++b) db += columns[j * batch + b];
+      }
+      grad_bias_rows[r] = db;
+      if (distinct) continue;
+      float* dw = grad_weight_rows + r * dim;
+      std::memcpy(dw, position_rows + int64_t{rows.offsets[r]} * dim, dim * sizeof(float));
+      for (int32_t j = rows.offsets[r] + 1; j < rows.offsets[r + 1]; ++j) {
+        Axpy(1.f, position_rows + int64_t{j} * dim, dw, dim);
+      }
+    }
+  });
+}
+
 }  // namespace tf_lsh

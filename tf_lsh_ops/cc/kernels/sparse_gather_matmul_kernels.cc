@@ -36,6 +36,22 @@ absl::Status CheckIndices(const char* op, const Tensor& indices, int64_t num_neu
   return absl::OkStatus();
 }
 
+// indices is [batch, active], or [1, active] for an active set shared by the whole batch.
+absl::Status CheckIndicesBatch(const char* op, const Tensor& inputs, const Tensor& indices) {
+  if (indices.dim_size(0) == inputs.dim_size(0) || indices.dim_size(0) == 1) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      op, ": indices has shape ", indices.shape().DebugString(), "; its dimension 0 must be 1 "
+      "(one active set for the batch) or equal dimension 0 of inputs (shape ",
+      inputs.shape().DebugString(), ")"));
+}
+
+// A [1, active] index matrix serves every example of a larger batch.
+bool SharedIndices(const Tensor& inputs, const Tensor& indices) {
+  return indices.dim_size(0) == 1 && inputs.dim_size(0) > 1;
+}
+
 }  // namespace
 
 // Serves SparseGatherMatmul (weights and biases as tensors) and ResourceSparseGatherMatmul
@@ -59,11 +75,12 @@ class SparseGatherMatmulOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "indices", indices, 2));
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "inputs", inputs, 1, "weights", weights, 1));
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "weights", weights, 0, "biases", biases, 0));
-    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "inputs", inputs, 0, "indices", indices, 0));
+    OP_REQUIRES_OK(ctx, CheckIndicesBatch(kOp, inputs, indices));
     OP_REQUIRES_OK(ctx, CheckIndices(kOp, indices, weights.dim_size(0)));
 
     const GatherMatmulShape shape{inputs.dim_size(0), inputs.dim_size(1), weights.dim_size(0),
                                   indices.dim_size(1)};
+    const bool shared = SharedIndices(inputs, indices);
     Tensor* output = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({shape.batch, shape.active}),
                                              &output));
@@ -84,6 +101,13 @@ class SparseGatherMatmulOp : public OpKernel {
     GroupRows(indices.flat<int32_t>().data(), indices.NumElements(), allocate,
               TfParallelFor(ctx), &rows);
     OP_REQUIRES_OK(ctx, status);  // GroupRows stops only when an allocation failed
+    if (shared) {
+      SharedGatherMatmulForward(shape, inputs.flat<float>().data(),
+                                weights.flat<float>().data(), biases.flat<float>().data(),
+                                indices.flat<int32_t>().data(), output->flat<float>().data(),
+                                TfParallelFor(ctx));
+      return;
+    }
     SparseGatherMatmulForward(shape, inputs.flat<float>().data(), weights.flat<float>().data(),
                               biases.flat<float>().data(), rows,
                               output->flat<float>().data(), TfParallelFor(ctx));
@@ -104,7 +128,9 @@ class SparseGatherMatmulGradOp : public OpKernel {
     const Tensor& row_splits = ctx->input(3);
     const Tensor& positions = ctx->input(4);
     const Tensor& grad_output = ctx->input(5);
+    const Tensor& indices = ctx->input(6);
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "inputs", inputs, 2));
+    OP_REQUIRES_OK(ctx, CheckRank(kOp, "indices", indices, 2));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "weights", weights, 2));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "rows", rows, 1));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "row_splits", row_splits, 1));
@@ -112,6 +138,9 @@ class SparseGatherMatmulGradOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "grad_output", grad_output, 2));
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "inputs", inputs, 1, "weights", weights, 1));
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "grad_output", grad_output, 0, "inputs", inputs, 0));
+    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "grad_output", grad_output, 1, "indices", indices, 1));
+    OP_REQUIRES_OK(ctx, CheckIndicesBatch(kOp, inputs, indices));
+    const bool shared = SharedIndices(inputs, indices);
     OP_REQUIRES(ctx, row_splits.NumElements() == rows.NumElements() + 1,
                 absl::InvalidArgumentError(absl::StrCat(
                     kOp, ": row_splits must have one entry more than rows; got shapes ",
@@ -119,7 +148,7 @@ class SparseGatherMatmulGradOp : public OpKernel {
     const RowGroups groups{rows.flat<int32_t>().data(), row_splits.flat<int32_t>().data(),
                            positions.flat<int32_t>().data(), rows.NumElements()};
     const std::string error = CheckRowGroups(groups, positions.NumElements(),
-                                             weights.dim_size(0), grad_output.NumElements());
+                                             weights.dim_size(0), indices.NumElements());
     OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError(absl::StrCat(
                                         kOp, ": the grouping from the forward op is invalid: ",
                                         error)));
@@ -131,6 +160,15 @@ class SparseGatherMatmulGradOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({groups.num_rows, shape.dim}),
                                              &grad_weight_rows));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({groups.num_rows}), &grad_bias_rows));
+    if (shared) {
+      SharedGatherMatmulBackward(shape, inputs.flat<float>().data(),
+                                 weights.flat<float>().data(), grad_output.flat<float>().data(),
+                                 indices.flat<int32_t>().data(), groups,
+                                 grad_inputs->flat<float>().data(),
+                                 grad_weight_rows->flat<float>().data(),
+                                 grad_bias_rows->flat<float>().data(), TfParallelFor(ctx));
+      return;
+    }
     SparseGatherMatmulBackward(shape, inputs.flat<float>().data(), weights.flat<float>().data(),
                                grad_output.flat<float>().data(), groups,
                                grad_inputs->flat<float>().data(),

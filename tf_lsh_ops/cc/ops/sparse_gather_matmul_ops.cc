@@ -29,9 +29,12 @@ absl::Status ForwardShape(InferenceContext* c, const char* op, bool resource) {
     TF_RETURN_IF_ERROR(MergeNamed(c, op, inputs, 1, "inputs", weights, 1, "weights", &unused));
     TF_RETURN_IF_ERROR(MergeNamed(c, op, weights, 0, "weights", biases, 0, "biases", &unused));
   }
-  DimensionHandle batch;
-  TF_RETURN_IF_ERROR(MergeNamed(c, op, inputs, 0, "inputs", indices, 0, "indices", &batch));
-  c->set_output(0, c->Matrix(batch, c->Dim(indices, 1)));
+  // indices is [batch, active], or [1, active]: one active set for the whole batch.
+  const DimensionHandle indices_batch = c->Dim(indices, 0);
+  if (!c->ValueKnown(indices_batch) || c->Value(indices_batch) != 1) {
+    TF_RETURN_IF_ERROR(MergeNamed(c, op, inputs, 0, "inputs", indices, 0, "indices", &unused));
+  }
+  c->set_output(0, c->Matrix(c->Dim(inputs, 0), c->Dim(indices, 1)));
   c->set_output(1, c->Vector(c->UnknownDim()));
   c->set_output(2, c->Vector(c->UnknownDim()));
   c->set_output(3, c->Vector(c->UnknownDim()));
@@ -39,10 +42,11 @@ absl::Status ForwardShape(InferenceContext* c, const char* op, bool resource) {
 }
 
 absl::Status GradShape(InferenceContext* c, const char* op, bool resource) {
-  ShapeHandle inputs, rows, grad_output;
+  ShapeHandle inputs, rows, grad_output, indices;
   TF_RETURN_IF_ERROR(WithRankNamed(c, op, 0, "inputs", 2, &inputs));
   TF_RETURN_IF_ERROR(WithRankNamed(c, op, 2, "rows", 1, &rows));
   TF_RETURN_IF_ERROR(WithRankNamed(c, op, 5, "grad_output", 2, &grad_output));
+  TF_RETURN_IF_ERROR(WithRankNamed(c, op, 6, "indices", 2, &indices));
   DimensionHandle dim = c->Dim(inputs, 1);
   if (!resource) {
     ShapeHandle weights;
@@ -69,7 +73,8 @@ REGISTER_OP("SparseGatherMatmul")
     .SetShapeFn([](InferenceContext* c) { return ForwardShape(c, "SparseGatherMatmul", false); })
     .Doc(R"doc(
 out[b, k] = dot(inputs[b], weights[indices[b, k]]) + biases[indices[b, k]]; index -1 gives 0.
-Also outputs the grouping of `indices` by neuron, for the gradient.
+indices [1, K] is one active set for every example. Also outputs the grouping of `indices` by
+neuron, for the gradient.
 )doc");
 
 REGISTER_OP("SparseGatherMatmulGrad")
@@ -79,13 +84,15 @@ REGISTER_OP("SparseGatherMatmulGrad")
     .Input("row_splits: int32")
     .Input("positions: int32")
     .Input("grad_output: float")
+    .Input("indices: int32")
     .Output("grad_inputs: float")
     .Output("grad_weight_rows: float")
     .Output("grad_bias_rows: float")
     .SetShapeFn([](InferenceContext* c) { return GradShape(c, "SparseGatherMatmulGrad", false); })
     .Doc(R"doc(
-Gradient of SparseGatherMatmul, from its grouping of the indices: dense grad_inputs, and one
-row of weight and bias gradients per distinct neuron (`rows`, sorted).
+Gradient of SparseGatherMatmul, from its grouping of the indices (and the indices, whose shape
+tells a shared active set): dense grad_inputs, and one row of weight and bias gradients per
+distinct neuron (`rows`, sorted).
 )doc");
 
 // The same ops reading weights and biases from resource variables in place (no copy, even in
@@ -111,6 +118,7 @@ REGISTER_OP("ResourceSparseGatherMatmulGrad")
     .Input("row_splits: int32")
     .Input("positions: int32")
     .Input("grad_output: float")
+    .Input("indices: int32")
     .Output("grad_inputs: float")
     .Output("grad_weight_rows: float")
     .Output("grad_bias_rows: float")
