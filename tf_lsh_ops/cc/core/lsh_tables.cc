@@ -7,6 +7,7 @@
 
 #include "tf_lsh_ops/cc/core/id_map.h"
 #include "tf_lsh_ops/cc/core/random.h"
+#include "tf_lsh_ops/cc/core/sparse_gather_matmul.h"
 
 namespace tf_lsh {
 namespace {
@@ -75,7 +76,7 @@ class ActiveSetSelector {
             bad_table_id_ = slots[s];  // tables are user-assignable variables
             continue;
           }
-          if (!Add(slots[s], /*chosen=*/false)) ++candidates_[*slot_of_.Find(slots[s])].count;
+          AddOrCount(slots[s]);
         }
       }
     }
@@ -122,6 +123,17 @@ class ActiveSetSelector {
   int32_t bad_table_id() const { return bad_table_id_; }
 
  private:
+  // Adds `id` as a candidate found in one table, or counts one more table for it: one probe.
+  void AddOrCount(int32_t id) {
+    const int32_t slot = static_cast<int32_t>(candidates_.size());
+    const int32_t found = slot_of_.FindOrInsert(id, slot);
+    if (found == slot) {
+      candidates_.push_back({id, 1, false});
+    } else {
+      ++candidates_[found].count;
+    }
+  }
+
   // Returns true if `id` is new.
   bool Add(int32_t id, bool chosen) {
     const int32_t slot = static_cast<int32_t>(candidates_.size());
@@ -207,6 +219,96 @@ int64_t FindInvalidCode(const int32_t* codes, int64_t count, int64_t num_buckets
   return -1;
 }
 
+namespace {
+
+// The batch-wide active set: what ActiveSetSelector::Select over the whole batch gives, counted
+// by sorting instead of hashing. A batch scans up to batch * num_tables * capacity slots (262k
+// on the Amazon-670K shape) holding ~10^5 distinct ids; one hash-map probe per slot misses the
+// cache every time, while a parallel radix sort of the scanned ids (GroupRows) streams. Returns
+// an id outside [0, num_neurons) met in a bucket, or 0.
+int32_t SelectBatchWide(const TableShape& shape, int64_t batch, const int32_t* codes,
+                        const int32_t* ids, const int32_t* counts, const int32_t* labels,
+                        int64_t num_labels, const QueryOptions& options, int32_t* active,
+                        const ParallelFor& parallel_for) {
+  IdMap chosen(options.k);
+  int64_t size = 0;
+  const auto choose = [&](int32_t id) {
+    if (chosen.Find(id) != nullptr) return;
+    chosen.FindOrInsert(id, 0);
+    active[size++] = id;
+  };
+  for (int64_t i = 0; i < batch * num_labels; ++i) {
+    if (labels[i] >= 0) choose(labels[i]);
+  }
+
+  // Every stored slot of every example's buckets, in scan order (row, table, slot).
+  std::vector<int64_t> scanned_before(batch + 1, 0);
+  for (int64_t r = 0; r < batch; ++r) {
+    int64_t stored = 0;
+    for (int64_t l = 0; l < shape.num_tables; ++l) {
+      const int64_t bucket = l * shape.num_buckets + codes[r * shape.num_tables + l];
+      stored += std::clamp<int64_t>(counts[bucket], 0, shape.capacity);
+    }
+    scanned_before[r + 1] = scanned_before[r] + stored;
+  }
+  std::vector<int32_t> scanned(scanned_before[batch]);
+  std::atomic<int32_t> bad_table_id{0};
+  parallel_for(batch, shape.num_tables * shape.capacity, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      int32_t* out = scanned.data() + scanned_before[r];
+      for (int64_t l = 0; l < shape.num_tables; ++l) {
+        const int64_t bucket = l * shape.num_buckets + codes[r * shape.num_tables + l];
+        const int32_t* slots = ids + bucket * shape.capacity;
+        const int64_t stored = std::clamp<int64_t>(counts[bucket], 0, shape.capacity);
+        for (int64_t s = 0; s < stored; ++s) {
+          const bool valid = slots[s] >= 0 && slots[s] < options.num_neurons;
+          if (!valid) bad_table_id = slots[s];  // tables are user-assignable variables
+          *out++ = valid ? slots[s] : -1;       // -1 is skipped by the grouping
+        }
+      }
+    }
+  });
+
+  // Candidates: distinct ids with the number of slots holding them and their first scan
+  // position (GroupRows keeps positions increasing within an id).
+  const ActiveRows groups(scanned.data(), static_cast<int64_t>(scanned.size()), parallel_for);
+  struct Candidate {
+    int32_t id;
+    int32_t count;
+    int32_t first_found;
+  };
+  std::vector<Candidate> pool;
+  pool.reserve(groups.size());
+  for (int64_t g = 0; g < groups.size(); ++g) {
+    const int32_t count = groups.offsets()[g + 1] - groups.offsets()[g];
+    if (options.rule == QueryRule::kThreshold && count < options.min_count) continue;
+    if (chosen.Find(groups.ids()[g]) != nullptr) continue;
+    pool.push_back({groups.ids()[g], count, groups.positions()[groups.offsets()[g]]});
+  }
+  const int64_t take = std::min<int64_t>(options.k - size, pool.size());
+  const auto first_found = [](const Candidate& a, const Candidate& b) {
+    return a.first_found < b.first_found;
+  };
+  if (options.rule == QueryRule::kUnion) {
+    std::partial_sort(pool.begin(), pool.begin() + take, pool.end(), first_found);
+  } else {
+    // Most tables first; ties go to the id found first.
+    std::partial_sort(pool.begin(), pool.begin() + take, pool.end(),
+                      [&](const Candidate& a, const Candidate& b) {
+                        return a.count != b.count ? a.count > b.count : first_found(a, b);
+                      });
+  }
+  for (int64_t i = 0; i < take; ++i) choose(pool[i].id);
+  if (options.fill_random) {
+    Random random(options.seed, /*stream=*/0);
+    while (size < options.k) choose(static_cast<int32_t>(random.Uniform(options.num_neurons)));
+  }
+  std::fill(active + size, active + options.k, -1);
+  return bad_table_id;
+}
+
+}  // namespace
+
 std::string QueryTables(const TableShape& shape, int64_t batch, const int32_t* codes,
                         const int32_t* ids, const int32_t* counts, const int32_t* labels,
                         int64_t num_labels, const QueryOptions& options, int32_t* active,
@@ -225,7 +327,12 @@ std::string QueryTables(const TableShape& shape, int64_t batch, const int32_t* c
       }
     }
   }
-  if (options.batch_wide) {
+  if (options.batch_wide && batch * per_row <= ActiveRows::kMaxPositions) {
+    const int32_t bad_table_id = SelectBatchWide(shape, batch, codes, ids, counts, labels,
+                                                 num_labels, options, active, parallel_for);
+    return bad_table_id ? BadTableIdError(bad_table_id, options.num_neurons) : "";
+  }
+  if (options.batch_wide) {  // too many slots for a 32-bit grouping: hash them
     ActiveSetSelector selector(shape, ids, counts, options, batch * per_row + options.k);
     selector.Select(0, batch, codes, labels, num_labels, /*stream=*/0, active);
     return selector.bad_table_id() ? BadTableIdError(selector.bad_table_id(), options.num_neurons)
