@@ -2,12 +2,7 @@
 
 import tensorflow as tf
 
-
-def label_mask(ids, labels):
-    """`[batch, k]` booleans: whether `ids[b, j]` is one of example b's labels (-1 padded)."""
-    labels = tf.cast(labels, ids.dtype)
-    hit = (ids[:, :, None] == labels[:, None, :]) & (labels[:, None, :] >= 0)
-    return tf.reduce_any(hit, axis=-1) & (ids >= 0)
+import tf_lsh_ops
 
 
 def active_softmax_cross_entropy(ids, logits, labels):
@@ -15,7 +10,8 @@ def active_softmax_cross_entropy(ids, logits, labels):
 
     The target spreads probability 1 evenly over the labels in the active set (multi-label),
     the softmax runs over the active units only (padding ids -1 excluded), and examples with
-    no label in their set add nothing.
+    no label in their set add nothing. A fused C++ op (`tf_lsh_ops.active_softmax_cross_entropy`)
+    computes the loss and its gradient in one pass.
 
     Args:
       ids: int32 `[batch, k]`, the active units (`LSHDense.active_outputs`).
@@ -25,15 +21,7 @@ def active_softmax_cross_entropy(ids, logits, labels):
     Returns:
       A float32 scalar.
     """
-    is_label = tf.cast(label_mask(ids, labels), logits.dtype)
-    logits = tf.where(ids >= 0, logits, tf.fill(tf.shape(logits), logits.dtype.min))
-    num_labels = tf.reduce_sum(is_label, axis=1)
-    per_example = -tf.reduce_sum(is_label * tf.nn.log_softmax(logits), axis=1)
-    has_label = num_labels > 0
-    per_example = tf.where(has_label, per_example / tf.maximum(num_labels, 1.0), 0.0)
-    return tf.reduce_sum(per_example) / tf.maximum(
-        tf.reduce_sum(tf.cast(has_label, logits.dtype)), 1.0
-    )
+    return tf_lsh_ops.active_softmax_cross_entropy(ids, logits, labels)
 
 
 def dense_softmax_cross_entropy(logits, labels):

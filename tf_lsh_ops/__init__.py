@@ -16,12 +16,14 @@ from tf_lsh_ops.lsh import (
     query_tables,
     update_tables,
 )
+from tf_lsh_ops.softmax_cross_entropy import active_softmax_cross_entropy
 from tf_lsh_ops.sparse_adam import sparse_adam_apply
 from tf_lsh_ops.sparse_gather_matmul import sparse_gather_matmul, sparse_input_gather_matmul
 
 __all__ = [
     "HASH_FAMILIES",
     "LIBRARY_PATH",
+    "active_softmax_cross_entropy",
     "OVERFLOW_POLICIES",
     "QUERY_RULES",
     "bucket_bits",

@@ -1,0 +1,118 @@
+"""Tests of the fused active-set softmax cross-entropy against a pure TensorFlow reference."""
+
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+try:
+    import tf_lsh_ops  # noqa: E402
+except ModuleNotFoundError:  # Not installed: use the source tree this file belongs to.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import tf_lsh_ops  # noqa: E402
+
+import keras_layers  # noqa: E402
+
+loss_op = tf_lsh_ops.active_softmax_cross_entropy
+
+
+def reference_loss(ids, logits, labels):
+    """The loss composed of TensorFlow ops (what the fused op replaced)."""
+    labels = tf.cast(labels, ids.dtype)
+    hit = (ids[:, :, None] == labels[:, None, :]) & (labels[:, None, :] >= 0)
+    is_label = tf.cast(tf.reduce_any(hit, axis=-1) & (ids >= 0), logits.dtype)
+    logits = tf.where(ids >= 0, logits, tf.fill(tf.shape(logits), logits.dtype.min))
+    num_labels = tf.reduce_sum(is_label, axis=1)
+    per_example = -tf.reduce_sum(is_label * tf.nn.log_softmax(logits), axis=1)
+    has_label = num_labels > 0
+    per_example = tf.where(has_label, per_example / tf.maximum(num_labels, 1.0), 0.0)
+    return tf.reduce_sum(per_example) / tf.maximum(
+        tf.reduce_sum(tf.cast(has_label, logits.dtype)), 1.0
+    )
+
+
+def random_case(seed, batch=7, active=11, num_labels=3, num_units=15):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(-1, num_units, (batch, active)).astype(np.int32)
+    labels = rng.integers(-1, num_units, (batch, num_labels)).astype(np.int32)
+    labels[0, :2] = ids[0, 3]  # a repeated label that is in the set
+    labels[1] = -1  # no label at all
+    ids[2, :] = -1  # nothing active
+    logits = (rng.standard_normal((batch, active)) * 3).astype(np.float32)
+    return tf.constant(ids), tf.constant(logits), tf.constant(labels)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_loss_and_gradient_match_the_tensorflow_reference(seed):
+    ids, logits, labels = random_case(seed)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(logits)
+        got = loss_op(ids, logits, labels)
+        want = reference_loss(ids, logits, labels)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        tape.gradient(got, logits), tape.gradient(want, logits), rtol=1e-4, atol=1e-6
+    )
+
+
+def test_gradient_matches_numerical_and_scales_with_upstream():
+    ids, logits, labels = random_case(9, batch=3, active=5)
+    theoretical, numerical = tf.test.compute_gradient(
+        lambda logits: 3.0 * loss_op(ids, logits, labels), [logits], delta=1e-2
+    )
+    np.testing.assert_allclose(theoretical[0], numerical[0], atol=2e-3)
+
+
+def test_keras_loss_uses_the_op_in_graphs_and_accepts_int64_labels():
+    ids, logits, labels = random_case(3)
+    fn = tf.function(keras_layers.active_softmax_cross_entropy)
+    np.testing.assert_allclose(
+        fn(ids, logits, tf.cast(labels, tf.int64)), reference_loss(ids, logits, labels), rtol=1e-5
+    )
+
+
+def test_all_units_active_equals_the_full_softmax_loss():
+    rng = np.random.default_rng(0)
+    logits = tf.constant(rng.standard_normal((4, 6)), tf.float32)
+    labels = tf.constant([[1, -1], [0, 5], [2, 2], [-1, -1]], tf.int32)
+    ids = tf.tile(tf.range(6)[None], [4, 1])
+    np.testing.assert_allclose(
+        loss_op(ids, logits, labels),
+        keras_layers.dense_softmax_cross_entropy(logits, labels),
+        rtol=1e-5,
+    )
+
+
+def test_no_labels_anywhere_gives_zero_loss_and_gradient():
+    ids = tf.constant([[1, 2]], tf.int32)
+    logits = tf.constant([[0.5, 1.0]])
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        loss = loss_op(ids, logits, tf.constant([[7]], tf.int32))
+    assert float(loss) == 0.0
+    np.testing.assert_array_equal(tape.gradient(loss, logits), [[0.0, 0.0]])
+
+
+@pytest.mark.parametrize(
+    "ids, logits, labels, message",
+    [
+        ([[1, 2]], [[0.0, 0.0, 0.0]], [[1]], "dimension 1 of ids"),
+        ([[1, 2]], [[0.0, 0.0]], [[1], [2]], "dimension 0 of ids"),
+        ([1, 2], [0.0, 0.0], [[1]], "ids must have rank 2"),
+    ],
+)
+def test_bad_shapes_name_the_op_and_arguments(ids, logits, labels, message):
+    with pytest.raises(
+        (tf.errors.InvalidArgumentError, ValueError), match=f"ActiveSoftmaxCrossEntropy.*{message}"
+    ):
+        loss_op(ids, logits, labels)
+
+
+def test_wrong_dtype_is_named():
+    with pytest.raises(tf.errors.InvalidArgumentError, match="ActiveSoftmaxCrossEntropy: logits"):
+        loss_op([[1]], tf.constant([[1.0]], tf.float64), [[1]])
