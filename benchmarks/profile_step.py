@@ -59,6 +59,9 @@ def main(argv=None):
     parser.add_argument("--active", type=int, default=3000)
     parser.add_argument("--batch-wide", action="store_true", help="one active set per batch")
     parser.add_argument("--threads", type=int, default=None, help="TF intra/inter-op threads")
+    parser.add_argument(
+        "--no-fuse", action="store_true", help="apply SparseAdam after the gradient, unfused"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -69,6 +72,7 @@ def main(argv=None):
     model = extreme_classification.build_lsh_model(
         num_features, num_labels, args.active, batch_wide=args.batch_wide
     )
+    model.fuse_output_update = not args.no_fuse
     optimizer = keras_layers.SparseAdam(1e-3)
     model.compile(optimizer=optimizer)
     optimizer.build(model.trainable_variables)

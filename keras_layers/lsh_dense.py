@@ -355,11 +355,25 @@ class LSHDense(keras.layers.Layer):
         Padding ids (-1) have value 0. Gradients of `values` reach the weights as
         `tf.IndexedSlices` over the active rows.
         """
+        ids, values, _ = self._active_outputs(inputs, labels, grouped=False)
+        return ids, values
+
+    def _active_outputs(self, inputs, labels, grouped):
+        """`active_outputs`, and with `grouped` (dense inputs) what a training step that fuses
+        the backward pass with the optimizer needs: `(outputs before the activation, the ids
+        given to the op, its grouping)`; else None."""
         ids = self.active_ids(inputs, labels)
         sparse = isinstance(inputs, tf.SparseTensor)
+        fused = None
         if not sparse:
             # A batch-wide set stays [1, k]: the op then multiplies dense blocks.
-            values = tf_lsh_ops.sparse_gather_matmul(inputs, self.kernel, self.bias, ids)
+            if grouped:
+                values, grouping = tf_lsh_ops.sparse_gather_matmul_grouped(
+                    inputs, self.kernel, self.bias, ids
+                )
+                fused = (values, ids, grouping)
+            else:
+                values = tf_lsh_ops.sparse_gather_matmul(inputs, self.kernel, self.bias, ids)
         if self.batch_wide:
             batch = inputs.dense_shape[0] if sparse else tf.shape(inputs, out_type=tf.int64)[0]
             ids = tf.tile(ids, tf.stack([batch, 1]))
@@ -367,7 +381,7 @@ class LSHDense(keras.layers.Layer):
             values = tf_lsh_ops.sparse_input_gather_matmul(inputs, self.kernel, self.bias, ids)
         if self.activation is not None and self.activation is not activations.linear:
             values = tf.where(ids >= 0, self.activation(values), 0.0)
-        return ids, values
+        return ids, values, fused
 
     def call(self, inputs, training=None):
         if not training and self.inference == "dense":

@@ -3,10 +3,12 @@
 import keras
 import tensorflow as tf
 
+import tf_lsh_ops
 from keras_layers.distributed import DistributedFitMixin, scale_loss
 from keras_layers.losses import active_softmax_cross_entropy, dense_softmax_cross_entropy
 from keras_layers.lsh_dense import LSHDense
 from keras_layers.metrics import LSHRecall
+from keras_layers.optimizers import SparseAdam
 
 
 @keras.saving.register_keras_serializable(package="tf_lsh")
@@ -28,7 +30,12 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
       first, then the units its buckets share most, as Mongoose): a step touches `active` rows
       of the output layer instead of up to `batch * active`, which makes the gradient and the
       optimizer update several times cheaper (35 ms against 94 ms a step on the Amazon-670K
-      shape with 3,000 active, benchmarks/README.md) at the same or better P@1.
+      shape with 3,000 active, benchmarks/README.md) at the same or better P@1. With
+      per-example sets and `SparseAdam` (and no gradient clipping, EMA, loss scaling, extra
+      losses or `tf.distribute` strategy), the head's backward pass and its Adam update run
+      as one fused op (`tf_lsh_ops.sparse_gather_matmul_adam`): the same update, bit for bit,
+      without writing ~10^5 gradient rows out and reading them back;
+      `fuse_output_update=False` turns that off.
     - Prediction: `predict` gives the head's outputs (`[batch, units]` logits when dense);
       `predict_top_k(x, k)` gives `(ids, scores)` without `[batch, units]` in LSH mode.
 
@@ -37,6 +44,8 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
       head: the `LSHDense` output layer.
       top_k: how many top ids evaluation hands to the metrics (>= the largest P@k).
       lsh_recall_k: if set, track `LSHRecall(lsh_recall_k)` during evaluation.
+      fuse_output_update: fuse the head's backward pass with its `SparseAdam` update when
+        possible (see above).
       **kwargs: `keras.Model` arguments (`name`, ...).
 
     Example:
@@ -47,7 +56,7 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
     >>> model.fit(x, labels, epochs=2)  # doctest: +SKIP
     """
 
-    def __init__(self, body, head, top_k=5, lsh_recall_k=None, **kwargs):
+    def __init__(self, body, head, top_k=5, lsh_recall_k=None, fuse_output_update=True, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(head, LSHDense):
             raise ValueError(f"LSHClassifier: head must be an LSHDense, got {type(head).__name__}")
@@ -55,6 +64,7 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
         self.head = head
         self.top_k = top_k
         self.lsh_recall_k = lsh_recall_k
+        self.fuse_output_update = fuse_output_update
         self.lsh_recall = LSHRecall(lsh_recall_k) if lsh_recall_k else None
 
     def call(self, inputs, training=None):
@@ -87,24 +97,84 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
     def train_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         labels = self._labels(y)
-        with tf.GradientTape() as tape:
-            features = self._features(x, training=True)
-            ids, logits = self.head.active_outputs(features, labels=labels)
+        fuse = self._may_fuse_output_update()
+        with tf.GradientTape(persistent=fuse) as tape:
+            features = self._features(x, training=True)  # builds body and head
+            fuse = fuse and self._can_fuse_this_step(features)
+            ids, logits, fused = self.head._active_outputs(features, labels, grouped=fuse)
             loss = active_softmax_cross_entropy(ids, logits, labels)
             if self.losses:
                 loss = loss + tf.add_n(self.losses)
             # Under tf.distribute, gradients are summed over replicas: scale to the global mean.
             scaled_loss = scale_loss(loss)
         self.head.step.assign_add(1)
-        variables = self.trainable_variables
-        gradients = tape.gradient(scaled_loss, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        if fuse:
+            self._apply_fused(tape, scaled_loss, features, fused)
+        else:
+            variables = self.trainable_variables
+            gradients = tape.gradient(scaled_loss, variables)
+            self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        del tape
         self._loss_tracker.update_state(loss, sample_weight=tf.shape(labels)[0])
         # Training metrics rank the active set only (labels included): optimistic, but free.
         logs = self.compute_metrics(x, labels, _top_ids(ids, logits, self.top_k))
         if self.lsh_recall is not None:  # only evaluation measures it: not a training 0.0
             logs.pop(self.lsh_recall.name, None)
         return logs
+
+    def _may_fuse_output_update(self):
+        """Whether the head's backward pass may apply its SparseAdam update itself."""
+        head = self.head
+        return (
+            self.fuse_output_update
+            and isinstance(self.optimizer, SparseAdam)
+            and self.optimizer.can_fuse()
+            and head.use_bias
+            and not head.batch_wide  # its gradient rows are few: fusing saves nothing there
+            and head.kernel_regularizer is None
+            and head.bias_regularizer is None
+            and head.kernel_constraint is None
+            and head.bias_constraint is None
+            and not tf.distribute.has_strategy()  # replicas all-reduce gradients first
+        )
+
+    def _can_fuse_this_step(self, features):
+        """What can be known once the body ran: dense features, no extra losses (their
+        gradients would need the whole tape), and body variables (whose update counts the
+        optimizer's step)."""
+        return (
+            not isinstance(features, tf.SparseTensor)
+            and not self.losses
+            and bool(self._body_variables())
+        )
+
+    def _body_variables(self):
+        head = self.head
+        return [v for v in self.trainable_variables if v is not head.kernel and v is not head.bias]
+
+    def _apply_fused(self, tape, scaled_loss, features, fused):
+        """The head's backward pass fused with its Adam update, then the body's gradients."""
+        head, optimizer = self.head, self.optimizer
+        outputs, op_ids, grouping = fused
+        if not optimizer.built:  # apply_gradients would build it over every variable
+            optimizer.build(self.trainable_variables)
+        grad_features = tf_lsh_ops.sparse_gather_matmul_adam(
+            features,
+            head.kernel,
+            head.bias,
+            op_ids,
+            grouping,
+            tape.gradient(scaled_loss, outputs),
+            optimizer.moments(head.kernel) + optimizer.moments(head.bias),
+            learning_rate=optimizer.learning_rate,
+            beta_1=optimizer.beta_1,
+            beta_2=optimizer.beta_2,
+            epsilon=optimizer.epsilon,
+            step=optimizer.iterations + 1,  # read before apply_gradients counts this step
+        )
+        body = self._body_variables()
+        gradients = tape.gradient(features, body, output_gradients=grad_features)
+        optimizer.apply_gradients(zip(gradients, body, strict=True))
 
     def test_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -150,6 +220,7 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
             "head": keras.saving.serialize_keras_object(self.head),
             "top_k": self.top_k,
             "lsh_recall_k": self.lsh_recall_k,
+            "fuse_output_update": self.fuse_output_update,
         }
 
     @classmethod

@@ -71,6 +71,29 @@ class SparseAdam(keras.optimizers.Adam):
             step=self.iterations + 1,
         )
 
+    def moments(self, variable):
+        """The `(m, v)` moment variables Adam keeps for `variable` (a tf.Variable each)."""
+        index = self._get_variable_index(variable)
+        return _tf_variable(self._momentums[index]), _tf_variable(self._velocities[index])
+
+    def can_fuse(self):
+        """Whether a training step may apply this optimizer inside a fused backward pass.
+
+        `LSHClassifier` then updates its output layer with `tf_lsh_ops.sparse_gather_matmul_adam`
+        (the same lazy Adam, bit for bit). Not with gradient clipping, EMA, gradient
+        accumulation or loss scaling (they need the gradients first), nor for a subclass that
+        changes `update_step`.
+        """
+        return (
+            type(self).update_step is SparseAdam.update_step
+            and self.clipnorm is None
+            and self.clipvalue is None
+            and self.global_clipnorm is None
+            and not self.use_ema
+            and not self.gradient_accumulation_steps
+            and self.loss_scale_factor is None
+        )
+
     def get_config(self):
         config = super().get_config()
         config.pop("amsgrad", None)

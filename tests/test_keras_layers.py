@@ -493,6 +493,66 @@ def test_sparse_adam_rejects_amsgrad():
         SparseAdam(amsgrad=True)
 
 
+def test_fused_output_update_equals_the_unfused_step_bit_for_bit(multilabel):
+    """The head's backward pass fused with SparseAdam gives the weights and moments (and the
+    body's) of the plain gradient + apply_gradients path, exactly."""
+    (x, labels), _ = multilabel
+    calls = []
+    real = tf_lsh_ops.sparse_gather_matmul_adam
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    models = []
+    for fuse in (False, True):
+        keras.utils.set_random_seed(0)
+        body = keras.Sequential([keras.Input((32,)), keras.layers.Dense(16, activation="relu")])
+        head = LSHDense(NUM_LABELS, active=20, num_tables=4, seed=5)
+        model = LSHClassifier(body, head, fuse_output_update=fuse)
+        model.compile(optimizer=SparseAdam(3e-3))
+        tf_lsh_ops.sparse_gather_matmul_adam = counting
+        try:
+            model.fit(x[:640], labels[:640], batch_size=64, epochs=2, verbose=0, shuffle=False)
+        finally:
+            tf_lsh_ops.sparse_gather_matmul_adam = real
+        assert bool(calls) == fuse  # traced into the step only when fusing
+        models.append(model)
+    plain, fused = models
+    assert int(fused.optimizer.iterations) == int(plain.optimizer.iterations) == 20
+    for a, b in zip(
+        plain.weights + plain.optimizer.variables,
+        fused.weights + fused.optimizer.variables,
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+def test_fusion_stays_off_where_it_would_change_training():
+    body = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+    for optimizer, kwargs in [
+        (SparseAdam(1e-3, clipnorm=1.0), {}),
+        (keras.optimizers.SGD(0.1), {}),
+        (SparseAdam(1e-3), {"fuse_output_update": False}),
+    ]:
+        model = LSHClassifier(body, LSHDense(50, active=5), **kwargs)
+        model.compile(optimizer=optimizer)
+        assert not model._may_fuse_output_update()
+    for head in [
+        LSHDense(50, active=5, kernel_regularizer="l2"),
+        LSHDense(50, active=5, batch_wide=True),
+    ]:
+        model = LSHClassifier(body, head)
+        model.compile(optimizer=SparseAdam(1e-3))
+        assert not model._may_fuse_output_update()
+    model = LSHClassifier(body, LSHDense(50, active=5))
+    model.compile(optimizer=SparseAdam(1e-3))
+    assert model._may_fuse_output_update()
+    model.build((None, 8))
+    assert model._can_fuse_this_step(tf.zeros([2, 8]))
+    assert not model._can_fuse_this_step(tf.sparse.from_dense(tf.zeros([2, 8])))
+
+
 @pytest.mark.parametrize(
     "make_optimizer",
     [lambda: keras.optimizers.SGD(0.1), lambda: SparseAdam(0.01)],

@@ -796,3 +796,59 @@ def test_shared_active_set_shapes_and_errors():
     assert fn(x, tf.zeros([1, 5], tf.int32)).shape == (3, 5)
     with pytest.raises(tf.errors.InvalidArgumentError, match=f"{OP}: .*indices.*must be 1"):
         sparse_gather_matmul(x, w, b, tf.zeros([2, 5], tf.int32))
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["per_example", "shared"])
+def test_fused_backward_adam_equals_gradient_then_sparse_adam_bit_for_bit(shared):
+    rng = np.random.default_rng(6)
+    batch, dim, num_neurons, active = 6, 20, 40, 9
+    x = tf.constant(rng.standard_normal((batch, dim), dtype=np.float32))
+    idx = tf.constant(rng.integers(-1, num_neurons, (1 if shared else batch, active), np.int32))
+    upstream = tf.constant(rng.standard_normal((batch, active), dtype=np.float32))
+    init = [
+        rng.standard_normal((num_neurons, dim), dtype=np.float32),
+        rng.standard_normal(num_neurons, dtype=np.float32),
+        rng.standard_normal((num_neurons, dim), dtype=np.float32) * 0.1,
+        rng.random((num_neurons, dim), dtype=np.float32) * 0.1,
+        rng.standard_normal(num_neurons, dtype=np.float32) * 0.1,
+        rng.random(num_neurons, dtype=np.float32) * 0.1,
+    ]
+    hyper = dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=4)
+    plain = [tf.Variable(v) for v in init]
+    w, b, wm, wv, bm, bv = plain
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = sparse_gather_matmul(x, w, b, idx)
+    dx, dw, db = tape.gradient(out, [x, w, b], output_gradients=upstream)
+    tf_lsh_ops.sparse_adam_apply(w, wm, wv, dw, **hyper)
+    tf_lsh_ops.sparse_adam_apply(b, bm, bv, db, **hyper)
+
+    fused = [tf.Variable(v) for v in init]
+    w, b, *moments = fused
+    fused_out, grouping = tf_lsh_ops.sparse_gather_matmul_grouped(x, w, b, idx)
+    np.testing.assert_array_equal(fused_out, out)
+    fused_dx = tf_lsh_ops.sparse_gather_matmul_adam(
+        x, w, b, idx, grouping, upstream, moments, **hyper
+    )
+    np.testing.assert_array_equal(fused_dx, dx)
+    for a, c in zip(plain, fused, strict=True):
+        np.testing.assert_array_equal(a.numpy(), c.numpy())
+
+
+def test_fused_backward_adam_checks_its_inputs():
+    w, b = tf.Variable(tf.ones([4, 3])), tf.Variable(tf.ones([4]))
+    moments = [tf.Variable(tf.zeros([4, 3])), tf.Variable(tf.zeros([4, 2]))]
+    moments += [tf.Variable(tf.zeros([4])), tf.Variable(tf.zeros([4]))]
+    x, idx = tf.ones([2, 3]), tf.constant([[0, 1], [2, -1]])
+    _, grouping = tf_lsh_ops.sparse_gather_matmul_grouped(x, w, b, idx)
+    hyper = dict(learning_rate=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="GradAdam: weights_v has shape"):
+        tf_lsh_ops.sparse_gather_matmul_adam(
+            x, w, b, idx, grouping, tf.ones([2, 2]), moments, **hyper
+        )
+    bad_grouping = (grouping[0], grouping[1], grouping[2] + 50)
+    moments[1] = tf.Variable(tf.zeros([4, 3]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="grouping from the forward op"):
+        tf_lsh_ops.sparse_gather_matmul_adam(
+            x, w, b, idx, bad_grouping, tf.ones([2, 2]), moments, **hyper
+        )

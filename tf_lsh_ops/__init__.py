@@ -18,7 +18,12 @@ from tf_lsh_ops.lsh import (
 )
 from tf_lsh_ops.softmax_cross_entropy import active_softmax_cross_entropy
 from tf_lsh_ops.sparse_adam import sparse_adam_apply
-from tf_lsh_ops.sparse_gather_matmul import sparse_gather_matmul, sparse_input_gather_matmul
+from tf_lsh_ops.sparse_gather_matmul import (
+    sparse_gather_matmul,
+    sparse_gather_matmul_adam,
+    sparse_gather_matmul_grouped,
+    sparse_input_gather_matmul,
+)
 
 __all__ = [
     "HASH_FAMILIES",
@@ -33,6 +38,8 @@ __all__ = [
     "query_tables",
     "sparse_adam_apply",
     "sparse_gather_matmul",
+    "sparse_gather_matmul_adam",
+    "sparse_gather_matmul_grouped",
     "sparse_input_gather_matmul",
     "update_tables",
 ]

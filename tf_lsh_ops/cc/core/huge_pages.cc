@@ -1,8 +1,9 @@
 #include "tf_lsh_ops/cc/core/huge_pages.h"
 
-#include <array>
 #include <cstdlib>
 #include <mutex>
+#include <set>
+#include <utility>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -25,11 +26,12 @@ bool Enabled() {
   return enabled;
 }
 
-// The buffers advised last: a layer has a weight matrix and two Adam moments.
+// Every buffer advised so far. A collapse copies the range, so it must happen once per buffer,
+// not once per step; buffers this large are few (at most memory / kHugePageMinBytes). A new
+// buffer at a freed one's address and size is not advised again: it then keeps 4 KB pages.
 struct Advised {
   std::mutex mu;
-  std::array<std::pair<const void*, int64_t>, 8> buffers{};
-  size_t next = 0;
+  std::set<std::pair<const void*, int64_t>> buffers;
 };
 
 Advised& Recent() {
@@ -45,11 +47,7 @@ bool AdviseHugePages(const void* data, int64_t bytes) {
   Advised& advised = Recent();
   {
     std::lock_guard<std::mutex> lock(advised.mu);
-    for (const auto& buffer : advised.buffers) {
-      if (buffer.first == data && buffer.second == bytes) return false;
-    }
-    advised.buffers[advised.next] = {data, bytes};
-    advised.next = (advised.next + 1) % advised.buffers.size();
+    if (!advised.buffers.insert({data, bytes}).second) return false;
   }
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHugePage - 1) & ~(kHugePage - 1);
   const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHugePage - 1);

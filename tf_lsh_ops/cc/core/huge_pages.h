@@ -20,8 +20,7 @@ namespace tf_lsh {
 constexpr int64_t kHugePageMinBytes = int64_t{64} << 20;
 
 // Asks for huge pages over the whole 2 MB pages inside [data, data + bytes), once per buffer
-// (a few recent buffers are remembered; calls for them return at once). Thread-safe; returns
-// true if this call advised the range.
+// (later calls for it return at once). Thread-safe; returns true if this call advised it.
 bool AdviseHugePages(const void* data, int64_t bytes);
 
 }  // namespace tf_lsh

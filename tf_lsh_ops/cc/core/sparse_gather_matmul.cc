@@ -294,34 +294,51 @@ inline void ForwardRows(const GatherMatmulArgs& args, const float* biases, float
   }
 }
 
-// Rows [begin, end): their gradient rows, and their part of grad_inputs added to `dx`.
+// Rows [begin, end): their part of grad_inputs added to `dx`, and their gradient rows, written
+// to grad_weight_rows / grad_bias_rows or, with `adam`, applied to the variables at once.
 template <typename Kernels>
 inline void BackwardRows(const GatherMatmulArgs& args, const float* grad_out, float* dx,
-                         float* grad_weight_rows, float* grad_bias_rows, int64_t begin,
-                         int64_t end) {
+                         float* grad_weight_rows, float* grad_bias_rows, const AdamTarget* adam,
+                         int64_t begin, int64_t end) {
   const int64_t dim = args.shape.dim;
   const RowGroups& rows = args.rows;
   const bool stream = rows.num_rows * dim * int64_t{sizeof(float)} > kStreamingBytes;
+  std::vector<float> row_gradient(adam != nullptr ? dim : 0);  // stays in L1
   for (int64_t r = begin; r < end; ++r) {
     PrefetchAhead</*kWritesPerPosition=*/false>(args.weights, dim, rows, grad_out, r, end);
+    if (adam != nullptr && r + kFarPrefetch < end) {  // the moments are scattered too
+      const int64_t ahead = int64_t{rows.ids[r + kFarPrefetch]} * dim;
+      PrefetchRow(adam->weights.m + ahead, dim, false);
+      PrefetchRow(adam->weights.v + ahead, dim, false);
+    }
     const int32_t* positions = rows.positions + rows.offsets[r];
     const int64_t count = rows.offsets[r + 1] - rows.offsets[r];
-    // grad_weight_rows[r] = sum of grad_out[pos] * inputs[example of pos].
+    // The weight gradient: sum of grad_out[pos] * inputs[example of pos].
+    float* dw = adam != nullptr ? row_gradient.data() : grad_weight_rows + r * dim;
     Kernels::WeightedSum(
         dim, count,
         [&](int64_t j, float* weight, const float** vector) {
           *weight = grad_out[positions[j]];
           *vector = args.inputs + args.example_of(positions[j]) * dim;
         },
-        stream, grad_weight_rows + r * dim);
-    const float* w = args.weights + int64_t{rows.ids[r]} * dim;
+        stream && adam == nullptr, dw);
+    const int64_t id = rows.ids[r];
+    const float* w = args.weights + id * dim;
     float db = 0.f;
     for (int64_t j = 0; j < count; ++j) {
       const float g = grad_out[positions[j]];
-      Kernels::Axpy(g, w, dx + args.example_of(positions[j]) * dim, dim);
-      db += g;
+      Kernels::Axpy(g, w, dx + args.example_of(positions[j]) * dim, dim);  // weights before
+      db += g;                                                             // the update
     }
-    grad_bias_rows[r] = db;
+    if (adam == nullptr) {
+      grad_bias_rows[r] = db;
+      continue;
+    }
+    const AdamHyperparameters& h = adam->hyper;
+    AdamUpdate(h.alpha, h.beta1, h.beta2, h.epsilon, dw, adam->weights.var + id * dim,
+               adam->weights.m + id * dim, adam->weights.v + id * dim, dim);
+    AdamUpdate(h.alpha, h.beta1, h.beta2, h.epsilon, &db, adam->biases.var + id,
+               adam->biases.m + id, adam->biases.v + id, 1);
   }
   Kernels::FinishStores();
 }
@@ -336,10 +353,52 @@ __attribute__((target("avx2,fma"), flatten)) void ForwardRowsAvx2(const GatherMa
 
 __attribute__((target("avx2,fma"), flatten)) void BackwardRowsAvx2(
     const GatherMatmulArgs& args, const float* grad_out, float* dx, float* grad_weight_rows,
-    float* grad_bias_rows, int64_t begin, int64_t end) {
-  BackwardRows<Avx2Kernels>(args, grad_out, dx, grad_weight_rows, grad_bias_rows, begin, end);
+    float* grad_bias_rows, const AdamTarget* adam, int64_t begin, int64_t end) {
+  BackwardRows<Avx2Kernels>(args, grad_out, dx, grad_weight_rows, grad_bias_rows, adam, begin,
+                            end);
 }
 #endif
+
+// The backward pass over row blocks with per-block grad_inputs accumulators (see the header).
+void Backward(const GatherMatmulShape& shape, const float* inputs, const float* weights,
+              const float* grad_out, const RowGroups& rows, float* grad_inputs,
+              float* grad_weight_rows, float* grad_bias_rows, const AdamTarget* adam,
+              const ParallelFor& parallel_for) {
+  const GatherMatmulArgs args{shape, inputs, weights, rows,
+                              Divider(std::max<int64_t>(shape.active, 1))};
+  const int64_t dim = shape.dim, num_rows = rows.num_rows;
+  const int64_t accumulator_bytes = std::max<int64_t>(shape.batch * dim * sizeof(float), 1);
+  const int64_t blocks = std::max<int64_t>(
+      1, std::min({kBackwardBlocks, num_rows, kAccumulatorBytes / accumulator_bytes}));
+  // Each block owns a grad_inputs accumulator; one pass over its rows reads every weight row
+  // once and writes every gradient row once.
+  std::vector<float> partial_grad_inputs(blocks * shape.batch * dim, 0.f);
+  const int64_t cost = int64_t{rows.offsets[num_rows]} * 4 * dim / blocks + 1;
+  parallel_for(blocks, cost, [&](int64_t block_begin, int64_t block_end) {
+    for (int64_t block = block_begin; block < block_end; ++block) {
+      float* dx = partial_grad_inputs.data() + block * shape.batch * dim;
+      const int64_t begin = num_rows * block / blocks, end = num_rows * (block + 1) / blocks;
+#ifdef TF_LSH_X86
+      if (UsesAvx2()) {
+        BackwardRowsAvx2(args, grad_out, dx, grad_weight_rows, grad_bias_rows, adam, begin, end);
+        continue;
+      }
+#endif
+      BackwardRows<PortableKernels>(args, grad_out, dx, grad_weight_rows, grad_bias_rows, adam,
+                                    begin, end);
+    }
+  });
+  // grad_inputs = sum of the block accumulators, in block order.
+  parallel_for(shape.batch, blocks * dim, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      float* dx = grad_inputs + b * dim;
+      std::memset(dx, 0, dim * sizeof(float));
+      for (int64_t block = 0; block < blocks; ++block) {
+        Axpy(1.f, partial_grad_inputs.data() + (block * shape.batch + b) * dim, dx, dim);
+      }
+    }
+  });
+}
 
 }  // namespace
 
@@ -365,40 +424,16 @@ void SparseGatherMatmulBackward(const GatherMatmulShape& shape, const float* inp
                                 const RowGroups& rows, float* grad_inputs,
                                 float* grad_weight_rows, float* grad_bias_rows,
                                 const ParallelFor& parallel_for) {
-  const GatherMatmulArgs args{shape, inputs, weights, rows,
-                              Divider(std::max<int64_t>(shape.active, 1))};
-  const int64_t dim = shape.dim, num_rows = rows.num_rows;
-  const int64_t accumulator_bytes = std::max<int64_t>(shape.batch * dim * sizeof(float), 1);
-  const int64_t blocks = std::max<int64_t>(
-      1, std::min({kBackwardBlocks, num_rows, kAccumulatorBytes / accumulator_bytes}));
-  // Each block owns a grad_inputs accumulator; one pass over its rows reads every weight row
-  // once and writes every gradient row once.
-  std::vector<float> partial_grad_inputs(blocks * shape.batch * dim, 0.f);
-  const int64_t cost = int64_t{rows.offsets[num_rows]} * 4 * dim / blocks + 1;
-  parallel_for(blocks, cost, [&](int64_t block_begin, int64_t block_end) {
-    for (int64_t block = block_begin; block < block_end; ++block) {
-      float* dx = partial_grad_inputs.data() + block * shape.batch * dim;
-      const int64_t begin = num_rows * block / blocks, end = num_rows * (block + 1) / blocks;
-#ifdef TF_LSH_X86
-      if (UsesAvx2()) {
-        BackwardRowsAvx2(args, grad_out, dx, grad_weight_rows, grad_bias_rows, begin, end);
-        continue;
-      }
-#endif
-      BackwardRows<PortableKernels>(args, grad_out, dx, grad_weight_rows, grad_bias_rows, begin,
-                                    end);
-    }
-  });
-  // grad_inputs = sum of the block accumulators, in block order.
-  parallel_for(shape.batch, blocks * dim, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      float* dx = grad_inputs + b * dim;
-      std::memset(dx, 0, dim * sizeof(float));
-      for (int64_t block = 0; block < blocks; ++block) {
-        Axpy(1.f, partial_grad_inputs.data() + (block * shape.batch + b) * dim, dx, dim);
-      }
-    }
-  });
+  Backward(shape, inputs, weights, grad_out, rows, grad_inputs, grad_weight_rows,
+           grad_bias_rows, /*adam=*/nullptr, parallel_for);
+}
+
+void SparseGatherMatmulBackwardAdam(const GatherMatmulShape& shape, const float* inputs,
+                                    const float* grad_out, const RowGroups& rows,
+                                    const AdamTarget& adam, float* grad_inputs,
+                                    const ParallelFor& parallel_for) {
+  Backward(shape, inputs, adam.weights.var, grad_out, rows, grad_inputs,
+           /*grad_weight_rows=*/nullptr, /*grad_bias_rows=*/nullptr, &adam, parallel_for);
 }
 
 namespace {

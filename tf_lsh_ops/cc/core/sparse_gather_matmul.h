@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "tf_lsh_ops/cc/core/parallel.h"
+#include "tf_lsh_ops/cc/core/sparse_adam.h"
 
 namespace tf_lsh {
 
@@ -105,6 +106,30 @@ void SparseGatherMatmulBackward(const GatherMatmulShape& shape, const float* inp
                                 const RowGroups& rows, float* grad_inputs,
                                 float* grad_weight_rows, float* grad_bias_rows,
                                 const ParallelFor& parallel_for);
+
+// A variable and its two Adam moments, of one shape.
+struct AdamState {
+  float* var;
+  float* m;
+  float* v;
+};
+
+// Lazy Adam (sparse_adam.h) on a layer's weights [num_neurons, dim] and biases [num_neurons].
+struct AdamTarget {
+  AdamHyperparameters hyper;
+  AdamState weights;
+  AdamState biases;
+};
+
+// SparseGatherMatmulBackward fused with the lazy Adam update of the rows it touches: each
+// row's gradient goes from L1 straight into the update of the weights, biases and moments,
+// instead of being written out and read back by the optimizer. grad_inputs uses the weights
+// before the update. The same result, bit for bit, as SparseGatherMatmulBackward followed by
+// SparseAdamApply on its (sorted, distinct) rows; deterministic for any thread count.
+void SparseGatherMatmulBackwardAdam(const GatherMatmulShape& shape, const float* inputs,
+                                    const float* grad_out, const RowGroups& rows,
+                                    const AdamTarget& adam, float* grad_inputs,
+                                    const ParallelFor& parallel_for);
 
 // The same product when the whole batch shares one active set (Mongoose-style batch-wide
 // selection): `ids` [active] replaces indices[b, :] for every b. The rows are gathered once

@@ -201,10 +201,53 @@ void TestSharedMatchesPerExample() {
   }
 }
 
+// The fused backward + Adam gives, bit for bit, the backward followed by SparseAdamApply.
+void TestBackwardAdamEqualsBackwardThenAdam() {
+  std::mt19937 rng(13);
+  std::normal_distribution<float> normal;
+  const GatherMatmulShape shape{5, 37, 30, 9};
+  std::uniform_int_distribution<int32_t> neuron(-1, shape.num_neurons - 1);
+  std::vector<float> x(shape.batch * shape.dim), g(shape.batch * shape.active);
+  for (auto& v : x) v = normal(rng);
+  for (auto& v : g) v = normal(rng);
+  std::vector<int32_t> ids(shape.batch * shape.active);
+  for (auto& v : ids) v = neuron(rng);
+  // Two copies of weights, biases and moments (moments start non-zero, as after some steps).
+  std::vector<float> state[2][6];
+  const int64_t sizes[6] = {shape.num_neurons * shape.dim, shape.num_neurons * shape.dim,
+                            shape.num_neurons * shape.dim, shape.num_neurons,
+                            shape.num_neurons,           shape.num_neurons};
+  for (int i = 0; i < 6; ++i) {
+    state[0][i].resize(sizes[i]);
+    for (auto& v : state[0][i]) v = i == 2 || i == 5 ? std::abs(normal(rng)) : normal(rng);
+    state[1][i] = state[0][i];
+  }
+  const AdamHyperparameters hyper{0.01f, 0.9f, 0.999f, 1e-7f};
+  const ActiveRows rows(ids.data(), ids.size());
+
+  std::vector<float> dx(shape.batch * shape.dim), dw(rows.size() * shape.dim), db(rows.size());
+  SparseGatherMatmulBackward(shape, x.data(), state[0][0].data(), g.data(), rows.view(),
+                             dx.data(), dw.data(), db.data(), SerialFor());
+  SparseAdamApply(hyper, shape.dim, rows.ids().data(), dw.data(), rows.size(),
+                  state[0][0].data(), state[0][1].data(), state[0][2].data(), SerialFor());
+  SparseAdamApply(hyper, 1, rows.ids().data(), db.data(), rows.size(), state[0][3].data(),
+                  state[0][4].data(), state[0][5].data(), SerialFor());
+
+  std::vector<float> fused_dx(dx.size());
+  const AdamTarget adam{hyper,
+                        {state[1][0].data(), state[1][1].data(), state[1][2].data()},
+                        {state[1][3].data(), state[1][4].data(), state[1][5].data()}};
+  SparseGatherMatmulBackwardAdam(shape, x.data(), g.data(), rows.view(), adam, fused_dx.data(),
+                                 ReversedShards());
+  CHECK_TRUE(fused_dx == dx);
+  for (int i = 0; i < 6; ++i) CHECK_TRUE(state[1][i] == state[0][i]);
+}
+
 }  // namespace
 }  // namespace tf_lsh
 
 int main() {
+  tf_lsh::TestBackwardAdamEqualsBackwardThenAdam();
   tf_lsh::TestSharedMatchesPerExample();
   tf_lsh::TestExampleFromHeader();
   tf_lsh::TestAgainstLoops();

@@ -2,7 +2,9 @@
 #include <string>
 
 #include "tensorflow/core/framework/op_kernel.h"
+#include "tf_lsh_ops/cc/core/sparse_adam.h"
 #include "tf_lsh_ops/cc/core/sparse_gather_matmul.h"
+#include "tf_lsh_ops/cc/kernels/adam_inputs.h"
 #include "tf_lsh_ops/cc/kernels/input_checks.h"
 #include "tf_lsh_ops/cc/kernels/thread_pool.h"
 #include "tf_lsh_ops/cc/kernels/variable_access.h"
@@ -177,6 +179,92 @@ class SparseGatherMatmulGradOp : public OpKernel {
   }
 };
 
+class SparseGatherMatmulGradAdamOp : public OpKernel {
+ public:
+  explicit SparseGatherMatmulGradAdamOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    constexpr char kOp[] = "ResourceSparseGatherMatmulGradAdam";
+    AdamHyperparameters hyper;
+    OP_REQUIRES_OK(ctx, ReadAdamInputs(ctx, kOp, 12, &hyper));
+    UpdatableVariables vars;
+    OP_REQUIRES_OK(ctx, vars.Init(ctx, kOp,
+                                  {{"weights", 1}, {"biases", 2}, {"weights_m", 3},
+                                   {"weights_v", 4}, {"biases_m", 5}, {"biases_v", 6}}));
+    const Tensor& inputs = ctx->input(0);
+    const Tensor& weights = *vars.tensor(0);
+    const Tensor& biases = *vars.tensor(1);
+    const Tensor& rows = ctx->input(7);
+    const Tensor& row_splits = ctx->input(8);
+    const Tensor& positions = ctx->input(9);
+    const Tensor& grad_output = ctx->input(10);
+    const Tensor& indices = ctx->input(11);
+    OP_REQUIRES_OK(ctx, CheckRank(kOp, "inputs", inputs, 2));
+    OP_REQUIRES_OK(ctx, CheckRank(kOp, "weights", weights, 2));
+    OP_REQUIRES_OK(ctx, CheckRank(kOp, "biases", biases, 1));
+    OP_REQUIRES_OK(ctx, CheckRank(kOp, "grad_output", grad_output, 2));
+    OP_REQUIRES_OK(ctx, CheckRank(kOp, "indices", indices, 2));
+    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "inputs", inputs, 1, "weights", weights, 1));
+    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "weights", weights, 0, "biases", biases, 0));
+    const char* moments[4] = {"weights_m", "weights_v", "biases_m", "biases_v"};
+    for (int i = 0; i < 4; ++i) {
+      const Tensor& owner = i < 2 ? weights : biases;
+      OP_REQUIRES(ctx, vars.tensor(2 + i)->shape() == owner.shape(),
+                  absl::InvalidArgumentError(absl::StrCat(
+                      kOp, ": ", moments[i], " has shape ",
+                      vars.tensor(2 + i)->shape().DebugString(), "; it must match ",
+                      i < 2 ? "weights" : "biases", ", ", owner.shape().DebugString())));
+    }
+    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "grad_output", grad_output, 0, "inputs", inputs, 0));
+    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "grad_output", grad_output, 1, "indices", indices, 1));
+    OP_REQUIRES_OK(ctx, CheckIndicesBatch(kOp, inputs, indices));
+    OP_REQUIRES(ctx, row_splits.dims() == 1 && rows.dims() == 1 && positions.dims() == 1 &&
+                         row_splits.NumElements() == rows.NumElements() + 1,
+                absl::InvalidArgumentError(absl::StrCat(
+                    kOp, ": rows, row_splits and positions must be vectors with one row split "
+                    "more than rows; got shapes ", rows.shape().DebugString(), ", ",
+                    row_splits.shape().DebugString(), " and ", positions.shape().DebugString())));
+    const RowGroups groups{rows.flat<int32_t>().data(), row_splits.flat<int32_t>().data(),
+                           positions.flat<int32_t>().data(), rows.NumElements()};
+    const std::string error = CheckRowGroups(groups, positions.NumElements(),
+                                             weights.dim_size(0), indices.NumElements());
+    OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError(absl::StrCat(
+                                        kOp, ": the grouping from the forward op is invalid: ",
+                                        error)));
+
+    const GatherMatmulShape shape{inputs.dim_size(0), inputs.dim_size(1), weights.dim_size(0),
+                                  grad_output.dim_size(1)};
+    Tensor* grad_inputs = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, inputs.shape(), &grad_inputs));
+    const AdamTarget adam{hyper,
+                          {vars.data(0), vars.data(2), vars.data(3)},
+                          {vars.data(1), vars.data(4), vars.data(5)}};
+    if (!SharedIndices(inputs, indices)) {
+      SparseGatherMatmulBackwardAdam(shape, inputs.flat<float>().data(),
+                                     grad_output.flat<float>().data(), groups, adam,
+                                     grad_inputs->flat<float>().data(), TfParallelFor(ctx));
+      return;
+    }
+    // A shared set touches few rows: its gradient rows go through a small buffer.
+    Tensor grad_weight_rows, grad_bias_rows;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT,
+                                           TensorShape({groups.num_rows, shape.dim}),
+                                           &grad_weight_rows));
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({groups.num_rows}),
+                                           &grad_bias_rows));
+    SharedGatherMatmulBackward(shape, inputs.flat<float>().data(), adam.weights.var,
+                               grad_output.flat<float>().data(), indices.flat<int32_t>().data(),
+                               groups, grad_inputs->flat<float>().data(),
+                               grad_weight_rows.flat<float>().data(),
+                               grad_bias_rows.flat<float>().data(), TfParallelFor(ctx));
+    SparseAdamApply(hyper, shape.dim, groups.ids, grad_weight_rows.flat<float>().data(),
+                    groups.num_rows, adam.weights.var, adam.weights.m, adam.weights.v,
+                    TfParallelFor(ctx));
+    SparseAdamApply(hyper, 1, groups.ids, grad_bias_rows.flat<float>().data(), groups.num_rows,
+                    adam.biases.var, adam.biases.m, adam.biases.v, TfParallelFor(ctx));
+  }
+};
+
 REGISTER_KERNEL_BUILDER(Name("SparseGatherMatmul").Device(tensorflow::DEVICE_CPU),
                         SparseGatherMatmulOp);
 REGISTER_KERNEL_BUILDER(Name("SparseGatherMatmulGrad").Device(tensorflow::DEVICE_CPU),
@@ -185,5 +273,8 @@ REGISTER_KERNEL_BUILDER(Name("ResourceSparseGatherMatmul").Device(tensorflow::DE
                         SparseGatherMatmulOp);
 REGISTER_KERNEL_BUILDER(Name("ResourceSparseGatherMatmulGrad").Device(tensorflow::DEVICE_CPU),
                         SparseGatherMatmulGradOp);
+REGISTER_KERNEL_BUILDER(
+    Name("ResourceSparseGatherMatmulGradAdam").Device(tensorflow::DEVICE_CPU),
+    SparseGatherMatmulGradAdamOp);
 
 }  // namespace tf_lsh

@@ -7,7 +7,10 @@
 #ifndef TF_LSH_OPS_CC_KERNELS_VARIABLE_ACCESS_H_
 #define TF_LSH_OPS_CC_KERNELS_VARIABLE_ACCESS_H_
 
+#include <algorithm>
+#include <cstring>
 #include <memory>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -49,6 +52,59 @@ class InputTensor {
   tensorflow::core::RefCountPtr<tensorflow::Var> var_;
   std::unique_ptr<tsl::tf_shared_lock> lock_;
   const tensorflow::Tensor* tensor_ = nullptr;
+};
+
+// Float32 resource variables held for an in-place update: exclusively locked (in address
+// order, so that concurrent updates cannot deadlock), each with a buffer of its own (a reader
+// such as a ReadVariableOp snapshot may still hold the old one: it gets a copy first, as
+// TensorFlow's own apply ops do, unless reads already copy), and large ones on huge pages.
+class UpdatableVariables {
+ public:
+  // `inputs`: (name for errors, input index) of each variable.
+  absl::Status Init(tensorflow::OpKernelContext* ctx, const char* op,
+                    const std::vector<std::pair<const char*, int>>& inputs) {
+    vars_.resize(inputs.size());
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      TF_RETURN_IF_ERROR(tensorflow::LookupResource(
+          ctx, tensorflow::HandleFromInput(ctx, inputs[i].second), &vars_[i]));
+    }
+    std::vector<tsl::mutex*> mutexes;
+    for (auto& var : vars_) mutexes.push_back(var->mu());
+    std::sort(mutexes.begin(), mutexes.end());
+    mutexes.erase(std::unique(mutexes.begin(), mutexes.end()), mutexes.end());
+    for (tsl::mutex* mu : mutexes) locks_.push_back(std::make_unique<tsl::mutex_lock>(*mu));
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      const tensorflow::Tensor& t = *vars_[i]->tensor();
+      if (!vars_[i]->is_initialized || t.dtype() != tensorflow::DT_FLOAT) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            op, ": ", inputs[i].first, " must be an initialized float32 variable"));
+      }
+    }
+    for (auto& var : vars_) {
+      TF_RETURN_IF_ERROR(PrepareForUpdate(ctx, var.get()));
+      tensorflow::Tensor* t = var->tensor();
+      AdviseHugePages(t->tensor_data().data(), t->TotalBytes());  // rows are scattered
+    }
+    return absl::OkStatus();
+  }
+
+  tensorflow::Tensor* tensor(int i) { return vars_[i]->tensor(); }
+  float* data(int i) { return tensor(i)->flat<float>().data(); }
+
+ private:
+  static absl::Status PrepareForUpdate(tensorflow::OpKernelContext* ctx, tensorflow::Var* var) {
+    tensorflow::Tensor* tensor = var->tensor();
+    if (tensor->RefCountIsOne() || var->copy_on_read_mode.load()) return absl::OkStatus();
+    tensorflow::Tensor copy;
+    TF_RETURN_IF_ERROR(ctx->allocate_temp(tensor->dtype(), tensor->shape(), &copy));
+    std::memcpy(copy.flat<float>().data(), tensor->flat<float>().data(),
+                tensor->NumElements() * sizeof(float));
+    *tensor = copy;
+    return absl::OkStatus();
+  }
+
+  std::vector<tensorflow::core::RefCountPtr<tensorflow::Var>> vars_;
+  std::vector<std::unique_ptr<tsl::mutex_lock>> locks_;
 };
 
 }  // namespace tf_lsh

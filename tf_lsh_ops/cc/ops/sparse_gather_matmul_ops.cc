@@ -127,4 +127,41 @@ REGISTER_OP("ResourceSparseGatherMatmulGrad")
     })
     .Doc("Gradient of ResourceSparseGatherMatmul.");
 
+// The gradient fused with the optimizer: lazy Adam on the touched rows of the variables and of
+// their moments, in place (core SparseGatherMatmulBackwardAdam). Only grad_inputs comes out.
+REGISTER_OP("ResourceSparseGatherMatmulGradAdam")
+    .Input("inputs: float")
+    .Input("weights: resource")
+    .Input("biases: resource")
+    .Input("weights_m: resource")
+    .Input("weights_v: resource")
+    .Input("biases_m: resource")
+    .Input("biases_v: resource")
+    .Input("rows: int32")
+    .Input("row_splits: int32")
+    .Input("positions: int32")
+    .Input("grad_output: float")
+    .Input("indices: int32")
+    .Input("lr: float")
+    .Input("beta1: float")
+    .Input("beta2: float")
+    .Input("epsilon: float")
+    .Input("beta1_power: float")
+    .Input("beta2_power: float")
+    .Output("grad_inputs: float")
+    .SetShapeFn([](InferenceContext* c) {
+      constexpr char kOp[] = "ResourceSparseGatherMatmulGradAdam";
+      ShapeHandle inputs, unused;
+      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 0, "inputs", 2, &inputs));
+      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 10, "grad_output", 2, &unused));
+      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 11, "indices", 2, &unused));
+      c->set_output(0, inputs);
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+ResourceSparseGatherMatmulGrad fused with lazy Adam: updates the touched rows of weights,
+biases and their moments in place and returns grad_inputs (computed with the weights before
+the update).
+)doc");
+
 }  // namespace tf_lsh
