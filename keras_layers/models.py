@@ -29,7 +29,7 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
     - Speed: with `LSHDense(..., batch_wide=True)` the batch shares one active set (its labels
       first, then the units its buckets share most, as Mongoose): a step touches `active` rows
       of the output layer instead of up to `batch * active`, which makes the gradient and the
-      optimizer update several times cheaper (35 ms against 94 ms a step on the Amazon-670K
+      optimizer update several times cheaper (29 ms against 76 ms a step on the Amazon-670K
       shape with 3,000 active, benchmarks/README.md) at the same or better P@1. With
       per-example sets and `SparseAdam` (and no gradient clipping, EMA, loss scaling, extra
       losses or `tf.distribute` strategy), the head's backward pass and its Adam update run

@@ -540,10 +540,13 @@ np.savez(sys.argv[2], out=out, dx=dx, dw_indices=dw.indices, dw_values=dw.values
 """
 
 
-def test_results_do_not_depend_on_thread_count(tmp_path):
+@pytest.mark.parametrize("shared", [False, True], ids=["per_example", "shared"])
+def test_results_do_not_depend_on_thread_count(tmp_path, shared):
     """Documented: the same bits whatever the number of threads (here: default vs one)."""
     batch, dim, num_neurons, active = 384, 45, 40, 24
     x, w, b, idx = make_case(12, batch, dim, num_neurons, active)
+    if shared:  # one active set for the batch: the blocked dense path
+        idx = idx[:1]
     grad_out = np.random.default_rng(12).standard_normal((batch, active)).astype(np.float32)
     np.savez(tmp_path / "in.npz", x=x, w=w, b=b, idx=idx, grad_out=grad_out)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
