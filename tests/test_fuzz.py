@@ -422,8 +422,8 @@ def fuzz_gather(rng):
             args["inputs"] = floats(rng, (batch, dim + int(rng.integers(1, 4))))
         elif mutation == "rows":
             args["biases"] = floats(rng, (num_neurons + int(rng.choice([-1, 1])),))
-        elif mutation == "batch":
-            args["indices"] = np.zeros((batch + 1, active), np.int32)
+        elif mutation == "batch":  # neither the batch nor 1 (a set shared by the batch)
+            args["indices"] = np.zeros((batch + 2 if batch == 0 else batch + 1, active), np.int32)
         elif mutation == "index":
             bad = [num_neurons, num_neurons + 7, -2, INT32_MIN, INT32_MAX]
             idx.reshape(-1)[rng.integers(idx.size)] = rng.choice(bad)
@@ -1091,6 +1091,96 @@ def fuzz_sparse_adam(rng):
     return None
 
 
+LOSS_MUTATIONS = ("ids-rank", "logits-shape", "labels-batch", "dtype")
+
+
+def fuzz_active_softmax(rng):
+    mutation = pick(rng, LOSS_MUTATIONS)
+    batch, active = int(rng.integers(0, 6)), int(rng.integers(0, 8))
+    num_labels = int(rng.integers(0, 4))
+    ids = rng.integers(-1, 30, (batch, active)).astype(np.int32)
+    labels = rng.integers(-1, 30, (batch, num_labels)).astype(np.int32)
+    logits = floats(rng, (batch, active), special_rate(rng) / 4)
+    if mutation == "ids-rank":
+        ids = wrong_rank(rng, ids)
+    elif mutation == "logits-shape":
+        logits = floats(rng, (batch + int(rng.integers(0, 2)), active + 1))
+    elif mutation == "labels-batch":
+        labels = rng.integers(-1, 30, (batch + 1, num_labels)).astype(np.int32)
+    elif mutation == "dtype":
+        logits = logits.astype(np.float64)
+    call = lambda: tf_lsh_ops.active_softmax_cross_entropy(ids, logits, labels)  # noqa: E731
+    if mutation is not None:
+        rejects(lambda: maybe_graph(rng, call))
+        return mutation
+    logits_t = tf.constant(logits)
+    with tf.GradientTape() as tape:
+        tape.watch(logits_t)
+        loss = tf_lsh_ops.active_softmax_cross_entropy(ids, logits_t, labels)
+    grad = tape.gradient(loss, logits_t).numpy()
+    assert loss.shape == () and grad.shape == logits.shape
+    if np.all(np.isfinite(logits)):
+        assert np.isfinite(float(loss)) and np.all(np.isfinite(grad))
+        assert np.all(grad[ids < 0] == 0)
+    return None
+
+
+GATHER_ADAM_MUTATIONS = ("moment-shape", "grouping", "grad-shape", "indices-batch")
+
+
+def fuzz_gather_adam(rng):
+    """The fused backward + Adam: bit for bit the unfused path when valid; rejected (variables
+    untouched) when not."""
+    mutation = pick(rng, GATHER_ADAM_MUTATIONS)
+    batch, dim = int(rng.integers(1, 6)), int(rng.integers(1, 20))
+    num_neurons, active = int(rng.integers(1, 30)), int(rng.integers(1, 8))
+    shared = rng.random() < 0.3
+    idx = rng.integers(-1, num_neurons, (1 if shared else batch, active)).astype(np.int32)
+    idx[0, 0] = 0  # a grouping with at least one row, to corrupt
+    x = floats(rng, (batch, dim))
+    grad = floats(rng, (batch, active))
+    state = [floats(rng, (num_neurons, dim)), floats(rng, (num_neurons,))]
+    state += [floats(rng, (num_neurons, dim)), rng.uniform(0, 1, (num_neurons, dim))]
+    state += [floats(rng, (num_neurons,)), rng.uniform(0, 1, (num_neurons,))]
+    state = [a.astype(np.float32) for a in state]
+    hyper = dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=3)
+    fused = [tf.Variable(a) for a in state]
+    w, b, *moments = fused
+    _, grouping = tf_lsh_ops.sparse_gather_matmul_grouped(x, w, b, idx)
+    grouping = [t.numpy() for t in grouping]
+    indices = idx
+    if mutation == "moment-shape":
+        i = int(rng.integers(4))
+        moments[i] = tf.Variable(
+            floats(rng, (num_neurons + 1, dim) if i < 2 else (num_neurons + 1,))
+        )
+    elif mutation == "grouping":
+        corrupt_grouping(rng, *grouping, num_neurons, idx.size)
+    elif mutation == "grad-shape":
+        grad = floats(rng, (batch, active + 1))
+    elif mutation == "indices-batch":
+        indices = rng.integers(0, num_neurons, (batch + 1, active)).astype(np.int32)
+    call = lambda: tf_lsh_ops.sparse_gather_matmul_adam(  # noqa: E731
+        x, w, b, indices, grouping, grad, moments, **hyper
+    )
+    if mutation is not None:
+        rejects(call, *fused)
+        return mutation
+    fused_dx = call().numpy()
+    plain = [tf.Variable(a) for a in state]
+    with tf.GradientTape() as tape:
+        x_t = tf.constant(x)
+        tape.watch(x_t)
+        out = tf_lsh_ops.sparse_gather_matmul(x_t, plain[0], plain[1], idx)
+    dx, dw, db = tape.gradient(out, [x_t, plain[0], plain[1]], output_gradients=grad)
+    tf_lsh_ops.sparse_adam_apply(plain[0], plain[2], plain[3], dw, **hyper)
+    tf_lsh_ops.sparse_adam_apply(plain[1], plain[4], plain[5], db, **hyper)
+    assert np.array_equal(fused_dx, dx.numpy(), equal_nan=True)
+    for a, c in zip(plain, fused, strict=True):
+        assert np.array_equal(a.numpy(), c.numpy(), equal_nan=True)
+    return None
+
+
 OPS = (
     ("sparse_gather_matmul", fuzz_gather, 3),
     ("hash_params", fuzz_hash_params, 1),
@@ -1099,6 +1189,8 @@ OPS = (
     ("update_tables", fuzz_update_tables, 1.5),
     ("query_tables", fuzz_query_tables, 2.5),
     ("sparse_adam_apply", fuzz_sparse_adam, 1.5),
+    ("active_softmax_cross_entropy", fuzz_active_softmax, 1),
+    ("sparse_gather_matmul_adam", fuzz_gather_adam, 1),
 )
 
 

@@ -799,6 +799,13 @@ def test_shared_active_set_shapes_and_errors():
     assert fn(x, tf.zeros([1, 5], tf.int32)).shape == (3, 5)
     with pytest.raises(tf.errors.InvalidArgumentError, match=f"{OP}: .*indices.*must be 1"):
         sparse_gather_matmul(x, w, b, tf.zeros([2, 5], tf.int32))
+    # An empty batch with a shared set: an empty output and gradient, no crash.
+    empty = tf.zeros([0, 4])
+    with tf.GradientTape() as tape:
+        tape.watch(empty)
+        out = sparse_gather_matmul(empty, w, b, tf.constant([[1, -1, 5]]))
+    assert out.shape == (0, 3)
+    assert tape.gradient(out, empty).shape == (0, 4)
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["per_example", "shared"])

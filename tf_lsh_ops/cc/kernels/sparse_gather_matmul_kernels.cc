@@ -49,9 +49,9 @@ absl::Status CheckIndicesBatch(const char* op, const Tensor& inputs, const Tenso
       inputs.shape().DebugString(), ")"));
 }
 
-// A [1, active] index matrix serves every example of a larger batch.
+// A [1, active] index matrix serves every example of a batch of any other size (0 included).
 bool SharedIndices(const Tensor& inputs, const Tensor& indices) {
-  return indices.dim_size(0) == 1 && inputs.dim_size(0) > 1;
+  return indices.dim_size(0) == 1 && inputs.dim_size(0) != 1;
 }
 
 }  // namespace
