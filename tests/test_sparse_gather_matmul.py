@@ -721,8 +721,10 @@ def _transparent_huge_pages_available():
 
 
 @pytest.mark.skipif(
-    not _transparent_huge_pages_available() or os.environ.get("TF_LSH_HUGE_PAGES") == "0",
-    reason="transparent huge pages are off",
+    not _transparent_huge_pages_available()
+    or os.environ.get("TF_LSH_HUGE_PAGES") == "0"
+    or "asan" in os.environ.get("LD_PRELOAD", ""),  # ASAN's allocator maps memory its own way
+    reason="transparent huge pages are off, or memory comes from a sanitizer's allocator",
 )
 def test_large_weight_variables_move_to_huge_pages_with_values_kept():
     rng = np.random.default_rng(0)
