@@ -166,11 +166,7 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
             grouping,
             tape.gradient(scaled_loss, outputs),
             optimizer.moments(head.kernel) + optimizer.moments(head.bias),
-            learning_rate=optimizer.learning_rate,
-            beta_1=optimizer.beta_1,
-            beta_2=optimizer.beta_2,
-            epsilon=optimizer.epsilon,
-            step=optimizer.iterations + 1,  # read before apply_gradients counts this step
+            **optimizer.step_hyperparameters(),  # read before apply_gradients counts the step
         )
         body = self._body_variables()
         gradients = tape.gradient(features, body, output_gradients=grad_features)

@@ -58,23 +58,29 @@ class SparseAdam(keras.optimizers.Adam):
     def update_step(self, gradient, variable, learning_rate):
         if not isinstance(gradient, tf.IndexedSlices) or variable.dtype != "float32":
             return super().update_step(gradient, variable, learning_rate)
-        index = self._get_variable_index(variable)
         tf_lsh_ops.sparse_adam_apply(
             _tf_variable(variable),
-            _tf_variable(self._momentums[index]),
-            _tf_variable(self._velocities[index]),
+            *self.moments(variable),
             gradient,
-            learning_rate=learning_rate,
-            beta_1=self.beta_1,
-            beta_2=self.beta_2,
-            epsilon=self.epsilon,
-            step=self.iterations + 1,
+            **self.step_hyperparameters(learning_rate),
         )
 
     def moments(self, variable):
         """The `(m, v)` moment variables Adam keeps for `variable` (a tf.Variable each)."""
         index = self._get_variable_index(variable)
         return _tf_variable(self._momentums[index]), _tf_variable(self._velocities[index])
+
+    def step_hyperparameters(self, learning_rate=None):
+        """The keyword arguments of `tf_lsh_ops.sparse_adam_apply` (and of the fused
+        `sparse_gather_matmul_adam`) for the step being applied; `learning_rate` defaults to
+        the current one."""
+        return dict(
+            learning_rate=self.learning_rate if learning_rate is None else learning_rate,
+            beta_1=self.beta_1,
+            beta_2=self.beta_2,
+            epsilon=self.epsilon,
+            step=self.iterations + 1,  # apply() counts the step after the updates
+        )
 
     def can_fuse(self):
         """Whether a training step may apply this optimizer inside a fused backward pass.
