@@ -864,3 +864,9 @@ def test_fused_backward_adam_checks_its_inputs():
         tf_lsh_ops.sparse_gather_matmul_adam(
             x, w, b, idx, bad_grouping, tf.ones([2, 2]), moments, **hyper
         )
+
+
+def test_grouped_form_needs_variables():
+    x, w, b = tf.ones([2, 3]), tf.ones([4, 3]), tf.ones([4])
+    with pytest.raises(ValueError, match=f"{OP}: the grouped form takes weights and biases"):
+        tf_lsh_ops.sparse_gather_matmul_grouped(x, w, b, tf.constant([[0, 1], [2, -1]]))

@@ -29,20 +29,28 @@ def sparse_adam_apply(
     Returns:
       The op (in graph mode), or None eagerly.
     """
-    step = tf.cast(step, tf.float32)
-    beta_1 = tf.cast(beta_1, tf.float32)
-    beta_2 = tf.cast(beta_2, tf.float32)
     return ops.sparse_adam_apply(
         variable.handle,
         m.handle,
         v.handle,
         gradient.indices,
         as_tensor(_OP, "gradient.values", gradient.values, tf.float32),
+        *adam_inputs(learning_rate, beta_1, beta_2, epsilon, step),
+        name=name,
+    )
+
+
+def adam_inputs(learning_rate, beta_1, beta_2, epsilon, step):
+    """The six float32 scalars the Adam ops take: lr, beta1, beta2, epsilon and the two
+    bias-correction powers beta1^step, beta2^step."""
+    step = tf.cast(step, tf.float32)
+    beta_1 = tf.cast(beta_1, tf.float32)
+    beta_2 = tf.cast(beta_2, tf.float32)
+    return (
         tf.cast(learning_rate, tf.float32),
         beta_1,
         beta_2,
         tf.cast(epsilon, tf.float32),
         tf.pow(beta_1, step),
         tf.pow(beta_2, step),
-        name=name,
     )

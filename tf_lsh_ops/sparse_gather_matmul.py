@@ -5,6 +5,7 @@ from tensorflow.python.ops import resource_variable_ops
 
 from tf_lsh_ops._checks import as_tensor, require_dtype
 from tf_lsh_ops._loader import ops
+from tf_lsh_ops.sparse_adam import adam_inputs
 
 _OP = "SparseGatherMatmul"
 
@@ -132,21 +133,13 @@ def sparse_gather_matmul_adam(
       float32 `[B, D]`, the gradient with respect to `inputs`.
     """
     handles = [_as_resource_variable(v).handle for v in (weights, biases, *tuple(moments))]
-    step = tf.cast(step, tf.float32)
-    beta_1 = tf.cast(beta_1, tf.float32)
-    beta_2 = tf.cast(beta_2, tf.float32)
     return ops.resource_sparse_gather_matmul_grad_adam(
         as_tensor(_OP, "inputs", inputs, tf.float32),
         *handles,
         *grouping,
         as_tensor(_OP, "grad_output", grad_output, tf.float32),
         as_tensor(_OP, "indices", indices, tf.int32),
-        tf.cast(learning_rate, tf.float32),
-        beta_1,
-        beta_2,
-        tf.cast(epsilon, tf.float32),
-        tf.pow(beta_1, step),
-        tf.pow(beta_2, step),
+        *adam_inputs(learning_rate, beta_1, beta_2, epsilon, step),
         name=name,
     )
 

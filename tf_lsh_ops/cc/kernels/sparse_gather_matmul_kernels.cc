@@ -54,6 +54,32 @@ bool SharedIndices(const Tensor& inputs, const Tensor& indices) {
   return indices.dim_size(0) == 1 && inputs.dim_size(0) != 1;
 }
 
+// The forward op's grouping (rows, row_splits, positions) at inputs `first` .. `first + 2`,
+// checked against the layer (num_neurons) and the index matrix (num_slots entries).
+absl::Status ReadGrouping(OpKernelContext* ctx, const char* op, int first, int64_t num_neurons,
+                          int64_t num_slots, RowGroups* groups) {
+  const Tensor& rows = ctx->input(first);
+  const Tensor& row_splits = ctx->input(first + 1);
+  const Tensor& positions = ctx->input(first + 2);
+  TF_RETURN_IF_ERROR(CheckRank(op, "rows", rows, 1));
+  TF_RETURN_IF_ERROR(CheckRank(op, "row_splits", row_splits, 1));
+  TF_RETURN_IF_ERROR(CheckRank(op, "positions", positions, 1));
+  if (row_splits.NumElements() != rows.NumElements() + 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": row_splits must have one entry more than rows; got shapes ",
+        row_splits.shape().DebugString(), " and ", rows.shape().DebugString()));
+  }
+  *groups = {rows.flat<int32_t>().data(), row_splits.flat<int32_t>().data(),
+             positions.flat<int32_t>().data(), rows.NumElements()};
+  const std::string error =
+      CheckRowGroups(*groups, positions.NumElements(), num_neurons, num_slots);
+  if (!error.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": the grouping from the forward op is invalid: ", error));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 // Serves SparseGatherMatmul (weights and biases as tensors) and ResourceSparseGatherMatmul
@@ -126,34 +152,20 @@ class SparseGatherMatmulGradOp : public OpKernel {
     OP_REQUIRES_OK(ctx, weights_input.Init(ctx, kOp, "weights", 1));
     const Tensor& inputs = ctx->input(0);
     const Tensor& weights = weights_input.tensor();
-    const Tensor& rows = ctx->input(2);
-    const Tensor& row_splits = ctx->input(3);
-    const Tensor& positions = ctx->input(4);
     const Tensor& grad_output = ctx->input(5);
     const Tensor& indices = ctx->input(6);
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "inputs", inputs, 2));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "indices", indices, 2));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "weights", weights, 2));
-    OP_REQUIRES_OK(ctx, CheckRank(kOp, "rows", rows, 1));
-    OP_REQUIRES_OK(ctx, CheckRank(kOp, "row_splits", row_splits, 1));
-    OP_REQUIRES_OK(ctx, CheckRank(kOp, "positions", positions, 1));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "grad_output", grad_output, 2));
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "inputs", inputs, 1, "weights", weights, 1));
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "grad_output", grad_output, 0, "inputs", inputs, 0));
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "grad_output", grad_output, 1, "indices", indices, 1));
     OP_REQUIRES_OK(ctx, CheckIndicesBatch(kOp, inputs, indices));
     const bool shared = SharedIndices(inputs, indices);
-    OP_REQUIRES(ctx, row_splits.NumElements() == rows.NumElements() + 1,
-                absl::InvalidArgumentError(absl::StrCat(
-                    kOp, ": row_splits must have one entry more than rows; got shapes ",
-                    row_splits.shape().DebugString(), " and ", rows.shape().DebugString())));
-    const RowGroups groups{rows.flat<int32_t>().data(), row_splits.flat<int32_t>().data(),
-                           positions.flat<int32_t>().data(), rows.NumElements()};
-    const std::string error = CheckRowGroups(groups, positions.NumElements(),
-                                             weights.dim_size(0), indices.NumElements());
-    OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError(absl::StrCat(
-                                        kOp, ": the grouping from the forward op is invalid: ",
-                                        error)));
+    RowGroups groups;
+    OP_REQUIRES_OK(ctx, ReadGrouping(ctx, kOp, 2, weights.dim_size(0), indices.NumElements(),
+                                     &groups));
 
     const GatherMatmulShape shape{inputs.dim_size(0), inputs.dim_size(1), weights.dim_size(0),
                                   grad_output.dim_size(1)};
@@ -194,9 +206,6 @@ class SparseGatherMatmulGradAdamOp : public OpKernel {
     const Tensor& inputs = ctx->input(0);
     const Tensor& weights = *vars.tensor(0);
     const Tensor& biases = *vars.tensor(1);
-    const Tensor& rows = ctx->input(7);
-    const Tensor& row_splits = ctx->input(8);
-    const Tensor& positions = ctx->input(9);
     const Tensor& grad_output = ctx->input(10);
     const Tensor& indices = ctx->input(11);
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "inputs", inputs, 2));
@@ -218,19 +227,9 @@ class SparseGatherMatmulGradAdamOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "grad_output", grad_output, 0, "inputs", inputs, 0));
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "grad_output", grad_output, 1, "indices", indices, 1));
     OP_REQUIRES_OK(ctx, CheckIndicesBatch(kOp, inputs, indices));
-    OP_REQUIRES(ctx, row_splits.dims() == 1 && rows.dims() == 1 && positions.dims() == 1 &&
-                         row_splits.NumElements() == rows.NumElements() + 1,
-                absl::InvalidArgumentError(absl::StrCat(
-                    kOp, ": rows, row_splits and positions must be vectors with one row split "
-                    "more than rows; got shapes ", rows.shape().DebugString(), ", ",
-                    row_splits.shape().DebugString(), " and ", positions.shape().DebugString())));
-    const RowGroups groups{rows.flat<int32_t>().data(), row_splits.flat<int32_t>().data(),
-                           positions.flat<int32_t>().data(), rows.NumElements()};
-    const std::string error = CheckRowGroups(groups, positions.NumElements(),
-                                             weights.dim_size(0), indices.NumElements());
-    OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError(absl::StrCat(
-                                        kOp, ": the grouping from the forward op is invalid: ",
-                                        error)));
+    RowGroups groups;
+    OP_REQUIRES_OK(ctx, ReadGrouping(ctx, kOp, 7, weights.dim_size(0), indices.NumElements(),
+                                     &groups));
 
     const GatherMatmulShape shape{inputs.dim_size(0), inputs.dim_size(1), weights.dim_size(0),
                                   grad_output.dim_size(1)};
