@@ -442,7 +442,34 @@ namespace {
 // rows (dim x 64 floats) and the inputs stay in L2 while the block is multiplied.
 constexpr int64_t kSharedBlock = 64;
 
+// grad_out is transposed in square tiles of this side, read and written a cache line at a time.
+constexpr int64_t kTransposeTile = 16;
+
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Scratch of n floats, not zeroed: every element is written before it is read.
+std::unique_ptr<float[]> Scratch(int64_t n) { return std::unique_ptr<float[]>(new float[n]); }
+
+// The rows weights[ids[k]] for k < active, padding (-1) as zeros: [active, dim]. The rows are
+// scattered over the whole matrix, so each is prefetched kFarPrefetch rows ahead.
+std::unique_ptr<float[]> GatherRows(const float* weights, int64_t dim, const int32_t* ids,
+                                    int64_t active, const ParallelFor& parallel_for) {
+  std::unique_ptr<float[]> selected = Scratch(active * dim);
+  parallel_for(active, 2 * dim, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      if (k + kFarPrefetch < active && ids[k + kFarPrefetch] >= 0) {  // maybe another shard's
+        PrefetchRow(weights + int64_t{ids[k + kFarPrefetch]} * dim, dim, /*near=*/false);
+      }
+      float* row = selected.get() + k * dim;
+      if (ids[k] >= 0) {
+        std::memcpy(row, weights + int64_t{ids[k]} * dim, dim * sizeof(float));
+      } else {
+        std::fill(row, row + dim, 0.f);
+      }
+    }
+  });
+  return selected;
+}
 
 }  // namespace
 
@@ -451,24 +478,29 @@ void SharedGatherMatmulForward(const GatherMatmulShape& shape, const float* inpu
                                float* out, const ParallelFor& parallel_for) {
   const int64_t dim = shape.dim, active = shape.active, batch = shape.batch;
   const int64_t blocks = CeilDiv(active, kSharedBlock);
-  parallel_for(blocks, batch * kSharedBlock * dim * 2, [&](int64_t begin, int64_t end) {
-    // The block's weight rows, transposed: panel[d * kSharedBlock + j] = weights[ids[j], d].
-    std::vector<float> panel(dim * kSharedBlock);
+  const std::unique_ptr<float[]> selected = GatherRows(weights, dim, ids, active, parallel_for);
+  // The biases ride along as one more depth row: inputs get a column of ones and each panel a
+  // row of biases, so that MatMul adds them (rounded once, as a separate addition would be).
+  const int64_t depth = dim + 1;
+  const std::unique_ptr<float[]> inputs_and_one = Scratch(batch * depth);
+  for (int64_t b = 0; b < batch; ++b) {
+    std::memcpy(inputs_and_one.get() + b * depth, inputs + b * dim, dim * sizeof(float));
+    inputs_and_one[b * depth + dim] = 1.f;
+  }
+  parallel_for(blocks, batch * kSharedBlock * depth * 2, [&](int64_t begin, int64_t end) {
+    // The block's rows, transposed: panel[d * kSharedBlock + j] = selected[first + j, d].
+    const std::unique_ptr<float[]> panel = Scratch(depth * kSharedBlock);
     for (int64_t block = begin; block < end; ++block) {
       const int64_t first = block * kSharedBlock;
       const int64_t width = std::min(kSharedBlock, active - first);
       for (int64_t j = 0; j < width; ++j) {
+        const float* row = selected.get() + (first + j) * dim;
+        for (int64_t d = 0; d < dim; ++d) panel[d * kSharedBlock + j] = row[d];
         const int32_t id = ids[first + j];
-        const float* row = weights + int64_t{std::max(id, 0)} * dim;
-        for (int64_t d = 0; d < dim; ++d) panel[d * kSharedBlock + j] = id >= 0 ? row[d] : 0.f;
+        panel[dim * kSharedBlock + j] = id >= 0 ? biases[id] : 0.f;
       }
-      MatMul(inputs, dim, panel.data(), kSharedBlock, out + first, active, batch, width, dim);
-      for (int64_t b = 0; b < batch; ++b) {
-        float* out_row = out + b * active + first;
-        for (int64_t j = 0; j < width; ++j) {
-          if (ids[first + j] >= 0) out_row[j] += biases[ids[first + j]];
-        }
-      }
+      MatMul(inputs_and_one.get(), depth, panel.get(), kSharedBlock, out + first, active,
+             batch, width, depth);
     }
   });
 }
@@ -480,60 +512,59 @@ void SharedGatherMatmulBackward(const GatherMatmulShape& shape, const float* inp
                                 const ParallelFor& parallel_for) {
   const int64_t dim = shape.dim, active = shape.active, batch = shape.batch;
   // grad_inputs = grad_out [batch, active] x (the active rows, padding as zeros) [active, dim].
-  std::vector<float> selected(active * dim);
-  parallel_for(active, dim, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      float* row = selected.data() + k * dim;
-      if (ids[k] >= 0) {
-        std::memcpy(row, weights + int64_t{ids[k]} * dim, dim * sizeof(float));
-      } else {
-        std::fill(row, row + dim, 0.f);
-      }
-    }
-  });
-  constexpr int64_t kRowsPerShard = 4;  // MatMul's register block
-  parallel_for(CeilDiv(batch, kRowsPerShard), kRowsPerShard * active * dim * 2,
+  const std::unique_ptr<float[]> selected = GatherRows(weights, dim, ids, active, parallel_for);
+  // Shards of 16 rows: each pass of MatMul over `selected` then serves 16 rows of grad_out.
+  constexpr int64_t kInputRowsPerShard = 16;
+  parallel_for(CeilDiv(batch, kInputRowsPerShard), kInputRowsPerShard * active * dim * 2,
                [&](int64_t begin, int64_t end) {
-                 const int64_t first = begin * kRowsPerShard;
-                 const int64_t count = std::min(end * kRowsPerShard, batch) - first;
-                 MatMul(grad_out + first * active, active, selected.data(), dim,
+                 const int64_t first = begin * kInputRowsPerShard;
+                 const int64_t count = std::min(end * kInputRowsPerShard, batch) - first;
+                 MatMul(grad_out + first * active, active, selected.get(), dim,
                         grad_inputs + first * dim, dim, count, dim, active);
                });
 
-  // Gradient rows, in grouping order: per position j (unit positions[j]), the column of
-  // grad_out times the inputs; positions of one neuron are then summed.
-  const int64_t num_positions = rows.offsets[rows.num_rows];
-  std::vector<float> columns(num_positions * batch);
-  parallel_for(num_positions, 2 * batch, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) {
-      for (int64_t b = 0; b < batch; ++b) {
-        columns[j * batch + b] = grad_out[b * active + rows.positions[j]];
-      }
-    }
-  });
-  const bool distinct = num_positions == rows.num_rows;
-  std::vector<float> per_position(distinct ? 0 : num_positions * dim);
-  float* position_rows = distinct ? grad_weight_rows : per_position.data();
-  parallel_for(CeilDiv(num_positions, kRowsPerShard), kRowsPerShard * batch * dim * 2,
+  // Per unit k: its column of grad_out (transposed in tiles, so that both sides are read and
+  // written by cache lines) times the inputs.
+  const std::unique_ptr<float[]> grad_out_t = Scratch(active * batch);
+  parallel_for(CeilDiv(active, kTransposeTile), 2 * kTransposeTile * batch,
+               [&](int64_t begin, int64_t end) {
+                 const int64_t k_end = std::min(end * kTransposeTile, active);
+                 for (int64_t b0 = 0; b0 < batch; b0 += kTransposeTile) {
+                   const int64_t b_end = std::min(b0 + kTransposeTile, batch);
+                   for (int64_t k0 = begin * kTransposeTile; k0 < k_end; k0 += kTransposeTile) {
+                     const int64_t k_last = std::min(k0 + kTransposeTile, k_end);
+                     for (int64_t b = b0; b < b_end; ++b) {
+                       for (int64_t k = k0; k < k_last; ++k) {
+                         grad_out_t[k * batch + b] = grad_out[b * active + k];
+                       }
+                     }
+                   }
+                 }
+               });
+  const std::unique_ptr<float[]> per_unit = Scratch(active * dim);
+  constexpr int64_t kRowsPerShard = 4;  // MatMul's register block
+  parallel_for(CeilDiv(active, kRowsPerShard), kRowsPerShard * batch * dim * 2,
                [&](int64_t begin, int64_t end) {
                  const int64_t first = begin * kRowsPerShard;
-                 const int64_t count = std::min(end * kRowsPerShard, num_positions) - first;
-                 MatMul(columns.data() + first * batch, batch, inputs, dim,
-                        position_rows + first * dim, dim, count, dim, batch);
+                 const int64_t count = std::min(end * kRowsPerShard, active) - first;
+                 MatMul(grad_out_t.get() + first * batch, batch, inputs, dim,
+                        per_unit.get() + first * dim, dim, count, dim, batch);
                });
-  parallel_for(rows.num_rows, 2 * dim, [&](int64_t begin, int64_t end) {
+  // Gradient rows, in grouping order: the sum over the positions of each neuron.
+  parallel_for(rows.num_rows, 2 * (dim + batch), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
+      float* dw = grad_weight_rows + r * dim;
       float db = 0.f;
       for (int32_t j = rows.offsets[r]; j < rows.offsets[r + 1]; ++j) {
-        for (int64_t b = 0; b < batch; ++b) db += columns[j * batch + b];
+        const int64_t k = rows.positions[j];
+        if (j == rows.offsets[r]) {
+          std::memcpy(dw, per_unit.get() + k * dim, dim * sizeof(float));
+        } else {
+          Axpy(1.f, per_unit.get() + k * dim, dw, dim);
+        }
+        for (int64_t b = 0; b < batch; ++b) db += grad_out_t[k * batch + b];
       }
       grad_bias_rows[r] = db;
-      if (distinct) continue;
-      float* dw = grad_weight_rows + r * dim;
-      std::memcpy(dw, position_rows + int64_t{rows.offsets[r]} * dim, dim * sizeof(float));
-      for (int32_t j = rows.offsets[r] + 1; j < rows.offsets[r + 1]; ++j) {
-        Axpy(1.f, position_rows + int64_t{j} * dim, dw, dim);
-      }
     }
   });
 }

@@ -85,6 +85,20 @@ int main(int argc, char** argv) {
   std::copy(w.begin(), w.end(), w_huge);
   const double rows_ms = MedianMs([&] { ActiveRows rows(ids.data(), ids.size(), parallel_for); });
   const ActiveRows rows(ids.data(), ids.size(), parallel_for);
+  // Grouping alone, into storage that is already allocated and touched (as the op's outputs
+  // usually are: TensorFlow's allocator reuses them from step to step).
+  std::vector<int32_t> group_ids(rows.size()), group_offsets(rows.size() + 1),
+      group_positions(ids.size());
+  const double group_ms = MedianMs([&] {
+    RowGroups groups;
+    GroupRows(
+        ids.data(), ids.size(),
+        [&](int64_t, int64_t, RowGroupStorage* storage) {
+          *storage = {group_ids.data(), group_offsets.data(), group_positions.data()};
+          return true;
+        },
+        parallel_for, &groups);
+  });
   const double forward_ms = MedianMs([&] {
     SparseGatherMatmulForward(shape, x.data(), w.data(), bias.data(), rows.view(), out.data(),
                               parallel_for);
@@ -102,19 +116,31 @@ int main(int argc, char** argv) {
                               parallel_for);
   });
   std::fprintf(stderr, "forward on huge pages: %.2f ms\n", huge_forward_ms);
-  std::free(w_huge);
   std::vector<float> dx(shape.batch * shape.dim), dw(rows.size() * shape.dim), db(rows.size());
   const double backward_ms = MedianMs([&] {
     SparseGatherMatmulBackward(shape, x.data(), w.data(), g.data(), rows.view(), dx.data(), dw.data(),
                                db.data(), parallel_for);
   });
+  // One active set shared by the batch (batch-wide selection): ids[0, active).
+  const ActiveRows shared_rows(ids.data(), shape.active, parallel_for);
+  const double shared_forward_ms = MedianMs([&] {
+    SharedGatherMatmulForward(shape, x.data(), w_huge, bias.data(), ids.data(),
+                              out.data(), parallel_for);
+  });
+  const double shared_backward_ms = MedianMs([&] {
+    SharedGatherMatmulBackward(shape, x.data(), w_huge, g.data(), ids.data(),
+                               shared_rows.view(), dx.data(), dw.data(), db.data(),
+                               parallel_for);
+  });
+  std::free(w_huge);
   const double row_gb = rows.size() * shape.dim * 4 / 1e9;
   std::printf(
-      "{\"threads\": %d, \"unique_rows\": %lld, \"active_rows_ms\": %.2f, \"forward_ms\": %.2f, "
+      "{\"threads\": %d, \"unique_rows\": %lld, \"active_rows_ms\": %.2f, \"group_rows_ms\": %.2f, \"forward_ms\": %.2f, "
       "\"backward_ms\": %.2f, \"forward_row_gb_per_s\": %.1f, \"backward_gb_per_s\": %.1f, "
-      "\"per_example_forward_ms\": %.2f, \"sorted_forward_again_ms\": %.2f}\n",
-      threads, static_cast<long long>(rows.size()), rows_ms, forward_ms, backward_ms,
+      "\"per_example_forward_ms\": %.2f, \"sorted_forward_again_ms\": %.2f, "
+      "\"shared_forward_ms\": %.2f, \"shared_backward_ms\": %.2f}\n",
+      threads, static_cast<long long>(rows.size()), rows_ms, group_ms, forward_ms, backward_ms,
       row_gb / (forward_ms / 1e3), 2 * row_gb / (backward_ms / 1e3), per_example_ms,
-      sorted_again_ms);
+      sorted_again_ms, shared_forward_ms, shared_backward_ms);
   return 0;
 }

@@ -1,5 +1,6 @@
 #include "tf_lsh_ops/cc/core/vector_ops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 
@@ -28,11 +29,23 @@ void MatMulPortable(const float* a, int64_t lda, const float* b, int64_t ldb, fl
 }
 
 #ifdef TF_LSH_X86
-// One row of c, columns [j, j + 16): two accumulators.
+// The depth (k) is walked in blocks of this many rows of b: a block of b (256 rows of up to a
+// few hundred floats) stays in L2 while every row of a passes over it. Each c element still
+// sums its products in order of d, so the blocking changes no result.
+constexpr int64_t kDepthBlock = 256;
+
+// An accumulator's first value: the sum so far (a later depth block) or zero.
+__attribute__((target("avx2"), always_inline)) inline __m256 Start(const float* c,
+                                                                    bool accumulate) {
+  return accumulate ? _mm256_loadu_ps(c) : _mm256_setzero_ps();
+}
+
+// c[j, j + 16) of one row, for d in [d0, d1): two accumulators.
 __attribute__((target("avx2,fma"))) inline void MatMulRow16(const float* a, const float* b,
-                                                             int64_t ldb, float* c, int64_t k) {
-  __m256 c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps();
-  for (int64_t d = 0; d < k; ++d) {
+                                                             int64_t ldb, float* c, int64_t d0,
+                                                             int64_t d1, bool accumulate) {
+  __m256 c0 = Start(c, accumulate), c1 = Start(c + 8, accumulate);
+  for (int64_t d = d0; d < d1; ++d) {
     const __m256 x = _mm256_broadcast_ss(a + d);
     c0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(b + d * ldb), c0);
     c1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(b + d * ldb + 8), c1);
@@ -41,48 +54,61 @@ __attribute__((target("avx2,fma"))) inline void MatMulRow16(const float* a, cons
   _mm256_storeu_ps(c + 8, c1);
 }
 
+// Rows [i, i + 4), columns [j, j + 16), for d in [d0, d1): a 4 x 16 block in 8 registers;
+// each load of b serves four rows.
+__attribute__((target("avx2,fma"))) inline void MatMulBlock4x16(const float* a, int64_t lda,
+                                                                 const float* b, int64_t ldb,
+                                                                 float* c, int64_t ldc,
+                                                                 int64_t d0, int64_t d1,
+                                                                 bool accumulate) {
+  __m256 c00 = Start(c, accumulate), c01 = Start(c + 8, accumulate);
+  __m256 c10 = Start(c + ldc, accumulate), c11 = Start(c + ldc + 8, accumulate);
+  __m256 c20 = Start(c + 2 * ldc, accumulate), c21 = Start(c + 2 * ldc + 8, accumulate);
+  __m256 c30 = Start(c + 3 * ldc, accumulate), c31 = Start(c + 3 * ldc + 8, accumulate);
+  for (int64_t d = d0; d < d1; ++d) {
+    const __m256 b0 = _mm256_loadu_ps(b + d * ldb);
+    const __m256 b1 = _mm256_loadu_ps(b + d * ldb + 8);
+    __m256 x = _mm256_broadcast_ss(a + d);
+    c00 = _mm256_fmadd_ps(x, b0, c00);
+    c01 = _mm256_fmadd_ps(x, b1, c01);
+    x = _mm256_broadcast_ss(a + lda + d);
+    c10 = _mm256_fmadd_ps(x, b0, c10);
+    c11 = _mm256_fmadd_ps(x, b1, c11);
+    x = _mm256_broadcast_ss(a + 2 * lda + d);
+    c20 = _mm256_fmadd_ps(x, b0, c20);
+    c21 = _mm256_fmadd_ps(x, b1, c21);
+    x = _mm256_broadcast_ss(a + 3 * lda + d);
+    c30 = _mm256_fmadd_ps(x, b0, c30);
+    c31 = _mm256_fmadd_ps(x, b1, c31);
+  }
+  _mm256_storeu_ps(c, c00);
+  _mm256_storeu_ps(c + 8, c01);
+  _mm256_storeu_ps(c + ldc, c10);
+  _mm256_storeu_ps(c + ldc + 8, c11);
+  _mm256_storeu_ps(c + 2 * ldc, c20);
+  _mm256_storeu_ps(c + 2 * ldc + 8, c21);
+  _mm256_storeu_ps(c + 3 * ldc, c30);
+  _mm256_storeu_ps(c + 3 * ldc + 8, c31);
+}
+
 __attribute__((target("avx2,fma"))) void MatMulAvx2(const float* a, int64_t lda, const float* b,
                                                      int64_t ldb, float* c, int64_t ldc,
                                                      int64_t m, int64_t n, int64_t k) {
   const int64_t n16 = n - n % 16;
-  int64_t i = 0;
-  for (; i + 4 <= m; i += 4) {
-    const float* a0 = a + i * lda;
-    for (int64_t j = 0; j < n16; j += 16) {
-      // 4 x 16 block in 8 registers; each b load serves four rows.
-      __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
-      __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
-      __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
-      __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-      for (int64_t d = 0; d < k; ++d) {
-        const __m256 b0 = _mm256_loadu_ps(b + d * ldb + j);
-        const __m256 b1 = _mm256_loadu_ps(b + d * ldb + j + 8);
-        __m256 x = _mm256_broadcast_ss(a0 + d);
-        c00 = _mm256_fmadd_ps(x, b0, c00);
-        c01 = _mm256_fmadd_ps(x, b1, c01);
-        x = _mm256_broadcast_ss(a0 + lda + d);
-        c10 = _mm256_fmadd_ps(x, b0, c10);
-        c11 = _mm256_fmadd_ps(x, b1, c11);
-        x = _mm256_broadcast_ss(a0 + 2 * lda + d);
-        c20 = _mm256_fmadd_ps(x, b0, c20);
-        c21 = _mm256_fmadd_ps(x, b1, c21);
-        x = _mm256_broadcast_ss(a0 + 3 * lda + d);
-        c30 = _mm256_fmadd_ps(x, b0, c30);
-        c31 = _mm256_fmadd_ps(x, b1, c31);
+  for (int64_t d0 = 0; d0 < k || d0 == 0; d0 += kDepthBlock) {
+    const int64_t d1 = std::min(k, d0 + kDepthBlock);
+    const bool accumulate = d0 > 0;
+    int64_t i = 0;
+    for (; i + 4 <= m; i += 4) {
+      for (int64_t j = 0; j < n16; j += 16) {
+        MatMulBlock4x16(a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc, d0, d1, accumulate);
       }
-      float* out = c + i * ldc + j;
-      _mm256_storeu_ps(out, c00);
-      _mm256_storeu_ps(out + 8, c01);
-      _mm256_storeu_ps(out + ldc, c10);
-      _mm256_storeu_ps(out + ldc + 8, c11);
-      _mm256_storeu_ps(out + 2 * ldc, c20);
-      _mm256_storeu_ps(out + 2 * ldc + 8, c21);
-      _mm256_storeu_ps(out + 3 * ldc, c30);
-      _mm256_storeu_ps(out + 3 * ldc + 8, c31);
     }
-  }
-  for (; i < m; ++i) {
-    for (int64_t j = 0; j < n16; j += 16) MatMulRow16(a + i * lda, b + j, ldb, c + i * ldc + j, k);
+    for (; i < m; ++i) {
+      for (int64_t j = 0; j < n16; j += 16) {
+        MatMulRow16(a + i * lda, b + j, ldb, c + i * ldc + j, d0, d1, accumulate);
+      }
+    }
   }
   if (n16 < n) {  // the last n % 16 columns
     for (int64_t r = 0; r < m; ++r) {
