@@ -15,6 +15,11 @@ Two times are measured per method: `forward` (outputs only) and `forward_backwar
 the gradients w.r.t. inputs, weights and biases, given a fixed random upstream gradient; the
 outputs are returned too so that the forward pass cannot be pruned).
 
+The section `shared_active_set` times the op on one set of K distinct neuron ids shared by the
+whole batch (indices [1, K]) against `gather_matmul`, `tf.matmul(inputs, tf.gather(weights,
+indices[0]), transpose_b=True)` plus the gathered biases, in the same two phases; it reports the
+medians, the op's speedups and a check against gather_matmul (part of `all_checks_ok`), no target.
+
 `weights` and `biases` are `tf.Variable`s, as in training, and each method has its own copy: once
 a variable has been read sparsely (`tf.gather` on it, or a sparse optimizer update), TensorFlow
 switches it to copy-on-read mode, and from then on every dense read (`ReadVariableOp`, which is
@@ -67,14 +72,17 @@ DIM = 128
 SEED = 0
 BYTES_PER_FLOAT = 4
 METHODS = ("op", "gather_einsum", "dense", "op_copy_on_read")
+SHARED_METHODS = ("op", "gather_matmul")
 PHASES = ("forward", "forward_backward")
 
 # Grids and timing budgets: `reps` rounds at most, but a configuration stops after the round
-# that exceeds `budget_s` seconds (at least `min_reps` rounds).
+# that exceeds `budget_s` seconds (at least `min_reps` rounds). `shared_configs` are the (N, K)
+# of the shared_active_set section.
 MODES = {
     "full": {
         "neurons": (10_000, 100_000, 670_000),
         "active": (64, 1024, 3000),
+        "shared_configs": ((670_000, 3000), (100_000, 1024)),
         "warmup": 3,
         "reps": 15,
         "min_reps": 5,
@@ -83,6 +91,7 @@ MODES = {
     "quick": {
         "neurons": (10_000, 100_000),
         "active": (64, 1024),
+        "shared_configs": ((100_000, 1024),),
         "warmup": 2,
         "reps": 5,
         "min_reps": 3,
@@ -142,12 +151,18 @@ def _dense_forward(x, w, b, idx):
     return tf.matmul(x, w, transpose_b=True) + b
 
 
+def _gather_matmul_forward(x, w, b, idx):
+    active = idx[0]  # One set of neurons for the whole batch.
+    return tf.matmul(x, tf.gather(w, active), transpose_b=True) + tf.gather(b, active)
+
+
 FORWARDS = {
     "op": _op_forward,
     "gather_einsum": _gather_einsum_forward,
     "dense": _dense_forward,
     "op_copy_on_read": _op_forward,
 }
+SHARED_FORWARDS = {"op": _op_forward, "gather_matmul": _gather_matmul_forward}
 
 
 # --- Data and timing. -------------------------------------------------------------------------
@@ -162,10 +177,16 @@ def make_variables(weights, biases, copy_on_read):
     return variables
 
 
-def make_data(neurons, active, rng):
-    """Random inputs, per-method variables, indices and upstream gradients for one config."""
+def random_layer(neurons, rng):
+    """Random (weights, biases) of a layer of `neurons` neurons, as NumPy arrays."""
     weights = rng.standard_normal((neurons, DIM), dtype=np.float32) * np.float32(DIM**-0.5)
     biases = rng.standard_normal(neurons, dtype=np.float32)
+    return weights, biases
+
+
+def make_data(neurons, active, rng):
+    """Random inputs, per-method variables, indices and upstream gradients for one config."""
+    weights, biases = random_layer(neurons, rng)
     return {
         "x": tf.constant(rng.standard_normal((BATCH, DIM), dtype=np.float32)),
         "variables": {
@@ -175,6 +196,20 @@ def make_data(neurons, active, rng):
         "idx": tf.constant(rng.integers(0, neurons, (BATCH, active), dtype=np.int32)),
         "upstream_sparse": tf.constant(rng.standard_normal((BATCH, active), dtype=np.float32)),
         "upstream_dense": tf.constant(rng.standard_normal((BATCH, neurons), dtype=np.float32)),
+    }
+
+
+def make_shared_data(neurons, active, rng):
+    """As make_data, for one set of `active` distinct neurons shared by the batch ([1, K])."""
+    weights, biases = random_layer(neurons, rng)
+    return {
+        "x": tf.constant(rng.standard_normal((BATCH, DIM), dtype=np.float32)),
+        # A copy per method: gather_matmul's gathers switch its variables to copy-on-read.
+        "variables": {
+            method: make_variables(weights, biases, copy_on_read=False) for method in SHARED_METHODS
+        },
+        "idx": tf.constant(rng.choice(neurons, active, replace=False).astype(np.int32)[None]),
+        "upstream_sparse": tf.constant(rng.standard_normal((BATCH, active), dtype=np.float32)),
     }
 
 
@@ -194,10 +229,10 @@ def call_overhead_s(reps=200):
     return statistics.median(timed_call(fn, (x,)) for _ in range(reps))
 
 
-def build_functions(data):
+def build_functions(data, forwards=FORWARDS):
     """Traces every (method, phase) tf.function once; returns {(method, phase): fn}."""
     functions = {}
-    for method, forward in FORWARDS.items():
+    for method, forward in forwards.items():
         for phase, fn in zip(PHASES, _with_gradients(forward), strict=True):
             fn.get_concrete_function(*call_args(method, phase, data))
             functions[(method, phase)] = fn
@@ -225,20 +260,36 @@ def _relative_error(actual, expected):
     return float(tf.reduce_max(tf.abs(actual - expected))) / scale
 
 
+def _forward_backward(functions, method, data):
+    return functions[(method, "forward_backward")](*call_args(method, "forward_backward", data))
+
+
 def check_op(functions, data):
     """Max relative errors of the op against gather+einsum (and dense forward outputs)."""
-    op_out, op_grads = functions[("op", "forward_backward")](
-        *call_args("op", "forward_backward", data)
-    )
-    ref_out, ref_grads = functions[("gather_einsum", "forward_backward")](
-        *call_args("gather_einsum", "forward_backward", data)
-    )
+    op_out, op_grads = _forward_backward(functions, "op", data)
+    ref_out, ref_grads = _forward_backward(functions, "gather_einsum", data)
     dense_out = functions[("dense", "forward")](*call_args("dense", "forward", data))
-    errors = {
+    forward_errors = {
         "forward_vs_gather_einsum": _relative_error(op_out, ref_out),
         "forward_vs_dense": _relative_error(
             op_out, tf.gather(dense_out, data["idx"], batch_dims=1)
         ),
+    }
+    return _check_report(forward_errors, op_grads, ref_grads)
+
+
+def check_shared(functions, data):
+    """Max relative errors of the op against gather_matmul, for a shared active set."""
+    op_out, op_grads = _forward_backward(functions, "op", data)
+    ref_out, ref_grads = _forward_backward(functions, "gather_matmul", data)
+    forward_errors = {"forward_vs_gather_matmul": _relative_error(op_out, ref_out)}
+    return _check_report(forward_errors, op_grads, ref_grads)
+
+
+def _check_report(forward_errors, op_grads, ref_grads):
+    """The forward errors, the gradients' errors and `ok` (all within CHECK_TOLERANCE)."""
+    errors = {
+        **forward_errors,
         "d_inputs": _relative_error(op_grads[0], ref_grads[0]),
         # Densified here only, for the comparison; never in the timed functions.
         "d_weights": _relative_error(op_grads[1], ref_grads[1]),
@@ -299,6 +350,26 @@ def run_config(neurons, active, settings, rng):
         "check": check,
     }
     return result
+
+
+def run_shared_config(neurons, active, settings, rng):
+    data = make_shared_data(neurons, active, rng)
+    functions = build_functions(data, SHARED_FORWARDS)
+    check = check_shared(functions, data)
+    times = time_round_robin(functions, data, settings)
+    medians = {
+        method: {phase: statistics.median(times[(method, phase)]) for phase in PHASES}
+        for method in SHARED_METHODS
+    }
+    return {
+        "N": neurons,
+        "K": active,
+        "median_s": medians,
+        "speedup_vs_gather_matmul": {
+            phase: medians["gather_matmul"][phase] / medians["op"][phase] for phase in PHASES
+        },
+        "check": check,
+    }
 
 
 def evaluate_bandwidth_target(results, copy_gb_s):
@@ -384,6 +455,13 @@ def main(argv=None):
         log(progress_line(result))
         results.append(result)
 
+    shared_results = []
+    for neurons, active in settings["shared_configs"]:
+        log(f"shared active set: N={neurons} K={active} ...")
+        result = run_shared_config(neurons, active, settings, rng)
+        log(progress_line(result))
+        shared_results.append(result)
+
     targets = evaluate_targets(results)
     copy_gb_s = _common.copy_bandwidth_gb_s()
     targets["op_bandwidth"] = evaluate_bandwidth_target(results, copy_gb_s)
@@ -398,13 +476,15 @@ def main(argv=None):
             "seed": SEED,
             "threads_flag": args.threads,
             "configs": [list(c) for c in configs],
+            "shared_configs": [list(c) for c in settings["shared_configs"]],
             **{key: settings[key] for key in ("warmup", "reps", "min_reps", "budget_s")},
         },
         "results": results,
+        "shared_active_set": shared_results,
         "tf_function_call_overhead_s": call_overhead_s(),
         "copy_bandwidth_gb_s": copy_gb_s,
         "targets": targets,
-        "all_checks_ok": all(r["check"]["ok"] for r in results),
+        "all_checks_ok": all(r["check"]["ok"] for r in results + shared_results),
         "total_wall_s": time.perf_counter() - start,
     }
     json.dump(report, sys.stdout, indent=2)
