@@ -7,7 +7,6 @@
 
 #include "tf_lsh_ops/cc/core/id_map.h"
 #include "tf_lsh_ops/cc/core/random.h"
-#include "tf_lsh_ops/cc/core/sparse_gather_matmul.h"
 
 namespace tf_lsh {
 namespace {
@@ -221,15 +220,16 @@ int64_t FindInvalidCode(const int32_t* codes, int64_t count, int64_t num_buckets
 
 namespace {
 
-// The batch-wide active set: what ActiveSetSelector::Select over the whole batch gives, counted
-// by sorting instead of hashing. A batch scans up to batch * num_tables * capacity slots (262k
-// on the Amazon-670K shape) holding ~10^5 distinct ids; one hash-map probe per slot misses the
-// cache every time, while a parallel radix sort of the scanned ids (GroupRows) streams. Returns
-// an id outside [0, num_neurons) met in a bucket, or 0.
+// The batch-wide active set: what ActiveSetSelector::Select over the whole batch gives. A batch
+// scans up to batch * num_tables * capacity slots (262k on the Amazon-670K shape) holding ~10^5
+// distinct ids. A hash-map probe per slot misses the cache every time and a radix sort of the
+// slots takes several passes; one increment per slot in a count per neuron takes one, and
+// finds the ids in scan order on the way. Returns an id outside [0, num_neurons) met in a
+// bucket, or 0.
 int32_t SelectBatchWide(const TableShape& shape, int64_t batch, const int32_t* codes,
                         const int32_t* ids, const int32_t* counts, const int32_t* labels,
                         int64_t num_labels, const QueryOptions& options, int32_t* active,
-                        const ParallelFor& parallel_for) {
+                        BatchQueryScratch* scratch) {
   IdMap chosen(options.k);
   int64_t size = 0;
   const auto choose = [&](int32_t id) {
@@ -242,63 +242,64 @@ int32_t SelectBatchWide(const TableShape& shape, int64_t batch, const int32_t* c
   }
 
   // Every stored slot of every example's buckets, in scan order (row, table, slot).
-  std::vector<int64_t> scanned_before(batch + 1, 0);
+  if (static_cast<int64_t>(scratch->neuron_counts.size()) < options.num_neurons) {
+    scratch->neuron_counts.resize(options.num_neurons, 0);
+  }
+  int32_t* neuron_counts = scratch->neuron_counts.data();
+  std::vector<int32_t>& found = scratch->found;
+  found.clear();
+  int32_t bad_table_id = 0;
   for (int64_t r = 0; r < batch; ++r) {
-    int64_t stored = 0;
     for (int64_t l = 0; l < shape.num_tables; ++l) {
       const int64_t bucket = l * shape.num_buckets + codes[r * shape.num_tables + l];
-      stored += std::clamp<int64_t>(counts[bucket], 0, shape.capacity);
-    }
-    scanned_before[r + 1] = scanned_before[r] + stored;
-  }
-  std::vector<int32_t> scanned(scanned_before[batch]);
-  std::atomic<int32_t> bad_table_id{0};
-  parallel_for(batch, shape.num_tables * shape.capacity, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      int32_t* out = scanned.data() + scanned_before[r];
-      for (int64_t l = 0; l < shape.num_tables; ++l) {
-        const int64_t bucket = l * shape.num_buckets + codes[r * shape.num_tables + l];
-        const int32_t* slots = ids + bucket * shape.capacity;
-        const int64_t stored = std::clamp<int64_t>(counts[bucket], 0, shape.capacity);
-        for (int64_t s = 0; s < stored; ++s) {
-          const bool valid = slots[s] >= 0 && slots[s] < options.num_neurons;
-          if (!valid) bad_table_id = slots[s];  // tables are user-assignable variables
-          *out++ = valid ? slots[s] : -1;       // -1 is skipped by the grouping
+      const int32_t* slots = ids + bucket * shape.capacity;
+      const int64_t stored = std::clamp<int64_t>(counts[bucket], 0, shape.capacity);
+      for (int64_t s = 0; s < stored; ++s) {
+        const int32_t id = slots[s];
+        if (id < 0 || id >= options.num_neurons) {
+          bad_table_id = id;  // tables are user-assignable variables
+          continue;
         }
+        if (neuron_counts[id]++ == 0) found.push_back(id);
       }
     }
-  });
+  }
 
-  // Candidates: distinct ids with the number of slots holding them and their first scan
-  // position (GroupRows keeps positions increasing within an id).
-  const ActiveRows groups(scanned.data(), static_cast<int64_t>(scanned.size()), parallel_for);
-  struct Candidate {
-    int32_t id;
-    int32_t count;
-    int32_t first_found;
-  };
-  std::vector<Candidate> pool;
-  pool.reserve(groups.size());
-  for (int64_t g = 0; g < groups.size(); ++g) {
-    const int32_t count = groups.offsets()[g + 1] - groups.offsets()[g];
+  // Candidates: found ids not already chosen (labels), in the order found.
+  std::vector<int32_t>& pool = scratch->pool;
+  pool.clear();
+  int32_t max_count = 0;
+  for (const int32_t id : found) {
+    const int32_t count = neuron_counts[id];
     if (options.rule == QueryRule::kThreshold && count < options.min_count) continue;
-    if (chosen.Find(groups.ids()[g]) != nullptr) continue;
-    pool.push_back({groups.ids()[g], count, groups.positions()[groups.offsets()[g]]});
+    if (chosen.Find(id) != nullptr) continue;
+    pool.push_back(id);
+    max_count = std::max(max_count, count);
   }
   const int64_t take = std::min<int64_t>(options.k - size, pool.size());
-  const auto first_found = [](const Candidate& a, const Candidate& b) {
-    return a.first_found < b.first_found;
-  };
   if (options.rule == QueryRule::kUnion) {
-    std::partial_sort(pool.begin(), pool.begin() + take, pool.end(), first_found);
+    for (int64_t i = 0; i < take; ++i) choose(pool[i]);
   } else {
-    // Most tables first; ties go to the id found first.
-    std::partial_sort(pool.begin(), pool.begin() + take, pool.end(),
-                      [&](const Candidate& a, const Candidate& b) {
-                        return a.count != b.count ? a.count > b.count : first_found(a, b);
-                      });
+    // Most tables first; ties go to the id found first: the first `take` of a stable counting
+    // sort of the pool by count, descending.
+    std::vector<int64_t> next(max_count + 2, 0);  // next[c]: where the next id of count c goes
+    for (const int32_t id : pool) ++next[neuron_counts[id]];
+    int64_t before = 0;
+    for (int32_t c = max_count; c >= 0; --c) {
+      const int64_t n = next[c];
+      next[c] = before;
+      before += n;
+    }
+    std::vector<int32_t>& picked = scratch->picked;
+    picked.resize(take);
+    for (const int32_t id : pool) {
+      const int64_t at = next[neuron_counts[id]]++;
+      if (at < take) picked[at] = id;
+    }
+    for (const int32_t id : picked) choose(id);
   }
-  for (int64_t i = 0; i < take; ++i) choose(pool[i].id);
+  for (const int32_t id : found) neuron_counts[id] = 0;  // zero again for the next query
+
   if (options.fill_random) {
     Random random(options.seed, /*stream=*/0);
     while (size < options.k) choose(static_cast<int32_t>(random.Uniform(options.num_neurons)));
@@ -312,7 +313,7 @@ int32_t SelectBatchWide(const TableShape& shape, int64_t batch, const int32_t* c
 std::string QueryTables(const TableShape& shape, int64_t batch, const int32_t* codes,
                         const int32_t* ids, const int32_t* counts, const int32_t* labels,
                         int64_t num_labels, const QueryOptions& options, int32_t* active,
-                        const ParallelFor& parallel_for) {
+                        const ParallelFor& parallel_for, BatchQueryScratch* scratch) {
   const int64_t per_row = num_labels + shape.num_tables * shape.capacity;
   if (num_labels > 0) {
     IdMap seen(options.batch_wide ? batch * num_labels : num_labels);
@@ -327,16 +328,12 @@ std::string QueryTables(const TableShape& shape, int64_t batch, const int32_t* c
       }
     }
   }
-  if (options.batch_wide && batch * per_row <= ActiveRows::kMaxPositions) {
-    const int32_t bad_table_id = SelectBatchWide(shape, batch, codes, ids, counts, labels,
-                                                 num_labels, options, active, parallel_for);
+  if (options.batch_wide) {
+    BatchQueryScratch own_scratch;
+    const int32_t bad_table_id =
+        SelectBatchWide(shape, batch, codes, ids, counts, labels, num_labels, options, active,
+                        scratch != nullptr ? scratch : &own_scratch);
     return bad_table_id ? BadTableIdError(bad_table_id, options.num_neurons) : "";
-  }
-  if (options.batch_wide) {  // too many slots for a 32-bit grouping: hash them
-    ActiveSetSelector selector(shape, ids, counts, options, batch * per_row + options.k);
-    selector.Select(0, batch, codes, labels, num_labels, /*stream=*/0, active);
-    return selector.bad_table_id() ? BadTableIdError(selector.bad_table_id(), options.num_neurons)
-                                   : "";
   }
   std::atomic<int32_t> bad_table_id{0};
   parallel_for(batch, per_row * 30 + options.k * 10, [&](int64_t begin, int64_t end) {

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "tf_lsh_ops/cc/core/parallel.h"
 
@@ -63,13 +64,24 @@ struct QueryOptions {
   uint64_t seed = 0;         // for the random fill
 };
 
+// What a batch-wide query counts with: a count per neuron, all zero between queries, and lists
+// reused from query to query. An op kernel keeps one, so that a query costs O(slots scanned),
+// never O(num_neurons) (only the first query of a layer allocates the counts).
+struct BatchQueryScratch {
+  std::vector<int32_t> neuron_counts;
+  std::vector<int32_t> found;   // distinct ids in the order first found
+  std::vector<int32_t> pool;    // those that may be picked
+  std::vector<int32_t> picked;  // the best of them, best first
+};
+
 // codes [batch, num_tables] -> active [batch, k] (or [1, k] if batch_wide). `labels`
 // [batch, num_labels] (-1 padded, may be null if num_labels == 0) are placed first, once each.
-// Returns "" or an error message (too many labels for k).
+// A batch-wide query uses `scratch` if given (else its own). Returns "" or an error message
+// (too many labels for k).
 std::string QueryTables(const TableShape& shape, int64_t batch, const int32_t* codes,
                         const int32_t* ids, const int32_t* counts, const int32_t* labels,
                         int64_t num_labels, const QueryOptions& options, int32_t* active,
-                        const ParallelFor& parallel_for);
+                        const ParallelFor& parallel_for, BatchQueryScratch* scratch = nullptr);
 
 }  // namespace tf_lsh
 

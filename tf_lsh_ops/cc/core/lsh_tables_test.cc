@@ -225,12 +225,13 @@ struct QueryFixture {
 
   std::vector<int32_t> Query(const std::vector<int32_t>& codes, const QueryOptions& options,
                              const std::vector<int32_t>& labels = {}, int64_t num_labels = 0,
-                             std::string* error = nullptr) const {
+                             std::string* error = nullptr,
+                             BatchQueryScratch* scratch = nullptr) const {
     const int64_t batch = static_cast<int64_t>(codes.size()) / shape.num_tables;
     std::vector<int32_t> active((options.batch_wide ? 1 : batch) * options.k, -7);
     const std::string e = QueryTables(shape, batch, codes.data(), ids.data(), counts.data(),
                                       labels.empty() ? nullptr : labels.data(), num_labels,
-                                      options, active.data(), OneByOneFor());
+                                      options, active.data(), OneByOneFor(), scratch);
     if (error != nullptr) {
       *error = e;
     } else {
@@ -354,6 +355,27 @@ void TestQueryBatchWide() {
   CHECK_TRUE(std::set<int32_t>(filled.begin(), filled.end()).size() == 3);
 }
 
+// A kept scratch serves query after query (the op kernel keeps one): each answer is what a
+// fresh query gives, and the counts are all zero again afterwards, also after bad table ids.
+void TestQueryBatchWideKeptScratch() {
+  QueryFixture f;
+  f.ids[(0 * 4 + 0) * 3 + 1] = 12;  // table 0, bucket 0, slot 1: an id outside the layer
+  const std::vector<std::vector<int32_t>> batches = {{1, 2, 0, 0, 0, 1}, {0, 0, 1}, {1, 2, 0}};
+  for (const QueryRule rule : {QueryRule::kFrequency, QueryRule::kUnion, QueryRule::kThreshold}) {
+    QueryOptions options = Options(4, rule);
+    options.batch_wide = true;
+    options.min_count = 2;
+    BatchQueryScratch scratch;
+    for (const std::vector<int32_t>& codes : batches) {
+      std::string want_error, error;
+      const std::vector<int32_t> want = f.Query(codes, options, {}, 0, &want_error);
+      CHECK_TRUE(f.Query(codes, options, {}, 0, &error, &scratch) == want);
+      CHECK_TRUE(error == want_error);
+      for (const int32_t count : scratch.neuron_counts) CHECK_TRUE(count == 0);
+    }
+  }
+}
+
 void TestQueryBadTableId() {
   QueryFixture f;
   f.ids[(0 * 4 + 1) * 3 + 1] = 12;  // table 0, bucket 1, slot 1
@@ -397,6 +419,7 @@ int main() {
   tf_lsh::TestQueryLabels();
   tf_lsh::TestQueryFillRandom();
   tf_lsh::TestQueryBatchWide();
+  tf_lsh::TestQueryBatchWideKeptScratch();
   tf_lsh::TestQueryBadTableId();
   tf_lsh::TestBuildThenQuery();
   std::printf("PASS\n");

@@ -4,6 +4,8 @@
 #include <limits>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tf_lsh_ops/cc/core/id_map.h"
 #include "tf_lsh_ops/cc/core/lsh_tables.h"
@@ -211,15 +213,27 @@ class LshQueryOp : public OpKernel {
     Tensor* active = nullptr;
     OP_REQUIRES_OK(ctx, AllocateOutput(ctx, kOp, 0, {options.batch_wide ? 1 : batch, options.k},
                                        &active));
-    const std::string error = QueryTables(
-        shape, batch, codes.flat<int32_t>().data(), ctx->input(1).flat<int32_t>().data(),
-        ctx->input(2).flat<int32_t>().data(), label.data(), labels.dim_size(1), options, active->flat<int32_t>().data(),
-        TfParallelFor(ctx));
+    const auto query = [&](BatchQueryScratch* scratch) {
+      return QueryTables(shape, batch, codes.flat<int32_t>().data(),
+                         ctx->input(1).flat<int32_t>().data(),
+                         ctx->input(2).flat<int32_t>().data(), label.data(), labels.dim_size(1),
+                         options, active->flat<int32_t>().data(), TfParallelFor(ctx), scratch);
+    };
+    std::string error;
+    if (options.batch_wide) {
+      absl::MutexLock lock(&scratch_mutex_);
+      error = query(&scratch_);
+    } else {
+      error = query(nullptr);
+    }
     OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError(absl::StrCat(kOp, ": ", error)));
   }
 
  private:
   QueryOptions options_;
+  // Batch-wide queries count with this (all zero between queries), one query at a time.
+  absl::Mutex scratch_mutex_;
+  BatchQueryScratch scratch_ ABSL_GUARDED_BY(scratch_mutex_);
 };
 
 REGISTER_KERNEL_BUILDER(Name("LshBuildTables").Device(tensorflow::DEVICE_CPU), LshBuildTablesOp);
