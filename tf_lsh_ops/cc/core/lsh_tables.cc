@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "tf_lsh_ops/cc/core/id_map.h"
@@ -241,49 +242,65 @@ int32_t SelectBatchWide(const TableShape& shape, int64_t batch, const int32_t* c
     if (labels[i] >= 0) choose(labels[i]);
   }
 
-  // Every stored slot of every example's buckets, in scan order (row, table, slot).
+  // Every stored slot of every example's buckets, in scan order (row, table, slot). Buckets
+  // and counts are scattered over tens of MB: the next buckets' slots and the counts of the
+  // ids a few slots on are prefetched.
   if (static_cast<int64_t>(scratch->neuron_counts.size()) < options.num_neurons) {
     scratch->neuron_counts.resize(options.num_neurons, 0);
   }
   int32_t* neuron_counts = scratch->neuron_counts.data();
+  const auto in_layer = [&](int32_t id) {
+    return static_cast<uint32_t>(id) < static_cast<uint64_t>(options.num_neurons);
+  };
+  const auto bucket_slots = [&](int64_t i) {  // i: flat index of (row, table)
+    const int64_t bucket = (i % shape.num_tables) * shape.num_buckets + codes[i];
+    return std::pair<const int32_t*, int64_t>(
+        ids + bucket * shape.capacity, std::clamp<int64_t>(counts[bucket], 0, shape.capacity));
+  };
+  constexpr int64_t kBucketsAhead = 2, kSlotsAhead = 16;
   std::vector<int32_t>& found = scratch->found;
   found.clear();
   int32_t bad_table_id = 0;
-  for (int64_t r = 0; r < batch; ++r) {
-    for (int64_t l = 0; l < shape.num_tables; ++l) {
-      const int64_t bucket = l * shape.num_buckets + codes[r * shape.num_tables + l];
-      const int32_t* slots = ids + bucket * shape.capacity;
-      const int64_t stored = std::clamp<int64_t>(counts[bucket], 0, shape.capacity);
-      for (int64_t s = 0; s < stored; ++s) {
-        const int32_t id = slots[s];
-        if (id < 0 || id >= options.num_neurons) {
-          bad_table_id = id;  // tables are user-assignable variables
-          continue;
-        }
-        if (neuron_counts[id]++ == 0) found.push_back(id);
+  const int64_t num_buckets_met = batch * shape.num_tables;
+  for (int64_t i = 0; i < num_buckets_met; ++i) {
+    if (i + kBucketsAhead < num_buckets_met) {
+      const auto [ahead, ahead_stored] = bucket_slots(i + kBucketsAhead);
+      for (int64_t s = 0; s < ahead_stored; s += 16) __builtin_prefetch(ahead + s);
+    }
+    const auto [slots, stored] = bucket_slots(i);
+    for (int64_t s = 0; s < stored; ++s) {
+      if (s + kSlotsAhead < stored && in_layer(slots[s + kSlotsAhead])) {
+        __builtin_prefetch(neuron_counts + slots[s + kSlotsAhead], 1);
       }
+      const int32_t id = slots[s];
+      if (!in_layer(id)) {
+        bad_table_id = id;  // tables are user-assignable variables
+        continue;
+      }
+      if (neuron_counts[id]++ == 0) found.push_back(id);
     }
   }
 
-  // Candidates: found ids not already chosen (labels), in the order found.
-  std::vector<int32_t>& pool = scratch->pool;
+  // Candidates: found ids not already chosen (labels), in the order found, with their counts.
+  // The same pass zeroes the counts for the next query.
+  std::vector<BatchQueryScratch::CountedId>& pool = scratch->pool;
   pool.clear();
   int32_t max_count = 0;
   for (const int32_t id : found) {
-    const int32_t count = neuron_counts[id];
+    const int32_t count = std::exchange(neuron_counts[id], 0);
     if (options.rule == QueryRule::kThreshold && count < options.min_count) continue;
     if (chosen.Find(id) != nullptr) continue;
-    pool.push_back(id);
+    pool.push_back({id, count});
     max_count = std::max(max_count, count);
   }
   const int64_t take = std::min<int64_t>(options.k - size, pool.size());
   if (options.rule == QueryRule::kUnion) {
-    for (int64_t i = 0; i < take; ++i) choose(pool[i]);
+    for (int64_t i = 0; i < take; ++i) choose(pool[i].id);
   } else {
     // Most tables first; ties go to the id found first: the first `take` of a stable counting
     // sort of the pool by count, descending.
     std::vector<int64_t> next(max_count + 2, 0);  // next[c]: where the next id of count c goes
-    for (const int32_t id : pool) ++next[neuron_counts[id]];
+    for (const auto& candidate : pool) ++next[candidate.count];
     int64_t before = 0;
     for (int32_t c = max_count; c >= 0; --c) {
       const int64_t n = next[c];
@@ -292,13 +309,12 @@ int32_t SelectBatchWide(const TableShape& shape, int64_t batch, const int32_t* c
     }
     std::vector<int32_t>& picked = scratch->picked;
     picked.resize(take);
-    for (const int32_t id : pool) {
-      const int64_t at = next[neuron_counts[id]]++;
-      if (at < take) picked[at] = id;
+    for (const auto& candidate : pool) {
+      const int64_t at = next[candidate.count]++;
+      if (at < take) picked[at] = candidate.id;
     }
     for (const int32_t id : picked) choose(id);
   }
-  for (const int32_t id : found) neuron_counts[id] = 0;  // zero again for the next query
 
   if (options.fill_random) {
     Random random(options.seed, /*stream=*/0);

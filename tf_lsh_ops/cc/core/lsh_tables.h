@@ -68,9 +68,13 @@ struct QueryOptions {
 // reused from query to query. An op kernel keeps one, so that a query costs O(slots scanned),
 // never O(num_neurons) (only the first query of a layer allocates the counts).
 struct BatchQueryScratch {
+  struct CountedId {
+    int32_t id;
+    int32_t count;
+  };
   std::vector<int32_t> neuron_counts;
   std::vector<int32_t> found;   // distinct ids in the order first found
-  std::vector<int32_t> pool;    // those that may be picked
+  std::vector<CountedId> pool;  // those that may be picked, with their counts
   std::vector<int32_t> picked;  // the best of them, best first
 };
 
