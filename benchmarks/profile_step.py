@@ -95,7 +95,7 @@ def main(argv=None):
 
     def body_forward_backward():
         with tf.GradientTape() as tape:
-            out = body(x)
+            out = body(x, training=True)
         return tape.gradient(out, body.trainable_variables, output_gradients=tf.ones_like(out))
 
     head_grads = tf.function(head_backward)()

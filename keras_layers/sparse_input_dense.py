@@ -4,15 +4,19 @@ import keras
 import tensorflow as tf
 from keras import activations, initializers, regularizers
 
+import tf_lsh_ops
+
 
 @keras.saving.register_keras_serializable(package="tf_lsh")
 class SparseInputDense(keras.layers.Layer):
     """`activation(x @ kernel + bias)` for a `tf.SparseTensor` x, e.g. a 135k-wide bag of words.
 
-    The first layer of an extreme-classification model (SLIDE's 135,909 -> 128). It uses
-    TensorFlow's own sparse ops (`tf.nn.embedding_lookup_sparse`): each example reads only the
-    kernel rows of its nonzero features, and the kernel's gradient is a `tf.IndexedSlices` over
-    the features seen in the batch, which `SparseAdam` and `SGD` apply sparsely. Dense inputs
+    The first layer of an extreme-classification model (SLIDE's 135,909 -> 128). Each example
+    reads only the kernel rows of its nonzero features, and the kernel's gradient is a
+    `tf.IndexedSlices` over the features seen in the batch, which `SparseAdam` and `SGD` apply
+    sparsely. In training (`training=True`, as `fit` calls it) one tf-lsh op each way does it
+    (`tf_lsh_ops.sparse_input_matmul`); otherwise TensorFlow's own ops
+    (`tf.nn.embedding_lookup_sparse`), so that exported SavedModels need no plugin. Dense inputs
     work too (a plain matmul).
 
     The kernel is `[input_dim, units]`, as in `keras.layers.Dense`: for sparse inputs a row per
@@ -71,16 +75,12 @@ class SparseInputDense(keras.layers.Layer):
             else None
         )
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         if isinstance(inputs, tf.SparseTensor):
-            inputs = tf.sparse.reorder(inputs)
-            feature_ids = tf.SparseTensor(inputs.indices, inputs.indices[:, 1], inputs.dense_shape)
-            outputs = tf.nn.embedding_lookup_sparse(
-                self.kernel.value, feature_ids, inputs, combiner="sum"
-            )
-            # The lookup stops at the last row with a feature: trailing empty rows become zeros.
-            missing = inputs.dense_shape[0] - tf.shape(outputs, out_type=tf.int64)[0]
-            outputs = tf.pad(outputs, [[0, missing], [0, 0]])
+            if training:
+                outputs = tf_lsh_ops.sparse_input_matmul(inputs, self.kernel.value)
+            else:  # standard TensorFlow ops: exported SavedModels load without tf-lsh
+                outputs = _embedding_bag(inputs, self.kernel.value)
         else:
             outputs = tf.matmul(inputs, self.kernel)
         if self.bias is not None:
@@ -101,3 +101,13 @@ class SparseInputDense(keras.layers.Layer):
             "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
             "bias_regularizer": regularizers.serialize(self.bias_regularizer),
         }
+
+
+def _embedding_bag(inputs, kernel):
+    """`inputs @ kernel` for a sparse `inputs`, with TensorFlow's ops only (sparse gradient)."""
+    inputs = tf.sparse.reorder(inputs)
+    feature_ids = tf.SparseTensor(inputs.indices, inputs.indices[:, 1], inputs.dense_shape)
+    outputs = tf.nn.embedding_lookup_sparse(kernel, feature_ids, inputs, combiner="sum")
+    # The lookup stops at the last row with a feature: trailing empty rows become zeros.
+    missing = inputs.dense_shape[0] - tf.shape(outputs, out_type=tf.int64)[0]
+    return tf.pad(outputs, [[0, missing], [0, 0]])

@@ -1181,8 +1181,88 @@ def fuzz_gather_adam(rng):
     return None
 
 
+SPARSE_INPUT_MUTATIONS = (
+    "kernel-rank",
+    "kernel-rows",
+    "entry-outside",
+    "dense-shape",
+    "indices-rank",
+    "dtype",
+    "grad-shape",
+)
+
+
+def fuzz_sparse_input_matmul(rng):
+    mutation = pick(rng, SPARSE_INPUT_MUTATIONS)
+    batch, num_features = int(rng.integers(0, 6)), int(rng.integers(1, 12))
+    units, nnz = int(rng.integers(0, 9)), int(rng.integers(0, 16))
+    # Entries in any order, repeats allowed (they add up).
+    at = np.stack([rng.integers(0, max(batch, 1), nnz), rng.integers(0, num_features, nnz)], 1)
+    at = at[: nnz if batch else 0].astype(np.int64)
+    values = floats(rng, (len(at),))
+    kernel = floats(rng, (num_features, units))
+    shape = np.array([batch, num_features], np.int64)
+    g = floats(rng, (batch, units))
+    if mutation is not None:
+        if mutation == "kernel-rank":
+            kernel = wrong_rank(rng, kernel)
+        elif mutation == "kernel-rows":
+            kernel = floats(rng, (num_features + int(rng.choice([-1, 1, 5])), units))
+        elif mutation == "entry-outside":
+            at = np.concatenate([at, [[int(rng.integers(0, 9)), num_features]]]).astype(np.int64)
+            at[-1] = rng.choice([[batch, 0], [0, num_features], [-1, 0], [0, -1]])
+            values = floats(rng, (len(at),))
+        elif mutation == "dense-shape":
+            wrong_shapes = [np.array([-1, num_features]), np.array([batch], np.int64)]
+            shape = wrong_shapes[int(rng.integers(2))]
+        elif mutation == "indices-rank":
+            at = wrong_rank(rng, at)
+        elif mutation == "dtype":
+            kernel = kernel.astype(np.float64)
+        if mutation == "grad-shape":  # the raw gradient op
+            wrong = [wrong_rank(rng, g), np.zeros((batch + 1, units), np.float32)]
+            call = lambda: ops.sparse_input_matmul_grad(  # noqa: E731
+                at, values, shape, kernel, wrong[int(rng.integers(2))]
+            )
+        elif mutation == "dtype":  # the public function checks dtypes (the raw op would cast)
+            call = lambda: tf_lsh_ops.sparse_input_matmul(  # noqa: E731
+                tf.SparseTensor(at, values, shape), kernel
+            )
+        else:  # the raw op, so that its own checks meet the malformed parts
+            call = lambda: maybe_graph(  # noqa: E731
+                rng, lambda: ops.sparse_input_matmul(at, values, shape, kernel)
+            )
+        rejects(call)
+        return mutation
+
+    values_t, kernel_t = tf.constant(values), tf.constant(kernel)
+
+    def forward_and_grads():
+        with tf.GradientTape() as tape:
+            tape.watch([values_t, kernel_t])
+            out = tf_lsh_ops.sparse_input_matmul(tf.SparseTensor(at, values_t, shape), kernel_t)
+            loss = tf.reduce_sum(out * g)
+        grad_values, grad_kernel = tape.gradient(loss, [values_t, kernel_t])
+        return out, grad_values, tf.convert_to_tensor(grad_kernel)
+
+    out, grad_values, grad_kernel = [t.numpy() for t in maybe_graph(rng, forward_and_grads)]
+    dense = np.zeros((batch, num_features))
+    np.add.at(dense, (at[:, 0], at[:, 1]), values.astype(np.float64))
+    k64, g64 = kernel.astype(np.float64), g.astype(np.float64)
+    scale_out = np.abs(dense) @ np.abs(k64) + 1
+    assert_close(out, dense @ k64, scale_out, "output", rtol=1e-4)
+    want_values = (g64 @ k64.T)[at[:, 0], at[:, 1]] if len(at) else np.zeros(0)
+    scale_values = (np.abs(g64) @ np.abs(k64.T))[at[:, 0], at[:, 1]] if len(at) else 0
+    assert_close(grad_values, want_values, scale_values + 1, "grad_values", rtol=1e-4)
+    assert_close(
+        grad_kernel, dense.T @ g64, np.abs(dense.T) @ np.abs(g64) + 1, "grad_kernel", rtol=1e-4
+    )
+    return None
+
+
 OPS = (
     ("sparse_gather_matmul", fuzz_gather, 3),
+    ("sparse_input_matmul", fuzz_sparse_input_matmul, 1),
     ("hash_params", fuzz_hash_params, 1),
     ("lsh_hash", fuzz_lsh_hash, 4),
     ("build_tables", fuzz_build_tables, 1.5),

@@ -389,5 +389,64 @@ def test_dense_export_loads_without_the_plugin(served):
     np.testing.assert_array_equal(got["plugin_free"], expected["dense"])
 
 
+def _saved_op_types(directory):
+    """Every op type in a SavedModel's graph and function library."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(directory, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    types = set()
+    for graph in saved.meta_graphs:
+        types |= {node.op for node in graph.graph_def.node}
+        for function in graph.graph_def.library.function:
+            types |= {node.op for node in function.node_def}
+    return types
+
+
+def _tf_lsh_op_types():
+    ops = tf_lsh_ops._loader.ops
+    return {
+        name
+        for name in dir(ops)
+        if name[:1].isupper() and getattr(getattr(ops, name), "__module__", "") == ops.__name__
+    }
+
+
+def test_sparse_input_model_exports_with_standard_ops_only(tmp_path):
+    """Sparse inputs train through tf-lsh's op, but the plugin-free export holds none."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((40,), sparse=True)
+    hidden = SparseInputDense(8, activation="relu")(inputs)
+    model = keras.Model(inputs, LSHDense(30, active=6, num_tables=2, seed=1)(hidden))
+    x = tf.sparse.from_dense(np.eye(4, 40, dtype=np.float32))
+    layer = model.layers[1]
+    traced = tf.function(lambda x, training: layer(x, training=training))
+    for training, uses_op in ((True, True), (False, False)):
+        graph = traced.get_concrete_function(x, training).graph
+        used = {op.type for op in graph.get_operations()}
+        assert ("SparseInputMatmul" in used) == uses_op, used
+    np.testing.assert_allclose(
+        layer(x, training=True).numpy(), layer(x, training=False).numpy(), rtol=1e-6
+    )
+    assert "SparseInputMatmul" in _tf_lsh_op_types()
+    directory = str(tmp_path / "plugin_free")
+    keras_layers.export_saved_model(
+        model,
+        directory,
+        inference="dense",
+        input_signature=[keras.KerasTensor((None, 40), "float32", sparse=True)],
+    )
+    assert not _saved_op_types(directory) & _tf_lsh_op_types()
+    # The check can fail: an LSH-inference export holds tf-lsh ops.
+    keras_layers.export_saved_model(
+        model,
+        str(tmp_path / "lsh"),
+        inference="lsh",
+        input_signature=[keras.KerasTensor((None, 40), "float32", sparse=True)],
+    )
+    assert _saved_op_types(str(tmp_path / "lsh")) & _tf_lsh_op_types()
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

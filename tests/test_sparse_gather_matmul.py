@@ -698,6 +698,114 @@ def test_sparse_inputs_bad_input_is_named(change, message):
         tf_lsh_ops.sparse_input_gather_matmul(inputs, w, b, idx)
 
 
+# --- sparse_input_matmul: sparse inputs [B, F] times a feature-major kernel [F, H]. ---------
+
+
+def _bag_of_words(seed, batch=6, num_features=30, units=7, density=0.2):
+    """Dense inputs with empty rows (the last, and the first trailing), and a kernel."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, num_features)).astype(np.float32)
+    x *= rng.random((batch, num_features)) < density
+    x[-1] = 0
+    kernel = rng.standard_normal((num_features, units)).astype(np.float32)
+    return x, kernel
+
+
+def _shuffled_sparse(x, seed):
+    """x as a tf.SparseTensor with its entries in a random order."""
+    sparse = tf.sparse.from_dense(x)
+    order = np.random.default_rng(seed).permutation(int(tf.size(sparse.values)))
+    return tf.gather(sparse.indices, order), tf.gather(sparse.values, order), sparse.dense_shape
+
+
+def test_sparse_input_matmul_matches_dense_matmul_and_its_gradients():
+    x, kernel = _bag_of_words(0)
+    indices, values, dense_shape = _shuffled_sparse(x, 1)
+    values = tf.Variable(values)
+    kernel_var = tf.Variable(kernel)
+    upstream = np.random.default_rng(2).standard_normal((6, 7)).astype(np.float32)
+    with tf.GradientTape() as tape:
+        out = tf_lsh_ops.sparse_input_matmul(
+            tf.SparseTensor(indices, values, dense_shape), kernel_var.read_value()
+        )
+        loss = tf.reduce_sum(out * upstream)
+    grad_values, grad_kernel = tape.gradient(loss, [values, kernel_var])
+    np.testing.assert_allclose(out.numpy(), x @ kernel, rtol=1e-5, atol=1e-5)
+    # d loss / d x = upstream @ kernel.T, read at the entries; d loss / d kernel = x.T @ upstream.
+    at = indices.numpy()
+    np.testing.assert_allclose(
+        grad_values.numpy(), (upstream @ kernel.T)[at[:, 0], at[:, 1]], rtol=1e-5, atol=1e-5
+    )
+    assert isinstance(grad_kernel, tf.IndexedSlices)
+    rows = grad_kernel.indices.numpy()
+    np.testing.assert_array_equal(rows, np.flatnonzero(np.any(x != 0, axis=0)))
+    np.testing.assert_allclose(
+        grad_kernel.values.numpy(), (x.T @ upstream)[rows], rtol=1e-5, atol=1e-5
+    )
+
+
+def test_sparse_input_matmul_gradients_against_finite_differences():
+    x, kernel = _bag_of_words(3, batch=3, num_features=8, units=4, density=0.5)
+    indices, values, dense_shape = _shuffled_sparse(x, 4)
+
+    def f(values, kernel):
+        return tf_lsh_ops.sparse_input_matmul(tf.SparseTensor(indices, values, dense_shape), kernel)
+
+    theoretical, numerical = tf.test.compute_gradient(f, [values, tf.constant(kernel)], delta=1e-2)
+    for got, want in zip(theoretical, numerical, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2)
+
+
+def test_sparse_input_matmul_repeated_entries_and_empty_batch():
+    x, kernel = _bag_of_words(5)
+    sparse = tf.sparse.from_dense(x)
+    doubled = tf.SparseTensor(
+        tf.concat([sparse.indices, sparse.indices], 0),
+        tf.concat([sparse.values, sparse.values], 0),
+        sparse.dense_shape,
+    )
+    np.testing.assert_allclose(
+        tf_lsh_ops.sparse_input_matmul(doubled, kernel).numpy(), 2 * x @ kernel, rtol=1e-5
+    )
+    empty = tf.SparseTensor(tf.zeros([0, 2], tf.int64), tf.zeros([0]), [0, 30])
+    assert tf_lsh_ops.sparse_input_matmul(empty, kernel).shape == (0, 7)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("kernel_rows", r"kernel \(shape \[29,7\]\) must have 30 rows"),
+        ("kernel_rank", "kernel must have rank 2"),
+        ("not_sparse", "must be a tf.SparseTensor"),
+        ("entry_outside", "outside dense_shape"),
+    ],
+)
+def test_sparse_input_matmul_bad_input_is_named(change, message):
+    x, kernel = _bag_of_words(6)
+    inputs = tf.sparse.from_dense(x)
+    if change == "kernel_rows":
+        kernel = kernel[:-1]
+    elif change == "kernel_rank":
+        kernel = kernel[0]
+    elif change == "not_sparse":
+        inputs = x
+    elif change == "entry_outside":
+        inputs = tf.SparseTensor([[0, 40]], [1.0], [6, 30])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"SparseInputMatmul.*{message}"):
+        tf_lsh_ops.sparse_input_matmul(inputs, kernel)
+
+
+def test_sparse_input_matmul_grad_checks_grad_output():
+    x, kernel = _bag_of_words(7)
+    sparse = tf.sparse.from_dense(x)
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match="SparseInputMatmulGrad: grad_output has shape"
+    ):
+        tf_lsh_ops._loader.ops.sparse_input_matmul_grad(
+            sparse.indices, sparse.values, sparse.dense_shape, kernel, tf.zeros([6, 6])
+        )
+
+
 if __name__ == "__main__":
     import sys
 

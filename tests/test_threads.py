@@ -3,7 +3,8 @@
 Eager ops release the GIL while their kernels run, so the threads really run the kernels
 concurrently (and each kernel also shards its work over TensorFlow's pool). Every thread runs
 a fixed workload of every op (both gather paths, with shared read-only variables, forward
-and gradient; all hash families, dense and sparse; hash_params; build, update and query;
+and gradient; sparse_input_matmul and its gradient; all hash families, dense and sparse;
+hash_params; build, update and query, per example and batch-wide;
 a tf.function traced once and called from every thread); the results must equal, bit for bit,
 those of the same workloads run one after the other. Meanwhile `sparse_adam_apply` updates
 disjoint rows of one shared set of variables from every thread (the updates commute, so the
@@ -89,6 +90,29 @@ def workload(seed):
             seed=seed,
         )
         out.append(active)
+    # One set for the batch: eager calls share the op's kernel, and with it the counts it
+    # keeps between queries (one query at a time).
+    out.append(
+        tf_lsh_ops.query_tables(
+            codes,
+            ids,
+            counts,
+            k=ACTIVE,
+            num_neurons=UNITS,
+            fill_random=True,
+            seed=seed,
+            batch_wide=True,
+        )
+    )
+    kernel, values = tf.constant(WEIGHTS.T), tf.constant(sparse_x.values)
+    with tf.GradientTape() as tape:
+        tape.watch([kernel, values])
+        y = tf_lsh_ops.sparse_input_matmul(
+            tf.SparseTensor(sparse_x.indices, values, sparse_x.dense_shape), kernel
+        )
+        loss = tf.reduce_sum(y * y)
+    d_values, d_kernel = tape.gradient(loss, [values, kernel])
+    out += [y, d_values, d_kernel.indices, d_kernel.values]
     for weights, biases in ((WEIGHTS, BIASES), (W_VAR, B_VAR)):
         inputs = tf.constant(x)
         with tf.GradientTape() as tape:

@@ -23,6 +23,7 @@ from tf_lsh_ops.sparse_gather_matmul import (
     sparse_gather_matmul_adam,
     sparse_gather_matmul_grouped,
     sparse_input_gather_matmul,
+    sparse_input_matmul,
 )
 
 __all__ = [
@@ -41,5 +42,6 @@ __all__ = [
     "sparse_gather_matmul_adam",
     "sparse_gather_matmul_grouped",
     "sparse_input_gather_matmul",
+    "sparse_input_matmul",
     "update_tables",
 ]

@@ -195,6 +195,52 @@ def _sparse_input_gather_matmul_grad(op, grad_output):
     ]
 
 
+def sparse_input_matmul(inputs, kernel, name=None):
+    """`inputs @ kernel` for a 2-D `tf.SparseTensor`, with a sparse gradient for `kernel`.
+
+    `out[b, :] = sum over row b's entries (f, v) of v * kernel[f, :]`: only the kernel rows of
+    the features present are read, and the kernel's gradient is a `tf.IndexedSlices` over the
+    distinct features of the batch (`tf.sparse.sparse_dense_matmul` gives a dense one). One
+    op each way, where `tf.nn.embedding_lookup_sparse` runs a chain of them; the first layer
+    over a bag of words (`keras_layers.SparseInputDense`) uses it.
+
+    >>> x = tf.SparseTensor([[0, 1], [0, 1], [1, 0]], [1.0, 2.0, 5.0], [2, 3])
+    >>> sparse_input_matmul(x, tf.constant([[1.0, 0.0], [0.0, 1.0], [9.0, 9.0]])).numpy()
+    array([[0., 3.],
+           [5., 0.]], dtype=float32)
+
+    Args:
+      inputs: float32 `tf.SparseTensor` `[B, F]`, entries in any order (repeated entries add
+        up).
+      kernel: float32 `[F, H]`, feature-major (a tensor; pass a variable's value).
+      name: optional op name.
+
+    Returns:
+      float32 `[B, H]`.
+    """
+    op_name = "SparseInputMatmul"
+    if not isinstance(inputs, tf.SparseTensor):
+        raise tf.errors.InvalidArgumentError(
+            None, None, f"{op_name}: inputs must be a tf.SparseTensor, got {type(inputs).__name__}"
+        )
+    return ops.sparse_input_matmul(
+        inputs.indices,
+        as_tensor(op_name, "inputs.values", inputs.values, tf.float32),
+        inputs.dense_shape,
+        as_tensor(op_name, "kernel", kernel, tf.float32),
+        name=name,
+    )
+
+
+@tf.RegisterGradient("SparseInputMatmul")
+def _sparse_input_matmul_grad(op, grad_output):
+    sparse_indices, sparse_values, dense_shape, kernel = op.inputs
+    grad_values, rows, grad_kernel_rows = ops.sparse_input_matmul_grad(
+        sparse_indices, sparse_values, dense_shape, kernel, grad_output
+    )
+    return [None, grad_values, None, tf.IndexedSlices(grad_kernel_rows, rows, tf.shape(kernel))]
+
+
 def _gradients(grad_op, op, grad_output, weights_shape, biases_shape):
     """[d_inputs, d_weights, d_biases, None] from the forward op's grouping of the indices."""
     inputs, weights, indices = op.inputs[0], op.inputs[1], op.inputs[3]

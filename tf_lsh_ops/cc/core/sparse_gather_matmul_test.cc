@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "tf_lsh_ops/cc/core/sparse_input_gather_matmul.h"
 #include "tf_lsh_ops/cc/core/test_util.h"
 
 namespace tf_lsh {
@@ -243,10 +244,66 @@ void TestBackwardAdamEqualsBackwardThenAdam() {
   for (int i = 0; i < 6; ++i) CHECK_TRUE(state[1][i] == state[0][i]);
 }
 
+// Sparse inputs times a feature-major kernel, and its gradients, against plain loops: a
+// repeated feature within a row (3, 3), across rows (3), an empty row and a row of one entry.
+void TestSparseInputMatmulAgainstLoops() {
+  std::mt19937 rng(17);
+  std::normal_distribution<float> normal;
+  const int64_t batch = 4, num_features = 6, units = 21;
+  const std::vector<int64_t> offsets = {0, 3, 3, 5, 6};
+  const std::vector<int64_t> features = {3, 0, 3, 5, 3, 1};
+  std::vector<float> values(features.size()), kernel(num_features * units),
+      g(batch * units);
+  for (auto& v : values) v = normal(rng);
+  for (auto& v : kernel) v = normal(rng);
+  for (auto& v : g) v = normal(rng);
+  const SparseRowsView inputs{offsets.data(), features.data(), values.data()};
+
+  std::vector<float> out(batch * units, 7.f);
+  SparseInputMatmulForward(batch, units, inputs, kernel.data(), out.data(), ReversedShards());
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t u = 0; u < units; ++u) {
+      double want = 0;
+      for (int64_t j = offsets[b]; j < offsets[b + 1]; ++j) {
+        want += double{values[j]} * kernel[features[j] * units + u];
+      }
+      CHECK_NEAR(out[b * units + u], want, 1e-5);
+    }
+  }
+
+  std::vector<int32_t> features32(features.begin(), features.end());
+  const ActiveRows grouped(features32.data(), features32.size());
+  CHECK_TRUE((grouped.ids() == std::vector<int32_t>{0, 1, 3, 5}));
+  std::vector<float> grad_values(values.size()), grad_rows(grouped.size() * units, 7.f);
+  SparseInputMatmulBackward(batch, units, inputs, kernel.data(), g.data(), grouped.view(),
+                            grad_values.data(), grad_rows.data(), ReversedShards());
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t j = offsets[b]; j < offsets[b + 1]; ++j) {
+      double want = 0;
+      for (int64_t u = 0; u < units; ++u) {
+        want += double{kernel[features[j] * units + u]} * g[b * units + u];
+      }
+      CHECK_NEAR(grad_values[j], want, 1e-5);
+    }
+  }
+  for (int64_t r = 0; r < grouped.size(); ++r) {
+    for (int64_t u = 0; u < units; ++u) {
+      double want = 0;
+      for (int64_t b = 0; b < batch; ++b) {
+        for (int64_t j = offsets[b]; j < offsets[b + 1]; ++j) {
+          if (features[j] == grouped.ids()[r]) want += double{values[j]} * g[b * units + u];
+        }
+      }
+      CHECK_NEAR(grad_rows[r * units + u], want, 1e-5);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace tf_lsh
 
 int main() {
+  tf_lsh::TestSparseInputMatmulAgainstLoops();
   tf_lsh::TestBackwardAdamEqualsBackwardThenAdam();
   tf_lsh::TestSharedMatchesPerExample();
   tf_lsh::TestExampleFromHeader();

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
+
+#include "tf_lsh_ops/cc/core/vector_ops.h"
 
 namespace tf_lsh {
 
@@ -66,6 +69,69 @@ void SparseInputGatherMatmulBackward(const GatherMatmulShape& shape,
         db += g;
       }
       grad_bias_rows[r] = db;
+    }
+  });
+}
+
+namespace {
+
+// Kernel rows are scattered over the whole matrix (tens of MB for a big vocabulary): each is
+// prefetched this many entries ahead.
+constexpr int64_t kRowsAhead = 4;
+
+void PrefetchKernelRow(const float* row, int64_t units) {
+  for (int64_t i = 0; i < units; i += 16) __builtin_prefetch(row + i);
+}
+
+}  // namespace
+
+void SparseInputMatmulForward(int64_t batch, int64_t units, const SparseRowsView& inputs,
+                              const float* kernel, float* out, const ParallelFor& parallel_for) {
+  const int64_t mean_nonzeros = 1 + inputs.row_offsets[batch] / std::max<int64_t>(batch, 1);
+  parallel_for(batch, mean_nonzeros * (units + 20), [&](int64_t begin, int64_t end) {
+    const int64_t last_entry = inputs.row_offsets[end];
+    for (int64_t b = begin; b < end; ++b) {
+      float* row = out + b * units;
+      std::fill(row, row + units, 0.f);
+      for (int64_t j = inputs.row_offsets[b]; j < inputs.row_offsets[b + 1]; ++j) {
+        if (j + kRowsAhead < last_entry) {
+          PrefetchKernelRow(kernel + inputs.features[j + kRowsAhead] * units, units);
+        }
+        Axpy(inputs.values[j], kernel + inputs.features[j] * units, row, units);
+      }
+    }
+  });
+}
+
+void SparseInputMatmulBackward(int64_t batch, int64_t units, const SparseRowsView& inputs,
+                               const float* kernel, const float* grad_out,
+                               const RowGroups& features, float* grad_values,
+                               float* grad_kernel_rows, const ParallelFor& parallel_for) {
+  const int64_t num_entries = inputs.row_offsets[batch];
+  // The example of each entry, for the gradient rows (positions are entry numbers).
+  std::vector<int32_t> example_of(num_entries);
+  parallel_for(batch, 2 * units, [&](int64_t begin, int64_t end) {
+    const int64_t last_entry = inputs.row_offsets[end];
+    for (int64_t b = begin; b < end; ++b) {
+      const float* g = grad_out + b * units;
+      for (int64_t j = inputs.row_offsets[b]; j < inputs.row_offsets[b + 1]; ++j) {
+        if (j + kRowsAhead < last_entry) {
+          PrefetchKernelRow(kernel + inputs.features[j + kRowsAhead] * units, units);
+        }
+        grad_values[j] = Dot(kernel + inputs.features[j] * units, g, units);
+        example_of[j] = static_cast<int32_t>(b);
+      }
+    }
+  });
+  // One gradient row per feature, each written by one thread.
+  parallel_for(features.num_rows, 4 * units, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      float* dw = grad_kernel_rows + r * units;
+      std::fill(dw, dw + units, 0.f);
+      for (int32_t p = features.offsets[r]; p < features.offsets[r + 1]; ++p) {
+        const int64_t j = features.positions[p];
+        Axpy(inputs.values[j], grad_out + int64_t{example_of[j]} * units, dw, units);
+      }
     }
   });
 }

@@ -36,6 +36,22 @@ void SparseInputGatherMatmulBackward(const GatherMatmulShape& shape,
                                      float* grad_weight_rows, float* grad_bias_rows,
                                      const ParallelFor& parallel_for);
 
+// The plain product of sparse inputs [batch, num_features] (CSR) and a dense kernel
+// [num_features, units], feature-major (a first layer over a bag of words):
+//   out[b, :] = sum over row b's entries j of values[j] * kernel[features[j], :].
+// Reads only the kernel rows of the features present.
+void SparseInputMatmulForward(int64_t batch, int64_t units, const SparseRowsView& inputs,
+                              const float* kernel, float* out, const ParallelFor& parallel_for);
+
+// Its gradients: grad_values[j] = kernel[features[j], :] . grad_out[b, :] for the entries j of
+// row b; and, for each row r of `features` (the entries grouped by feature; positions are CSR
+// entry numbers), grad_kernel_rows[r, :] = sum of values[j] * grad_out[b of j, :] over its
+// entries, summed in entry order.
+void SparseInputMatmulBackward(int64_t batch, int64_t units, const SparseRowsView& inputs,
+                               const float* kernel, const float* grad_out,
+                               const RowGroups& features, float* grad_values,
+                               float* grad_kernel_rows, const ParallelFor& parallel_for);
+
 }  // namespace tf_lsh
 
 #endif  // TF_LSH_OPS_CC_CORE_SPARSE_INPUT_GATHER_MATMUL_H_

@@ -1,5 +1,7 @@
-// Kernels of SparseInputGatherMatmul and its gradient: validate, regroup, call the core.
+// Kernels of SparseInputGatherMatmul, SparseInputMatmul and their gradients: validate,
+// regroup, call the core.
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 #include "tensorflow/core/framework/op_kernel.h"
@@ -114,9 +116,96 @@ class SparseInputGatherMatmulGradOp : public OpKernel {
   }
 };
 
+namespace {
+
+// Checks the kernel [num_features, units] against the sparse inputs [batch, num_features]
+// with `num_entries` entries.
+absl::Status CheckKernel(const char* op, const SparseRows& rows, int64_t num_entries,
+                         const Tensor& kernel) {
+  TF_RETURN_IF_ERROR(CheckRank(op, "kernel", kernel, 2));
+  if (kernel.dim_size(0) != rows.dim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": the sparse inputs have dense_shape [", rows.batch, ", ", rows.dim,
+        "]; kernel (shape ", kernel.shape().DebugString(), ") must have ", rows.dim, " rows"));
+  }
+  // Entries and examples are numbered with int32 in the gradient's grouping.
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  if (rows.batch > kMax || rows.dim > kMax || num_entries > kMax) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": at most 2^31 - 1 rows, features and entries are supported; dense_shape is [",
+        rows.batch, ", ", rows.dim, "]"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+class SparseInputMatmulOp : public OpKernel {
+ public:
+  explicit SparseInputMatmulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    constexpr char kOp[] = "SparseInputMatmul";
+    SparseRows rows;
+    OP_REQUIRES_OK(ctx, CheckSparseInputs(kOp, ctx, &rows));
+    const Tensor& kernel = ctx->input(3);
+    OP_REQUIRES_OK(ctx, CheckKernel(kOp, rows, ctx->input(1).NumElements(), kernel));
+    const int64_t units = kernel.dim_size(1);
+    Tensor* output = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({rows.batch, units}), &output));
+    OP_REQUIRES_OK(ctx, GroupSparseRows(ctx, &rows));
+    SparseInputMatmulForward(rows.batch, units,
+                             {rows.offsets(), rows.feature_ids.data(), rows.values.data()},
+                             kernel.flat<float>().data(), output->flat<float>().data(),
+                             TfParallelFor(ctx));
+  }
+};
+
+class SparseInputMatmulGradOp : public OpKernel {
+ public:
+  explicit SparseInputMatmulGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    constexpr char kOp[] = "SparseInputMatmulGrad";
+    SparseRows rows;
+    OP_REQUIRES_OK(ctx, CheckSparseInputs(kOp, ctx, &rows));
+    const Tensor& kernel = ctx->input(3);
+    const Tensor& grad_output = ctx->input(4);
+    OP_REQUIRES_OK(ctx, CheckKernel(kOp, rows, ctx->input(1).NumElements(), kernel));
+    const int64_t units = kernel.dim_size(1);
+    OP_REQUIRES(ctx, grad_output.shape() == TensorShape({rows.batch, units}),
+                absl::InvalidArgumentError(absl::StrCat(
+                    kOp, ": grad_output has shape ", grad_output.shape().DebugString(),
+                    "; it must be [batch, units] = [", rows.batch, ", ", units, "]")));
+    OP_REQUIRES_OK(ctx, GroupSparseRows(ctx, &rows));
+    // The entries grouped by feature: one gradient row per distinct feature.
+    const std::vector<int32_t> features(rows.feature_ids.begin(), rows.feature_ids.end());
+    const ActiveRows grouped(features.data(), features.size(), TfParallelFor(ctx));
+    Tensor *grad_values = nullptr, *row_ids = nullptr, *grad_kernel_rows = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(1).shape(), &grad_values));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({grouped.size()}), &row_ids));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({grouped.size(), units}),
+                                             &grad_kernel_rows));
+    std::copy(grouped.ids().begin(), grouped.ids().end(), row_ids->flat<int32_t>().data());
+    std::vector<float> grad_csr(rows.values.size());
+    SparseInputMatmulBackward(rows.batch, units,
+                              {rows.offsets(), rows.feature_ids.data(), rows.values.data()},
+                              kernel.flat<float>().data(), grad_output.flat<float>().data(),
+                              grouped.view(), grad_csr.data(),
+                              grad_kernel_rows->flat<float>().data(), TfParallelFor(ctx));
+    // Back to the SparseTensor's entry order.
+    float* out = grad_values->flat<float>().data();
+    for (size_t slot = 0; slot < grad_csr.size(); ++slot) out[rows.entries[slot]] = grad_csr[slot];
+  }
+};
+
 REGISTER_KERNEL_BUILDER(Name("SparseInputGatherMatmul").Device(tensorflow::DEVICE_CPU),
                         SparseInputGatherMatmulOp);
 REGISTER_KERNEL_BUILDER(Name("SparseInputGatherMatmulGrad").Device(tensorflow::DEVICE_CPU),
                         SparseInputGatherMatmulGradOp);
+REGISTER_KERNEL_BUILDER(Name("SparseInputMatmul").Device(tensorflow::DEVICE_CPU),
+                        SparseInputMatmulOp);
+REGISTER_KERNEL_BUILDER(Name("SparseInputMatmulGrad").Device(tensorflow::DEVICE_CPU),
+                        SparseInputMatmulGradOp);
 
 }  // namespace tf_lsh
