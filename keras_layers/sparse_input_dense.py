@@ -78,7 +78,9 @@ class SparseInputDense(keras.layers.Layer):
     def call(self, inputs, training=None):
         if isinstance(inputs, tf.SparseTensor):
             if training:
-                outputs = tf_lsh_ops.sparse_input_matmul(inputs, self.kernel.value)
+                # The variable itself, read in place: after its sparse updates, reading its
+                # value would copy the whole kernel every step.
+                outputs = tf_lsh_ops.sparse_input_matmul(inputs, self.kernel)
             else:  # standard TensorFlow ops: exported SavedModels load without tf-lsh
                 outputs = _embedding_bag(inputs, self.kernel.value)
         else:

@@ -1235,7 +1235,8 @@ def fuzz_sparse_input_matmul(rng):
         rejects(call)
         return mutation
 
-    values_t, kernel_t = tf.constant(values), tf.constant(kernel)
+    values_t = tf.constant(values)
+    kernel_t = tf.Variable(kernel) if rng.random() < 0.4 else tf.constant(kernel)
 
     def forward_and_grads():
         with tf.GradientTape() as tape:

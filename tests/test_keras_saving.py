@@ -425,11 +425,11 @@ def test_sparse_input_model_exports_with_standard_ops_only(tmp_path):
     for training, uses_op in ((True, True), (False, False)):
         graph = traced.get_concrete_function(x, training).graph
         used = {op.type for op in graph.get_operations()}
-        assert ("SparseInputMatmul" in used) == uses_op, used
+        assert ("ResourceSparseInputMatmul" in used) == uses_op, used  # the variable, in place
     np.testing.assert_allclose(
         layer(x, training=True).numpy(), layer(x, training=False).numpy(), rtol=1e-6
     )
-    assert "SparseInputMatmul" in _tf_lsh_op_types()
+    assert "ResourceSparseInputMatmul" in _tf_lsh_op_types()
     directory = str(tmp_path / "plugin_free")
     keras_layers.export_saved_model(
         model,

@@ -718,15 +718,20 @@ def _shuffled_sparse(x, seed):
     return tf.gather(sparse.indices, order), tf.gather(sparse.values, order), sparse.dense_shape
 
 
-def test_sparse_input_matmul_matches_dense_matmul_and_its_gradients():
+@pytest.mark.parametrize("kernel_kind", ["tensor", "variable", "copy_on_read_variable"])
+def test_sparse_input_matmul_matches_dense_matmul_and_its_gradients(kernel_kind):
     x, kernel = _bag_of_words(0)
     indices, values, dense_shape = _shuffled_sparse(x, 1)
     values = tf.Variable(values)
     kernel_var = tf.Variable(kernel)
+    if kernel_kind == "copy_on_read_variable":
+        tf.gather(kernel_var, [0])  # a sparse read switches the variable to copy-on-read mode
     upstream = np.random.default_rng(2).standard_normal((6, 7)).astype(np.float32)
     with tf.GradientTape() as tape:
+        # A variable is read in place through its handle (the Resource op).
+        kernel_arg = kernel_var.read_value() if kernel_kind == "tensor" else kernel_var
         out = tf_lsh_ops.sparse_input_matmul(
-            tf.SparseTensor(indices, values, dense_shape), kernel_var.read_value()
+            tf.SparseTensor(indices, values, dense_shape), kernel_arg
         )
         loss = tf.reduce_sum(out * upstream)
     grad_values, grad_kernel = tape.gradient(loss, [values, kernel_var])

@@ -212,7 +212,8 @@ def sparse_input_matmul(inputs, kernel, name=None):
     Args:
       inputs: float32 `tf.SparseTensor` `[B, F]`, entries in any order (repeated entries add
         up).
-      kernel: float32 `[F, H]`, feature-major (a tensor; pass a variable's value).
+      kernel: float32 `[F, H]`, feature-major: a tensor, or a variable (`tf.Variable` or
+        Keras), then read in place (no copy even after sparse updates).
       name: optional op name.
 
     Returns:
@@ -223,22 +224,42 @@ def sparse_input_matmul(inputs, kernel, name=None):
         raise tf.errors.InvalidArgumentError(
             None, None, f"{op_name}: inputs must be a tf.SparseTensor, got {type(inputs).__name__}"
         )
-    return ops.sparse_input_matmul(
-        inputs.indices,
-        as_tensor(op_name, "inputs.values", inputs.values, tf.float32),
-        inputs.dense_shape,
-        as_tensor(op_name, "kernel", kernel, tf.float32),
-        name=name,
+    values = as_tensor(op_name, "inputs.values", inputs.values, tf.float32)
+    variable = _as_resource_variable(kernel)
+    if variable is not None:
+        require_dtype(op_name, "kernel", variable, tf.float32)
+        # Lets GradientTape and tf.function see the variable read through its handle.
+        resource_variable_ops.variable_accessed(variable)
+        return ops.resource_sparse_input_matmul(
+            inputs.indices, values, inputs.dense_shape, variable.handle, name=name
+        )
+    kernel = as_tensor(op_name, "kernel", kernel, tf.float32)
+    return ops.sparse_input_matmul(inputs.indices, values, inputs.dense_shape, kernel, name=name)
+
+
+def _sparse_input_matmul_gradients(grad_op, op, grad_output, kernel_shape):
+    sparse_indices, sparse_values, dense_shape, kernel = op.inputs
+    grad_values, rows, grad_kernel_rows = grad_op(
+        sparse_indices, sparse_values, dense_shape, kernel, grad_output
     )
+    return [None, grad_values, None, tf.IndexedSlices(grad_kernel_rows, rows, kernel_shape)]
 
 
 @tf.RegisterGradient("SparseInputMatmul")
 def _sparse_input_matmul_grad(op, grad_output):
-    sparse_indices, sparse_values, dense_shape, kernel = op.inputs
-    grad_values, rows, grad_kernel_rows = ops.sparse_input_matmul_grad(
-        sparse_indices, sparse_values, dense_shape, kernel, grad_output
+    return _sparse_input_matmul_gradients(
+        ops.sparse_input_matmul_grad, op, grad_output, tf.shape(op.inputs[3])
     )
-    return [None, grad_values, None, tf.IndexedSlices(grad_kernel_rows, rows, tf.shape(kernel))]
+
+
+@tf.RegisterGradient("ResourceSparseInputMatmul")
+def _resource_sparse_input_matmul_grad(op, grad_output):
+    return _sparse_input_matmul_gradients(
+        ops.resource_sparse_input_matmul_grad,
+        op,
+        grad_output,
+        resource_variable_ops.variable_shape(op.inputs[3]),
+    )
 
 
 def _gradients(grad_op, op, grad_output, weights_shape, biases_shape):

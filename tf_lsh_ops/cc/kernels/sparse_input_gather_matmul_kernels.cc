@@ -10,6 +10,7 @@
 #include "tf_lsh_ops/cc/kernels/input_checks.h"
 #include "tf_lsh_ops/cc/kernels/sparse_inputs.h"
 #include "tf_lsh_ops/cc/kernels/thread_pool.h"
+#include "tf_lsh_ops/cc/kernels/variable_access.h"
 
 namespace tf_lsh {
 
@@ -140,15 +141,19 @@ absl::Status CheckKernel(const char* op, const SparseRows& rows, int64_t num_ent
 
 }  // namespace
 
+// Serves SparseInputMatmul (the kernel as a tensor) and ResourceSparseInputMatmul (as a
+// variable, read in place).
 class SparseInputMatmulOp : public OpKernel {
  public:
   explicit SparseInputMatmulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
-    constexpr char kOp[] = "SparseInputMatmul";
+    const char* kOp = type_string().c_str();
     SparseRows rows;
     OP_REQUIRES_OK(ctx, CheckSparseInputs(kOp, ctx, &rows));
-    const Tensor& kernel = ctx->input(3);
+    InputTensor kernel_input;
+    OP_REQUIRES_OK(ctx, kernel_input.Init(ctx, kOp, "kernel", 3));
+    const Tensor& kernel = kernel_input.tensor();
     OP_REQUIRES_OK(ctx, CheckKernel(kOp, rows, ctx->input(1).NumElements(), kernel));
     const int64_t units = kernel.dim_size(1);
     Tensor* output = nullptr;
@@ -166,10 +171,12 @@ class SparseInputMatmulGradOp : public OpKernel {
   explicit SparseInputMatmulGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
-    constexpr char kOp[] = "SparseInputMatmulGrad";
+    const char* kOp = type_string().c_str();
     SparseRows rows;
     OP_REQUIRES_OK(ctx, CheckSparseInputs(kOp, ctx, &rows));
-    const Tensor& kernel = ctx->input(3);
+    InputTensor kernel_input;
+    OP_REQUIRES_OK(ctx, kernel_input.Init(ctx, kOp, "kernel", 3));
+    const Tensor& kernel = kernel_input.tensor();
     const Tensor& grad_output = ctx->input(4);
     OP_REQUIRES_OK(ctx, CheckKernel(kOp, rows, ctx->input(1).NumElements(), kernel));
     const int64_t units = kernel.dim_size(1);
@@ -206,6 +213,10 @@ REGISTER_KERNEL_BUILDER(Name("SparseInputGatherMatmulGrad").Device(tensorflow::D
 REGISTER_KERNEL_BUILDER(Name("SparseInputMatmul").Device(tensorflow::DEVICE_CPU),
                         SparseInputMatmulOp);
 REGISTER_KERNEL_BUILDER(Name("SparseInputMatmulGrad").Device(tensorflow::DEVICE_CPU),
+                        SparseInputMatmulGradOp);
+REGISTER_KERNEL_BUILDER(Name("ResourceSparseInputMatmul").Device(tensorflow::DEVICE_CPU),
+                        SparseInputMatmulOp);
+REGISTER_KERNEL_BUILDER(Name("ResourceSparseInputMatmulGrad").Device(tensorflow::DEVICE_CPU),
                         SparseInputMatmulGradOp);
 
 }  // namespace tf_lsh

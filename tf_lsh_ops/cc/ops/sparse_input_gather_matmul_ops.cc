@@ -54,25 +54,60 @@ REGISTER_OP("SparseInputGatherMatmulGrad")
     })
     .Doc("Gradient of SparseInputGatherMatmul: for the values, and rows of weights and biases.");
 
+namespace {
+
+// SparseInputMatmul takes the kernel as a tensor, ResourceSparseInputMatmul as a variable
+// (read in place: no copy of a variable in copy-on-read mode); the same shape functions.
+absl::Status SparseInputMatmulShape(InferenceContext* c, bool resource) {
+  constexpr char kOp[] = "SparseInputMatmul";
+  ShapeHandle unused, kernel = c->Matrix(c->UnknownDim(), c->UnknownDim());
+  TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 0, "sparse_indices", 2, &unused));
+  TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 1, "sparse_values", 1, &unused));
+  if (!resource) {
+    TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 3, "kernel", 2, &kernel));
+  }
+  c->set_output(0, c->Matrix(c->UnknownDim(), c->Dim(kernel, 1)));
+  return absl::OkStatus();
+}
+
+absl::Status SparseInputMatmulGradShape(InferenceContext* c, bool resource) {
+  ShapeHandle kernel = c->Matrix(c->UnknownDim(), c->UnknownDim());
+  if (!resource) {
+    TF_RETURN_IF_ERROR(WithRankNamed(c, "SparseInputMatmulGrad", 3, "kernel", 2, &kernel));
+  }
+  c->set_output(0, c->input(1));
+  c->set_output(1, c->Vector(c->UnknownDim()));
+  c->set_output(2, c->Matrix(c->UnknownDim(), c->Dim(kernel, 1)));
+  return absl::OkStatus();
+}
+
+constexpr char kSparseInputMatmulDoc[] = R"doc(
+output[b, :] = sum over row b's entries (f, v) of v * kernel[f, :]: sparse inputs times a
+feature-major kernel, reading only the rows of the features present.
+)doc";
+
+constexpr char kSparseInputMatmulGradDoc[] =
+    "Gradient of SparseInputMatmul: for the values, and the kernel rows of the features.";
+
+}  // namespace
+
 REGISTER_OP("SparseInputMatmul")
     .Input("sparse_indices: int64")
     .Input("sparse_values: float")
     .Input("dense_shape: int64")
     .Input("kernel: float")
     .Output("output: float")
-    .SetShapeFn([](InferenceContext* c) -> absl::Status {
-      constexpr char kOp[] = "SparseInputMatmul";
-      ShapeHandle unused, kernel;
-      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 0, "sparse_indices", 2, &unused));
-      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 1, "sparse_values", 1, &unused));
-      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 3, "kernel", 2, &kernel));
-      c->set_output(0, c->Matrix(c->UnknownDim(), c->Dim(kernel, 1)));
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
-output[b, :] = sum over row b's entries (f, v) of v * kernel[f, :]: sparse inputs times a
-feature-major kernel, reading only the rows of the features present.
-)doc");
+    .SetShapeFn([](InferenceContext* c) { return SparseInputMatmulShape(c, false); })
+    .Doc(kSparseInputMatmulDoc);
+
+REGISTER_OP("ResourceSparseInputMatmul")
+    .Input("sparse_indices: int64")
+    .Input("sparse_values: float")
+    .Input("dense_shape: int64")
+    .Input("kernel: resource")
+    .Output("output: float")
+    .SetShapeFn([](InferenceContext* c) { return SparseInputMatmulShape(c, true); })
+    .Doc(kSparseInputMatmulDoc);
 
 REGISTER_OP("SparseInputMatmulGrad")
     .Input("sparse_indices: int64")
@@ -83,14 +118,19 @@ REGISTER_OP("SparseInputMatmulGrad")
     .Output("grad_values: float")
     .Output("rows: int32")
     .Output("grad_kernel_rows: float")
-    .SetShapeFn([](InferenceContext* c) -> absl::Status {
-      ShapeHandle kernel;
-      TF_RETURN_IF_ERROR(WithRankNamed(c, "SparseInputMatmulGrad", 3, "kernel", 2, &kernel));
-      c->set_output(0, c->input(1));
-      c->set_output(1, c->Vector(c->UnknownDim()));
-      c->set_output(2, c->Matrix(c->UnknownDim(), c->Dim(kernel, 1)));
-      return absl::OkStatus();
-    })
-    .Doc("Gradient of SparseInputMatmul: for the values, and the kernel rows of the features.");
+    .SetShapeFn([](InferenceContext* c) { return SparseInputMatmulGradShape(c, false); })
+    .Doc(kSparseInputMatmulGradDoc);
+
+REGISTER_OP("ResourceSparseInputMatmulGrad")
+    .Input("sparse_indices: int64")
+    .Input("sparse_values: float")
+    .Input("dense_shape: int64")
+    .Input("kernel: resource")
+    .Input("grad_output: float")
+    .Output("grad_values: float")
+    .Output("rows: int32")
+    .Output("grad_kernel_rows: float")
+    .SetShapeFn([](InferenceContext* c) { return SparseInputMatmulGradShape(c, true); })
+    .Doc(kSparseInputMatmulGradDoc);
 
 }  // namespace tf_lsh
