@@ -20,17 +20,6 @@ namespace {
 constexpr int64_t kFarPrefetch = 8;
 constexpr int64_t kNearPrefetch = 2;
 
-// Always inlined: GCC otherwise finds these free of side effects and drops their calls.
-__attribute__((always_inline)) inline void PrefetchRow(const float* row, int64_t dim, bool near) {
-  for (int64_t i = 0; i < dim; i += 16) {
-    if (near) {
-      __builtin_prefetch(row + i, 0, 3);
-    } else {
-      __builtin_prefetch(row + i, 0, 2);
-    }
-  }
-}
-
 // Prefetches what row r + kFarPrefetch and r + kNearPrefetch of `rows` will touch.
 template <bool kWritesPerPosition>
 __attribute__((always_inline)) inline void PrefetchAhead(const float* weights, int64_t dim,

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <vector>
 
+#include "tf_lsh_ops/cc/core/vector_kernels.h"
 #include "tf_lsh_ops/cc/core/vector_ops.h"
 
 namespace tf_lsh {
@@ -13,7 +14,8 @@ void SparseInputGatherMatmulForward(const GatherMatmulShape& shape, const Sparse
                                     const int32_t* indices, float* out,
                                     const ParallelFor& parallel_for) {
   const int64_t dim = shape.dim, active = shape.active;
-  const int64_t mean_nonzeros = 1 + inputs.row_offsets[shape.batch] / std::max<int64_t>(shape.batch, 1);
+  const int64_t mean_nonzeros =
+      1 + inputs.row_offsets[shape.batch] / std::max<int64_t>(shape.batch, 1);
   parallel_for(shape.batch, active * (2 * mean_nonzeros + 10), [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const int64_t first = inputs.row_offsets[b], last = inputs.row_offsets[b + 1];
@@ -79,10 +81,6 @@ namespace {
 // prefetched this many entries ahead.
 constexpr int64_t kRowsAhead = 4;
 
-void PrefetchKernelRow(const float* row, int64_t units) {
-  for (int64_t i = 0; i < units; i += 16) __builtin_prefetch(row + i);
-}
-
 }  // namespace
 
 void SparseInputMatmulForward(int64_t batch, int64_t units, const SparseRowsView& inputs,
@@ -95,7 +93,7 @@ void SparseInputMatmulForward(int64_t batch, int64_t units, const SparseRowsView
       std::fill(row, row + units, 0.f);
       for (int64_t j = inputs.row_offsets[b]; j < inputs.row_offsets[b + 1]; ++j) {
         if (j + kRowsAhead < last_entry) {
-          PrefetchKernelRow(kernel + inputs.features[j + kRowsAhead] * units, units);
+          PrefetchRow(kernel + inputs.features[j + kRowsAhead] * units, units, /*near=*/true);
         }
         Axpy(inputs.values[j], kernel + inputs.features[j] * units, row, units);
       }
@@ -116,7 +114,7 @@ void SparseInputMatmulBackward(int64_t batch, int64_t units, const SparseRowsVie
       const float* g = grad_out + b * units;
       for (int64_t j = inputs.row_offsets[b]; j < inputs.row_offsets[b + 1]; ++j) {
         if (j + kRowsAhead < last_entry) {
-          PrefetchKernelRow(kernel + inputs.features[j + kRowsAhead] * units, units);
+          PrefetchRow(kernel + inputs.features[j + kRowsAhead] * units, units, /*near=*/true);
         }
         grad_values[j] = Dot(kernel + inputs.features[j] * units, g, units);
         example_of[j] = static_cast<int32_t>(b);
