@@ -144,6 +144,16 @@ def sparse_gather_matmul_adam(
     )
 
 
+def _sparse_parts(op_name, inputs):
+    """(indices, float32 values, dense_shape) of a tf.SparseTensor op input, checked."""
+    if not isinstance(inputs, tf.SparseTensor):
+        raise tf.errors.InvalidArgumentError(
+            None, None, f"{op_name}: inputs must be a tf.SparseTensor, got {type(inputs).__name__}"
+        )
+    values = as_tensor(op_name, "inputs.values", inputs.values, tf.float32)
+    return inputs.indices, values, inputs.dense_shape
+
+
 def sparse_input_gather_matmul(inputs, weights, biases, indices, name=None):
     """`sparse_gather_matmul` for a 2-D `tf.SparseTensor` of inputs.
 
@@ -164,14 +174,8 @@ def sparse_input_gather_matmul(inputs, weights, biases, indices, name=None):
       float32 `[B, K]`.
     """
     op_name = "SparseInputGatherMatmul"
-    if not isinstance(inputs, tf.SparseTensor):
-        raise tf.errors.InvalidArgumentError(
-            None, None, f"{op_name}: inputs must be a tf.SparseTensor, got {type(inputs).__name__}"
-        )
     return ops.sparse_input_gather_matmul(
-        inputs.indices,
-        as_tensor(op_name, "inputs.values", inputs.values, tf.float32),
-        inputs.dense_shape,
+        *_sparse_parts(op_name, inputs),
         as_tensor(op_name, "weights", weights, tf.float32),
         as_tensor(op_name, "biases", biases, tf.float32),
         as_tensor(op_name, "indices", indices, tf.int32),
@@ -220,21 +224,15 @@ def sparse_input_matmul(inputs, kernel, name=None):
       float32 `[B, H]`.
     """
     op_name = "SparseInputMatmul"
-    if not isinstance(inputs, tf.SparseTensor):
-        raise tf.errors.InvalidArgumentError(
-            None, None, f"{op_name}: inputs must be a tf.SparseTensor, got {type(inputs).__name__}"
-        )
-    values = as_tensor(op_name, "inputs.values", inputs.values, tf.float32)
+    parts = _sparse_parts(op_name, inputs)
     variable = _as_resource_variable(kernel)
     if variable is not None:
         require_dtype(op_name, "kernel", variable, tf.float32)
         # Lets GradientTape and tf.function see the variable read through its handle.
         resource_variable_ops.variable_accessed(variable)
-        return ops.resource_sparse_input_matmul(
-            inputs.indices, values, inputs.dense_shape, variable.handle, name=name
-        )
+        return ops.resource_sparse_input_matmul(*parts, variable.handle, name=name)
     kernel = as_tensor(op_name, "kernel", kernel, tf.float32)
-    return ops.sparse_input_matmul(inputs.indices, values, inputs.dense_shape, kernel, name=name)
+    return ops.sparse_input_matmul(*parts, kernel, name=name)
 
 
 def _sparse_input_matmul_gradients(grad_op, op, grad_output, kernel_shape):

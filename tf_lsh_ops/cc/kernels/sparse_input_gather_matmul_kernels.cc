@@ -53,6 +53,26 @@ absl::Status CheckArguments(const char* op, OpKernelContext* ctx, const SparseRo
   return absl::OkStatus();
 }
 
+// Checks the kernel [num_features, units] against the sparse inputs [batch, num_features]
+// with `num_entries` entries.
+absl::Status CheckKernel(const char* op, const SparseRows& rows, int64_t num_entries,
+                         const Tensor& kernel) {
+  TF_RETURN_IF_ERROR(CheckRank(op, "kernel", kernel, 2));
+  if (kernel.dim_size(0) != rows.dim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": the sparse inputs have dense_shape [", rows.batch, ", ", rows.dim,
+        "]; kernel (shape ", kernel.shape().DebugString(), ") must have ", rows.dim, " rows"));
+  }
+  // Entries and examples are numbered with int32 in the gradient's grouping.
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  if (rows.batch > kMax || rows.dim > kMax || num_entries > kMax) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": at most 2^31 - 1 rows, features and entries are supported; dense_shape is [",
+        rows.batch, ", ", rows.dim, "]"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 class SparseInputGatherMatmulOp : public OpKernel {
@@ -69,10 +89,10 @@ class SparseInputGatherMatmulOp : public OpKernel {
     Tensor* output = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(5).shape(), &output));
     OP_REQUIRES_OK(ctx, GroupSparseRows(ctx, &rows));
-    SparseInputGatherMatmulForward(
-        shape, {rows.offsets(), rows.feature_ids.data(), rows.values.data()},
-        ctx->input(3).flat<float>().data(), ctx->input(4).flat<float>().data(),
-        ctx->input(5).flat<int32_t>().data(), output->flat<float>().data(), TfParallelFor(ctx));
+    SparseInputGatherMatmulForward(shape, rows.view(), ctx->input(3).flat<float>().data(),
+                                   ctx->input(4).flat<float>().data(),
+                                   ctx->input(5).flat<int32_t>().data(),
+                                   output->flat<float>().data(), TfParallelFor(ctx));
   }
 };
 
@@ -106,40 +126,14 @@ class SparseInputGatherMatmulGradOp : public OpKernel {
     std::copy(active.ids().begin(), active.ids().end(), row_ids->flat<int32_t>().data());
     std::vector<float> grad_csr(rows.values.size());
     SparseInputGatherMatmulBackward(
-        shape, {rows.offsets(), rows.feature_ids.data(), rows.values.data()},
-        weights.flat<float>().data(), indices.flat<int32_t>().data(),
+        shape, rows.view(), weights.flat<float>().data(), indices.flat<int32_t>().data(),
         grad_output.flat<float>().data(), active.view(), grad_csr.data(),
         grad_weight_rows->flat<float>().data(), grad_bias_rows->flat<float>().data(),
         TfParallelFor(ctx));
-    // Back to the SparseTensor's entry order.
-    float* out = grad_values->flat<float>().data();
-    for (size_t slot = 0; slot < grad_csr.size(); ++slot) out[rows.entries[slot]] = grad_csr[slot];
+    rows.ToEntryOrder(grad_csr, grad_values->flat<float>().data());
   }
 };
 
-namespace {
-
-// Checks the kernel [num_features, units] against the sparse inputs [batch, num_features]
-// with `num_entries` entries.
-absl::Status CheckKernel(const char* op, const SparseRows& rows, int64_t num_entries,
-                         const Tensor& kernel) {
-  TF_RETURN_IF_ERROR(CheckRank(op, "kernel", kernel, 2));
-  if (kernel.dim_size(0) != rows.dim) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": the sparse inputs have dense_shape [", rows.batch, ", ", rows.dim,
-        "]; kernel (shape ", kernel.shape().DebugString(), ") must have ", rows.dim, " rows"));
-  }
-  // Entries and examples are numbered with int32 in the gradient's grouping.
-  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
-  if (rows.batch > kMax || rows.dim > kMax || num_entries > kMax) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": at most 2^31 - 1 rows, features and entries are supported; dense_shape is [",
-        rows.batch, ", ", rows.dim, "]"));
-  }
-  return absl::OkStatus();
-}
-
-}  // namespace
 
 // Serves SparseInputMatmul (the kernel as a tensor) and ResourceSparseInputMatmul (as a
 // variable, read in place).
@@ -159,10 +153,8 @@ class SparseInputMatmulOp : public OpKernel {
     Tensor* output = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({rows.batch, units}), &output));
     OP_REQUIRES_OK(ctx, GroupSparseRows(ctx, &rows));
-    SparseInputMatmulForward(rows.batch, units,
-                             {rows.offsets(), rows.feature_ids.data(), rows.values.data()},
-                             kernel.flat<float>().data(), output->flat<float>().data(),
-                             TfParallelFor(ctx));
+    SparseInputMatmulForward(rows.batch, units, rows.view(), kernel.flat<float>().data(),
+                             output->flat<float>().data(), TfParallelFor(ctx));
   }
 };
 
@@ -195,14 +187,10 @@ class SparseInputMatmulGradOp : public OpKernel {
                                              &grad_kernel_rows));
     std::copy(grouped.ids().begin(), grouped.ids().end(), row_ids->flat<int32_t>().data());
     std::vector<float> grad_csr(rows.values.size());
-    SparseInputMatmulBackward(rows.batch, units,
-                              {rows.offsets(), rows.feature_ids.data(), rows.values.data()},
-                              kernel.flat<float>().data(), grad_output.flat<float>().data(),
-                              grouped.view(), grad_csr.data(),
+    SparseInputMatmulBackward(rows.batch, units, rows.view(), kernel.flat<float>().data(),
+                              grad_output.flat<float>().data(), grouped.view(), grad_csr.data(),
                               grad_kernel_rows->flat<float>().data(), TfParallelFor(ctx));
-    // Back to the SparseTensor's entry order.
-    float* out = grad_values->flat<float>().data();
-    for (size_t slot = 0; slot < grad_csr.size(); ++slot) out[rows.entries[slot]] = grad_csr[slot];
+    rows.ToEntryOrder(grad_csr, grad_values->flat<float>().data());
   }
 };
 

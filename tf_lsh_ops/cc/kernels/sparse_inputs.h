@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "tensorflow/core/framework/op_kernel.h"
+#include "tf_lsh_ops/cc/core/sparse_input_gather_matmul.h"
 #include "tf_lsh_ops/cc/kernels/input_checks.h"
 
 namespace tf_lsh {
@@ -25,6 +26,12 @@ struct SparseRows {
   std::vector<float> values;
   std::vector<int64_t> entries;  // the SparseTensor entry of each CSR slot
   const int64_t* offsets() const { return row_offsets.flat<int64_t>().data(); }
+  // What the core reads (sparse_input_gather_matmul.h).
+  SparseRowsView view() const { return {offsets(), feature_ids.data(), values.data()}; }
+  // Values given per CSR slot, written back in the SparseTensor's entry order.
+  void ToEntryOrder(const std::vector<float>& per_slot, float* per_entry) const {
+    for (size_t slot = 0; slot < per_slot.size(); ++slot) per_entry[entries[slot]] = per_slot[slot];
+  }
 };
 
 // Checks the SparseTensor inputs and reads its dense shape, without allocating.
