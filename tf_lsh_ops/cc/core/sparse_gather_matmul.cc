@@ -130,17 +130,21 @@ void CountingSortPass(const uint64_t* __restrict from, int64_t count, int shift,
   });
 }
 
-}  // namespace
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-int64_t FindInvalidIndex(const int32_t* indices, int64_t count, int64_t num_neurons) {
-  for (int64_t i = 0; i < count; ++i) {
-    if (indices[i] < -1 || indices[i] >= num_neurons) return i;
-  }
-  return -1;
+// Calls `visit` on the rows of a finished grouping, in parallel runs.
+void VisitRows(const RowGroups& groups, const RowVisitor& visit, const ParallelFor& parallel_for) {
+  // About a dot product of 128 floats per position.
+  const int64_t uses = groups.num_rows > 0 ? groups.offsets[groups.num_rows] / groups.num_rows : 0;
+  parallel_for(groups.num_rows, 256 * (uses + 1), [&](int64_t begin, int64_t end) {
+    visit({groups.ids + begin, groups.offsets + begin, groups.positions, end - begin});
+  });
 }
 
-bool GroupRows(const int32_t* indices, int64_t count, const RowGroupAllocator& allocate,
-               const ParallelFor& parallel_for, RowGroups* groups) {
+// An LSD radix sort of (id, position) keys: O(count) work and memory for any num_neurons.
+bool GroupRowsByRadixSort(const int32_t* indices, int64_t count,
+                          const RowGroupAllocator& allocate, const ParallelFor& parallel_for,
+                          RowGroups* groups) {
   // Pass 1 over the indices: per chunk, the non-padding entries, the largest id and the counts
   // of the lowest digit of the ids.
   const Chunks input = SortChunks(count);
@@ -203,37 +207,177 @@ bool GroupRows(const int32_t* indices, int64_t count, const RowGroupAllocator& a
   });
   for (int64_t c = 0; c < sorted.count; ++c) rows_before[c + 1] += rows_before[c];
   const int64_t num_rows = rows_before[sorted.count];
-  RowGroupStorage storage;
-  if (!allocate(num_rows, num_positions, &storage)) return false;
-  storage.offsets[num_rows] = static_cast<int32_t>(num_positions);
+  int32_t *ids = nullptr, *offsets = nullptr, *positions = nullptr;
+  if (!allocate.positions(num_positions, &positions) ||
+      !allocate.rows(num_rows, &ids, &offsets)) {
+    return false;
+  }
+  offsets[num_rows] = static_cast<int32_t>(num_positions);
   parallel_for(sorted.count, sorted.cost(4), [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       int64_t row = rows_before[c];
       for (int64_t j = sorted.begin(c), last = sorted.end(c); j < last; ++j) {
         if (starts_row(j)) {
-          storage.ids[row] = static_cast<int32_t>(sorted_keys[j] >> 32);
-          storage.offsets[row++] = static_cast<int32_t>(j);
+          ids[row] = static_cast<int32_t>(sorted_keys[j] >> 32);
+          offsets[row++] = static_cast<int32_t>(j);
         }
-        storage.positions[j] = static_cast<int32_t>(sorted_keys[j] & 0xffffffffu);
+        positions[j] = static_cast<int32_t>(sorted_keys[j] & 0xffffffffu);
       }
     }
   });
-  *groups = {storage.ids, storage.offsets, storage.positions, num_rows};
+  *groups = {ids, offsets, positions, num_rows};
   return true;
 }
 
-ActiveRows::ActiveRows(const int32_t* indices, int64_t count, const ParallelFor& parallel_for) {
-  RowGroups groups;
-  GroupRows(
-      indices, count,
-      [this](int64_t num_rows, int64_t num_positions, RowGroupStorage* storage) {
-        ids_.resize(num_rows);
-        offsets_.resize(num_rows + 1);
+// Grouping by blocks of kBlockNeurons neurons: one counting-sort pass buckets the keys by block
+// (few buckets, so the scatter stays in L1), then each block is sorted in L1 by counting its
+// neurons, which touches every neuron once: O(count + num_neurons).
+constexpr int kBlockBits = 11;
+constexpr int64_t kBlockNeurons = int64_t{1} << kBlockBits;
+
+bool GroupRowsByBlocks(const int32_t* indices, int64_t count, int64_t num_neurons,
+                       const RowGroupAllocator& allocate, const ParallelFor& parallel_for,
+                       const RowVisitor& visit, RowGroups* groups) {
+  const int64_t num_blocks = CeilDiv(num_neurons, kBlockNeurons);
+  const Chunks input = SortChunks(count);
+  // Per chunk, the positions of each block; then, block by block and chunk by chunk (stable),
+  // where the chunk's keys of that block go.
+  std::vector<int32_t> next(input.count * num_blocks, 0);
+  parallel_for(input.count, input.cost(2), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      int32_t* block_counts = next.data() + c * num_blocks;
+      for (int64_t i = input.begin(c), last = input.end(c); i < last; ++i) {
+        if (indices[i] >= 0) ++block_counts[indices[i] >> kBlockBits];
+      }
+    }
+  });
+  std::vector<int64_t> block_start(num_blocks + 1);
+  int64_t num_positions = 0;
+  for (int64_t block = 0; block < num_blocks; ++block) {
+    block_start[block] = num_positions;
+    for (int64_t c = 0; c < input.count; ++c) {
+      const int32_t n = next[c * num_blocks + block];
+      next[c * num_blocks + block] = static_cast<int32_t>(num_positions);
+      num_positions += n;
+    }
+  }
+  block_start[num_blocks] = num_positions;
+  int32_t* positions = nullptr;
+  if (!allocate.positions(num_positions, &positions)) return false;
+
+  // Keys (neuron within the block, position), bucketed by block.
+  std::unique_ptr<uint64_t[]> keys(new uint64_t[num_positions]);
+  parallel_for(input.count, input.cost(6), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      int32_t* block_next = next.data() + c * num_blocks;
+      uint64_t* __restrict out = keys.get();
+      for (int64_t i = input.begin(c), last = input.end(c); i < last; ++i) {
+        const int32_t id = indices[i];
+        if (id >= 0) {
+          out[block_next[id >> kBlockBits]++] = Key(id & (kBlockNeurons - 1), i);
+        }
+      }
+    }
+  });
+
+  // Each block's rows go to scratch at block_start + block: a block has at most one row per
+  // position, plus the closing offset.
+  std::unique_ptr<int32_t[]> block_ids(new int32_t[num_positions + num_blocks]);
+  std::unique_ptr<int32_t[]> block_offsets(new int32_t[num_positions + num_blocks]);
+  std::vector<int64_t> rows_before(num_blocks + 1, 0);
+  const int64_t block_cost = 8 * num_positions / std::max<int64_t>(num_blocks, 1) + 4 * kBlockNeurons;
+  parallel_for(num_blocks, block_cost, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> next_position(kBlockNeurons);
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t first = block_start[block], last = block_start[block + 1];
+      const int64_t neurons = std::min(kBlockNeurons, num_neurons - block * kBlockNeurons);
+      int32_t* counts = next_position.data();
+      std::fill(counts, counts + neurons, 0);
+      for (int64_t j = first; j < last; ++j) ++counts[keys[j] >> 32];
+      // Rows and offsets, without a branch per neuron: a slot is kept only if the neuron has
+      // positions.
+      int32_t* ids = block_ids.get() + first + block;
+      int32_t* offsets = block_offsets.get() + first + block;
+      int64_t rows = 0;
+      int32_t start = static_cast<int32_t>(first);
+      for (int64_t n = 0; n < neurons; ++n) {
+        const int32_t uses = counts[n];
+        ids[rows] = static_cast<int32_t>(block * kBlockNeurons + n);
+        offsets[rows] = start;
+        rows += uses != 0;
+        counts[n] = start;
+        start += uses;
+      }
+      offsets[rows] = static_cast<int32_t>(last);
+      for (int64_t j = first; j < last; ++j) {
+        positions[counts[keys[j] >> 32]++] = static_cast<int32_t>(keys[j] & 0xffffffffu);
+      }
+      rows_before[block + 1] = rows;
+      if (visit) visit({ids, offsets, positions, rows});
+    }
+  });
+
+  for (int64_t block = 0; block < num_blocks; ++block) rows_before[block + 1] += rows_before[block];
+  const int64_t num_rows = rows_before[num_blocks];
+  int32_t *ids = nullptr, *offsets = nullptr;
+  if (!allocate.rows(num_rows, &ids, &offsets)) return false;
+  parallel_for(num_blocks, 2 * num_rows / std::max<int64_t>(num_blocks, 1) + 1,
+               [&](int64_t begin, int64_t end) {
+                 for (int64_t block = begin; block < end; ++block) {
+                   const int64_t from = block_start[block] + block, to = rows_before[block];
+                   const int64_t rows = rows_before[block + 1] - to;
+                   std::memcpy(ids + to, block_ids.get() + from, rows * sizeof(int32_t));
+                   std::memcpy(offsets + to, block_offsets.get() + from, rows * sizeof(int32_t));
+                 }
+               });
+  offsets[num_rows] = static_cast<int32_t>(num_positions);
+  *groups = {ids, offsets, positions, num_rows};
+  return true;
+}
+
+// Counting per neuron pays when neurons are few next to the entries.
+constexpr int64_t kMaxNeuronsPerEntryForBlocks = 4;
+
+}  // namespace
+
+int64_t FindInvalidIndex(const int32_t* indices, int64_t count, int64_t num_neurons) {
+  for (int64_t i = 0; i < count; ++i) {
+    if (indices[i] < -1 || indices[i] >= num_neurons) return i;
+  }
+  return -1;
+}
+
+bool GroupRows(const int32_t* indices, int64_t count, int64_t num_neurons,
+               const RowGroupAllocator& allocate, const ParallelFor& parallel_for,
+               RowGroups* groups, const RowVisitor& visit) {
+  if (num_neurons <= kMaxNeuronsPerEntryForBlocks * count) {
+    return GroupRowsByBlocks(indices, count, num_neurons, allocate, parallel_for, visit, groups);
+  }
+  if (!GroupRowsByRadixSort(indices, count, allocate, parallel_for, groups)) return false;
+  if (visit) VisitRows(*groups, visit, parallel_for);
+  return true;
+}
+
+ActiveRows::ActiveRows(const int32_t* indices, int64_t count, const ParallelFor& parallel_for,
+                       int64_t num_neurons) {
+  if (num_neurons < 0) {
+    num_neurons = count > 0 ? int64_t{*std::max_element(indices, indices + count)} + 1 : 0;
+  }
+  const RowGroupAllocator allocate{
+      [this](int64_t num_positions, int32_t** positions) {
         positions_.resize(num_positions);
-        *storage = {ids_.data(), offsets_.data(), positions_.data()};
+        *positions = positions_.data();
         return true;
       },
-      parallel_for, &groups);
+      [this](int64_t num_rows, int32_t** ids, int32_t** offsets) {
+        ids_.resize(num_rows);
+        offsets_.resize(num_rows + 1);
+        *ids = ids_.data();
+        *offsets = offsets_.data();
+        return true;
+      }};
+  RowGroups groups;
+  GroupRows(indices, count, num_neurons, allocate, parallel_for, &groups);
 }
 
 std::string CheckRowGroups(const RowGroups& groups, int64_t num_positions, int64_t num_neurons,
@@ -391,21 +535,38 @@ void Backward(const GatherMatmulShape& shape, const float* inputs, const float* 
 
 }  // namespace
 
+namespace {
+
+// The forward pass over all rows of `rows`: walking neurons in id order reads each weight row
+// once, nearly as a stream.
+RowVisitor ForwardVisitor(const GatherMatmulShape& shape, const float* inputs,
+                          const float* weights, const float* biases, float* out) {
+  return [=](const RowGroups& rows) {
+    const GatherMatmulArgs args{shape, inputs, weights, rows,
+                                Divider(std::max<int64_t>(shape.active, 1))};
+#ifdef TF_LSH_X86
+    if (UsesAvx2()) return ForwardRowsAvx2(args, biases, out, 0, rows.num_rows);
+#endif
+    ForwardRows<PortableKernels>(args, biases, out, 0, rows.num_rows);
+  };
+}
+
+}  // namespace
+
 void SparseGatherMatmulForward(const GatherMatmulShape& shape, const float* inputs,
                                const float* weights, const float* biases, const RowGroups& rows,
                                float* out, const ParallelFor& parallel_for) {
-  const GatherMatmulArgs args{shape, inputs, weights, rows,
-                              Divider(std::max<int64_t>(shape.active, 1))};
-  // Padding (-1) is never visited below.
+  std::fill(out, out + shape.batch * shape.active, 0.f);  // padding (-1) is never visited
+  VisitRows(rows, ForwardVisitor(shape, inputs, weights, biases, out), parallel_for);
+}
+
+bool GroupAndMultiply(const GatherMatmulShape& shape, const float* inputs, const float* weights,
+                      const float* biases, const int32_t* indices,
+                      const RowGroupAllocator& allocate, float* out,
+                      const ParallelFor& parallel_for, RowGroups* groups) {
   std::fill(out, out + shape.batch * shape.active, 0.f);
-  const int64_t uses = rows.num_rows > 0 ? 1 + rows.offsets[rows.num_rows] / rows.num_rows : 1;
-  // Walking neurons in id order reads each weight row once, nearly as a stream.
-  parallel_for(rows.num_rows, uses * (2 * shape.dim + 20), [&](int64_t begin, int64_t end) {
-#ifdef TF_LSH_X86
-    if (UsesAvx2()) return ForwardRowsAvx2(args, biases, out, begin, end);
-#endif
-    ForwardRows<PortableKernels>(args, biases, out, begin, end);
-  });
+  return GroupRows(indices, shape.batch * shape.active, shape.num_neurons, allocate,
+                   parallel_for, groups, ForwardVisitor(shape, inputs, weights, biases, out));
 }
 
 void SparseGatherMatmulBackward(const GatherMatmulShape& shape, const float* inputs,
@@ -433,8 +594,6 @@ constexpr int64_t kSharedBlock = 64;
 
 // grad_out is transposed in square tiles of this side, read and written a cache line at a time.
 constexpr int64_t kTransposeTile = 16;
-
-int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Scratch of n floats, not zeroed: every element is written before it is read.
 std::unique_ptr<float[]> Scratch(int64_t n) { return std::unique_ptr<float[]>(new float[n]); }

@@ -46,22 +46,25 @@ struct RowGroups {
   int64_t num_rows;
 };
 
-// Where GroupRows writes a grouping: ids [num_rows], offsets [num_rows + 1] and positions
-// [num_positions], from a callback that sees the sizes first (so an op can write straight into
-// its output tensors). The callback returns false if it could not allocate.
-struct RowGroupStorage {
-  int32_t* ids;
-  int32_t* offsets;
-  int32_t* positions;
+// Where GroupRows writes a grouping, so that an op can write straight into its output tensors:
+// `positions` is called first, for [num_positions] entries, then `rows`, for ids [num_rows] and
+// offsets [num_rows + 1]. Each returns false if it could not allocate.
+struct RowGroupAllocator {
+  std::function<bool(int64_t num_positions, int32_t** positions)> positions;
+  std::function<bool(int64_t num_rows, int32_t** ids, int32_t** offsets)> rows;
 };
-using RowGroupAllocator =
-    std::function<bool(int64_t num_rows, int64_t num_positions, RowGroupStorage* storage)>;
 
-// Groups an index matrix by neuron with a parallel LSD radix sort: O(count) work, no memory of
-// size num_neurons. `indices` must hold only ids in [-1, num_neurons) (see FindInvalidIndex)
-// and at most ActiveRows::kMaxPositions entries. Returns false if `allocate` failed.
-bool GroupRows(const int32_t* indices, int64_t count, const RowGroupAllocator& allocate,
-               const ParallelFor& parallel_for, RowGroups* groups);
+// Sees consecutive rows of a grouping as soon as they are grouped, from worker threads, each row
+// once; the view is valid only during the call (its ids and offsets may be scratch).
+using RowVisitor = std::function<void(const RowGroups& rows)>;
+
+// Groups an index matrix by neuron: O(count) work and memory, plus O(num_neurons) when there are
+// at most 4 neurons per entry. `indices` must hold only ids in [-1, num_neurons) (see
+// FindInvalidIndex) and at most ActiveRows::kMaxPositions entries. If `visit` is set, it sees
+// every row. Returns false if `allocate` failed.
+bool GroupRows(const int32_t* indices, int64_t count, int64_t num_neurons,
+               const RowGroupAllocator& allocate, const ParallelFor& parallel_for,
+               RowGroups* groups, const RowVisitor& visit = nullptr);
 
 // A grouping that owns its arrays.
 class ActiveRows {
@@ -69,8 +72,9 @@ class ActiveRows {
   // Positions and offsets are int32.
   static constexpr int64_t kMaxPositions = (int64_t{1} << 31) - 1;
 
+  // Ids lie in [-1, num_neurons); by default num_neurons is the largest id + 1.
   ActiveRows(const int32_t* indices, int64_t count,
-             const ParallelFor& parallel_for = SerialFor());
+             const ParallelFor& parallel_for = SerialFor(), int64_t num_neurons = -1);
 
   int64_t size() const { return static_cast<int64_t>(ids_.size()); }
   const std::vector<int32_t>& ids() const { return ids_; }
@@ -94,6 +98,14 @@ std::string CheckRowGroups(const RowGroups& groups, int64_t num_positions, int64
 void SparseGatherMatmulForward(const GatherMatmulShape& shape, const float* inputs,
                                const float* weights, const float* biases, const RowGroups& rows,
                                float* out, const ParallelFor& parallel_for);
+
+// GroupRows of `indices` [batch, active] and SparseGatherMatmulForward in one pass: each block
+// of rows is multiplied as soon as it is grouped, while its positions are in cache. Returns
+// false if `allocate` failed.
+bool GroupAndMultiply(const GatherMatmulShape& shape, const float* inputs, const float* weights,
+                      const float* biases, const int32_t* indices,
+                      const RowGroupAllocator& allocate, float* out,
+                      const ParallelFor& parallel_for, RowGroups* groups);
 
 // Gradients of SparseGatherMatmulForward given grad_out [batch, active]:
 //   grad_inputs [batch, dim] (dense), and for each row r of `rows`:

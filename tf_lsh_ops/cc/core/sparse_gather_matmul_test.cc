@@ -91,25 +91,30 @@ ParallelFor ReversedShards() {
   };
 }
 
-// Many chunks and three radix passes (ids up to 2^21), against a stable sort.
+// Against a stable sort, on both ways of grouping: many chunks and three radix passes (ids up
+// to 2^21, few entries per neuron), and blocks of neurons counted in cache (many entries per
+// neuron; 4,097 neurons end in a block of one).
 void TestGroupRowsAgainstSort() {
-  std::mt19937 rng(3);
-  std::uniform_int_distribution<int32_t> id(-1, (1 << 21) - 1);
-  std::vector<int32_t> indices(300000);
-  for (auto& v : indices) v = id(rng) % 4 == 0 ? -1 : id(rng);
-  std::vector<std::pair<int32_t, int32_t>> want;
-  for (size_t i = 0; i < indices.size(); ++i) {
-    if (indices[i] >= 0) want.emplace_back(indices[i], static_cast<int32_t>(i));
-  }
-  std::stable_sort(want.begin(), want.end(),
-                   [](const auto& a, const auto& b) { return a.first < b.first; });
-  for (const ParallelFor& parallel_for : {SerialFor(), ReversedShards()}) {
-    const ActiveRows rows(indices.data(), indices.size(), parallel_for);
-    CHECK_TRUE(rows.positions().size() == want.size());
-    CHECK_TRUE(CheckRowGroups(rows.view(), want.size(), 1 << 21, indices.size()).empty());
-    for (int64_t r = 0; r < rows.size(); ++r) {
-      for (int32_t j = rows.offsets()[r]; j < rows.offsets()[r + 1]; ++j) {
-        CHECK_TRUE(want[j].first == rows.ids()[r] && want[j].second == rows.positions()[j]);
+  for (const int32_t num_neurons : {1 << 21, 70000, 4097}) {
+    std::mt19937 rng(3);
+    std::uniform_int_distribution<int32_t> id(-1, num_neurons - 1);
+    std::vector<int32_t> indices(300000);
+    for (auto& v : indices) v = id(rng) % 4 == 0 ? -1 : id(rng);
+    indices[7] = num_neurons - 1;
+    std::vector<std::pair<int32_t, int32_t>> want;
+    for (size_t i = 0; i < indices.size(); ++i) {
+      if (indices[i] >= 0) want.emplace_back(indices[i], static_cast<int32_t>(i));
+    }
+    std::stable_sort(want.begin(), want.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (const ParallelFor& parallel_for : {SerialFor(), ReversedShards()}) {
+      const ActiveRows rows(indices.data(), indices.size(), parallel_for, num_neurons);
+      CHECK_TRUE(rows.positions().size() == want.size());
+      CHECK_TRUE(CheckRowGroups(rows.view(), want.size(), num_neurons, indices.size()).empty());
+      for (int64_t r = 0; r < rows.size(); ++r) {
+        for (int32_t j = rows.offsets()[r]; j < rows.offsets()[r + 1]; ++j) {
+          CHECK_TRUE(want[j].first == rows.ids()[r] && want[j].second == rows.positions()[j]);
+        }
       }
     }
   }
@@ -119,6 +124,60 @@ void TestGroupRowsAgainstSort() {
   CHECK_TRUE(none.size() == 0 && none.offsets() == std::vector<int32_t>{0});
   const ActiveRows empty(nullptr, 0);
   CHECK_TRUE(empty.size() == 0 && empty.offsets() == std::vector<int32_t>{0});
+}
+
+// GroupAndMultiply gives the grouping and the product of GroupRows followed by
+// SparseGatherMatmulForward, bit for bit, on both ways of grouping (few and many neurons per
+// entry), and stops when an allocation fails.
+void TestGroupAndMultiply() {
+  std::mt19937 rng(13);
+  std::normal_distribution<float> normal;
+  for (const GatherMatmulShape shape : {GatherMatmulShape{40, 24, 5000, 50},
+                                        GatherMatmulShape{40, 24, 50000, 50}}) {
+    std::uniform_int_distribution<int32_t> neuron(-1, shape.num_neurons - 1);
+    std::vector<float> x(shape.batch * shape.dim), w(shape.num_neurons * shape.dim),
+        bias(shape.num_neurons);
+    for (auto& v : x) v = normal(rng);
+    for (auto& v : w) v = normal(rng);
+    for (auto& v : bias) v = normal(rng);
+    std::vector<int32_t> ids(shape.batch * shape.active);
+    for (auto& v : ids) v = neuron(rng);
+    const ActiveRows want_rows(ids.data(), ids.size(), SerialFor(), shape.num_neurons);
+    std::vector<float> want(ids.size());
+    SparseGatherMatmulForward(shape, x.data(), w.data(), bias.data(), want_rows.view(),
+                              want.data(), SerialFor());
+
+    std::vector<int32_t> group_ids, offsets, positions;
+    const RowGroupAllocator allocate{
+        [&](int64_t num_positions, int32_t** data) {
+          positions.resize(num_positions);
+          *data = positions.data();
+          return true;
+        },
+        [&](int64_t num_rows, int32_t** ids_data, int32_t** offsets_data) {
+          group_ids.resize(num_rows);
+          offsets.resize(num_rows + 1);
+          *ids_data = group_ids.data();
+          *offsets_data = offsets.data();
+          return true;
+        }};
+    std::vector<float> out(ids.size(), 123.f);
+    RowGroups rows;
+    CHECK_TRUE(GroupAndMultiply(shape, x.data(), w.data(), bias.data(), ids.data(), allocate,
+                                out.data(), ReversedShards(), &rows));
+    CHECK_TRUE(out == want);
+    CHECK_TRUE(group_ids == want_rows.ids() && offsets == want_rows.offsets() &&
+               positions == want_rows.positions());
+    CHECK_TRUE(rows.ids == group_ids.data() && rows.num_rows == want_rows.size());
+
+    const RowGroupAllocator no_rows{allocate.positions,
+                                    [](int64_t, int32_t**, int32_t**) { return false; }};
+    CHECK_TRUE(!GroupAndMultiply(shape, x.data(), w.data(), bias.data(), ids.data(), no_rows,
+                                 out.data(), SerialFor(), &rows));
+    const RowGroupAllocator nothing{[](int64_t, int32_t**) { return false; }, allocate.rows};
+    CHECK_TRUE(!GroupAndMultiply(shape, x.data(), w.data(), bias.data(), ids.data(), nothing,
+                                 out.data(), SerialFor(), &rows));
+  }
 }
 
 // Gradient rows of more than 16 MB take the streaming-store path; compare it with loops.
@@ -309,6 +368,7 @@ int main() {
   tf_lsh::TestExampleFromHeader();
   tf_lsh::TestAgainstLoops();
   tf_lsh::TestGroupRowsAgainstSort();
+  tf_lsh::TestGroupAndMultiply();
   tf_lsh::TestLargeBackward();
   std::printf("PASS\n");
   return 0;

@@ -114,31 +114,41 @@ class SparseGatherMatmulOp : public OpKernel {
                                              &output));
     // The grouping is written straight into outputs 1-3, which the gradient reuses.
     absl::Status status;
-    const auto allocate = [ctx, &status](int64_t num_rows, int64_t num_positions,
-                                         RowGroupStorage* storage) {
-      Tensor *ids = nullptr, *offsets = nullptr, *positions = nullptr;
-      status = ctx->allocate_output(1, TensorShape({num_rows}), &ids);
-      if (status.ok()) status = ctx->allocate_output(2, TensorShape({num_rows + 1}), &offsets);
-      if (status.ok()) status = ctx->allocate_output(3, TensorShape({num_positions}), &positions);
-      if (!status.ok()) return false;
-      *storage = {ids->flat<int32_t>().data(), offsets->flat<int32_t>().data(),
-                  positions->flat<int32_t>().data()};
-      return true;
-    };
+    const RowGroupAllocator allocate{
+        [ctx, &status](int64_t num_positions, int32_t** positions) {
+          Tensor* tensor = nullptr;
+          status = ctx->allocate_output(3, TensorShape({num_positions}), &tensor);
+          if (status.ok()) *positions = tensor->flat<int32_t>().data();
+          return status.ok();
+        },
+        [ctx, &status](int64_t num_rows, int32_t** ids, int32_t** offsets) {
+          Tensor *ids_tensor = nullptr, *offsets_tensor = nullptr;
+          status = ctx->allocate_output(1, TensorShape({num_rows}), &ids_tensor);
+          if (status.ok()) {
+            status = ctx->allocate_output(2, TensorShape({num_rows + 1}), &offsets_tensor);
+          }
+          if (!status.ok()) return false;
+          *ids = ids_tensor->flat<int32_t>().data();
+          *offsets = offsets_tensor->flat<int32_t>().data();
+          return true;
+        }};
+    const float* inputs_data = inputs.flat<float>().data();
+    const float* weights_data = weights.flat<float>().data();
+    const float* biases_data = biases.flat<float>().data();
+    const int32_t* indices_data = indices.flat<int32_t>().data();
+    float* out = output->flat<float>().data();
     RowGroups rows;
-    GroupRows(indices.flat<int32_t>().data(), indices.NumElements(), allocate,
-              TfParallelFor(ctx), &rows);
-    OP_REQUIRES_OK(ctx, status);  // GroupRows stops only when an allocation failed
-    if (shared) {
-      SharedGatherMatmulForward(shape, inputs.flat<float>().data(),
-                                weights.flat<float>().data(), biases.flat<float>().data(),
-                                indices.flat<int32_t>().data(), output->flat<float>().data(),
-                                TfParallelFor(ctx));
+    if (!shared) {
+      GroupAndMultiply(shape, inputs_data, weights_data, biases_data, indices_data, allocate,
+                       out, TfParallelFor(ctx), &rows);
+      OP_REQUIRES_OK(ctx, status);  // stops early only when an allocation failed
       return;
     }
-    SparseGatherMatmulForward(shape, inputs.flat<float>().data(), weights.flat<float>().data(),
-                              biases.flat<float>().data(), rows,
-                              output->flat<float>().data(), TfParallelFor(ctx));
+    GroupRows(indices_data, indices.NumElements(), shape.num_neurons, allocate,
+              TfParallelFor(ctx), &rows);
+    OP_REQUIRES_OK(ctx, status);
+    SharedGatherMatmulForward(shape, inputs_data, weights_data, biases_data, indices_data, out,
+                              TfParallelFor(ctx));
   }
 };
 
