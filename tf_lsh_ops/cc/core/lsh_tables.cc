@@ -258,10 +258,13 @@ int32_t SelectBatchWide(const TableShape& shape, int64_t batch, const int32_t* c
         ids + bucket * shape.capacity, std::clamp<int64_t>(counts[bucket], 0, shape.capacity));
   };
   constexpr int64_t kBucketsAhead = 2, kSlotsAhead = 16;
+  // `found` is sized for every slot, so that an id is appended without a branch (whether a
+  // slot holds a new id is a coin flip for the branch predictor).
   std::vector<int32_t>& found = scratch->found;
-  found.clear();
-  int32_t bad_table_id = 0;
   const int64_t num_buckets_met = batch * shape.num_tables;
+  found.resize(std::max<int64_t>(found.size(), num_buckets_met * shape.capacity));
+  int64_t num_found = 0;
+  int32_t bad_table_id = 0;
   for (int64_t i = 0; i < num_buckets_met; ++i) {
     if (i + kBucketsAhead < num_buckets_met) {
       const auto [ahead, ahead_stored] = bucket_slots(i + kBucketsAhead);
@@ -277,9 +280,11 @@ int32_t SelectBatchWide(const TableShape& shape, int64_t batch, const int32_t* c
         bad_table_id = id;  // tables are user-assignable variables
         continue;
       }
-      if (neuron_counts[id]++ == 0) found.push_back(id);
+      found[num_found] = id;
+      num_found += neuron_counts[id]++ == 0;
     }
   }
+  found.resize(num_found);
 
   // Candidates: found ids not already chosen (labels), in the order found, with their counts.
   // The same pass zeroes the counts for the next query.
