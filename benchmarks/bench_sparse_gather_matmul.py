@@ -483,6 +483,8 @@ def main(argv=None):
         "shared_active_set": shared_results,
         "tf_function_call_overhead_s": call_overhead_s(),
         "copy_bandwidth_gb_s": copy_gb_s,
+        # How far memory-bound work can scale with threads on this machine.
+        "copy_bandwidth_one_thread_gb_s": _common.copy_bandwidth_gb_s(threads=1),
         "targets": targets,
         "all_checks_ok": all(r["check"]["ok"] for r in results + shared_results),
         "total_wall_s": time.perf_counter() - start,

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "tf_lsh_ops/cc/core/sparse_gather_matmul.h"
+#include "tf_lsh_ops/cc/core/vector_kernels.h"
 #include "tf_lsh_ops/cc/core/vector_ops.h"
 
 namespace tf_lsh {
@@ -55,6 +56,30 @@ void ForwardPerExample(const GatherMatmulShape& shape, const float* x, const flo
       }
     }
   });
+}
+
+// What reading rows costs at all, the ceiling of any gather: the sum of each of `ids`' rows
+// (in id order, prefetched as the op does), or of the whole matrix as one stream.
+float SumRows(const float* w, int64_t dim, const std::vector<int32_t>& ids, const float* ones,
+              const ParallelFor& parallel_for) {
+  std::vector<float> partial(ids.size());
+  parallel_for(ids.size(), 0, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      if (r + 8 < end) PrefetchRow(w + int64_t{ids[r + 8]} * dim, dim, false);
+      if (r + 2 < end) PrefetchRow(w + int64_t{ids[r + 2]} * dim, dim, true);
+      partial[r] = Dot(w + int64_t{ids[r]} * dim, ones, dim);
+    }
+  });
+  return partial.empty() ? 0.f : partial[0];
+}
+
+float SumMatrix(const float* w, int64_t size, const float* ones, int64_t dim,
+                const ParallelFor& parallel_for) {
+  std::vector<float> partial(size / dim);
+  parallel_for(size / dim, 0, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) partial[r] = Dot(w + r * dim, ones, dim);
+  });
+  return partial.empty() ? 0.f : partial[0];
 }
 
 }  // namespace
@@ -142,6 +167,13 @@ int main(int argc, char** argv) {
                                shared_rows.view(), dx.data(), dw.data(), db.data(),
                                parallel_for);
   });
+  const std::vector<float> ones(shape.dim, 1.f);
+  const double read_rows_ms = MedianMs([&] {
+    SumRows(w_huge, shape.dim, rows.ids(), ones.data(), parallel_for);
+  });
+  const double read_matrix_ms = MedianMs([&] {
+    SumMatrix(w_huge, w.size(), ones.data(), shape.dim, parallel_for);
+  });
   std::free(w_huge);
   const double row_gb = rows.size() * shape.dim * 4 / 1e9;
   std::printf(
@@ -149,10 +181,12 @@ int main(int argc, char** argv) {
       "\"backward_ms\": %.2f, \"forward_row_gb_per_s\": %.1f, \"backward_gb_per_s\": %.1f, "
       "\"per_example_forward_ms\": %.2f, \"sorted_forward_again_ms\": %.2f, "
       "\"shared_forward_ms\": %.2f, \"shared_backward_ms\": %.2f, "
-      "\"group_and_multiply_ms\": %.2f, \"group_and_multiply_gb_per_s\": %.1f}\n",
+      "\"group_and_multiply_ms\": %.2f, \"group_and_multiply_gb_per_s\": %.1f, "
+      "\"read_distinct_rows_ms\": %.2f, \"read_whole_matrix_ms\": %.2f}\n",
       threads, static_cast<long long>(rows.size()), rows_ms, group_ms, forward_ms, backward_ms,
       row_gb / (forward_ms / 1e3), 2 * row_gb / (backward_ms / 1e3), per_example_ms,
       sorted_again_ms, shared_forward_ms, shared_backward_ms, group_and_multiply_ms,
-      ids.size() * shape.dim * 4 / 1e9 / (group_and_multiply_ms / 1e3));
+      ids.size() * shape.dim * 4 / 1e9 / (group_and_multiply_ms / 1e3), read_rows_ms,
+      read_matrix_ms);
   return 0;
 }
