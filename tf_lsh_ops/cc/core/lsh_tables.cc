@@ -47,6 +47,25 @@ struct Candidate {
   bool chosen;
 };
 
+// Positions in a pool of `pool_size` candidates of the `take` with the highest counts, highest
+// first, ties in pool order: the first `take` of a stable counting sort by count, descending.
+// O(pool_size + largest count), where a comparison sort would cost O(pool_size log take).
+template <typename CountOf>
+void TakeMostCounted(int64_t pool_size, const CountOf& count_of, int64_t take,
+                     std::vector<int64_t>* next, std::vector<int32_t>* picked) {
+  int32_t max_count = 0;
+  for (int64_t i = 0; i < pool_size; ++i) max_count = std::max(max_count, count_of(i));
+  next->assign(max_count + 1, 0);  // (*next)[c]: where the next candidate of count c goes
+  for (int64_t i = 0; i < pool_size; ++i) ++(*next)[count_of(i)];
+  int64_t before = 0;
+  for (int32_t c = max_count; c >= 0; --c) before += std::exchange((*next)[c], before);
+  picked->resize(take);
+  for (int64_t i = 0; i < pool_size; ++i) {
+    const int64_t at = (*next)[count_of(i)]++;
+    if (at < take) (*picked)[at] = static_cast<int32_t>(i);
+  }
+}
+
 // Picks the active set of one example (or of a whole batch) into `active[0 .. k)`.
 class ActiveSetSelector {
  public:
@@ -91,13 +110,11 @@ class ActiveSetSelector {
     const int64_t take = std::min<int64_t>(options_.k - size, pool_.size());
     if (options_.rule != QueryRule::kUnion) {
       // Most tables first; ties go to the id found first (pool_ is in order found).
-      std::partial_sort(pool_.begin(), pool_.begin() + take, pool_.end(),
-                        [this](int32_t a, int32_t b) {
-                          if (candidates_[a].count != candidates_[b].count) {
-                            return candidates_[a].count > candidates_[b].count;
-                          }
-                          return a < b;
-                        });
+      TakeMostCounted(
+          pool_.size(), [this](int64_t i) { return candidates_[pool_[i]].count; }, take,
+          &next_, &picked_);
+      for (int64_t i = 0; i < take; ++i) picked_[i] = pool_[picked_[i]];
+      pool_.swap(picked_);
     }
     for (int64_t i = 0; i < take; ++i) {
       candidates_[pool_[i]].chosen = true;
@@ -148,7 +165,9 @@ class ActiveSetSelector {
   const QueryOptions options_;
   IdMap slot_of_;
   std::vector<Candidate> candidates_;
-  std::vector<int32_t> pool_;
+  std::vector<int32_t> pool_;    // candidates that may be picked, as indices into candidates_
+  std::vector<int32_t> picked_;  // scratch of TakeMostCounted
+  std::vector<int64_t> next_;
   int32_t bad_table_id_ = 0;
 };
 
@@ -290,35 +309,21 @@ int32_t SelectBatchWide(const TableShape& shape, int64_t batch, const int32_t* c
   // The same pass zeroes the counts for the next query.
   std::vector<BatchQueryScratch::CountedId>& pool = scratch->pool;
   pool.clear();
-  int32_t max_count = 0;
   for (const int32_t id : found) {
     const int32_t count = std::exchange(neuron_counts[id], 0);
     if (options.rule == QueryRule::kThreshold && count < options.min_count) continue;
     if (chosen.Find(id) != nullptr) continue;
     pool.push_back({id, count});
-    max_count = std::max(max_count, count);
   }
   const int64_t take = std::min<int64_t>(options.k - size, pool.size());
   if (options.rule == QueryRule::kUnion) {
     for (int64_t i = 0; i < take; ++i) choose(pool[i].id);
   } else {
-    // Most tables first; ties go to the id found first: the first `take` of a stable counting
-    // sort of the pool by count, descending.
-    std::vector<int64_t> next(max_count + 2, 0);  // next[c]: where the next id of count c goes
-    for (const auto& candidate : pool) ++next[candidate.count];
-    int64_t before = 0;
-    for (int32_t c = max_count; c >= 0; --c) {
-      const int64_t n = next[c];
-      next[c] = before;
-      before += n;
-    }
-    std::vector<int32_t>& picked = scratch->picked;
-    picked.resize(take);
-    for (const auto& candidate : pool) {
-      const int64_t at = next[candidate.count]++;
-      if (at < take) picked[at] = candidate.id;
-    }
-    for (const int32_t id : picked) choose(id);
+    // Most tables first; ties go to the id found first.
+    TakeMostCounted(
+        pool.size(), [&pool](int64_t i) { return pool[i].count; }, take, &scratch->next,
+        &scratch->picked);
+    for (const int32_t i : scratch->picked) choose(pool[i].id);
   }
 
   if (options.fill_random) {
