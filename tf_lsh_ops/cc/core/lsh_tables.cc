@@ -47,24 +47,44 @@ struct Candidate {
   bool chosen;
 };
 
-// Positions in a pool of `pool_size` candidates of the `take` with the highest counts, highest
-// first, ties in pool order: the first `take` of a stable counting sort by count, descending.
-// O(pool_size + largest count), where a comparison sort would cost O(pool_size log take).
-template <typename CountOf>
-void TakeMostCounted(int64_t pool_size, const CountOf& count_of, int64_t take,
-                     std::vector<int64_t>* next, std::vector<int32_t>* picked) {
-  int32_t max_count = 0;
-  for (int64_t i = 0; i < pool_size; ++i) max_count = std::max(max_count, count_of(i));
-  next->assign(max_count + 1, 0);  // (*next)[c]: where the next candidate of count c goes
-  for (int64_t i = 0; i < pool_size; ++i) ++(*next)[count_of(i)];
-  int64_t before = 0;
-  for (int32_t c = max_count; c >= 0; --c) before += std::exchange((*next)[c], before);
-  picked->resize(take);
-  for (int64_t i = 0; i < pool_size; ++i) {
-    const int64_t at = (*next)[count_of(i)]++;
-    if (at < take) (*picked)[at] = static_cast<int32_t>(i);
+// Picks the `take` candidates of a pool with the highest counts, highest first, ties in pool
+// order: a stable counting sort by count, descending, that writes only the candidates that make
+// the cut. Count() each candidate while building the pool, then Take().
+class TopByCount {
+ public:
+  void Clear() { histogram_.clear(); }
+  void Count(int32_t count) {
+    if (count >= static_cast<int64_t>(histogram_.size())) histogram_.resize(count + 1, 0);
+    ++histogram_[count];
   }
-}
+
+  // Positions in the pool of the best `take` (at most the pool size), best first.
+  template <typename CountOf>
+  void Take(int64_t pool_size, const CountOf& count_of, int64_t take,
+            std::vector<int32_t>* picked) {
+    picked->resize(take);
+    if (take == 0) return;
+    // Counts from the highest down until `take` are covered: the lowest count taken (`cut`)
+    // and how many candidates of it fit; each count's first output slot.
+    int64_t before = 0;
+    int32_t cut = static_cast<int32_t>(histogram_.size()) - 1;
+    for (;; --cut) {
+      const int64_t n = histogram_[cut];
+      histogram_[cut] = before;
+      before += n;
+      if (before >= take) break;
+    }
+    for (int64_t i = 0; i < pool_size; ++i) {
+      const int32_t count = count_of(i);
+      if (count < cut) continue;
+      const int64_t at = histogram_[count]++;
+      if (at < take) (*picked)[at] = static_cast<int32_t>(i);
+    }
+  }
+
+ private:
+  std::vector<int64_t> histogram_;
+};
 
 // Picks the active set of one example (or of a whole batch) into `active[0 .. k)`.
 class ActiveSetSelector {
@@ -101,18 +121,20 @@ class ActiveSetSelector {
     }
 
     pool_.clear();
+    top_.Clear();
     for (int32_t c = 0; c < static_cast<int32_t>(candidates_.size()); ++c) {
       const Candidate& candidate = candidates_[c];
       if (candidate.chosen) continue;
       if (options_.rule == QueryRule::kThreshold && candidate.count < options_.min_count) continue;
       pool_.push_back(c);
+      top_.Count(candidate.count);
     }
     const int64_t take = std::min<int64_t>(options_.k - size, pool_.size());
     if (options_.rule != QueryRule::kUnion) {
       // Most tables first; ties go to the id found first (pool_ is in order found).
-      TakeMostCounted(
+      top_.Take(
           pool_.size(), [this](int64_t i) { return candidates_[pool_[i]].count; }, take,
-          &next_, &picked_);
+          &picked_);
       for (int64_t i = 0; i < take; ++i) picked_[i] = pool_[picked_[i]];
       pool_.swap(picked_);
     }
@@ -166,8 +188,8 @@ class ActiveSetSelector {
   IdMap slot_of_;
   std::vector<Candidate> candidates_;
   std::vector<int32_t> pool_;    // candidates that may be picked, as indices into candidates_
-  std::vector<int32_t> picked_;  // scratch of TakeMostCounted
-  std::vector<int64_t> next_;
+  std::vector<int32_t> picked_;
+  TopByCount top_;
   int32_t bad_table_id_ = 0;
 };
 
@@ -305,24 +327,26 @@ int32_t SelectBatchWide(const TableShape& shape, int64_t batch, const int32_t* c
   }
   found.resize(num_found);
 
-  // Candidates: found ids not already chosen (labels), in the order found, with their counts.
-  // The same pass zeroes the counts for the next query.
+  // Candidates: found ids not already chosen, in the order found, with their counts. The chosen
+  // ones (labels) are zeroed first, so that they are skipped without a lookup (a found id has a
+  // count of at least 1). The same pass zeroes the counts for the next query.
+  for (int64_t i = 0; i < size; ++i) neuron_counts[active[i]] = 0;
   std::vector<BatchQueryScratch::CountedId>& pool = scratch->pool;
   pool.clear();
+  TopByCount top;
   for (const int32_t id : found) {
     const int32_t count = std::exchange(neuron_counts[id], 0);
+    if (count == 0) continue;
     if (options.rule == QueryRule::kThreshold && count < options.min_count) continue;
-    if (chosen.Find(id) != nullptr) continue;
     pool.push_back({id, count});
+    top.Count(count);
   }
   const int64_t take = std::min<int64_t>(options.k - size, pool.size());
   if (options.rule == QueryRule::kUnion) {
     for (int64_t i = 0; i < take; ++i) choose(pool[i].id);
   } else {
     // Most tables first; ties go to the id found first.
-    TakeMostCounted(
-        pool.size(), [&pool](int64_t i) { return pool[i].count; }, take, &scratch->next,
-        &scratch->picked);
+    top.Take(pool.size(), [&pool](int64_t i) { return pool[i].count; }, take, &scratch->picked);
     for (const int32_t i : scratch->picked) choose(pool[i].id);
   }
 

@@ -76,7 +76,6 @@ struct BatchQueryScratch {
   std::vector<int32_t> found;   // distinct ids in the order first found
   std::vector<CountedId> pool;  // those that may be picked, with their counts
   std::vector<int32_t> picked;  // positions in pool of the best of them, best first
-  std::vector<int64_t> next;    // counting-sort scratch
 };
 
 // codes [batch, num_tables] -> active [batch, k] (or [1, k] if batch_wide). `labels`
