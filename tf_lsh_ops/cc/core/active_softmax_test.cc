@@ -1,5 +1,6 @@
 #include "tf_lsh_ops/cc/core/active_softmax.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <vector>
@@ -47,12 +48,80 @@ void TestAgainstFiniteDifferences() {
   }
 }
 
+// Against double-precision loops on sets wide enough for the vector code (with a tail), padding
+// anywhere, logits far below the maximum (exp underflows to 0) and a NaN, which must reach the
+// loss.
+void TestAgainstDoubleLoops() {
+  const int64_t batch = 5, active = 1003, num_labels = 3;
+  std::vector<int32_t> ids(batch * active), labels(batch * num_labels);
+  std::vector<float> logits(batch * active), grad(batch * active);
+  uint32_t state = 12345;
+  const auto next = [&state] { return state = state * 1664525u + 1013904223u; };
+  for (int64_t i = 0; i < batch * active; ++i) {
+    ids[i] = next() % 7 == 0 ? -1 : static_cast<int32_t>(i % active);
+    logits[i] = static_cast<float>(next() % 20000) / 1000.f - 10.f;
+    if (i % 97 == 0) logits[i] = -200.f;
+  }
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t m = 0; m < num_labels; ++m) {
+      labels[b * num_labels + m] = static_cast<int32_t>((b * 31 + m * 17) % active);
+    }
+  }
+  labels[num_labels * 4] = labels[num_labels * 4 + 1] = labels[num_labels * 4 + 2] = -1;
+  const float loss = ActiveSoftmaxCrossEntropy(batch, active, num_labels, ids.data(),
+                                               logits.data(), labels.data(), grad.data(),
+                                               SerialFor());
+  double want_loss = 0.0;
+  int examples = 0;
+  std::vector<double> want_grad(batch * active, 0.0);
+  for (int64_t b = 0; b < batch; ++b) {
+    const int32_t* id = ids.data() + b * active;
+    const float* logit = logits.data() + b * active;
+    std::vector<bool> is_label(active, false);
+    int hits = 0;
+    for (int64_t k = 0; k < active; ++k) {
+      for (int64_t m = 0; m < num_labels; ++m) {
+        if (id[k] >= 0 && id[k] == labels[b * num_labels + m]) is_label[k] = true;
+      }
+      hits += is_label[k];
+    }
+    if (hits == 0) continue;
+    ++examples;
+    double max_logit = -1e300, sum = 0.0;
+    for (int64_t k = 0; k < active; ++k) {
+      if (id[k] >= 0) max_logit = std::max(max_logit, static_cast<double>(logit[k]));
+    }
+    for (int64_t k = 0; k < active; ++k) sum += id[k] >= 0 ? std::exp(logit[k] - max_logit) : 0;
+    for (int64_t k = 0; k < active; ++k) {
+      if (id[k] < 0) continue;
+      const double softmax = std::exp(logit[k] - max_logit) / sum;
+      want_grad[b * active + k] = softmax - (is_label[k] ? 1.0 / hits : 0.0);
+      if (is_label[k]) want_loss -= (logit[k] - max_logit - std::log(sum)) / hits;
+    }
+  }
+  CHECK_TRUE(examples == 4);
+  CHECK_NEAR(loss, want_loss / examples, 1e-5);
+  for (int64_t i = 0; i < batch * active; ++i) {  // a few float roundings of each value
+    const double want = want_grad[i] / examples;
+    CHECK_NEAR(grad[i], want, 2e-6 * std::abs(want) + 1e-30);
+  }
+
+  ids[2 * active + 62] = 62;  // example 2 keeps its label 62, so its softmax is computed
+  logits[2 * active + 5] = std::nanf("");
+  ids[2 * active + 5] = 5;
+  const float nan_loss = ActiveSoftmaxCrossEntropy(batch, active, num_labels, ids.data(),
+                                                   logits.data(), labels.data(), grad.data(),
+                                                   SerialFor());
+  CHECK_TRUE(std::isnan(nan_loss));
+}
+
 }  // namespace
 }  // namespace tf_lsh
 
 int main() {
   tf_lsh::TestExampleFromHeader();
   tf_lsh::TestAgainstFiniteDifferences();
+  tf_lsh::TestAgainstDoubleLoops();
   std::printf("PASS\n");
   return 0;
 }

@@ -285,7 +285,8 @@ bool GroupRowsByBlocks(const int32_t* indices, int64_t count, int64_t num_neuron
   std::unique_ptr<int32_t[]> block_ids(new int32_t[num_positions + num_blocks]);
   std::unique_ptr<int32_t[]> block_offsets(new int32_t[num_positions + num_blocks]);
   std::vector<int64_t> rows_before(num_blocks + 1, 0);
-  const int64_t block_cost = 8 * num_positions / std::max<int64_t>(num_blocks, 1) + 4 * kBlockNeurons;
+  const int64_t block_cost =
+      8 * num_positions / std::max<int64_t>(num_blocks, 1) + 4 * kBlockNeurons;
   parallel_for(num_blocks, block_cost, [&](int64_t begin, int64_t end) {
     std::vector<int32_t> next_position(kBlockNeurons);
     for (int64_t block = begin; block < end; ++block) {

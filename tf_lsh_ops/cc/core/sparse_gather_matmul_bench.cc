@@ -153,8 +153,8 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "forward on huge pages: %.2f ms\n", huge_forward_ms);
   std::vector<float> dx(shape.batch * shape.dim), dw(rows.size() * shape.dim), db(rows.size());
   const double backward_ms = MedianMs([&] {
-    SparseGatherMatmulBackward(shape, x.data(), w.data(), g.data(), rows.view(), dx.data(), dw.data(),
-                               db.data(), parallel_for);
+    SparseGatherMatmulBackward(shape, x.data(), w.data(), g.data(), rows.view(), dx.data(),
+                               dw.data(), db.data(), parallel_for);
   });
   // One active set shared by the batch (batch-wide selection): ids[0, active).
   const ActiveRows shared_rows(ids.data(), shape.active, parallel_for);
@@ -177,7 +177,8 @@ int main(int argc, char** argv) {
   std::free(w_huge);
   const double row_gb = rows.size() * shape.dim * 4 / 1e9;
   std::printf(
-      "{\"threads\": %d, \"unique_rows\": %lld, \"active_rows_ms\": %.2f, \"group_rows_ms\": %.2f, \"forward_ms\": %.2f, "
+      "{\"threads\": %d, \"unique_rows\": %lld, \"active_rows_ms\": %.2f, "
+      "\"group_rows_ms\": %.2f, \"forward_ms\": %.2f, "
       "\"backward_ms\": %.2f, \"forward_row_gb_per_s\": %.1f, \"backward_gb_per_s\": %.1f, "
       "\"per_example_forward_ms\": %.2f, \"sorted_forward_again_ms\": %.2f, "
       "\"shared_forward_ms\": %.2f, \"shared_backward_ms\": %.2f, "

@@ -52,7 +52,9 @@ void TestAgainstLoops() {
       double want = 0;
       if (id >= 0) {
         want = bias[id];
-        for (int64_t d = 0; d < shape.dim; ++d) want += x[b * shape.dim + d] * w[id * shape.dim + d];
+        for (int64_t d = 0; d < shape.dim; ++d) {
+          want += x[b * shape.dim + d] * w[id * shape.dim + d];
+        }
       }
       CHECK_NEAR(out[b * shape.active + k], want, 1e-4);
     }
