@@ -358,10 +358,11 @@ class LSHDense(keras.layers.Layer):
         ids, values, _ = self._active_outputs(inputs, labels, grouped=False)
         return ids, values
 
-    def _active_outputs(self, inputs, labels, grouped):
+    def _active_outputs(self, inputs, labels, grouped, per_example_ids=True):
         """`active_outputs`, and with `grouped` (dense inputs) what a training step that fuses
         the backward pass with the optimizer needs: `(outputs before the activation, the ids
-        given to the op, its grouping)`; else None."""
+        given to the op, its grouping)`; else None. Without `per_example_ids`, a batch-wide
+        layer on dense inputs returns its ids as `[1, k]` (the loss takes them so), not tiled."""
         ids = self.active_ids(inputs, labels)
         sparse = isinstance(inputs, tf.SparseTensor)
         fused = None
@@ -374,7 +375,7 @@ class LSHDense(keras.layers.Layer):
                 fused = (values, ids, grouping)
             else:
                 values = tf_lsh_ops.sparse_gather_matmul(inputs, self.kernel, self.bias, ids)
-        if self.batch_wide:
+        if self.batch_wide and (sparse or per_example_ids):
             batch = inputs.dense_shape[0] if sparse else tf.shape(inputs, out_type=tf.int64)[0]
             ids = tf.tile(ids, tf.stack([batch, 1]))
         if sparse:

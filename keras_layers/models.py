@@ -101,7 +101,9 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
         with tf.GradientTape(persistent=fuse) as tape:
             features = self._features(x, training=True)  # builds body and head
             fuse = fuse and self._can_fuse_this_step(features)
-            ids, logits, fused = self.head._active_outputs(features, labels, grouped=fuse)
+            ids, logits, fused = self.head._active_outputs(
+                features, labels, grouped=fuse, per_example_ids=False
+            )
             loss = active_softmax_cross_entropy(ids, logits, labels)
             if self.losses:
                 loss = loss + tf.add_n(self.losses)
@@ -231,4 +233,6 @@ def _top_ids(ids, logits, k):
     """The ids of the k largest logits of each row (padding ids -1 last)."""
     logits = tf.where(ids >= 0, logits, logits.dtype.min)
     top = tf.math.top_k(logits, tf.minimum(k, tf.shape(ids)[1]))
+    if ids.shape[0] == 1:  # one active set for the batch
+        return tf.gather(ids[0], top.indices)
     return tf.gather(ids, top.indices, batch_dims=1)

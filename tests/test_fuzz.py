@@ -1122,6 +1122,12 @@ def fuzz_active_softmax(rng):
     if np.all(np.isfinite(logits)):
         assert np.isfinite(float(loss)) and np.all(np.isfinite(grad))
         assert np.all(grad[ids < 0] == 0)
+        if batch > 0 and rng.random() < 0.5:  # one active set for the batch: [1, K] ids
+            shared = tf_lsh_ops.active_softmax_cross_entropy(ids[:1], logits, labels)
+            tiled = tf_lsh_ops.active_softmax_cross_entropy(
+                np.repeat(ids[:1], batch, axis=0), logits, labels
+            )
+            assert float(shared) == float(tiled)
     return None
 
 

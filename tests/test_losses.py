@@ -98,11 +98,28 @@ def test_no_labels_anywhere_gives_zero_loss_and_gradient():
     np.testing.assert_array_equal(tape.gradient(loss, logits), [[0.0, 0.0]])
 
 
+def test_one_active_set_for_the_batch_equals_the_set_repeated():
+    ids, logits, labels = random_case(4)
+    shared = ids[3:4]  # [1, K]
+    tiled = tf.tile(shared, [ids.shape[0], 1])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(logits)
+        got = loss_op(shared, logits, labels)
+        want = loss_op(tiled, logits, labels)
+    assert float(got) == float(want) and float(want) > 0.0
+    np.testing.assert_array_equal(tape.gradient(got, logits), tape.gradient(want, logits))
+    # In a graph whose batch size is unknown, [1, K] ids are still accepted.
+    spec = [tf.TensorSpec([1, None], tf.int32), tf.TensorSpec([None, None], tf.float32)]
+    graph_loss = tf.function(lambda i, x: loss_op(i, x, labels), input_signature=spec)
+    assert float(graph_loss(shared, logits)) == float(want)
+
+
 @pytest.mark.parametrize(
     "ids, logits, labels, message",
     [
         ([[1, 2]], [[0.0, 0.0, 0.0]], [[1]], "dimension 1 of ids"),
-        ([[1, 2]], [[0.0, 0.0]], [[1], [2]], "dimension 0 of ids"),
+        ([[1, 2]], [[0.0, 0.0]], [[1], [2]], "dimension 0 of logits"),
+        ([[1, 2], [3, 4]], [[0.0, 0.0]] * 3, [[1]] * 3, "dimension 0 of ids"),
         ([1, 2], [0.0, 0.0], [[1]], "ids must have rank 2"),
     ],
 )

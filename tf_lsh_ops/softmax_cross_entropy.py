@@ -18,7 +18,8 @@ def active_softmax_cross_entropy(ids, logits, labels, name=None):
     than the same loss composed of TensorFlow ops on `[batch, k]` tensors.
 
     Args:
-      ids: int32 `[B, K]`, the active units (`LSHDense.active_outputs`).
+      ids: int32 `[B, K]`, the active units (`LSHDense.active_outputs`), or `[1, K]` when
+        the whole batch shares one active set.
       logits: float32 `[B, K]`, their logits.
       labels: int32 or int64 `[B, L]`, each example's labels, -1 padded.
       name: optional op name.

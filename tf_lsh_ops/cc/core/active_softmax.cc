@@ -114,11 +114,11 @@ struct Avx2SoftmaxLoops {
 // losses and whether they count.
 template <typename Loops>
 inline void ExampleLosses(int64_t begin, int64_t end, int64_t active, int64_t num_labels,
-                          const int32_t* ids, const float* logits, const int32_t* labels,
-                          float* grad, double* losses, char* counted) {
+                          int64_t id_rows, const int32_t* ids, const float* logits,
+                          const int32_t* labels, float* grad, double* losses, char* counted) {
   std::vector<char> is_label(active);
   for (int64_t b = begin; b < end; ++b) {
-    const int32_t* id = ids + b * active;
+    const int32_t* id = ids + (id_rows == 1 ? 0 : b * active);
     const float* logit = logits + b * active;
     const int32_t* label = labels + b * num_labels;
     float* g = grad + b * active;
@@ -155,30 +155,32 @@ inline void ExampleLosses(int64_t begin, int64_t end, int64_t active, int64_t nu
 
 #ifdef TF_LSH_X86
 __attribute__((target("avx2,fma"), flatten)) void ExampleLossesAvx2(
-    int64_t begin, int64_t end, int64_t active, int64_t num_labels, const int32_t* ids,
-    const float* logits, const int32_t* labels, float* grad, double* losses, char* counted) {
-  ExampleLosses<Avx2SoftmaxLoops>(begin, end, active, num_labels, ids, logits, labels, grad,
-                                  losses, counted);
+    int64_t begin, int64_t end, int64_t active, int64_t num_labels, int64_t id_rows,
+    const int32_t* ids, const float* logits, const int32_t* labels, float* grad,
+    double* losses, char* counted) {
+  ExampleLosses<Avx2SoftmaxLoops>(begin, end, active, num_labels, id_rows, ids, logits, labels,
+                                  grad, losses, counted);
 }
 #endif
 
 }  // namespace
 
 float ActiveSoftmaxCrossEntropy(int64_t batch, int64_t active, int64_t num_labels,
-                                const int32_t* ids, const float* logits, const int32_t* labels,
-                                float* grad, const ParallelFor& parallel_for) {
+                                int64_t id_rows, const int32_t* ids, const float* logits,
+                                const int32_t* labels, float* grad,
+                                const ParallelFor& parallel_for) {
   // Per example: its loss, and whether it has a label in its set (it then counts in the mean).
   std::vector<double> losses(batch, 0.0);
   std::vector<char> counted(batch, 0);
   parallel_for(batch, active * (10 + num_labels), [&](int64_t begin, int64_t end) {
 #ifdef TF_LSH_X86
     if (UsesAvx2()) {
-      return ExampleLossesAvx2(begin, end, active, num_labels, ids, logits, labels, grad,
-                               losses.data(), counted.data());
+      return ExampleLossesAvx2(begin, end, active, num_labels, id_rows, ids, logits, labels,
+                               grad, losses.data(), counted.data());
     }
 #endif
-    ExampleLosses<PortableSoftmaxLoops>(begin, end, active, num_labels, ids, logits, labels,
-                                        grad, losses.data(), counted.data());
+    ExampleLosses<PortableSoftmaxLoops>(begin, end, active, num_labels, id_rows, ids, logits,
+                                        labels, grad, losses.data(), counted.data());
   });
   double total = 0.0;
   int64_t examples = 0;

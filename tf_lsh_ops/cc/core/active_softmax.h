@@ -18,11 +18,13 @@
 
 namespace tf_lsh {
 
-// ids, logits, grad: [batch, active]; labels: [batch, num_labels]. Returns the loss.
+// logits, grad: [batch, active]; ids: [id_rows, active], where id_rows is batch or 1 (one
+// active set for the whole batch); labels: [batch, num_labels]. Returns the loss.
 // Deterministic for any thread count.
 float ActiveSoftmaxCrossEntropy(int64_t batch, int64_t active, int64_t num_labels,
-                                const int32_t* ids, const float* logits, const int32_t* labels,
-                                float* grad, const ParallelFor& parallel_for);
+                                int64_t id_rows, const int32_t* ids, const float* logits,
+                                const int32_t* labels, float* grad,
+                                const ParallelFor& parallel_for);
 
 }  // namespace tf_lsh
 

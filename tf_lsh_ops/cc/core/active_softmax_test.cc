@@ -14,7 +14,7 @@ void TestExampleFromHeader() {
   const int32_t ids[2] = {4, 9}, labels[1] = {9};
   const float logits[2] = {0.f, 0.f};
   float grad[2];
-  const float loss = ActiveSoftmaxCrossEntropy(1, 2, 1, ids, logits, labels, grad, SerialFor());
+  const float loss = ActiveSoftmaxCrossEntropy(1, 2, 1, 1, ids, logits, labels, grad, SerialFor());
   CHECK_NEAR(loss, std::log(2.f), 1e-6);
   CHECK_NEAR(grad[0], 0.5f, 1e-6);
   CHECK_NEAR(grad[1], -0.5f, 1e-6);
@@ -27,7 +27,7 @@ void TestAgainstFiniteDifferences() {
   std::vector<float> logits = {0.3f, -1.f, 50.f, 2.f, 0.5f, -0.25f, 1.f, 1.f, 1.f};
   std::vector<float> grad(9), unused(9);
   const float loss =
-      ActiveSoftmaxCrossEntropy(3, 3, 2, ids, logits.data(), labels, grad.data(), SerialFor());
+      ActiveSoftmaxCrossEntropy(3, 3, 2, 3, ids, logits.data(), labels, grad.data(), SerialFor());
   // Example 0: label 2 among {1, 2}; example 1: labels 3 and 7 among {3, 5, 7}.
   const double e0 = -std::log(std::exp(-1.0) / (std::exp(0.3) + std::exp(-1.0)));
   const double z1 = std::exp(2.0) + std::exp(0.5) + std::exp(-0.25);
@@ -39,9 +39,9 @@ void TestAgainstFiniteDifferences() {
     std::vector<float> plus = logits, minus = logits;
     plus[i] += 1e-2f;
     minus[i] -= 1e-2f;
-    const float numerical = (ActiveSoftmaxCrossEntropy(3, 3, 2, ids, plus.data(), labels,
+    const float numerical = (ActiveSoftmaxCrossEntropy(3, 3, 2, 3, ids, plus.data(), labels,
                                                        unused.data(), SerialFor()) -
-                             ActiveSoftmaxCrossEntropy(3, 3, 2, ids, minus.data(), labels,
+                             ActiveSoftmaxCrossEntropy(3, 3, 2, 3, ids, minus.data(), labels,
                                                        unused.data(), SerialFor())) /
                             2e-2f;
     CHECK_NEAR(grad[i], numerical, 1e-3);
@@ -68,7 +68,7 @@ void TestAgainstDoubleLoops() {
     }
   }
   labels[num_labels * 4] = labels[num_labels * 4 + 1] = labels[num_labels * 4 + 2] = -1;
-  const float loss = ActiveSoftmaxCrossEntropy(batch, active, num_labels, ids.data(),
+  const float loss = ActiveSoftmaxCrossEntropy(batch, active, num_labels, batch, ids.data(),
                                                logits.data(), labels.data(), grad.data(),
                                                SerialFor());
   double want_loss = 0.0;
@@ -109,10 +109,27 @@ void TestAgainstDoubleLoops() {
   ids[2 * active + 62] = 62;  // example 2 keeps its label 62, so its softmax is computed
   logits[2 * active + 5] = std::nanf("");
   ids[2 * active + 5] = 5;
-  const float nan_loss = ActiveSoftmaxCrossEntropy(batch, active, num_labels, ids.data(),
+  const float nan_loss = ActiveSoftmaxCrossEntropy(batch, active, num_labels, batch, ids.data(),
                                                    logits.data(), labels.data(), grad.data(),
                                                    SerialFor());
   CHECK_TRUE(std::isnan(nan_loss));
+}
+
+// One active set for the batch ([1, active] ids) gives what the set repeated per example gives.
+void TestSharedIds() {
+  const int64_t batch = 4, active = 37, num_labels = 2;
+  std::vector<int32_t> ids(active), tiled, labels = {3, -1, 40, 5, -1, -1, 7, 3};
+  std::vector<float> logits(batch * active), grad(batch * active), want_grad(batch * active);
+  for (int64_t k = 0; k < active; ++k) ids[k] = k % 9 == 4 ? -1 : static_cast<int32_t>(k);
+  for (int64_t b = 0; b < batch; ++b) tiled.insert(tiled.end(), ids.begin(), ids.end());
+  for (int64_t i = 0; i < batch * active; ++i) logits[i] = std::sin(0.7f * i);
+  const float loss = ActiveSoftmaxCrossEntropy(batch, active, num_labels, 1, ids.data(),
+                                               logits.data(), labels.data(), grad.data(),
+                                               SerialFor());
+  const float want = ActiveSoftmaxCrossEntropy(batch, active, num_labels, batch, tiled.data(),
+                                               logits.data(), labels.data(), want_grad.data(),
+                                               SerialFor());
+  CHECK_TRUE(loss == want && grad == want_grad && loss > 0.f);
 }
 
 }  // namespace
@@ -122,6 +139,7 @@ int main() {
   tf_lsh::TestExampleFromHeader();
   tf_lsh::TestAgainstFiniteDifferences();
   tf_lsh::TestAgainstDoubleLoops();
+  tf_lsh::TestSharedIds();
   std::printf("PASS\n");
   return 0;
 }

@@ -24,16 +24,19 @@ class ActiveSoftmaxCrossEntropyOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "ids", ids, 2));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "logits", logits, 2));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "labels", labels, 2));
-    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "ids", ids, 0, "logits", logits, 0));
+    // ids [1, K] is one active set for the whole batch.
+    if (ids.dim_size(0) != 1) {
+      OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "ids", ids, 0, "logits", logits, 0));
+    }
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "ids", ids, 1, "logits", logits, 1));
-    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "ids", ids, 0, "labels", labels, 0));
+    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "logits", logits, 0, "labels", labels, 0));
     Tensor *loss = nullptr, *grad = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &loss));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, logits.shape(), &grad));
     loss->scalar<float>()() = ActiveSoftmaxCrossEntropy(
-        ids.dim_size(0), ids.dim_size(1), labels.dim_size(1), ids.flat<int32_t>().data(),
-        logits.flat<float>().data(), labels.flat<int32_t>().data(), grad->flat<float>().data(),
-        TfParallelFor(ctx));
+        logits.dim_size(0), logits.dim_size(1), labels.dim_size(1), ids.dim_size(0),
+        ids.flat<int32_t>().data(), logits.flat<float>().data(), labels.flat<int32_t>().data(),
+        grad->flat<float>().data(), TfParallelFor(ctx));
   }
 };
 
