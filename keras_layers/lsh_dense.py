@@ -355,11 +355,11 @@ class LSHDense(keras.layers.Layer):
         Padding ids (-1) have value 0. Gradients of `values` reach the weights as
         `tf.IndexedSlices` over the active rows.
         """
-        ids, values, _ = self._active_outputs(inputs, labels, grouped=False)
+        ids, values, _ = self._active_outputs(inputs, labels)
         return ids, values
 
-    def _active_outputs(self, inputs, labels, grouped, per_example_ids=True):
-        """`active_outputs`, and with `grouped` (dense inputs) what a training step that fuses
+    def _active_outputs(self, inputs, labels, fused_tape=None, per_example_ids=True):
+        """`active_outputs`, and with `fused_tape` (dense inputs) what a training step that fuses
         the backward pass with the optimizer needs: `(outputs before the activation, the ids
         given to the op, its grouping)`; else None. Without `per_example_ids`, a batch-wide
         layer on dense inputs returns its ids as `[1, k]` (the loss takes them so), not tiled."""
@@ -368,10 +368,15 @@ class LSHDense(keras.layers.Layer):
         fused = None
         if not sparse:
             # A batch-wide set stays [1, k]: the op then multiplies dense blocks.
-            if grouped:
-                values, grouping = tf_lsh_ops.sparse_gather_matmul_grouped(
-                    inputs, self.kernel, self.bias, ids
-                )
+            if fused_tape is not None:
+                # The fused step differentiates the loss only up to the op's outputs. Recorded,
+                # the op would still have its unfused gradient (and the body's below it) built
+                # and run, as ops on variables are kept in graphs even when unused.
+                with fused_tape.stop_recording():
+                    values, grouping = tf_lsh_ops.sparse_gather_matmul_grouped(
+                        inputs, self.kernel, self.bias, ids
+                    )
+                fused_tape.watch(values)
                 fused = (values, ids, grouping)
             else:
                 values = tf_lsh_ops.sparse_gather_matmul(inputs, self.kernel, self.bias, ids)

@@ -102,7 +102,7 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
             features = self._features(x, training=True)  # builds body and head
             fuse = fuse and self._can_fuse_this_step(features)
             ids, logits, fused = self.head._active_outputs(
-                features, labels, grouped=fuse, per_example_ids=False
+                features, labels, fused_tape=tape if fuse else None, per_example_ids=False
             )
             loss = active_softmax_cross_entropy(ids, logits, labels)
             if self.losses:
