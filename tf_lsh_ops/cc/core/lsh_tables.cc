@@ -64,8 +64,8 @@ class TopByCount {
             std::vector<int32_t>* picked) {
     picked->resize(take);
     if (take == 0) return;
-    // Counts from the highest down until `take` are covered: the lowest count taken (`cut`)
-    // and how many candidates of it fit; each count's first output slot.
+    // Each count's first output slot, from the highest count down until `take` candidates
+    // are covered; `cut` is the lowest count that gets a slot.
     int64_t before = 0;
     int32_t cut = static_cast<int32_t>(histogram_.size()) - 1;
     for (;; --cut) {
