@@ -761,6 +761,34 @@ def test_sparse_input_matmul_gradients_against_finite_differences():
         np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2)
 
 
+def test_sparse_input_matmul_skips_the_values_gradient_of_data():
+    """Values that nothing differentiates (data) get no gradient pass, eagerly or in a graph;
+    the kernel's gradient is the same either way."""
+    x, kernel = _bag_of_words(6)
+    indices, values, dense_shape = _shuffled_sparse(x, 7)
+    kernel_var = tf.Variable(kernel)
+
+    def kernel_gradient(watch_values):
+        with tf.GradientTape() as tape:
+            if watch_values:
+                tape.watch(values)
+            out = tf_lsh_ops.sparse_input_matmul(
+                tf.SparseTensor(indices, values, dense_shape), kernel_var
+            )
+            loss = tf.reduce_sum(out * out)
+        return tape.gradient(loss, kernel_var)
+
+    want = kernel_gradient(watch_values=True)
+    np.testing.assert_array_equal(kernel_gradient(watch_values=False).values, want.values)
+    for watch_values in (False, True):
+        graph = tf.function(lambda w=watch_values: kernel_gradient(w)).get_concrete_function()
+        (grad_op,) = [
+            op for op in graph.graph.get_operations() if op.type == "ResourceSparseInputMatmulGrad"
+        ]
+        assert grad_op.get_attr("values_gradient") == watch_values
+        assert grad_op.outputs[0].shape.as_list() == ([values.shape[0]] if watch_values else [0])
+
+
 def test_sparse_input_matmul_repeated_entries_and_empty_batch():
     x, kernel = _bag_of_words(5)
     sparse = tf.sparse.from_dense(x)

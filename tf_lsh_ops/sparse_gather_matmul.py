@@ -237,10 +237,23 @@ def sparse_input_matmul(inputs, kernel, name=None):
 
 def _sparse_input_matmul_gradients(grad_op, op, grad_output, kernel_shape):
     sparse_indices, sparse_values, dense_shape, kernel = op.inputs
+    # Under a GradientTape, inputs nobody differentiates are listed: the values are usually
+    # data (a bag of words), and their gradient would cost a second pass over the kernel rows.
+    values_gradient = 1 not in (getattr(op, "skip_input_indices", None) or ())
     grad_values, rows, grad_kernel_rows = grad_op(
-        sparse_indices, sparse_values, dense_shape, kernel, grad_output
+        sparse_indices,
+        sparse_values,
+        dense_shape,
+        kernel,
+        grad_output,
+        values_gradient=values_gradient,
     )
-    return [None, grad_values, None, tf.IndexedSlices(grad_kernel_rows, rows, kernel_shape)]
+    return [
+        None,
+        grad_values if values_gradient else None,
+        None,
+        tf.IndexedSlices(grad_kernel_rows, rows, kernel_shape),
+    ]
 
 
 @tf.RegisterGradient("SparseInputMatmul")

@@ -108,16 +108,17 @@ void SparseInputMatmulBackward(int64_t batch, int64_t units, const SparseRowsVie
   const int64_t num_entries = inputs.row_offsets[batch];
   // The example of each entry, for the gradient rows (positions are entry numbers).
   std::vector<int32_t> example_of(num_entries);
-  parallel_for(batch, 2 * units, [&](int64_t begin, int64_t end) {
+  parallel_for(batch, grad_values != nullptr ? 2 * units : 8, [&](int64_t begin, int64_t end) {
     const int64_t last_entry = inputs.row_offsets[end];
     for (int64_t b = begin; b < end; ++b) {
       const float* g = grad_out + b * units;
       for (int64_t j = inputs.row_offsets[b]; j < inputs.row_offsets[b + 1]; ++j) {
+        example_of[j] = static_cast<int32_t>(b);
+        if (grad_values == nullptr) continue;
         if (j + kRowsAhead < last_entry) {
           PrefetchRow(kernel + inputs.features[j + kRowsAhead] * units, units, /*near=*/true);
         }
         grad_values[j] = Dot(kernel + inputs.features[j] * units, g, units);
-        example_of[j] = static_cast<int32_t>(b);
       }
     }
   });

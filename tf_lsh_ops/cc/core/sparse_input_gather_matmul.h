@@ -46,7 +46,7 @@ void SparseInputMatmulForward(int64_t batch, int64_t units, const SparseRowsView
 // Its gradients: grad_values[j] = kernel[features[j], :] . grad_out[b, :] for the entries j of
 // row b; and, for each row r of `features` (the entries grouped by feature; positions are CSR
 // entry numbers), grad_kernel_rows[r, :] = sum of values[j] * grad_out[b of j, :] over its
-// entries, summed in entry order.
+// entries, summed in entry order. grad_values may be null: it is then not computed.
 void SparseInputMatmulBackward(int64_t batch, int64_t units, const SparseRowsView& inputs,
                                const float* kernel, const float* grad_out,
                                const RowGroups& features, float* grad_values,

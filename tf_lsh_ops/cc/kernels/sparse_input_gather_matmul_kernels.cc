@@ -160,7 +160,9 @@ class SparseInputMatmulOp : public OpKernel {
 
 class SparseInputMatmulGradOp : public OpKernel {
  public:
-  explicit SparseInputMatmulGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit SparseInputMatmulGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("values_gradient", &values_gradient_));
+  }
 
   void Compute(OpKernelContext* ctx) override {
     const char* kOp = type_string().c_str();
@@ -179,19 +181,26 @@ class SparseInputMatmulGradOp : public OpKernel {
     OP_REQUIRES_OK(ctx, GroupSparseRows(ctx, &rows));
     // The entries grouped by feature: one gradient row per distinct feature.
     const std::vector<int32_t> features(rows.feature_ids.begin(), rows.feature_ids.end());
-    const ActiveRows grouped(features.data(), features.size(), TfParallelFor(ctx));
+    const ActiveRows grouped(features.data(), features.size(), TfParallelFor(ctx),
+                             kernel.dim_size(0));
     Tensor *grad_values = nullptr, *row_ids = nullptr, *grad_kernel_rows = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(1).shape(), &grad_values));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            0, values_gradient_ ? ctx->input(1).shape() : TensorShape({0}),
+                            &grad_values));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({grouped.size()}), &row_ids));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({grouped.size(), units}),
                                              &grad_kernel_rows));
     std::copy(grouped.ids().begin(), grouped.ids().end(), row_ids->flat<int32_t>().data());
-    std::vector<float> grad_csr(rows.values.size());
+    std::vector<float> grad_csr(values_gradient_ ? rows.values.size() : 0);
     SparseInputMatmulBackward(rows.batch, units, rows.view(), kernel.flat<float>().data(),
-                              grad_output.flat<float>().data(), grouped.view(), grad_csr.data(),
+                              grad_output.flat<float>().data(), grouped.view(),
+                              values_gradient_ ? grad_csr.data() : nullptr,
                               grad_kernel_rows->flat<float>().data(), TfParallelFor(ctx));
-    rows.ToEntryOrder(grad_csr, grad_values->flat<float>().data());
+    if (values_gradient_) rows.ToEntryOrder(grad_csr, grad_values->flat<float>().data());
   }
+
+ private:
+  bool values_gradient_ = true;
 };
 
 REGISTER_KERNEL_BUILDER(Name("SparseInputGatherMatmul").Device(tensorflow::DEVICE_CPU),

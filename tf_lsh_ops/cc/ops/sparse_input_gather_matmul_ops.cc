@@ -75,7 +75,9 @@ absl::Status SparseInputMatmulGradShape(InferenceContext* c, bool resource) {
   if (!resource) {
     TF_RETURN_IF_ERROR(WithRankNamed(c, "SparseInputMatmulGrad", 3, "kernel", 2, &kernel));
   }
-  c->set_output(0, c->input(1));
+  bool values_gradient = true;
+  TF_RETURN_IF_ERROR(c->GetAttr("values_gradient", &values_gradient));
+  c->set_output(0, values_gradient ? c->input(1) : c->Vector(0));
   c->set_output(1, c->Vector(c->UnknownDim()));
   c->set_output(2, c->Matrix(c->UnknownDim(), c->Dim(kernel, 1)));
   return absl::OkStatus();
@@ -86,8 +88,10 @@ output[b, :] = sum over row b's entries (f, v) of v * kernel[f, :]: sparse input
 feature-major kernel, reading only the rows of the features present.
 )doc";
 
-constexpr char kSparseInputMatmulGradDoc[] =
-    "Gradient of SparseInputMatmul: for the values, and the kernel rows of the features.";
+constexpr char kSparseInputMatmulGradDoc[] = R"doc(
+Gradient of SparseInputMatmul: for the values (empty unless values_gradient: when the inputs
+are data, skipping it saves a pass over the kernel rows), and the kernel rows of the features.
+)doc";
 
 }  // namespace
 
@@ -118,6 +122,7 @@ REGISTER_OP("SparseInputMatmulGrad")
     .Output("grad_values: float")
     .Output("rows: int32")
     .Output("grad_kernel_rows: float")
+    .Attr("values_gradient: bool = true")
     .SetShapeFn([](InferenceContext* c) { return SparseInputMatmulGradShape(c, false); })
     .Doc(kSparseInputMatmulGradDoc);
 
@@ -130,6 +135,7 @@ REGISTER_OP("ResourceSparseInputMatmulGrad")
     .Output("grad_values: float")
     .Output("rows: int32")
     .Output("grad_kernel_rows: float")
+    .Attr("values_gradient: bool = true")
     .SetShapeFn([](InferenceContext* c) { return SparseInputMatmulGradShape(c, true); })
     .Doc(kSparseInputMatmulGradDoc);
 
