@@ -204,9 +204,11 @@ def sparse_input_matmul(inputs, kernel, name=None):
 
     `out[b, :] = sum over row b's entries (f, v) of v * kernel[f, :]`: only the kernel rows of
     the features present are read, and the kernel's gradient is a `tf.IndexedSlices` over the
-    distinct features of the batch (`tf.sparse.sparse_dense_matmul` gives a dense one). One
-    op each way, where `tf.nn.embedding_lookup_sparse` runs a chain of them; the first layer
-    over a bag of words (`keras_layers.SparseInputDense`) uses it.
+    distinct features of the batch (`tf.sparse.sparse_dense_matmul` gives a dense one). The
+    values get a gradient too, skipped when a `GradientTape` knows that nothing differentiates
+    them (inputs that are data save that pass over the kernel rows). One op each way, where
+    `tf.nn.embedding_lookup_sparse` runs a chain of them; the first layer over a bag of words
+    (`keras_layers.SparseInputDense`) uses it.
 
     >>> x = tf.SparseTensor([[0, 1], [0, 1], [1, 0]], [1.0, 2.0, 5.0], [2, 3])
     >>> sparse_input_matmul(x, tf.constant([[1.0, 0.0], [0.0, 1.0], [9.0, 9.0]])).numpy()

@@ -77,11 +77,8 @@ struct Avx2SoftmaxLoops {
     for (; k + 8 <= n; k += 8) max8 = _mm256_max_ps(max8, Logits(ids + k, logits + k, lowest));
     alignas(32) float lanes[8];
     _mm256_store_ps(lanes, max8);
-    float max_logit = lowest;
+    float max_logit = PortableSoftmaxLoops::MaxLogit(ids + k, logits + k, n - k);  // the tail
     for (const float lane : lanes) max_logit = std::max(max_logit, lane);
-    for (; k < n; ++k) {
-      if (ids[k] >= 0) max_logit = std::max(max_logit, logits[k]);
-    }
     return max_logit;
   }
 
@@ -100,12 +97,8 @@ struct Avx2SoftmaxLoops {
     }
     alignas(32) double lanes[4];
     _mm256_store_pd(lanes, _mm256_add_pd(sum_low, sum_high));
-    double sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-    for (; k < n; ++k) {
-      out[k] = ids[k] >= 0 ? std::exp(logits[k] - shift) : 0.f;
-      sum += out[k];
-    }
-    return sum;
+    const double sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    return sum + PortableSoftmaxLoops::ShiftedExp(ids + k, logits + k, shift, out + k, n - k);
   }
 };
 #endif  // TF_LSH_X86
