@@ -53,22 +53,27 @@ absl::Status CheckArguments(const char* op, OpKernelContext* ctx, const SparseRo
   return absl::OkStatus();
 }
 
-// Checks the kernel [num_features, units] against the sparse inputs [batch, num_features]
-// with `num_entries` entries.
-absl::Status CheckKernel(const char* op, const SparseRows& rows, int64_t num_entries,
-                         const Tensor& kernel) {
+// The inputs both SparseInputMatmul kernels start with: the sparse inputs [batch,
+// num_features] (inputs 0-2) and the kernel [num_features, units] (input 3, a tensor or a
+// variable read in place), checked against each other.
+absl::Status ReadSparseInputsAndKernel(OpKernelContext* ctx, const char* op, SparseRows* rows,
+                                       InputTensor* kernel_input) {
+  TF_RETURN_IF_ERROR(CheckSparseInputs(op, ctx, rows));
+  TF_RETURN_IF_ERROR(kernel_input->Init(ctx, op, "kernel", 3));
+  const Tensor& kernel = kernel_input->tensor();
+  const int64_t num_entries = ctx->input(1).NumElements();
   TF_RETURN_IF_ERROR(CheckRank(op, "kernel", kernel, 2));
-  if (kernel.dim_size(0) != rows.dim) {
+  if (kernel.dim_size(0) != rows->dim) {
     return absl::InvalidArgumentError(absl::StrCat(
-        op, ": the sparse inputs have dense_shape [", rows.batch, ", ", rows.dim,
-        "]; kernel (shape ", kernel.shape().DebugString(), ") must have ", rows.dim, " rows"));
+        op, ": the sparse inputs have dense_shape [", rows->batch, ", ", rows->dim,
+        "]; kernel (shape ", kernel.shape().DebugString(), ") must have ", rows->dim, " rows"));
   }
   // Entries and examples are numbered with int32 in the gradient's grouping.
   constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
-  if (rows.batch > kMax || rows.dim > kMax || num_entries > kMax) {
+  if (rows->batch > kMax || rows->dim > kMax || num_entries > kMax) {
     return absl::InvalidArgumentError(absl::StrCat(
         op, ": at most 2^31 - 1 rows, features and entries are supported; dense_shape is [",
-        rows.batch, ", ", rows.dim, "]"));
+        rows->batch, ", ", rows->dim, "]"));
   }
   return absl::OkStatus();
 }
@@ -115,7 +120,7 @@ class SparseInputGatherMatmulGradOp : public OpKernel {
                     "; it must match indices, ", indices.shape().DebugString())));
     OP_REQUIRES_OK(ctx, GroupSparseRows(ctx, &rows));
     const ActiveRows active(indices.flat<int32_t>().data(), indices.NumElements(),
-                            TfParallelFor(ctx));
+                            TfParallelFor(ctx), shape.num_neurons);
     Tensor *grad_values = nullptr, *row_ids = nullptr, *grad_weight_rows = nullptr,
            *grad_bias_rows = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(1).shape(), &grad_values));
@@ -144,11 +149,9 @@ class SparseInputMatmulOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const char* kOp = type_string().c_str();
     SparseRows rows;
-    OP_REQUIRES_OK(ctx, CheckSparseInputs(kOp, ctx, &rows));
     InputTensor kernel_input;
-    OP_REQUIRES_OK(ctx, kernel_input.Init(ctx, kOp, "kernel", 3));
+    OP_REQUIRES_OK(ctx, ReadSparseInputsAndKernel(ctx, kOp, &rows, &kernel_input));
     const Tensor& kernel = kernel_input.tensor();
-    OP_REQUIRES_OK(ctx, CheckKernel(kOp, rows, ctx->input(1).NumElements(), kernel));
     const int64_t units = kernel.dim_size(1);
     Tensor* output = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({rows.batch, units}), &output));
@@ -167,12 +170,10 @@ class SparseInputMatmulGradOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const char* kOp = type_string().c_str();
     SparseRows rows;
-    OP_REQUIRES_OK(ctx, CheckSparseInputs(kOp, ctx, &rows));
     InputTensor kernel_input;
-    OP_REQUIRES_OK(ctx, kernel_input.Init(ctx, kOp, "kernel", 3));
+    OP_REQUIRES_OK(ctx, ReadSparseInputsAndKernel(ctx, kOp, &rows, &kernel_input));
     const Tensor& kernel = kernel_input.tensor();
     const Tensor& grad_output = ctx->input(4);
-    OP_REQUIRES_OK(ctx, CheckKernel(kOp, rows, ctx->input(1).NumElements(), kernel));
     const int64_t units = kernel.dim_size(1);
     OP_REQUIRES(ctx, grad_output.shape() == TensorShape({rows.batch, units}),
                 absl::InvalidArgumentError(absl::StrCat(
