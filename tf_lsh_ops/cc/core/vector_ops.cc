@@ -40,55 +40,44 @@ __attribute__((target("avx2"), always_inline)) inline __m256 Start(const float* 
   return accumulate ? _mm256_loadu_ps(c) : _mm256_setzero_ps();
 }
 
-// c[j, j + 16) of one row, for d in [d0, d1): two accumulators.
-__attribute__((target("avx2,fma"))) inline void MatMulRow16(const float* a, const float* b,
-                                                             int64_t ldb, float* c, int64_t d0,
-                                                             int64_t d1, bool accumulate) {
-  __m256 c0 = Start(c, accumulate), c1 = Start(c + 8, accumulate);
-  for (int64_t d = d0; d < d1; ++d) {
-    const __m256 x = _mm256_broadcast_ss(a + d);
-    c0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(b + d * ldb), c0);
-    c1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(b + d * ldb + 8), c1);
+// Rows [i, i + kRows), columns [j, j + 16), for d in [d0, d1): a kRows x 16 block held in
+// 2 * kRows registers, each load of b serving kRows rows. Six rows (12 accumulators) keep both
+// FMA pipes busy through the FMA latency; four and one are for the last rows.
+template <int kRows>
+__attribute__((target("avx2,fma"), always_inline)) inline void MatMulBlock(
+    const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int64_t d0,
+    int64_t d1, bool accumulate) {
+  __m256 acc[kRows][2];
+#pragma GCC unroll 6
+  for (int r = 0; r < kRows; ++r) {
+    acc[r][0] = Start(c + r * ldc, accumulate);
+    acc[r][1] = Start(c + r * ldc + 8, accumulate);
   }
-  _mm256_storeu_ps(c, c0);
-  _mm256_storeu_ps(c + 8, c1);
-}
-
-// Rows [i, i + 4), columns [j, j + 16), for d in [d0, d1): a 4 x 16 block in 8 registers;
-// each load of b serves four rows.
-__attribute__((target("avx2,fma"))) inline void MatMulBlock4x16(const float* a, int64_t lda,
-                                                                 const float* b, int64_t ldb,
-                                                                 float* c, int64_t ldc,
-                                                                 int64_t d0, int64_t d1,
-                                                                 bool accumulate) {
-  __m256 c00 = Start(c, accumulate), c01 = Start(c + 8, accumulate);
-  __m256 c10 = Start(c + ldc, accumulate), c11 = Start(c + ldc + 8, accumulate);
-  __m256 c20 = Start(c + 2 * ldc, accumulate), c21 = Start(c + 2 * ldc + 8, accumulate);
-  __m256 c30 = Start(c + 3 * ldc, accumulate), c31 = Start(c + 3 * ldc + 8, accumulate);
   for (int64_t d = d0; d < d1; ++d) {
     const __m256 b0 = _mm256_loadu_ps(b + d * ldb);
     const __m256 b1 = _mm256_loadu_ps(b + d * ldb + 8);
-    __m256 x = _mm256_broadcast_ss(a + d);
-    c00 = _mm256_fmadd_ps(x, b0, c00);
-    c01 = _mm256_fmadd_ps(x, b1, c01);
-    x = _mm256_broadcast_ss(a + lda + d);
-    c10 = _mm256_fmadd_ps(x, b0, c10);
-    c11 = _mm256_fmadd_ps(x, b1, c11);
-    x = _mm256_broadcast_ss(a + 2 * lda + d);
-    c20 = _mm256_fmadd_ps(x, b0, c20);
-    c21 = _mm256_fmadd_ps(x, b1, c21);
-    x = _mm256_broadcast_ss(a + 3 * lda + d);
-    c30 = _mm256_fmadd_ps(x, b0, c30);
-    c31 = _mm256_fmadd_ps(x, b1, c31);
+#pragma GCC unroll 6
+    for (int r = 0; r < kRows; ++r) {
+      const __m256 x = _mm256_broadcast_ss(a + r * lda + d);
+      acc[r][0] = _mm256_fmadd_ps(x, b0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(x, b1, acc[r][1]);
+    }
   }
-  _mm256_storeu_ps(c, c00);
-  _mm256_storeu_ps(c + 8, c01);
-  _mm256_storeu_ps(c + ldc, c10);
-  _mm256_storeu_ps(c + ldc + 8, c11);
-  _mm256_storeu_ps(c + 2 * ldc, c20);
-  _mm256_storeu_ps(c + 2 * ldc + 8, c21);
-  _mm256_storeu_ps(c + 3 * ldc, c30);
-  _mm256_storeu_ps(c + 3 * ldc + 8, c31);
+#pragma GCC unroll 6
+  for (int r = 0; r < kRows; ++r) {
+    _mm256_storeu_ps(c + r * ldc, acc[r][0]);
+    _mm256_storeu_ps(c + r * ldc + 8, acc[r][1]);
+  }
+}
+
+// Rows [i, i + kRows) of c for d in [d0, d1), every full 16 columns.
+template <int kRows>
+__attribute__((target("avx2,fma"), always_inline)) inline void MatMulRows(
+    const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int64_t n16,
+    int64_t d0, int64_t d1, bool accumulate) {
+  for (int64_t j = 0; j < n16; j += 16) {
+    MatMulBlock<kRows>(a, lda, b + j, ldb, c + j, ldc, d0, d1, accumulate);
+  }
 }
 
 __attribute__((target("avx2,fma"))) void MatMulAvx2(const float* a, int64_t lda, const float* b,
@@ -99,15 +88,14 @@ __attribute__((target("avx2,fma"))) void MatMulAvx2(const float* a, int64_t lda,
     const int64_t d1 = std::min(k, d0 + kDepthBlock);
     const bool accumulate = d0 > 0;
     int64_t i = 0;
+    for (; i + 6 <= m; i += 6) {
+      MatMulRows<6>(a + i * lda, lda, b, ldb, c + i * ldc, ldc, n16, d0, d1, accumulate);
+    }
     for (; i + 4 <= m; i += 4) {
-      for (int64_t j = 0; j < n16; j += 16) {
-        MatMulBlock4x16(a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc, d0, d1, accumulate);
-      }
+      MatMulRows<4>(a + i * lda, lda, b, ldb, c + i * ldc, ldc, n16, d0, d1, accumulate);
     }
     for (; i < m; ++i) {
-      for (int64_t j = 0; j < n16; j += 16) {
-        MatMulRow16(a + i * lda, b + j, ldb, c + i * ldc + j, d0, d1, accumulate);
-      }
+      MatMulRows<1>(a + i * lda, lda, b, ldb, c + i * ldc, ldc, n16, d0, d1, accumulate);
     }
   }
   if (n16 < n) {  // the last n % 16 columns
