@@ -16,7 +16,7 @@ float Dot(const float* a, const float* b, int64_t n);
 void Axpy(float alpha, const float* x, float* y, int64_t n);
 
 // c[i * ldc + j] = sum_d a[i * lda + d] * b[d * ldb + j], for i < m, j < n, d < k.
-// Register-blocked (4 rows x 16 columns) and walked over the depth in blocks that stay in L2:
+// Register-blocked (6 rows x 16 columns) and walked over the depth in blocks that stay in L2:
 // for hashing many rows against one projection matrix and the products of shared active sets.
 void MatMul(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
             int64_t m, int64_t n, int64_t k);
