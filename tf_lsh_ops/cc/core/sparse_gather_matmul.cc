@@ -593,8 +593,9 @@ namespace {
 // rows (dim x 64 floats) and the inputs stay in L2 while the block is multiplied.
 constexpr int64_t kSharedBlock = 64;
 
-// grad_out is transposed in square tiles of this side, read and written a cache line at a time.
-constexpr int64_t kTransposeTile = 16;
+// grad_out is transposed this many units (columns) at a time: the transposed tile (64 x batch
+// floats) stays in L1 / L2 while it is written.
+constexpr int64_t kTransposeTile = 64;
 
 // Scratch of n floats, not zeroed: every element is written before it is read.
 std::unique_ptr<float[]> Scratch(int64_t n) { return std::unique_ptr<float[]>(new float[n]); }
@@ -627,7 +628,6 @@ void SharedGatherMatmulForward(const GatherMatmulShape& shape, const float* inpu
                                float* out, const ParallelFor& parallel_for) {
   const int64_t dim = shape.dim, active = shape.active, batch = shape.batch;
   const int64_t blocks = CeilDiv(active, kSharedBlock);
-  const std::unique_ptr<float[]> selected = GatherRows(weights, dim, ids, active, parallel_for);
   // The biases ride along as one more depth row: inputs get a column of ones and each panel a
   // row of biases, so that MatMul adds them (rounded once, as a separate addition would be).
   const int64_t depth = dim + 1;
@@ -636,17 +636,26 @@ void SharedGatherMatmulForward(const GatherMatmulShape& shape, const float* inpu
     std::memcpy(inputs_and_one.get() + b * depth, inputs + b * dim, dim * sizeof(float));
     inputs_and_one[b * depth + dim] = 1.f;
   }
+  const std::vector<float> zeros(dim, 0.f);  // the row of padding (-1)
+  const auto row = [&](int64_t k) {
+    return ids[k] >= 0 ? weights + int64_t{ids[k]} * dim : zeros.data();
+  };
   parallel_for(blocks, batch * kSharedBlock * depth * 2, [&](int64_t begin, int64_t end) {
-    // The block's rows, transposed: panel[d * kSharedBlock + j] = selected[first + j, d].
+    // The block's rows, gathered and transposed: panel[d * kSharedBlock + j] = row(first + j)[d].
     const std::unique_ptr<float[]> panel = Scratch(depth * kSharedBlock);
+    const float* rows[kSharedBlock];
     for (int64_t block = begin; block < end; ++block) {
       const int64_t first = block * kSharedBlock;
       const int64_t width = std::min(kSharedBlock, active - first);
       for (int64_t j = 0; j < width; ++j) {
-        const float* row = selected.get() + (first + j) * dim;
-        for (int64_t d = 0; d < dim; ++d) panel[d * kSharedBlock + j] = row[d];
-        const int32_t id = ids[first + j];
-        panel[dim * kSharedBlock + j] = id >= 0 ? biases[id] : 0.f;
+        rows[j] = row(first + j);
+        panel[dim * kSharedBlock + j] = ids[first + j] >= 0 ? biases[ids[first + j]] : 0.f;
+      }
+      TransposeRows(rows, width, dim, panel.get(), kSharedBlock);
+      // The next block's rows are scattered over the whole matrix: fetched while this one is
+      // multiplied.
+      for (int64_t k = first + kSharedBlock; k < std::min(first + 2 * kSharedBlock, active); ++k) {
+        if (ids[k] >= 0) PrefetchRow(row(k), dim, /*near=*/false);
       }
       MatMul(inputs_and_one.get(), depth, panel.get(), kSharedBlock, out + first, active,
              batch, width, depth);
@@ -678,16 +687,11 @@ void SharedGatherMatmulBackward(const GatherMatmulShape& shape, const float* inp
   parallel_for(CeilDiv(active, kTransposeTile), 2 * kTransposeTile * batch,
                [&](int64_t begin, int64_t end) {
                  const int64_t k_end = std::min(end * kTransposeTile, active);
-                 for (int64_t b0 = 0; b0 < batch; b0 += kTransposeTile) {
-                   const int64_t b_end = std::min(b0 + kTransposeTile, batch);
-                   for (int64_t k0 = begin * kTransposeTile; k0 < k_end; k0 += kTransposeTile) {
-                     const int64_t k_last = std::min(k0 + kTransposeTile, k_end);
-                     for (int64_t b = b0; b < b_end; ++b) {
-                       for (int64_t k = k0; k < k_last; ++k) {
-                         grad_out_t[k * batch + b] = grad_out[b * active + k];
-                       }
-                     }
-                   }
+                 std::vector<const float*> rows(batch);
+                 for (int64_t k0 = begin * kTransposeTile; k0 < k_end; k0 += kTransposeTile) {
+                   for (int64_t b = 0; b < batch; ++b) rows[b] = grad_out + b * active + k0;
+                   TransposeRows(rows.data(), batch, std::min(kTransposeTile, k_end - k0),
+                                 grad_out_t.get() + k0 * batch, batch);
                  }
                });
   const std::unique_ptr<float[]> per_unit = Scratch(active * dim);

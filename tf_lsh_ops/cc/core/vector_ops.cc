@@ -28,7 +28,55 @@ void MatMulPortable(const float* a, int64_t lda, const float* b, int64_t ldb, fl
   }
 }
 
+void TransposeRowsPortable(const float* const* rows, int64_t num_rows, int64_t cols, float* dst,
+                           int64_t ld_dst) {
+  for (int64_t r = 0; r < num_rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) dst[c * ld_dst + r] = rows[r][c];
+  }
+}
+
 #ifdef TF_LSH_X86
+__attribute__((target("avx2"))) void TransposeRowsAvx2(const float* const* rows,
+                                                        int64_t num_rows, int64_t cols,
+                                                        float* dst, int64_t ld_dst) {
+  const int64_t rows8 = num_rows - num_rows % 8, cols8 = cols - cols % 8;
+  for (int64_t r = 0; r < rows8; r += 8) {
+    const float* const* in = rows + r;
+    for (int64_t c = 0; c < cols8; c += 8) {
+      // Rows r .. r + 7 at columns c .. c + 7, transposed by pairs, quads, then halves.
+      const __m256 t0 = _mm256_unpacklo_ps(_mm256_loadu_ps(in[0] + c), _mm256_loadu_ps(in[1] + c));
+      const __m256 t1 = _mm256_unpackhi_ps(_mm256_loadu_ps(in[0] + c), _mm256_loadu_ps(in[1] + c));
+      const __m256 t2 = _mm256_unpacklo_ps(_mm256_loadu_ps(in[2] + c), _mm256_loadu_ps(in[3] + c));
+      const __m256 t3 = _mm256_unpackhi_ps(_mm256_loadu_ps(in[2] + c), _mm256_loadu_ps(in[3] + c));
+      const __m256 t4 = _mm256_unpacklo_ps(_mm256_loadu_ps(in[4] + c), _mm256_loadu_ps(in[5] + c));
+      const __m256 t5 = _mm256_unpackhi_ps(_mm256_loadu_ps(in[4] + c), _mm256_loadu_ps(in[5] + c));
+      const __m256 t6 = _mm256_unpacklo_ps(_mm256_loadu_ps(in[6] + c), _mm256_loadu_ps(in[7] + c));
+      const __m256 t7 = _mm256_unpackhi_ps(_mm256_loadu_ps(in[6] + c), _mm256_loadu_ps(in[7] + c));
+      const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+      const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+      const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+      const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+      const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+      const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+      const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+      const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+      float* out = dst + c * ld_dst + r;
+      _mm256_storeu_ps(out, _mm256_permute2f128_ps(s0, s4, 0x20));
+      _mm256_storeu_ps(out + ld_dst, _mm256_permute2f128_ps(s1, s5, 0x20));
+      _mm256_storeu_ps(out + 2 * ld_dst, _mm256_permute2f128_ps(s2, s6, 0x20));
+      _mm256_storeu_ps(out + 3 * ld_dst, _mm256_permute2f128_ps(s3, s7, 0x20));
+      _mm256_storeu_ps(out + 4 * ld_dst, _mm256_permute2f128_ps(s0, s4, 0x31));
+      _mm256_storeu_ps(out + 5 * ld_dst, _mm256_permute2f128_ps(s1, s5, 0x31));
+      _mm256_storeu_ps(out + 6 * ld_dst, _mm256_permute2f128_ps(s2, s6, 0x31));
+      _mm256_storeu_ps(out + 7 * ld_dst, _mm256_permute2f128_ps(s3, s7, 0x31));
+    }
+    for (int64_t i = 0; i < 8; ++i) {  // the last cols % 8 columns of these rows
+      for (int64_t c = cols8; c < cols; ++c) dst[c * ld_dst + r + i] = in[i][c];
+    }
+  }
+  TransposeRowsPortable(rows + rows8, num_rows - rows8, cols, dst + rows8, ld_dst);
+}
+
 // The depth (k) is walked in blocks of this many rows of b: a block of b (256 rows of up to a
 // few hundred floats) stays in L2 while every row of a passes over it. Each c element still
 // sums its products in order of d, so the blocking changes no result.
@@ -143,11 +191,13 @@ using AdamFn = void (*)(float, float, float, float, const float*, float*, float*
                        int64_t);
 using MatMulFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t,
                           int64_t, int64_t);
+using TransposeFn = void (*)(const float* const*, int64_t, int64_t, float*, int64_t);
 
 struct Dispatch {
   DotFn dot = PortableKernels::Dot;
   AxpyFn axpy = PortableKernels::Axpy;
   MatMulFn matmul = MatMulPortable;
+  TransposeFn transpose = TransposeRowsPortable;
   AdamFn adam = AdamUpdatePortable;
   bool avx2 = false;
   Dispatch() {
@@ -158,6 +208,7 @@ struct Dispatch {
       dot = Avx2Kernels::Dot;
       axpy = Avx2Kernels::Axpy;
       matmul = MatMulAvx2;
+      transpose = TransposeRowsAvx2;
       adam = AdamUpdateAvx2;
       avx2 = true;
     }
@@ -179,6 +230,11 @@ void Axpy(float alpha, const float* x, float* y, int64_t n) { GetDispatch().axpy
 void MatMul(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
             int64_t m, int64_t n, int64_t k) {
   GetDispatch().matmul(a, lda, b, ldb, c, ldc, m, n, k);
+}
+
+void TransposeRows(const float* const* rows, int64_t num_rows, int64_t cols, float* dst,
+                   int64_t ld_dst) {
+  GetDispatch().transpose(rows, num_rows, cols, dst, ld_dst);
 }
 
 void AdamUpdate(float alpha, float beta1, float beta2, float epsilon, const float* g, float* w,

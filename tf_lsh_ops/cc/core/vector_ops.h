@@ -21,6 +21,11 @@ void Axpy(float alpha, const float* x, float* y, int64_t n);
 void MatMul(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
             int64_t m, int64_t n, int64_t k);
 
+// dst[c * ld_dst + r] = rows[r][c], for r < num_rows, c < cols: rows from anywhere (gathered
+// weight rows, or the rows of a matrix) transposed at once, in 8 x 8 blocks of registers.
+void TransposeRows(const float* const* rows, int64_t num_rows, int64_t cols, float* dst,
+                   int64_t ld_dst);
+
 // One Adam step on n elements:
 //   m += (g - m) * (1 - beta1);  v += (g * g - v) * (1 - beta2);
 //   w -= alpha * m / (sqrt(v) + epsilon).
@@ -28,7 +33,7 @@ void MatMul(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, 
 void AdamUpdate(float alpha, float beta1, float beta2, float epsilon, const float* g, float* w,
                 float* m, float* v, int64_t n);
 
-// True when Dot, Axpy, MatMul and AdamUpdate run the AVX2/FMA code.
+// True when Dot, Axpy, MatMul, TransposeRows and AdamUpdate run the AVX2/FMA code.
 bool UsesAvx2();
 
 }  // namespace tf_lsh

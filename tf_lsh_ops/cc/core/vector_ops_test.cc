@@ -1,5 +1,6 @@
 #include "tf_lsh_ops/cc/core/vector_ops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -49,6 +50,31 @@ void TestMatMulAllBlockShapes() {
   }
 }
 
+void TestTransposeRows() {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> uniform(-1.f, 1.f);
+  for (int64_t num_rows : {0, 1, 7, 8, 9, 16, 21}) {
+    for (int64_t cols : {0, 1, 8, 13, 24, 130}) {
+      const int64_t ld_dst = num_rows + 3;  // wider than the rows: the padding stays untouched
+      std::vector<std::vector<float>> rows(num_rows, std::vector<float>(cols));
+      std::vector<const float*> pointers;
+      for (auto& row : rows) {
+        for (auto& v : row) v = uniform(rng);
+        pointers.push_back(row.data());
+      }
+      std::reverse(pointers.begin(), pointers.end());  // rows in any order, from anywhere
+      std::vector<float> dst(cols * ld_dst, 99.f);
+      TransposeRows(pointers.data(), num_rows, cols, dst.data(), ld_dst);
+      for (int64_t c = 0; c < cols; ++c) {
+        for (int64_t r = 0; r < num_rows; ++r) {
+          CHECK_TRUE(dst[c * ld_dst + r] == rows[num_rows - 1 - r][c]);
+        }
+        for (int64_t r = num_rows; r < ld_dst; ++r) CHECK_TRUE(dst[c * ld_dst + r] == 99.f);
+      }
+    }
+  }
+}
+
 void TestAdamUpdate() {
   for (int64_t n : {1, 8, 13}) {
     std::vector<float> g(n), w(n), m(n), v(n);
@@ -75,6 +101,7 @@ void TestAdamUpdate() {
 int main() {
   tf_lsh::TestDotAndAxpy();
   tf_lsh::TestMatMulAllBlockShapes();
+  tf_lsh::TestTransposeRows();
   tf_lsh::TestAdamUpdate();
   std::printf("PASS (avx2: %d)\n", tf_lsh::UsesAvx2());
   return 0;
