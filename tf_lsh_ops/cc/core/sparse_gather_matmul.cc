@@ -695,7 +695,7 @@ void SharedGatherMatmulBackward(const GatherMatmulShape& shape, const float* inp
                  }
                });
   const std::unique_ptr<float[]> per_unit = Scratch(active * dim);
-  constexpr int64_t kRowsPerShard = 4;  // MatMul's register block
+  constexpr int64_t kRowsPerShard = 6;  // MatMul's register block
   parallel_for(CeilDiv(active, kRowsPerShard), kRowsPerShard * batch * dim * 2,
                [&](int64_t begin, int64_t end) {
                  const int64_t first = begin * kRowsPerShard;
@@ -704,6 +704,7 @@ void SharedGatherMatmulBackward(const GatherMatmulShape& shape, const float* inp
                         per_unit.get() + first * dim, dim, count, dim, batch);
                });
   // Gradient rows, in grouping order: the sum over the positions of each neuron.
+  const std::vector<float> ones(batch, 1.f);
   parallel_for(rows.num_rows, 2 * (dim + batch), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       float* dw = grad_weight_rows + r * dim;
@@ -715,7 +716,7 @@ void SharedGatherMatmulBackward(const GatherMatmulShape& shape, const float* inp
         } else {
           Axpy(1.f, per_unit.get() + k * dim, dw, dim);
         }
-        for (int64_t b = 0; b < batch; ++b) db += grad_out_t[k * batch + b];
+        db += Dot(grad_out_t.get() + k * batch, ones.data(), batch);  // vector partial sums
       }
       grad_bias_rows[r] = db;
     }
