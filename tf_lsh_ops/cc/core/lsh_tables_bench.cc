@@ -1,35 +1,22 @@
 // Times the batch-wide table query on the Amazon-670K output layer's shape (670,091 neurons,
-// 16 tables of 8,192 buckets of 128, a batch of 128 with 5 labels each, k = 3,000), over 16
+// 16 tables of 4,096 buckets of 128, a batch of 128 with 5 labels each, k = 3,000), over 16
 // batches in turn, without TensorFlow:
 //   bazel run -c opt //tf_lsh_ops:lsh_tables_bench -- [threads]
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
-#include <thread>
 #include <vector>
 
+#include "tf_lsh_ops/cc/core/bench_util.h"
 #include "tf_lsh_ops/cc/core/lsh_tables.h"
 
 namespace tf_lsh {
 namespace {
 
-// Splits [0, total) into `threads` contiguous shards on std::threads.
-ParallelFor ThreadsFor(int threads) {
-  return [threads](int64_t total, int64_t, const std::function<void(int64_t, int64_t)>& fn) {
-    std::vector<std::thread> workers;
-    for (int t = 0; t < threads; ++t) {
-      const int64_t begin = total * t / threads, end = total * (t + 1) / threads;
-      if (begin < end) workers.emplace_back(fn, begin, end);
-    }
-    for (auto& w : workers) w.join();
-  };
-}
-
 void Run(int threads) {
   constexpr int64_t kNeurons = 670091, kBatch = 128, kLabels = 5, kActive = 3000;
-  const TableShape shape{16, int64_t{1} << 13, 128};
+  const TableShape shape{16, int64_t{1} << 12, 128};
   std::mt19937 rng(0);
   std::vector<int32_t> neuron_codes(kNeurons * shape.num_tables);
   for (int32_t& code : neuron_codes) code = static_cast<int32_t>(rng() % shape.num_buckets);
@@ -53,24 +40,19 @@ void Run(int threads) {
   options.batch_wide = true;
   std::vector<int32_t> active(kActive);
   BatchQueryScratch scratch;  // kept from query to query, as the op kernel keeps it
-  std::vector<double> times;
-  int64_t checksum = 0;
-  for (int r = 0; r < 10 * kBatches; ++r) {
-    const int b = r % kBatches;
-    const auto start = std::chrono::steady_clock::now();
+  const ParallelFor parallel_for = ThreadsFor(threads);
+  int64_t checksum = 0, query = 0;
+  const auto next_query = [&] {
+    const int b = query++ % kBatches;
     QueryTables(shape, kBatch, codes[b].data(), ids.data(), counts.data(), labels[b].data(),
-                kLabels, options, active.data(), ThreadsFor(threads), &scratch);
-    times.push_back(
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
-            .count());
-    if (r < kBatches) {
-      for (const int32_t id : active) checksum += id;
-    }
+                kLabels, options, active.data(), parallel_for, &scratch);
+  };
+  for (int b = 0; b < kBatches; ++b) {
+    next_query();
+    for (const int32_t id : active) checksum += id;
   }
-  std::sort(times.begin(), times.end());
-  std::printf("{\"threads\": %d, \"batch_wide_query_ms\": %.3f, \"best_ms\": %.3f, "
-              "\"checksum\": %ld}\n",
-              threads, times[times.size() / 2], times[0], static_cast<long>(checksum));
+  std::printf("{\"threads\": %d, \"batch_wide_query_ms\": %.3f, \"checksum\": %ld}\n", threads,
+              MedianMs(next_query, 10 * kBatches), static_cast<long>(checksum));
 }
 
 }  // namespace

@@ -1,46 +1,19 @@
 // Times the gather-matmul core on the Amazon-670K output-layer shape, without TensorFlow:
 //   bazel run -c opt //tf_lsh_ops:sparse_gather_matmul_bench -- [threads]
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
 #include <sys/mman.h>
-#include <thread>
 #include <vector>
 
+#include "tf_lsh_ops/cc/core/bench_util.h"
 #include "tf_lsh_ops/cc/core/sparse_gather_matmul.h"
 #include "tf_lsh_ops/cc/core/vector_kernels.h"
 #include "tf_lsh_ops/cc/core/vector_ops.h"
 
 namespace tf_lsh {
 namespace {
-
-// Splits [0, total) into `threads` contiguous shards on std::threads.
-ParallelFor ThreadsFor(int threads) {
-  return [threads](int64_t total, int64_t, const std::function<void(int64_t, int64_t)>& fn) {
-    std::vector<std::thread> workers;
-    for (int t = 0; t < threads; ++t) {
-      const int64_t begin = total * t / threads, end = total * (t + 1) / threads;
-      if (begin < end) workers.emplace_back(fn, begin, end);
-    }
-    for (auto& w : workers) w.join();
-  };
-}
-
-template <typename F>
-double MedianMs(F&& f, int reps = 9) {
-  std::vector<double> times;
-  for (int r = 0; r < reps; ++r) {
-    const auto start = std::chrono::steady_clock::now();
-    f();
-    times.push_back(
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
-            .count());
-  }
-  std::sort(times.begin(), times.end());
-  return times[reps / 2];
-}
 
 // The per-example forward (no grouping), for comparison with the sorted-rows one.
 void ForwardPerExample(const GatherMatmulShape& shape, const float* x, const float* w,
