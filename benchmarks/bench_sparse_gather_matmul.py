@@ -40,8 +40,9 @@ Also reported: speedups of the op over the two baselines, the op's achieved band
 rows (forward: B*K*D*4 bytes; forward+backward: 2*B*K*D*4 bytes read for the outputs and
 d_inputs plus U*D*4 bytes of d_weights written, U = distinct rows), a correctness check of the
 op against the baselines, the time of a trivial tf.function call (a floor for every median), the
-machine's memory-copy bandwidth (NumPy on every core, read + written bytes as STREAM counts them)
-and pass/fail of the performance targets.
+machine's memory-copy bandwidth (NumPy on every core, read + written bytes as STREAM counts them;
+the higher of a measure before and one after the configs) and pass/fail of the performance
+targets.
 
 Usage: python benchmarks/bench_sparse_gather_matmul.py [--quick | --full] [--threads N]
 Prints one JSON document to stdout; progress goes to stderr.
@@ -449,6 +450,10 @@ def main(argv=None):
 
     results = []
     start = time.perf_counter()
+    # The copy bandwidth drifts with this shared machine's load (32-42 GB/s within an hour):
+    # measured before and after the configs, and the higher taken, so that a slow stretch
+    # cannot make the op look close to it.
+    copy_samples_gb_s = [_common.copy_bandwidth_gb_s()]
     for neurons, active in configs:
         log(f"N={neurons} K={active} ...")
         result = run_config(neurons, active, settings, rng)
@@ -463,7 +468,8 @@ def main(argv=None):
         shared_results.append(result)
 
     targets = evaluate_targets(results)
-    copy_gb_s = _common.copy_bandwidth_gb_s()
+    copy_samples_gb_s.append(_common.copy_bandwidth_gb_s())
+    copy_gb_s = max(copy_samples_gb_s)
     targets["op_bandwidth"] = evaluate_bandwidth_target(results, copy_gb_s)
     targets["all_pass"] = targets["all_pass"] and targets["op_bandwidth"]["status"] != "fail"
     report = {
@@ -483,6 +489,7 @@ def main(argv=None):
         "shared_active_set": shared_results,
         "tf_function_call_overhead_s": call_overhead_s(),
         "copy_bandwidth_gb_s": copy_gb_s,
+        "copy_bandwidth_samples_gb_s": copy_samples_gb_s,  # before and after the configs
         # How far memory-bound work can scale with threads on this machine.
         "copy_bandwidth_one_thread_gb_s": _common.copy_bandwidth_gb_s(threads=1),
         "targets": targets,
