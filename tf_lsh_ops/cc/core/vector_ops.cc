@@ -44,14 +44,12 @@ __attribute__((target("avx2"))) void TransposeRowsAvx2(const float* const* rows,
     const float* const* in = rows + r;
     for (int64_t c = 0; c < cols8; c += 8) {
       // Rows r .. r + 7 at columns c .. c + 7, transposed by pairs, quads, then halves.
-      const __m256 t0 = _mm256_unpacklo_ps(_mm256_loadu_ps(in[0] + c), _mm256_loadu_ps(in[1] + c));
-      const __m256 t1 = _mm256_unpackhi_ps(_mm256_loadu_ps(in[0] + c), _mm256_loadu_ps(in[1] + c));
-      const __m256 t2 = _mm256_unpacklo_ps(_mm256_loadu_ps(in[2] + c), _mm256_loadu_ps(in[3] + c));
-      const __m256 t3 = _mm256_unpackhi_ps(_mm256_loadu_ps(in[2] + c), _mm256_loadu_ps(in[3] + c));
-      const __m256 t4 = _mm256_unpacklo_ps(_mm256_loadu_ps(in[4] + c), _mm256_loadu_ps(in[5] + c));
-      const __m256 t5 = _mm256_unpackhi_ps(_mm256_loadu_ps(in[4] + c), _mm256_loadu_ps(in[5] + c));
-      const __m256 t6 = _mm256_unpacklo_ps(_mm256_loadu_ps(in[6] + c), _mm256_loadu_ps(in[7] + c));
-      const __m256 t7 = _mm256_unpackhi_ps(_mm256_loadu_ps(in[6] + c), _mm256_loadu_ps(in[7] + c));
+      __m256 v[8];
+      for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(in[i] + c);
+      const __m256 t0 = _mm256_unpacklo_ps(v[0], v[1]), t1 = _mm256_unpackhi_ps(v[0], v[1]);
+      const __m256 t2 = _mm256_unpacklo_ps(v[2], v[3]), t3 = _mm256_unpackhi_ps(v[2], v[3]);
+      const __m256 t4 = _mm256_unpacklo_ps(v[4], v[5]), t5 = _mm256_unpackhi_ps(v[4], v[5]);
+      const __m256 t6 = _mm256_unpacklo_ps(v[6], v[7]), t7 = _mm256_unpackhi_ps(v[6], v[7]);
       const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
       const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
       const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
