@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <initializer_list>
 #include <random>
 #include <utility>
 #include <vector>
@@ -11,6 +12,14 @@
 
 namespace tf_lsh {
 namespace {
+
+// Fills each vector in turn with draws of `normal` from `rng`.
+void FillNormal(std::normal_distribution<float>* normal, std::mt19937* rng,
+                std::initializer_list<std::vector<float>*> vectors) {
+  for (std::vector<float>* vector : vectors) {
+    for (float& v : *vector) v = (*normal)(*rng);
+  }
+}
 
 void TestExampleFromHeader() {
   float x[2] = {1, 2}, w[6] = {1, 0, 0, 1, 1, 1}, bias[3] = {0, 0, 5}, out[2];
@@ -27,10 +36,7 @@ void TestAgainstLoops() {
   const GatherMatmulShape shape{3, 13, 9, 5};
   std::vector<float> x(shape.batch * shape.dim), w(shape.num_neurons * shape.dim),
       bias(shape.num_neurons), g(shape.batch * shape.active);
-  for (auto& v : x) v = normal(rng);
-  for (auto& v : w) v = normal(rng);
-  for (auto& v : bias) v = normal(rng);
-  for (auto& v : g) v = normal(rng);
+  FillNormal(&normal, &rng, {&x, &w, &bias, &g});
   // Duplicates within a row (4, 4), across rows (4, 0) and padding (-1).
   std::vector<int32_t> ids = {4, 4, 0, -1, 8, 0, 1, 2, 3, 4, -1, -1, -1, -1, -1};
   CHECK_TRUE(FindInvalidIndex(ids.data(), ids.size(), shape.num_neurons) == -1);
@@ -139,9 +145,7 @@ void TestGroupAndMultiply() {
     std::uniform_int_distribution<int32_t> neuron(-1, shape.num_neurons - 1);
     std::vector<float> x(shape.batch * shape.dim), w(shape.num_neurons * shape.dim),
         bias(shape.num_neurons);
-    for (auto& v : x) v = normal(rng);
-    for (auto& v : w) v = normal(rng);
-    for (auto& v : bias) v = normal(rng);
+    FillNormal(&normal, &rng, {&x, &w, &bias});
     std::vector<int32_t> ids(shape.batch * shape.active);
     for (auto& v : ids) v = neuron(rng);
     const ActiveRows want_rows(ids.data(), ids.size(), SerialFor(), shape.num_neurons);
@@ -190,9 +194,7 @@ void TestLargeBackward() {
   std::uniform_int_distribution<int32_t> neuron(0, shape.num_neurons - 1);
   std::vector<float> x(shape.batch * shape.dim), w(shape.num_neurons * shape.dim),
       g(shape.batch * shape.active);
-  for (auto& v : x) v = normal(rng);
-  for (auto& v : w) v = normal(rng);
-  for (auto& v : g) v = normal(rng);
+  FillNormal(&normal, &rng, {&x, &w, &g});
   std::vector<int32_t> ids(shape.batch * shape.active);
   for (auto& v : ids) v = neuron(rng);
   const ActiveRows rows(ids.data(), ids.size(), ReversedShards());
@@ -230,10 +232,7 @@ void TestSharedMatchesPerExample() {
     std::uniform_int_distribution<int32_t> neuron(-1, shape.num_neurons - 1);
     std::vector<float> x(shape.batch * shape.dim), w(shape.num_neurons * shape.dim),
         bias(shape.num_neurons), g(shape.batch * shape.active);
-    for (auto& v : x) v = normal(rng);
-    for (auto& v : w) v = normal(rng);
-    for (auto& v : bias) v = normal(rng);
-    for (auto& v : g) v = normal(rng);
+    FillNormal(&normal, &rng, {&x, &w, &bias, &g});
     std::vector<int32_t> ids(shape.active);
     for (auto& v : ids) v = neuron(rng);
     ids[1] = ids[0] = 7;  // a duplicate
@@ -270,8 +269,7 @@ void TestBackwardAdamEqualsBackwardThenAdam() {
   const GatherMatmulShape shape{5, 37, 30, 9};
   std::uniform_int_distribution<int32_t> neuron(-1, shape.num_neurons - 1);
   std::vector<float> x(shape.batch * shape.dim), g(shape.batch * shape.active);
-  for (auto& v : x) v = normal(rng);
-  for (auto& v : g) v = normal(rng);
+  FillNormal(&normal, &rng, {&x, &g});
   std::vector<int32_t> ids(shape.batch * shape.active);
   for (auto& v : ids) v = neuron(rng);
   // Two copies of weights, biases and moments (moments start non-zero, as after some steps).
@@ -315,9 +313,7 @@ void TestSparseInputMatmulAgainstLoops() {
   const std::vector<int64_t> features = {3, 0, 3, 5, 3, 1};
   std::vector<float> values(features.size()), kernel(num_features * units),
       g(batch * units);
-  for (auto& v : values) v = normal(rng);
-  for (auto& v : kernel) v = normal(rng);
-  for (auto& v : g) v = normal(rng);
+  FillNormal(&normal, &rng, {&values, &kernel, &g});
   const SparseRowsView inputs{offsets.data(), features.data(), values.data()};
 
   std::vector<float> out(batch * units, 7.f);
