@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "tf_lsh_ops/cc/core/sparse_gather_matmul.h"
+#include "tf_lsh_ops/cc/core/vector_kernels.h"
 #include "tf_lsh_ops/cc/core/vector_ops.h"
 
 namespace tf_lsh {
@@ -25,11 +26,9 @@ __attribute__((always_inline)) inline void PrefetchForUpdate(int32_t row, int64_
                                                               const float* var, const float* m,
                                                               const float* v) {
   const int64_t base = int64_t{row} * dim;
-  for (int64_t i = 0; i < dim; i += 16) {  // 16 floats: a cache line
-    __builtin_prefetch(var + base + i, 1, 2);
-    __builtin_prefetch(m + base + i, 1, 2);
-    __builtin_prefetch(v + base + i, 1, 2);
-  }
+  PrefetchRowForWrite(var + base, dim);
+  PrefetchRowForWrite(m + base, dim);
+  PrefetchRowForWrite(v + base, dim);
 }
 
 bool StrictlyIncreasing(const int32_t* indices, int64_t count) {

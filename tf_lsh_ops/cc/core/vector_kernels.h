@@ -30,6 +30,12 @@ __attribute__((always_inline)) inline void PrefetchRow(const float* row, int64_t
   }
 }
 
+// Prefetches the `dim` floats of a row that is about to be written, into L2, with write intent
+// (compiled as a plain prefetch unless the build enables PRFCHW, as ours does not).
+__attribute__((always_inline)) inline void PrefetchRowForWrite(const float* row, int64_t dim) {
+  for (int64_t i = 0; i < dim; i += 16) __builtin_prefetch(row + i, 1, 2);
+}
+
 struct PortableKernels {
   static inline float Dot(const float* a, const float* b, int64_t n) {
     // Four partial sums let the compiler vectorise without -ffast-math.
