@@ -33,8 +33,8 @@ Two data shapes:
   `amazon-670k-100k` with --quick). An epoch of the full softmax takes about half an hour here,
   so each method trains for the same training-time budget (at most one epoch): seconds per step
   (median, steps after the first 3) and projected seconds per epoch (782 steps x median step,
-  plus for tf-lsh the table rebuilds the schedule makes in an epoch x their mean time, one
-  rebuild being timed after training in case the run had none), and P@1
+  plus for tf-lsh the table refreshes the schedule makes in an epoch x their mean time, one
+  being timed after training if the run had none), and P@1
   against wall time on a test subset.
 
 "At equal wall time" compares P@1 at the shorter of two methods' total training times, each
@@ -49,8 +49,9 @@ the table rebuilds count in the wall time.
 Multiplications per step (batch B, hidden H = 128, n features per example, N labels): the body
 costs 2 B n H (forward, weight gradient); the full softmax 3 B H N (forward, weight and input
 gradients); sampled softmax 3 B H (S + num_true); tf-lsh 3 B H k for its k active units plus
-B H L K to hash the queries (SimHash, L tables of K bits), and, amortised per step, N (H + 1) L K
-per table rebuild. Optimizer work is reported apart, as output rows updated per step (dense
+B H L K to hash the queries (SimHash, L tables of K bits), and, amortised per step, U (H + 1) L K
+per table refresh, U the units it re-hashed (those that changed since the last one; all N with
+`rehash="all"`). Optimizer work is reported apart, as output rows updated per step (dense
 Adam: all N; SparseAdam: the distinct active rows of the batch, measured).
 
 Peak memory: with --full every (shape, method) runs in its own subprocess, one after another,
@@ -104,7 +105,7 @@ EVAL_BATCH = 256
 TOP_K = (1, 3, 5)
 WARMUP_STEPS = 3
 SEED = 0
-REBUILD = {"period": 50, "schedule": "exponential", "growth": 1.2}
+REBUILD = {"period": 50, "schedule": "exponential", "growth": 1.2, "rehash": "changed"}
 SAMPLED_FRACTION = 0.2
 SAMPLED_FIXED = 3000
 DEFAULT_METHODS = ("full_softmax", "sampled_20pct", "sampled_3000", "tf_lsh")
@@ -351,7 +352,7 @@ def rebuilds_per_epoch(steps_per_epoch):
     return keras_layers.LSHRebuildCallback(**REBUILD).event_index(steps_per_epoch)[0]
 
 
-def multiplications(method, model, data, active, distinct_rows):
+def multiplications(method, model, data, active, distinct_rows, rehashed_units=None):
     """Multiplications per training step (matmuls, forward + backward) and optimizer rows."""
     n = data.feature_ids.size / len(data)
     big_n, h, b = data.num_labels, example.HIDDEN, BATCH
@@ -367,7 +368,7 @@ def multiplications(method, model, data, active, distinct_rows):
         out["output"] = 3 * b * h * active
         out["query_hashing"] = b * h * bits
         out["table_rebuilds_amortised"] = (
-            big_n * (h + 1) * bits * rebuilds_per_epoch(steps_per_epoch) / steps_per_epoch
+            rehashed_units * (h + 1) * bits * rebuilds_per_epoch(steps_per_epoch) / steps_per_epoch
         )
         out["output_rows_updated"] = distinct_rows
     else:
@@ -429,11 +430,17 @@ def run_method(method, data, cfg, kind, num_tables):
     median_step = statistics.median(steps)
     rebuild_events = list(callbacks[0].events) if callbacks else []
     rebuild_times = [seconds for _, seconds in rebuild_events]
-    if method in LSH_METHODS:  # one more, timed here: a short run may have had none
+    rehashed = list(callbacks[0].rehashed_units) if callbacks else []
+    if method in LSH_METHODS and not rebuild_events:  # a short run: time one event here
         rebuild_start = time.perf_counter()
-        model.head.rebuild_tables()
+        if REBUILD["rehash"] == "changed":
+            rehashed.append(int(model.head.refresh_tables()))
+        else:
+            model.head.rebuild_tables()
+            rehashed.append(model.head.units)
         rebuild_times.append(time.perf_counter() - rebuild_start)
     rebuild_mean = statistics.fmean(rebuild_times) if rebuild_times else 0.0
+    rehashed_mean = statistics.fmean(rehashed) if rehashed else 0.0
     projected = median_step * steps_per_epoch
     if method in LSH_METHODS:
         projected += rebuilds_per_epoch(steps_per_epoch) * rebuild_mean
@@ -453,7 +460,9 @@ def run_method(method, data, cfg, kind, num_tables):
         "measured_epoch_s": clock.epoch_seconds if kind == "small" else None,
         "curve": clock.curve,
         "final": clock.curve[-1],
-        "multiplications_per_step": multiplications(method, model, train, cfg["active"], rows),
+        "multiplications_per_step": multiplications(
+            method, model, train, cfg["active"], rows, rehashed_mean
+        ),
         "rss_after_data_bytes": rss_after_data,
         "peak_rss_bytes": rss_peak_bytes(),
     }
@@ -468,6 +477,8 @@ def run_method(method, data, cfg, kind, num_tables):
             "rebuilds_during_training": len(rebuild_events),
             "rebuild_mean_s": rebuild_mean,
             "rebuilds_per_epoch": rebuilds_per_epoch(steps_per_epoch),
+            "rehash": REBUILD["rehash"],
+            "rehashed_units_mean": rehashed_mean,
         }
     elif method.startswith("sampled"):
         report["sampled"] = {"num_sampled": model.num_sampled, "num_true": model.num_true}

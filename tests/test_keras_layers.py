@@ -684,7 +684,7 @@ def _callback_fit(callback, learning_rate=0.05, steps=16, recorder=False, **lsh_
 
 
 def test_fixed_schedule_rebuilds_every_period_steps():
-    callback = LSHRebuildCallback(period=3)
+    callback = LSHRebuildCallback(period=3, rehash="all")
     model, history, recorder = _callback_fit(callback, steps=15, recorder=True)
     # Every 3 optimizer steps; none when training begins (the tables come with the model).
     assert [step for step, _ in callback.events] == [3, 6, 9, 12, 15]
@@ -706,6 +706,93 @@ def test_fixed_schedule_rebuilds_every_period_steps():
     layer.rebuild_tables()
     assert np.array_equal(tables[0], layer.table_ids.numpy())
     assert np.array_equal(tables[1], layer.table_counts.numpy())
+
+
+def bucket_sets(layer):
+    """Each bucket's units as a set: tables that differ only in slot order compare equal."""
+    ids, counts = layer.table_ids.numpy(), layer.table_counts.numpy()
+    stored = np.minimum(counts, layer.bucket_capacity)
+    return [
+        [set(ids[t, b, : stored[t, b]].tolist()) for b in range(ids.shape[1])]
+        for t in range(ids.shape[0])
+    ]
+
+
+def test_changed_rehash_moves_the_units_that_trained(capsys):
+    """rehash="changed" (the default): each event re-hashes exactly the units whose weights
+    changed since the last one, and the tables end as a full rebuild's (no bucket overflows)."""
+    callback = LSHRebuildCallback(period=3, verbose=1)
+    assert callback.rehash == "changed"
+    fingerprints = []
+
+    class Fingerprints(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            fingerprints.append(tf_lsh_ops.row_fingerprints(self.model.layers[0].kernel).numpy())
+
+    steps, units = 15, 100
+    x, y = gaussian_blobs(100, num_classes=3, dim=12, count=8 * steps, spread=1.0)
+    model = hidden_model(12, 3, units=units, active=0.1, bucket_capacity=128)
+    model.compile(SparseAdam(0.05), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    layer = model.layers[0]
+    start = tf_lsh_ops.row_fingerprints(layer.kernel).numpy()
+    recorder = CodesRecorder(layer)
+    model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=1,
+        verbose=0,
+        shuffle=False,
+        callbacks=[Fingerprints(), callback, recorder],
+    )
+    assert [step for step, _ in callback.events] == [3, 6, 9, 12, 15]
+    printed = capsys.readouterr().out.splitlines()
+    previous = start
+    for event, step in enumerate([3, 6, 9, 12, 15]):
+        now = fingerprints[step - 1]
+        moved = int(np.sum(now != previous))
+        # Sparse Adam trains a tenth of the units a step: some, not all, move between events.
+        assert 0 < moved < units, (step, moved)
+        assert f"step {step}: rehashed the changed units ({moved:,} of {units:,})" in printed[event]
+        assert np.array_equal(recorder.codes[step - 1], recorder.fresh_codes[step - 1]), step
+        previous = now
+    np.testing.assert_array_equal(layer.neuron_fingerprints.numpy(), previous)
+    tables = bucket_sets(layer)
+    counts = layer.table_counts.numpy().copy()
+    layer.rebuild_tables()
+    assert bucket_sets(layer) == tables
+    np.testing.assert_array_equal(layer.table_counts.numpy(), counts)
+
+
+def test_refresh_tables_after_set_weights_and_with_mips():
+    layer = LSHDense(300, active=30, num_tables=4, num_hashes=4, seed=5)
+    layer.build((None, 16))
+    assert int(layer.refresh_tables()) == 0
+    kernel = layer.kernel.numpy()
+    rows = np.array([3, 70, 299])
+    kernel[rows] *= -1.0
+    layer.set_weights([kernel if w is layer.kernel else w.numpy() for w in layer.weights])
+    assert int(layer.refresh_tables()) == 3
+    assert int(layer.refresh_tables()) == 0
+    np.testing.assert_array_equal(
+        layer.neuron_codes.numpy(), layer._hash(layer.kernel.value, "data").numpy()
+    )
+
+    mips = LSHDense(300, active=30, num_tables=4, num_hashes=4, mips=True, seed=5)
+    mips.build((None, 16))
+    norm = float(mips.max_norm.numpy())
+    kernel = mips.kernel.numpy()
+    kernel[[1, 2]] *= 0.5  # shorter: the tables' norm still bounds every unit
+    mips.kernel.assign(kernel)
+    assert int(mips.refresh_tables()) == 2
+    assert float(mips.max_norm.numpy()) == norm
+    kernel[7] *= 3.0  # longer than the norm the units were hashed with: all are re-hashed
+    mips.kernel.assign(kernel)
+    assert int(mips.refresh_tables()) == 300
+    assert float(mips.max_norm.numpy()) == pytest.approx(np.linalg.norm(kernel, axis=1).max())
+    np.testing.assert_array_equal(
+        mips.neuron_codes.numpy(), mips._hash(mips.kernel.value, "data").numpy()
+    )
 
 
 def test_exponential_schedule_periods_grow():
@@ -856,6 +943,8 @@ def test_lsh_classifier_needs_an_lsh_dense_head():
         (dict(schedule="exponential", growth=0.5), "growth must be >= 1"),
         (dict(incremental_fraction=0.0), r"incremental_fraction must be in \(0, 1\]"),
         (dict(incremental_fraction=1.5), r"incremental_fraction must be in \(0, 1\]"),
+        (dict(rehash="some"), "unknown rehash 'some'"),
+        (dict(rehash="all", incremental_fraction=0.1), "rehash='all' and incremental_fraction"),
     ],
 )
 def test_rebuild_callback_rejects_bad_configuration(kwargs, message):

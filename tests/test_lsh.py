@@ -35,6 +35,7 @@ from tf_lsh_ops import (  # noqa: E402
     hash_params,
     lsh_hash,
     query_tables,
+    row_fingerprints,
     update_tables,
 )
 
@@ -440,6 +441,61 @@ def test_update_tables_rejects_duplicate_neuron_ids():
         update_tables(ids, counts, [1, 2, 1], np.zeros((3, 2), np.int32), np.ones((3, 2), np.int32))
 
 
+_SECRET = (0xA0761D6478BD642F, 0xE7037ED1A0B428DB, 0x8EBC6AF09C88C6E3, 0x589965CC75374CC3)
+_MASK = 2**64 - 1
+
+
+def _mix(a, b):
+    product = a * b
+    return (product & _MASK) ^ (product >> 64)
+
+
+def reference_fingerprint(row):
+    """cc/core/row_fingerprints.cc in Python integers: 16-byte words into four lanes."""
+    data = np.asarray(row, np.float32).tobytes()
+    size = len(data)
+    data += bytes(-size % 64)
+    lanes = list(_SECRET)
+    for block in range(0, len(data), 64):
+        for j in range(4):
+            a, b = np.frombuffer(data, "<u8", 2, block + 16 * j).tolist()
+            lanes[j] = _mix(a ^ lanes[j], b ^ _SECRET[j])
+    h = _mix(lanes[0] ^ _SECRET[1], lanes[1] ^ _SECRET[2]) ^ _mix(
+        lanes[2] ^ _SECRET[3], lanes[3] ^ _SECRET[0]
+    )
+    return _mix(h ^ _SECRET[0], size ^ _SECRET[1])
+
+
+@pytest.mark.parametrize("dim", [1, 5, 16, 17, 128])
+def test_row_fingerprints_match_reference(dim):
+    rows = np.random.default_rng(dim).standard_normal((9, dim)).astype(np.float32)
+    rows[3] = rows[0]
+    rows[4] = -0.0  # equal to zeros as floats, not as bytes
+    rows[5] = 0.0
+    fingerprints = row_fingerprints(rows).numpy()
+    assert fingerprints.dtype == np.int64 and fingerprints.shape == (9,)
+    expected = [reference_fingerprint(r) for r in rows]
+    np.testing.assert_array_equal(fingerprints.view(np.uint64), np.array(expected, np.uint64))
+    assert fingerprints[3] == fingerprints[0] and fingerprints[4] != fingerprints[5]
+    assert len(set(fingerprints.tolist())) == 8  # row 3 repeats row 0
+
+
+def test_row_fingerprints_of_a_variable_are_read_in_place():
+    rows = np.random.default_rng(1).standard_normal((2000, 24)).astype(np.float32)
+    variable = tf.Variable(rows)
+    # A sparse update puts the variable in copy-on-read mode; the op still reads the handle.
+    variable.scatter_add(tf.IndexedSlices(tf.ones([2, 24]), tf.constant([5, 1999])))
+    rows[[5, 1999]] += 1.0
+    np.testing.assert_array_equal(row_fingerprints(variable), row_fingerprints(rows))
+    np.testing.assert_array_equal(
+        tf.function(lambda: row_fingerprints(variable))(), row_fingerprints(rows)
+    )
+    before = row_fingerprints(variable).numpy()
+    variable.scatter_update(tf.IndexedSlices(tf.zeros([1, 24]), tf.constant([77])))
+    np.testing.assert_array_equal(np.nonzero(row_fingerprints(variable).numpy() != before)[0], [77])
+    assert row_fingerprints(np.zeros((0, 24), np.float32)).shape == (0,)
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. Queries
 # ---------------------------------------------------------------------------------------------
@@ -788,6 +844,10 @@ def _bad_table_ids():
 
 
 # (id, callable, regex the message must match: the op or function, and the argument).
+# Variables for the error cases, created once (tf.function cannot create them in its body).
+_VECTOR_VARIABLE = tf.Variable(tf.zeros([5]))
+_FLOAT64_VARIABLE = tf.Variable(tf.zeros([2, 3], tf.float64))
+
 ERROR_CASES = [
     ("K>30", lambda: hash_params("srp", D, 2, 31), r"hash_params.*num_hashes=31"),
     ("K=0", lambda: hash_params("srp", D, 2, 0), r"hash_params.*num_hashes \(K\)"),
@@ -891,6 +951,26 @@ ERROR_CASES = [
         r"update_tables.*overflow.*lifo",
     ),
     ("unknown-mips", lambda: _hash(tf.zeros([2, D]), mips="both"), r"lsh_hash.*mips.*both"),
+    (
+        "fingerprints-rank",
+        lambda: row_fingerprints(tf.zeros([5])),
+        r"LshRowFingerprints.*weights.*rank 2.*\[5\]",
+    ),
+    (
+        "fingerprints-variable-rank",
+        lambda: row_fingerprints(_VECTOR_VARIABLE),
+        r"ResourceLshRowFingerprints.*weights.*rank 2.*\[5\]",
+    ),
+    (
+        "fingerprints-dtype",
+        lambda: row_fingerprints(tf.zeros([2, 3], tf.int32)),
+        r"row_fingerprints.*weights.*float32.*int32",
+    ),
+    (
+        "fingerprints-variable-dtype",
+        lambda: row_fingerprints(_FLOAT64_VARIABLE),
+        r"row_fingerprints.*weights.*float32.*float64",
+    ),
     (
         "mips-data-no-max_norm",
         lambda: _hash(tf.zeros([2, D]), mips="data", params=hash_params("srp", D, L, K, mips=True)),

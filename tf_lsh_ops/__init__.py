@@ -14,6 +14,7 @@ from tf_lsh_ops.lsh import (
     hash_params,
     lsh_hash,
     query_tables,
+    row_fingerprints,
     update_tables,
 )
 from tf_lsh_ops.softmax_cross_entropy import active_softmax_cross_entropy
@@ -37,6 +38,7 @@ __all__ = [
     "hash_params",
     "lsh_hash",
     "query_tables",
+    "row_fingerprints",
     "sparse_adam_apply",
     "sparse_gather_matmul",
     "sparse_gather_matmul_adam",

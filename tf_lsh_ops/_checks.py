@@ -1,6 +1,7 @@
 """Argument checks shared by the op wrappers: errors name the op, the argument and the shape."""
 
 import tensorflow as tf
+from tensorflow.python.ops import resource_variable_ops
 
 
 def require_dtype(op_name, arg_name, tensor, dtype):
@@ -22,3 +23,9 @@ def as_tensor(op_name, arg_name, value, dtype):
     else:
         value = tf.convert_to_tensor(value)
     return require_dtype(op_name, arg_name, value, dtype)
+
+
+def as_resource_variable(value):
+    """The tf.Variable behind a tf.Variable or a Keras 3 variable, or None for a tensor."""
+    value = getattr(value, "value", value) if not isinstance(value, tf.Variable) else value
+    return value if isinstance(value, resource_variable_ops.BaseResourceVariable) else None

@@ -7,7 +7,8 @@ The pieces, in the order a layer uses them:
 2. `lsh_hash(vectors, params, ...)`: one bucket id per table for each vector (dense rows or a
    2-D `tf.SparseTensor`), int32 `[batch, num_tables]`.
 3. `build_tables(neuron_codes, ...)` / `update_tables(...)`: the neurons' buckets as two dense
-   int32 tensors, `table_ids [L, 2^bits, capacity]` and `table_counts [L, 2^bits]`.
+   int32 tensors, `table_ids [L, 2^bits, capacity]` and `table_counts [L, 2^bits]`;
+   `row_fingerprints(weights)` tells which neurons changed since they were hashed.
 4. `query_tables(query_codes, table_ids, table_counts, ...)`: the active neurons of each
    example, int32 `[batch, k]`.
 
@@ -41,7 +42,7 @@ import math
 
 import tensorflow as tf
 
-from tf_lsh_ops._checks import as_tensor
+from tf_lsh_ops._checks import as_resource_variable, as_tensor, require_dtype
 from tf_lsh_ops._loader import ops
 
 HASH_FAMILIES = ("srp", "sparse_srp", "wta", "dwta")
@@ -274,6 +275,39 @@ def update_tables(
         overflow=overflow,
         name=name,
     )
+
+
+def row_fingerprints(weights, name=None):
+    """A 64-bit fingerprint of each row of `weights`, to see which rows changed since.
+
+    Each row's bytes are hashed: two rows with the same bytes have the same fingerprint, and a
+    row changed in any bit gets another one except with probability about 2^-64. Comparing
+    them with the fingerprints taken when the neurons were hashed tells which neurons a table
+    refresh must re-hash, whatever changed the weights (`LSHDense.refresh_tables`). The values
+    are the same on every machine and build.
+
+    Args:
+      weights: float32 `[rows, dim]`, a tensor or a variable (`tf.Variable` or Keras), read
+        in place (no copy even after sparse updates).
+      name: optional op name.
+
+    Returns:
+      int64 `[rows]` (the fingerprints' bits).
+
+    Example:
+
+    >>> w = tf.Variable(tf.ones([3, 4]))
+    >>> before = row_fingerprints(w)
+    >>> _ = w[1, 2].assign(0.5)
+    >>> (row_fingerprints(w) != before).numpy()
+    array([False,  True, False])
+    """
+    op_name = "row_fingerprints"
+    variable = as_resource_variable(weights)
+    if variable is not None:
+        require_dtype(op_name, "weights", variable, tf.float32)
+        return ops.resource_lsh_row_fingerprints(variable.handle, name=name)
+    return ops.lsh_row_fingerprints(as_tensor(op_name, "weights", weights, tf.float32), name=name)
 
 
 def query_tables(

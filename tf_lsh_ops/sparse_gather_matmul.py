@@ -3,17 +3,11 @@
 import tensorflow as tf
 from tensorflow.python.ops import resource_variable_ops
 
-from tf_lsh_ops._checks import as_tensor, require_dtype
+from tf_lsh_ops._checks import as_resource_variable, as_tensor, require_dtype
 from tf_lsh_ops._loader import ops
 from tf_lsh_ops.sparse_adam import adam_inputs
 
 _OP = "SparseGatherMatmul"
-
-
-def _as_resource_variable(value):
-    """The tf.Variable behind a tf.Variable or a Keras 3 variable, or None for a tensor."""
-    value = getattr(value, "value", value) if not isinstance(value, tf.Variable) else value
-    return value if isinstance(value, resource_variable_ops.BaseResourceVariable) else None
 
 
 def sparse_gather_matmul(inputs, weights, biases, indices, name=None):
@@ -55,8 +49,8 @@ def sparse_gather_matmul(inputs, weights, biases, indices, name=None):
     """
     inputs = as_tensor(_OP, "inputs", inputs, tf.float32)
     indices = as_tensor(_OP, "indices", indices, tf.int32)
-    weight_variable = _as_resource_variable(weights)
-    bias_variable = _as_resource_variable(biases)
+    weight_variable = as_resource_variable(weights)
+    bias_variable = as_resource_variable(biases)
     if weight_variable is not None and bias_variable is not None:
         require_dtype(_OP, "weights", weight_variable, tf.float32)
         require_dtype(_OP, "biases", bias_variable, tf.float32)
@@ -81,7 +75,7 @@ def sparse_gather_matmul_grouped(inputs, weights, biases, indices, name=None):
     Returns:
       `(output, grouping)`: float32 `[B, K]` and a tuple of three int32 vectors.
     """
-    weight_variable, bias_variable = _as_resource_variable(weights), _as_resource_variable(biases)
+    weight_variable, bias_variable = as_resource_variable(weights), as_resource_variable(biases)
     if weight_variable is None or bias_variable is None:
         raise ValueError(f"{_OP}: the grouped form takes weights and biases as variables")
     resource_variable_ops.variable_accessed(weight_variable)
@@ -132,7 +126,7 @@ def sparse_gather_matmul_adam(
     Returns:
       float32 `[B, D]`, the gradient with respect to `inputs`.
     """
-    handles = [_as_resource_variable(v).handle for v in (weights, biases, *tuple(moments))]
+    handles = [as_resource_variable(v).handle for v in (weights, biases, *tuple(moments))]
     return ops.resource_sparse_gather_matmul_grad_adam(
         as_tensor(_OP, "inputs", inputs, tf.float32),
         *handles,
@@ -227,7 +221,7 @@ def sparse_input_matmul(inputs, kernel, name=None):
     """
     op_name = "SparseInputMatmul"
     parts = _sparse_parts(op_name, inputs)
-    variable = _as_resource_variable(kernel)
+    variable = as_resource_variable(kernel)
     if variable is not None:
         require_dtype(op_name, "kernel", variable, tf.float32)
         # Lets GradientTape and tf.function see the variable read through its handle.

@@ -9,8 +9,10 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tf_lsh_ops/cc/core/id_map.h"
 #include "tf_lsh_ops/cc/core/lsh_tables.h"
+#include "tf_lsh_ops/cc/core/row_fingerprints.h"
 #include "tf_lsh_ops/cc/kernels/input_checks.h"
 #include "tf_lsh_ops/cc/kernels/thread_pool.h"
+#include "tf_lsh_ops/cc/kernels/variable_access.h"
 
 namespace tf_lsh {
 
@@ -236,8 +238,32 @@ class LshQueryOp : public OpKernel {
   BatchQueryScratch scratch_ ABSL_GUARDED_BY(scratch_mutex_);
 };
 
+// Both LshRowFingerprints (a tensor) and ResourceLshRowFingerprints (a variable, in place).
+class LshRowFingerprintsOp : public OpKernel {
+ public:
+  using OpKernel::OpKernel;
+
+  void Compute(OpKernelContext* ctx) override {
+    const char* op = type_string().c_str();
+    InputTensor weights_input;
+    OP_REQUIRES_OK(ctx, weights_input.Init(ctx, op, "weights", 0));
+    const Tensor& weights = weights_input.tensor();
+    OP_REQUIRES_OK(ctx, CheckRank(op, "weights", weights, 2));
+    Tensor* fingerprints = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {weights.dim_size(0)}, &fingerprints));
+    // int64 holds the unsigned fingerprints' bits (TensorFlow has no uint64 comparisons).
+    RowFingerprints(weights.flat<float>().data(), weights.dim_size(0), weights.dim_size(1),
+                    reinterpret_cast<uint64_t*>(fingerprints->flat<int64_t>().data()),
+                    TfParallelFor(ctx));
+  }
+};
+
 REGISTER_KERNEL_BUILDER(Name("LshBuildTables").Device(tensorflow::DEVICE_CPU), LshBuildTablesOp);
 REGISTER_KERNEL_BUILDER(Name("LshUpdateTables").Device(tensorflow::DEVICE_CPU), LshUpdateTablesOp);
 REGISTER_KERNEL_BUILDER(Name("LshQuery").Device(tensorflow::DEVICE_CPU), LshQueryOp);
+REGISTER_KERNEL_BUILDER(Name("LshRowFingerprints").Device(tensorflow::DEVICE_CPU),
+                        LshRowFingerprintsOp);
+REGISTER_KERNEL_BUILDER(Name("ResourceLshRowFingerprints").Device(tensorflow::DEVICE_CPU),
+                        LshRowFingerprintsOp);
 
 }  // namespace tf_lsh

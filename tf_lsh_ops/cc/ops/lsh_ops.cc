@@ -157,6 +157,28 @@ REGISTER_OP("LshUpdateTables")
     })
     .Doc("Moves the given neurons from their old buckets to their new ones.");
 
+// Fingerprints of a weight matrix's rows, to find the neurons whose weights changed since
+// they were hashed (core/row_fingerprints.h); the Resource op reads a variable in place.
+REGISTER_OP("LshRowFingerprints")
+    .Input("weights: float")
+    .Output("fingerprints: int64")
+    .SetShapeFn([](InferenceContext* c) -> absl::Status {
+      ShapeHandle weights;
+      TF_RETURN_IF_ERROR(WithRankNamed(c, "LshRowFingerprints", 0, "weights", 2, &weights));
+      c->set_output(0, c->Vector(c->Dim(weights, 0)));
+      return absl::OkStatus();
+    })
+    .Doc("A 64-bit fingerprint of each row of weights [rows, dim] (its bytes hashed).");
+
+REGISTER_OP("ResourceLshRowFingerprints")
+    .Input("weights: resource")
+    .Output("fingerprints: int64")
+    .SetShapeFn([](InferenceContext* c) -> absl::Status {
+      c->set_output(0, c->Vector(c->UnknownDim()));
+      return absl::OkStatus();
+    })
+    .Doc("LshRowFingerprints of a float32 resource variable, read in place.");
+
 REGISTER_OP("LshQuery")
     .Input("codes: int32")
     .Input("table_ids: int32")
