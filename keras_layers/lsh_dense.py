@@ -305,8 +305,9 @@ class LSHDense(keras.layers.Layer):
         whatever changed the weights: the optimizer, weight decay, `set_weights`. Those units
         get the codes a full rebuild would give them and move buckets (`update_tables`); the
         only difference from `rebuild_tables` is which units a full bucket keeps, as the
-        others are not re-inserted. With MIPS, a changed unit whose norm exceeds the norm the
-        tables were hashed with changes every unit's transform: then every unit is re-hashed.
+        others are not re-inserted. It calls `rebuild_tables` instead when more than half the
+        units changed (cheaper then), or, with MIPS, when a changed unit's norm exceeds the
+        norm the tables were hashed with (which changes every unit's transform).
 
         Returns:
           The number of units re-hashed (int32 scalar tensor).
@@ -315,7 +316,7 @@ class LSHDense(keras.layers.Layer):
 
         >>> layer = LSHDense(1000, active=50, num_tables=4)
         >>> layer.build((None, 16))
-        >>> _ = layer.kernel.assign(layer.kernel * 2)  # every unit moves
+        >>> _ = layer.kernel.assign(layer.kernel * 2)  # every unit's weights change
         >>> int(layer.refresh_tables())
         1000
         >>> int(layer.refresh_tables())  # nothing moved since
@@ -331,15 +332,15 @@ class LSHDense(keras.layers.Layer):
             self._move_units(changed, weights, tf.gather(fingerprints, changed))
             return tf.size(changed)
 
-        if not self.mips:
-            return move_changed()
-
         def rebuild_all():
             self.rebuild_tables()
             return tf.constant(self.units, tf.int32)
 
-        grew = tf.reduce_any(tf.norm(weights, axis=1) > self.max_norm)
-        return tf.cond(grew, rebuild_all, move_changed)
+        # When most units moved, hashing them all and building afresh costs less.
+        rebuild = tf.size(changed) * 2 > self.units
+        if self.mips:
+            rebuild |= tf.reduce_any(tf.norm(weights, axis=1) > self.max_norm)
+        return tf.cond(rebuild, rebuild_all, move_changed)
 
     def _ensure_tables(self):
         if tf.executing_eagerly():
