@@ -16,7 +16,10 @@ Parts of the report:
   after 5% of the neurons (random) moved by a small step: `rehash_s` (`lsh_hash` of their new
   weights) and `update_s` (`update_tables`). Called eagerly, `update_tables` cannot update its
   inputs in place (Python still holds them), so it copies the tables first: `update_empty_s`
-  (the same call with no neurons) is that copy, and `update_incremental_s` the difference. Also:
+  (the same call with no neurons) is that copy, and `update_incremental_s` the difference;
+  `fingerprints_s` (`row_fingerprints` of the [N, D] weights) is what `LSHDense.refresh_tables`
+  reads to find the neurons that moved, so a refresh costs about fingerprints_s + rehash_s +
+  update_s against hash_s + build_s for a full rebuild. Also:
   the first (cold) build time, the build time with `overflow="reservoir"`, the fraction of
   (neuron, table) entries the buckets hold (`stored_fraction`, < 1 when buckets overflow), the
   fraction of neurons in at least one table (`coverage`, with the default FIFO overflow and
@@ -346,6 +349,7 @@ def time_update(tables, weights, codes, max_norm, settings, rng):
             "rehash": (rehash, ()),
             "update": (update, (int(ids.shape[0]),)),
             "update_empty": (update, (0,)),
+            "fingerprints": (tf_lsh_ops.row_fingerprints, (weights,)),
         },
         warmup=1,
         reps=settings["build_reps"],
@@ -358,6 +362,7 @@ def time_update(tables, weights, codes, max_norm, settings, rng):
         "update_s": medians["update"],
         "update_empty_s": medians["update_empty"],
         "update_incremental_s": medians["update"] - medians["update_empty"],
+        "fingerprints_s": medians["fingerprints"],
     }
 
 
