@@ -30,7 +30,7 @@ class LSHRebuildCallback(keras.callbacks.Callback):
     At each event, `rehash="changed"` (the default) re-hashes only the units whose weights
     changed since they were last hashed (`LSHDense.refresh_tables`: the same codes as a full
     rebuild, found by comparing fingerprints of the weights; on the Amazon-670K shape 3%-7% of
-    the output layer, so an event costs a fifth of a full rebuild). `rehash="all"` re-hashes
+    the output layer, so an event costs about a third of a full rebuild). `rehash="all"` re-hashes
     every unit and rebuilds the tables from scratch (`LSHDense.rebuild_tables`), which also
     re-draws which units a full bucket keeps. With `incremental_fraction` (e.g. 0.1), each
     event instead rehashes the next slice of that fraction of units (round-robin) with

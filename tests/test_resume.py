@@ -208,7 +208,15 @@ def test_sigkill_and_resume_equals_uninterrupted_training(tmp_path):
     got = np.load(killed_dir / "final.npz")
     assert sorted(got.files) == sorted(want.files)
     names = " ".join(want.files)
-    for part in ("table_ids", "table_counts", "neuron_codes", "kernel", "momentum", "iteration"):
+    for part in (
+        "table_ids",
+        "table_counts",
+        "neuron_codes",
+        "neuron_fingerprints",
+        "kernel",
+        "momentum",
+        "iteration",
+    ):
         assert part in names, part  # tables, weights and optimizer slots are all compared
     for name in want.files:
         assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape, name
