@@ -784,6 +784,17 @@ def test_refresh_tables_after_set_weights_and_with_mips():
         layer.neuron_codes.numpy(), layer._hash(layer.kernel.value, "data").numpy()
     )
 
+    # The same inside a tf.function (both branches traced): codes follow the weights.
+    refresh = tf.function(layer.refresh_tables)
+    kernel = layer.kernel.numpy()
+    kernel[[0, 1]] = -kernel[[0, 1]]
+    layer.kernel.assign(kernel)
+    assert int(refresh()) == 2
+    assert int(refresh()) == 0
+    np.testing.assert_array_equal(
+        layer.neuron_codes.numpy(), layer._hash(layer.kernel.value, "data").numpy()
+    )
+
     mips = LSHDense(300, active=30, num_tables=4, num_hashes=4, mips=True, seed=5)
     mips.build((None, 16))
     norm = float(mips.max_norm.numpy())
