@@ -105,7 +105,13 @@ EVAL_BATCH = 256
 TOP_K = (1, 3, 5)
 WARMUP_STEPS = 3
 SEED = 0
-REBUILD = {"period": 50, "schedule": "exponential", "growth": 1.2, "rehash": "changed"}
+REBUILD = {
+    "period": 50,
+    "schedule": "exponential",
+    "growth": 1.2,
+    "rehash": "changed",
+    "full_rebuild_every": 3,
+}
 SAMPLED_FRACTION = 0.2
 SAMPLED_FIXED = 3000
 DEFAULT_METHODS = ("full_softmax", "sampled_20pct", "sampled_3000", "tf_lsh")

@@ -720,9 +720,10 @@ def bucket_sets(layer):
 
 def test_changed_rehash_moves_the_units_that_trained(capsys):
     """rehash="changed" (the default): each event re-hashes exactly the units whose weights
-    changed since the last one, and the tables end as a full rebuild's (no bucket overflows)."""
+    changed since the last one, every third rebuilds them all, and the tables end as a full
+    rebuild's (no bucket overflows)."""
     callback = LSHRebuildCallback(period=3, verbose=1)
-    assert callback.rehash == "changed"
+    assert callback.rehash == "changed" and callback.full_rebuild_every == 3
     fingerprints = []
 
     class Fingerprints(keras.callbacks.Callback):
@@ -754,7 +755,10 @@ def test_changed_rehash_moves_the_units_that_trained(capsys):
         now = fingerprints[step - 1]
         moved = int(np.sum(now != previous))
         assert 0 < moved < units // 2, (step, moved)
-        assert f"step {step}: rehashed the changed units ({moved:,} of {units:,})" in printed[event]
+        if event == 2:  # the third event
+            assert f"step {step}: rehashed every unit ({units} of {units})" in printed[event]
+        else:
+            assert f"step {step}: rehashed the changed units ({moved} of {units})" in printed[event]
         assert np.array_equal(recorder.codes[step - 1], recorder.fresh_codes[step - 1]), step
         previous = now
     np.testing.assert_array_equal(layer.neuron_fingerprints.numpy(), previous)
@@ -961,6 +965,7 @@ def test_lsh_classifier_needs_an_lsh_dense_head():
         (dict(incremental_fraction=0.0), r"incremental_fraction must be in \(0, 1\]"),
         (dict(incremental_fraction=1.5), r"incremental_fraction must be in \(0, 1\]"),
         (dict(rehash="some"), "unknown rehash 'some'"),
+        (dict(full_rebuild_every=0), "full_rebuild_every must be None or an int >= 1"),
         (dict(rehash="all", incremental_fraction=0.1), "rehash='all' and incremental_fraction"),
     ],
 )
