@@ -279,12 +279,14 @@ class LSHDense(keras.layers.Layer):
 
     def rebuild_tables(self):
         """Re-hashes every unit from the current weights and rebuilds the tables."""
-        # In place, before the kernel's copy below: fingerprinting the copy after it left
-        # ~60 MB more resident on the Amazon shape (bench_memory.py; the allocation order).
+        # The kernel's rows are read in place (no copy of the matrix), except for the MIPS
+        # norm, which tf.norm computes from a copy.
         self.neuron_fingerprints.assign(tf_lsh_ops.row_fingerprints(self.kernel))
-        kernel = tf.convert_to_tensor(self.kernel)
         if self.mips:
+            kernel = tf.convert_to_tensor(self.kernel)
             self.max_norm.assign(tf.maximum(tf.reduce_max(tf.norm(kernel, axis=1)), 1e-12))
+        else:
+            kernel = self.kernel
         codes = self._hash(kernel, "data")
         ids, counts = tf_lsh_ops.build_tables(
             codes,

@@ -466,6 +466,28 @@ def reference_fingerprint(row):
     return _mix(h ^ _SECRET[0], size ^ _SECRET[1])
 
 
+@pytest.mark.parametrize(
+    "family, mips", [("srp", "none"), ("srp", "data"), ("sparse_srp", "none"), ("dwta", "none")]
+)
+def test_hashing_a_variable_reads_its_rows_in_place(family, mips):
+    rows = sparse_vectors(31, 300, 24)
+    params = hash_params(family, 24, 6, 4, mips=mips != "none", seed=4)
+    kwargs = dict(family=family, num_tables=6, num_hashes=4, mips=mips)
+    if mips == "data":
+        kwargs["max_norm"] = float(np.linalg.norm(rows, axis=1).max())
+    variable = tf.Variable(rows)
+    # A sparse update puts the variable in copy-on-read mode; the op reads the handle anyway.
+    variable.scatter_add(tf.IndexedSlices(tf.ones([1, 24]), tf.constant([7])))
+    rows[7] += 1.0
+    if mips == "data":
+        kwargs["max_norm"] = float(np.linalg.norm(rows, axis=1).max())
+    expected = lsh_hash(rows, params, **kwargs).numpy()
+    np.testing.assert_array_equal(lsh_hash(variable, params, **kwargs), expected)
+    np.testing.assert_array_equal(
+        tf.function(lambda: lsh_hash(variable, params, **kwargs))(), expected
+    )
+
+
 @pytest.mark.parametrize("dim", [1, 5, 16, 17, 128])
 def test_row_fingerprints_match_reference(dim):
     rows = np.random.default_rng(dim).standard_normal((9, dim)).astype(np.float32)
@@ -960,6 +982,16 @@ ERROR_CASES = [
         "fingerprints-variable-rank",
         lambda: row_fingerprints(_VECTOR_VARIABLE),
         r"ResourceLshRowFingerprints.*weights.*rank 2.*\[5\]",
+    ),
+    (
+        "hash-variable-rank",
+        lambda: _hash(_VECTOR_VARIABLE),
+        r"ResourceLshSrpHash.*inputs.*rank 2.*\[5\]",
+    ),
+    (
+        "hash-variable-dtype",
+        lambda: _hash(_FLOAT64_VARIABLE),
+        r"lsh_hash.*vectors.*float32.*float64",
     ),
     (
         "fingerprints-dtype",

@@ -151,8 +151,9 @@ def lsh_hash(
     """Hashes vectors into one bucket per table.
 
     Args:
-      vectors: float32 `[batch, dim]`, or a 2-D float32 `tf.SparseTensor` (repeated entries
-        are summed).
+      vectors: float32 `[batch, dim]` (a tensor, or a variable, whose rows are then read in
+        place: no copy even after sparse updates), or a 2-D float32 `tf.SparseTensor`
+        (repeated entries are summed).
       params: from `hash_params` with the same family, num_tables and num_hashes.
       family: one of `HASH_FAMILIES`.
       num_tables, num_hashes: L and K.
@@ -174,7 +175,10 @@ def lsh_hash(
         bin_size = (params.shape[-1] if params.shape.rank else None) or 2
     _check_layout(op_name, family, num_tables, num_hashes, bin_size)
     sparse = isinstance(vectors, tf.SparseTensor)
-    if not sparse:
+    variable = None if sparse else as_resource_variable(vectors)
+    if variable is not None:
+        require_dtype(op_name, "vectors", variable, tf.float32)
+    elif not sparse:
         vectors = as_tensor(op_name, "vectors", vectors, tf.float32)
     attrs = dict(num_tables=num_tables, num_hashes=num_hashes, name=name)
     if family in ("srp", "sparse_srp"):
@@ -190,6 +194,8 @@ def lsh_hash(
                 mips=mips,
                 **attrs,
             )
+        if variable is not None:
+            return ops.resource_lsh_srp_hash(variable.handle, params, norm, mips=mips, **attrs)
         return ops.lsh_srp_hash(vectors, params, norm, mips=mips, **attrs)
     _require(mips == "none", f"{op_name}: mips applies to SimHash families, not {family!r}")
     params = as_tensor(op_name, "bins", params, tf.int32)
@@ -203,6 +209,8 @@ def lsh_hash(
             densified=densified,
             **attrs,
         )
+    if variable is not None:
+        return ops.resource_lsh_wta_hash(variable.handle, params, densified=densified, **attrs)
     return ops.lsh_wta_hash(vectors, params, densified=densified, **attrs)
 
 

@@ -9,6 +9,7 @@
 #include "tf_lsh_ops/cc/kernels/input_checks.h"
 #include "tf_lsh_ops/cc/kernels/sparse_inputs.h"
 #include "tf_lsh_ops/cc/kernels/thread_pool.h"
+#include "tf_lsh_ops/cc/kernels/variable_access.h"
 
 namespace tf_lsh {
 
@@ -101,13 +102,16 @@ class SrpHashOpBase : public LshHashOpBase {
   MipsSide mips_;
 };
 
+// Both LshSrpHash (a tensor) and ResourceLshSrpHash (a variable, read in place).
 class LshSrpHashOp : public SrpHashOpBase {
  public:
   using SrpHashOpBase::SrpHashOpBase;
 
   void Compute(OpKernelContext* ctx) override {
-    constexpr char kOp[] = "LshSrpHash";
-    const Tensor& inputs = ctx->input(0);
+    const char* kOp = type_string().c_str();
+    InputTensor input;
+    OP_REQUIRES_OK(ctx, input.Init(ctx, kOp, "inputs", 0));
+    const Tensor& inputs = input.tensor();
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "inputs", inputs, 2));
     OP_REQUIRES_OK(ctx, CheckParams(kOp, ctx->input(1), ctx->input(2), inputs.dim_size(1)));
     const LshShape shape = Shape(inputs.dim_size(0), inputs.dim_size(1));
@@ -173,13 +177,16 @@ class WtaHashOpBase : public LshHashOpBase {
   bool densified_;
 };
 
+// Both LshWtaHash (a tensor) and ResourceLshWtaHash (a variable, read in place).
 class LshWtaHashOp : public WtaHashOpBase {
  public:
   using WtaHashOpBase::WtaHashOpBase;
 
   void Compute(OpKernelContext* ctx) override {
-    constexpr char kOp[] = "LshWtaHash";
-    const Tensor& inputs = ctx->input(0);
+    const char* kOp = type_string().c_str();
+    InputTensor input;
+    OP_REQUIRES_OK(ctx, input.Init(ctx, kOp, "inputs", 0));
+    const Tensor& inputs = input.tensor();
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "inputs", inputs, 2));
     OP_REQUIRES_OK(ctx, CheckBins(kOp, ctx->input(1), inputs.dim_size(1)));
     const LshShape shape = Shape(inputs.dim_size(0), inputs.dim_size(1));
@@ -215,6 +222,8 @@ REGISTER_KERNEL_BUILDER(Name("LshSrpHash").Device(tensorflow::DEVICE_CPU), LshSr
 REGISTER_KERNEL_BUILDER(Name("LshSrpHashSparse").Device(tensorflow::DEVICE_CPU),
                         LshSrpHashSparseOp);
 REGISTER_KERNEL_BUILDER(Name("LshWtaHash").Device(tensorflow::DEVICE_CPU), LshWtaHashOp);
+REGISTER_KERNEL_BUILDER(Name("ResourceLshSrpHash").Device(tensorflow::DEVICE_CPU), LshSrpHashOp);
+REGISTER_KERNEL_BUILDER(Name("ResourceLshWtaHash").Device(tensorflow::DEVICE_CPU), LshWtaHashOp);
 REGISTER_KERNEL_BUILDER(Name("LshWtaHashSparse").Device(tensorflow::DEVICE_CPU),
                         LshWtaHashSparseOp);
 

@@ -33,6 +33,13 @@ absl::Status HashShape(InferenceContext* c, const char* op, bool sparse) {
   return absl::OkStatus();
 }
 
+absl::Status ResourceHashShape(InferenceContext* c) {
+  int64_t num_tables;
+  TF_RETURN_IF_ERROR(c->GetAttr("num_tables", &num_tables));
+  c->set_output(0, c->Matrix(c->UnknownDim(), num_tables));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 REGISTER_OP("LshSrpProjections")
@@ -106,6 +113,27 @@ REGISTER_OP("LshWtaHashSparse")
     .Attr("densified: bool = true")
     .SetShapeFn([](InferenceContext* c) { return HashShape(c, "LshWtaHashSparse", true); })
     .Doc("(Densified) winner-take-all bucket ids [batch, num_tables] of a 2-D SparseTensor.");
+
+// The dense hash ops reading a variable's rows in place (no copy, even in copy-on-read mode):
+// a table rebuild hashes every unit of a weight matrix.
+REGISTER_OP("ResourceLshSrpHash")
+    .Input("inputs: resource")
+    .Input("projections: float")
+    .Input("max_norm: float")
+    .Output("codes: int32")
+    .TF_LSH_HASH_ATTRS
+    .Attr("mips: {'none', 'data', 'query'} = 'none'")
+    .SetShapeFn(ResourceHashShape)
+    .Doc("LshSrpHash of the rows of a float32 resource variable, read in place.");
+
+REGISTER_OP("ResourceLshWtaHash")
+    .Input("inputs: resource")
+    .Input("bins: int32")
+    .Output("codes: int32")
+    .TF_LSH_HASH_ATTRS
+    .Attr("densified: bool = true")
+    .SetShapeFn(ResourceHashShape)
+    .Doc("LshWtaHash of the rows of a float32 resource variable, read in place.");
 
 REGISTER_OP("LshBuildTables")
     .Input("codes: int32")
