@@ -722,6 +722,8 @@ def fuzz_lsh_hash(rng):
         vectors = tf.SparseTensor(*_sparse(rng, x, (batch, 2**40) if huge else None, huge))
     if sparse and isinstance(vectors, np.ndarray) and vectors.ndim == 2:
         vectors = tf.SparseTensor(*_sparse(rng, vectors))
+    elif isinstance(vectors, np.ndarray) and rng.random() < 0.3:
+        vectors = tf.Variable(vectors)  # rows read in place (the Resource* ops)
 
     if raw is not None:
         hash_op = ops.lsh_srp_hash_sparse if simhash else ops.lsh_wta_hash_sparse
@@ -1267,6 +1269,37 @@ def fuzz_sparse_input_matmul(rng):
     return None
 
 
+FINGERPRINT_MUTATIONS = ("rank", "dtype")
+
+
+def fuzz_row_fingerprints(rng):
+    from test_lsh import reference_fingerprint  # the kernel's hash in Python integers
+
+    mutation = pick(rng, FINGERPRINT_MUTATIONS)
+    rows, dim = int(rng.integers(0, 8)), int(rng.integers(0, 40))
+    weights = floats(rng, (rows, dim), special_rate(rng))
+    if rows > 1 and rng.random() < 0.3:
+        weights[-1] = weights[0]  # equal bytes, equal fingerprints
+    if mutation == "rank":
+        weights = wrong_rank(rng, weights)
+    elif mutation == "dtype":
+        float64 = rng.random() < 0.5
+        weights = (
+            weights.astype(np.float64) if float64 else rng.integers(-3, 3, weights.shape, np.int32)
+        )
+    as_variable = rng.random() < 0.4
+    weights_arg = tf.Variable(weights) if as_variable else weights
+    call = lambda: tf_lsh_ops.row_fingerprints(weights_arg)  # noqa: E731
+    if mutation is not None:
+        rejects(lambda: maybe_graph(rng, call))
+        return mutation
+    got = maybe_graph(rng, call).numpy()
+    assert got.dtype == np.int64 and got.shape == (rows,)
+    want = np.array([reference_fingerprint(r) for r in weights], np.uint64).reshape(rows)
+    assert np.array_equal(got.view(np.uint64), want), (got, want)
+    return None
+
+
 OPS = (
     ("sparse_gather_matmul", fuzz_gather, 3),
     ("sparse_input_matmul", fuzz_sparse_input_matmul, 1),
@@ -1278,6 +1311,7 @@ OPS = (
     ("sparse_adam_apply", fuzz_sparse_adam, 1.5),
     ("active_softmax_cross_entropy", fuzz_active_softmax, 1),
     ("sparse_gather_matmul_adam", fuzz_gather_adam, 1),
+    ("row_fingerprints", fuzz_row_fingerprints, 0.5),
 )
 
 
