@@ -124,6 +124,10 @@ def workload(seed):
             loss = tf.reduce_sum(y * y)
         dx, dw, db = tape.gradient(loss, [inputs, weights, biases])
         out += [y, dx, dw.indices, dw.values, db.indices, db.values]
+    # Several threads reading one variable in place (a table refresh and a rebuild do).
+    out.append(tf_lsh_ops.row_fingerprints(W_VAR))
+    hash_args = dict(family="srp", num_tables=L, num_hashes=K, mips="data", max_norm=100.0)
+    out.append(tf_lsh_ops.lsh_hash(W_VAR, PARAMS, **hash_args))
     out += list(select_and_compute(x))
     return [np.asarray(t) for t in out]
 
