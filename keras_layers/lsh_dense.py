@@ -333,8 +333,12 @@ class LSHDense(keras.layers.Layer):
         weights = tf.gather(self.kernel.value, changed)
 
         def move_changed():
-            self._move_units(changed, weights, tf.gather(fingerprints, changed))
-            return tf.size(changed)
+            def move():
+                self._move_units(changed, weights, tf.gather(fingerprints, changed))
+                return tf.size(changed)
+
+            # Nothing to move: skip update_tables, which would still copy the tables.
+            return tf.cond(tf.size(changed) > 0, move, lambda: tf.constant(0, tf.int32))
 
         def rebuild_all():
             self.rebuild_tables()

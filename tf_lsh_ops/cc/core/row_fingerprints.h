@@ -7,13 +7,14 @@
 // optimizer, weight decay, set_weights, a checkpoint restore).
 //
 // The fingerprint hashes the row's bytes (wyhash-style 64 x 64 -> 128-bit multiplies over four
-// independent lanes); any change of any bit gives another value except with probability about
-// 2^-64. Plain integer code: the same values on every machine and instruction set.
+// independent lanes), so a changed row keeps its fingerprint about as rarely as with any good
+// 64-bit hash (a chance near 2^-64; a unit missed that way keeps stale codes until it changes
+// again). Plain integer code: the same values on every machine and instruction set.
 //
 // Example:
 //   float rows[2 * 3] = {1, 2, 3,  1, 2, 3};
 //   uint64_t fingerprints[2];
-//   RowFingerprints(rows, 2, 3, fingerprints, SerialFor());  // fingerprints[0] == [1]
+//   RowFingerprints(rows, 2, 3, fingerprints, SerialFor());  // the two are equal
 #ifndef TF_LSH_OPS_CC_CORE_ROW_FINGERPRINTS_H_
 #define TF_LSH_OPS_CC_CORE_ROW_FINGERPRINTS_H_
 

@@ -1,8 +1,10 @@
 #include "tf_lsh_ops/cc/core/row_fingerprints.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <set>
 #include <vector>
