@@ -33,8 +33,8 @@ Two data shapes:
   `amazon-670k-100k` with --quick). An epoch of the full softmax takes about half an hour here,
   so each method trains for the same training-time budget (at most one epoch): seconds per step
   (median, steps after the first 3) and projected seconds per epoch (782 steps x median step,
-  plus for tf-lsh the table refreshes the schedule makes in an epoch x their mean time, one
-  being timed after training if the run had none), and P@1
+  plus for tf-lsh the table events the schedule makes in an epoch, refreshes and every third a
+  full rebuild, x their mean time, one being timed after training if the run had none), and P@1
   against wall time on a test subset.
 
 "At equal wall time" compares P@1 at the shorter of two methods' total training times, each
@@ -50,9 +50,9 @@ Multiplications per step (batch B, hidden H = 128, n features per example, N lab
 costs 2 B n H (forward, weight gradient); the full softmax 3 B H N (forward, weight and input
 gradients); sampled softmax 3 B H (S + num_true); tf-lsh 3 B H k for its k active units plus
 B H L K to hash the queries (SimHash, L tables of K bits), and, amortised per step, U (H + 1) L K
-per table refresh, U the units it re-hashed (those that changed since the last one; all N with
-`rehash="all"`). Optimizer work is reported apart, as output rows updated per step (dense
-Adam: all N; SparseAdam: the distinct active rows of the batch, measured).
+per table event, U the units it re-hashed on average (a refresh: those that changed since the
+last event; a rebuild: all N). Optimizer work is reported apart, as output rows updated per
+step (dense Adam: all N; SparseAdam: the distinct active rows of the batch, measured).
 
 Peak memory: with --full every (shape, method) runs in its own subprocess, one after another,
 and reports its `ru_maxrss` (peak RSS), with the peak after generating the data
@@ -358,7 +358,7 @@ def rebuilds_per_epoch(steps_per_epoch):
     return keras_layers.LSHRebuildCallback(**REBUILD).event_index(steps_per_epoch)[0]
 
 
-def multiplications(method, model, data, active, distinct_rows, rehashed_units=None):
+def multiplications(method, model, data, active, distinct_rows, rehashed_units):
     """Multiplications per training step (matmuls, forward + backward) and optimizer rows."""
     n = data.feature_ids.size / len(data)
     big_n, h, b = data.num_labels, example.HIDDEN, BATCH
