@@ -129,7 +129,8 @@ LABELS = {
 MODES = {
     "quick": {
         "isolate": False,
-        "small": {"shape": "tiny", "epochs": 4, "evals_per_epoch": 1, "active": 64},
+        # One active set per batch holds its labels: up to ~450 distinct of the 1,000 here.
+        "small": {"shape": "tiny", "epochs": 4, "evals_per_epoch": 1, "active": 512},
         "large": {
             "shape": "amazon-670k-100k",
             "budget_s": 2.0,
