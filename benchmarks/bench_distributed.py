@@ -45,8 +45,11 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+try:
+    import tf_lsh_ops  # noqa: F401  (the installed package, with its built op library)
+except ModuleNotFoundError:  # Run from a checkout without installing: use the checkout's.
+    sys.path.insert(0, ROOT)
 
 SETTINGS = {
     # shape: (num_features, num_labels); batch: the global batch of the strong-scaling runs.
@@ -359,8 +362,7 @@ def _run_cluster(workers, args, directory, timeout):
         directory, f"result-{workers}-{args['exchange']}-{args['per_worker_batch']}.json"
     )
     args = {**args, "out": out}
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env = dict(os.environ)  # this script finds the packages itself (above)
     log_dir = os.path.join(directory, os.path.basename(out)[:-5])
     os.makedirs(log_dir)
     with LocalCluster(
@@ -448,7 +450,6 @@ def main():
             [sys.executable, os.path.abspath(__file__), "--shard-costs", json.dumps(shard_args)],
             check=True,
             timeout=settings["timeout"],
-            env={**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")},
         )
         with open(shard_out) as f:
             shard_costs = json.load(f)

@@ -29,9 +29,11 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _path in (REPO, os.path.join(REPO, "examples")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+sys.path.insert(0, os.path.join(REPO, "examples"))
+try:
+    import tf_lsh_ops  # noqa: E402, F401  (the installed package, with its built op library)
+except ModuleNotFoundError:  # Run from a checkout without installing: use the checkout's.
+    sys.path.insert(0, REPO)
 
 import json  # noqa: E402
 
