@@ -41,6 +41,8 @@ except ModuleNotFoundError:  # Not installed: use the source tree this file belo
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import tf_lsh_ops  # noqa: E402
 
+from lsh_references import reference_fingerprint  # noqa: E402
+
 from tf_lsh_ops._loader import ops  # noqa: E402
 
 CALLS = int(os.environ.get("TF_LSH_FUZZ_CALLS", "1500"))
@@ -1273,8 +1275,6 @@ FINGERPRINT_MUTATIONS = ("rank", "dtype")
 
 
 def fuzz_row_fingerprints(rng):
-    from test_lsh import reference_fingerprint  # the kernel's hash in Python integers
-
     mutation = pick(rng, FINGERPRINT_MUTATIONS)
     rows, dim = int(rng.integers(0, 8)), int(rng.integers(0, 40))
     weights = floats(rng, (rows, dim), special_rate(rng))
