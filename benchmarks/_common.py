@@ -18,6 +18,13 @@ import time
 import numpy as np
 import tensorflow as tf
 
+# The installed tf-lsh, with its built op library, if there is one; else this checkout's (the
+# benchmarks import this module before tf_lsh_ops and keras_layers).
+try:
+    import tf_lsh_ops  # noqa: F401
+except ModuleNotFoundError:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def make_logger(name):
     """A function that prints `[name] message` to stderr."""

@@ -44,12 +44,8 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-try:
-    import tf_lsh_ops  # noqa: F401  (the installed package, with its built op library)
-except ModuleNotFoundError:  # Run from a checkout without installing: use the checkout's.
-    sys.path.insert(0, ROOT)
+import _common  # noqa: E402, F401  (first: it finds tf-lsh)
 
 SETTINGS = {
     # shape: (num_features, num_labels); batch: the global batch of the strong-scaling runs.

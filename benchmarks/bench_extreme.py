@@ -82,9 +82,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "examples"))
 try:
-    import tf_lsh_ops  # noqa: E402, F401  (the installed package, with its built op library)
-except ModuleNotFoundError:  # Run from a checkout without installing: use the checkout's.
-    sys.path.insert(0, REPO)
+    from benchmarks import _common  # noqa: E402  (first: it finds tf-lsh)
+except ModuleNotFoundError:  # Run as a script: the benchmarks folder is on sys.path.
+    import _common  # noqa: E402
 
 import extreme_classification as example  # noqa: E402
 import keras  # noqa: E402
@@ -93,11 +93,6 @@ import tensorflow as tf  # noqa: E402
 
 import keras_layers  # noqa: E402
 from keras_layers import datasets  # noqa: E402
-
-try:
-    from benchmarks import _common  # noqa: E402
-except ModuleNotFoundError:  # Run as a script: the benchmarks folder is on sys.path.
-    import _common  # noqa: E402
 
 log = _common.make_logger("bench_extreme")
 
@@ -552,12 +547,9 @@ def run_shape(kind, cfg, methods, isolate, args):
 
 
 def run_subprocess(spec):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
-    result = subprocess.run(
+    result = subprocess.run(  # this script finds the packages itself (_common)
         [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
         stdout=subprocess.PIPE,
-        env=env,
         check=True,
         text=True,
     )

@@ -31,9 +31,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "examples"))
 try:
-    import tf_lsh_ops  # noqa: E402, F401  (the installed package, with its built op library)
-except ModuleNotFoundError:  # Run from a checkout without installing: use the checkout's.
-    sys.path.insert(0, REPO)
+    from benchmarks import _common  # noqa: E402  (first: it finds tf-lsh)
+except ModuleNotFoundError:  # Run as a script: the benchmarks folder is on sys.path.
+    import _common  # noqa: E402
 
 import json  # noqa: E402
 
@@ -42,11 +42,6 @@ import mnist_paper  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_layers  # noqa: E402
-
-try:
-    from benchmarks import _common  # noqa: E402
-except ModuleNotFoundError:  # Run as a script: the benchmarks folder is on sys.path.
-    import _common  # noqa: E402
 
 log = _common.make_logger("bench_mnist")
 

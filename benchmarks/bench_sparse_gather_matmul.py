@@ -49,7 +49,6 @@ Prints one JSON document to stdout; progress goes to stderr.
 """
 
 import json
-import os
 import statistics
 import sys
 import time
@@ -58,15 +57,11 @@ import numpy as np
 import tensorflow as tf
 
 try:
-    import tf_lsh_ops
-except ModuleNotFoundError:  # Run from a checkout without installing: use the checkout's ops.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import tf_lsh_ops
-
-try:
     from benchmarks import _common
 except ModuleNotFoundError:  # Run as a script: the benchmarks folder is on sys.path.
     import _common
+
+import tf_lsh_ops  # noqa: E402  (after _common, which finds it)
 
 BATCH = 128
 DIM = 128
