@@ -619,6 +619,35 @@ def test_query_batch_wide():
         query_tables(queries, ids, counts, k=3, num_neurons=n, labels=labels, batch_wide=True)
 
 
+@pytest.mark.parametrize("rule, min_count", [("frequency", 1), ("union", 1), ("threshold", 35)])
+def test_query_batch_wide_large_batch_matches_numpy(rule, min_count):
+    # 128 x 8 buckets of capacity 128: 131,072 slots, which the kernel counts in four parts
+    # (on as many threads); the set must be the one the rule defines.
+    rng = np.random.default_rng(21)
+    n, num_tables, bits = 2000, 8, 5
+    codes = rng.integers(0, 2**bits, (n, num_tables)).astype(np.int32)
+    ids, counts = build_tables(codes, bucket_bits=bits, capacity=128)
+    ids, counts = ids.numpy(), counts.numpy()
+    queries = rng.integers(0, 2**bits, (128, num_tables)).astype(np.int32)
+    labels = rng.integers(-1, n, (128, 3)).astype(np.int32)
+    for k in (1 if rule == "threshold" else 400, 1500):
+        step_labels = labels if k > 400 else None
+        active = query_tables(
+            queries,
+            ids,
+            counts,
+            k=k,
+            num_neurons=n,
+            rule=rule,
+            min_count=min_count,
+            labels=step_labels,
+            batch_wide=True,
+        ).numpy()
+        want = np_query(queries, ids, counts, k, rule, min_count, step_labels, batch_wide=True)
+        np.testing.assert_array_equal(active, want)
+        assert_rows_distinct(active)
+
+
 def test_query_with_no_tables_hit_and_large_k():
     queries, ids, counts, n = small_tables()
     empty_counts = np.zeros_like(counts)

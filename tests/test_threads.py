@@ -91,19 +91,22 @@ def workload(seed):
         )
         out.append(active)
     # One set for the batch: eager calls share the op's kernel, and with it the counts it
-    # keeps between queries (one query at a time).
-    out.append(
-        tf_lsh_ops.query_tables(
-            codes,
-            ids,
-            counts,
-            k=ACTIVE,
-            num_neurons=UNITS,
-            fill_random=True,
-            seed=seed,
-            batch_wide=True,
+    # keeps between queries (one query at a time). With room for 256 ids a bucket, the batch
+    # meets 98,304 slots, which the kernel counts in parts on its own threads.
+    wide_ids, wide_counts = tf_lsh_ops.build_tables(CODES, bucket_bits=K, capacity=256)
+    for table_ids, table_counts in ((ids, counts), (wide_ids, wide_counts)):
+        out.append(
+            tf_lsh_ops.query_tables(
+                codes,
+                table_ids,
+                table_counts,
+                k=ACTIVE,
+                num_neurons=UNITS,
+                fill_random=True,
+                seed=seed,
+                batch_wide=True,
+            )
         )
-    )
     kernel, values = tf.constant(WEIGHTS.T), tf.constant(sparse_x.values)
     with tf.GradientTape() as tape:
         tape.watch([kernel, values])

@@ -265,13 +265,309 @@ namespace {
 // The batch-wide active set: what ActiveSetSelector::Select over the whole batch gives. A batch
 // scans up to batch * num_tables * capacity slots (262k on the Amazon-670K shape) holding ~10^5
 // distinct ids. A hash-map probe per slot misses the cache every time and a radix sort of the
-// slots takes several passes; one increment per slot in a count per neuron takes one, and
-// finds the ids in scan order on the way. Returns an id outside [0, num_neurons) met in a
-// bucket, or 0.
+// slots takes several passes; a count per neuron takes two walks over the slots: one counts,
+// the next finds each id at its first slot, in scan order, with its count.
+//
+// Large batches are counted in parts, one thread each, and no two threads ever write the same
+// count (sharing counts cost a cache-line transfer per id; each thread scanning every slot for
+// its own ids cost as much as the counting: benchmarks/README.md). The scan is cut into runs of
+// consecutive buckets, which route each slot to the part of the id range its id falls in; each
+// id range then counts its slots run by run, so it meets them in scan order. A slot's position
+// in the scan orders ids found in different ranges, so every number of parts picks the same set.
+constexpr int64_t kMaxQueryParts = 4;
+constexpr int64_t kSlotsPerQueryPart = int64_t{1} << 15;
+// Counts are 16-bit (the id range of a part then fits in a core's L2 on the Amazon-670K shape)
+// and saturate: only ids held by more than 65,535 of a batch's buckets could be misordered.
+constexpr uint16_t kMaxCount = 0xffff;
+
+using FoundId = BatchQueryScratch::FoundId;
+
+class BatchWideSelector {
+ public:
+  BatchWideSelector(const TableShape& shape, int64_t batch, const int32_t* codes,
+                    const int32_t* ids, const int32_t* counts, const QueryOptions& options,
+                    BatchQueryScratch* scratch)
+      : shape_(shape),
+        codes_(codes),
+        ids_(ids),
+        counts_(counts),
+        options_(options),
+        scratch_(*scratch),
+        num_buckets_met_(batch * shape.num_tables),
+        parts_(std::clamp<int64_t>(num_buckets_met_ * shape.capacity / kSlotsPerQueryPart, 1,
+                                   kMaxQueryParts)),
+        // part of id = floor(id * parts / num_neurons), by a multiplication.
+        range_scale_((static_cast<uint64_t>(parts_) << 32) /
+                     static_cast<uint64_t>(std::max<int64_t>(options.num_neurons, 1))),
+        bad_ids_(parts_, 0),
+        histograms_(parts_) {
+    if (static_cast<int64_t>(scratch_.neuron_counts.size()) < options.num_neurons) {
+      scratch_.neuron_counts.resize(options.num_neurons, 0);
+    }
+    scratch_.pools.resize(parts_);
+    scratch_.selected.resize(parts_);
+  }
+
+  // Hands the picked ids, best first, to `choose`; active[0 .. size) are the ids chosen
+  // already (labels), which are not picked again. Returns an id outside [0, num_neurons) met in
+  // a bucket, or 0.
+  template <typename Choose>
+  int32_t Select(const int32_t* active, int64_t size, const ParallelFor& parallel_for,
+                 const Choose& choose) {
+    const int64_t cost = 10 * num_buckets_met_ * shape_.capacity / parts_ + 1;
+    if (parts_ > 1) {
+      if (static_cast<int64_t>(scratch_.routed.size()) < parts_ * parts_ * RunCapacity()) {
+        scratch_.routed.resize(parts_ * parts_ * RunCapacity());
+      }
+      parallel_for(parts_, cost, [&](int64_t begin, int64_t end) { Route(begin, end); });
+    }
+    parallel_for(parts_, cost, [&](int64_t begin, int64_t end) {
+      for (int64_t part = begin; part < end; ++part) CountRange(part, active, size);
+    });
+    const int64_t take = Cut(options_.k - size);
+    if (take > 0) {
+      parallel_for(parts_, cost / 4, [&](int64_t begin, int64_t end) {
+        for (int64_t part = begin; part < end; ++part) SelectBest(part);
+      });
+      Merge(take, choose);
+    }
+    for (const int32_t id : bad_ids_) {
+      if (id != 0) return id;
+    }
+    return 0;
+  }
+
+ private:
+  int64_t RangeOf(int32_t id) const {
+    return static_cast<int64_t>((static_cast<uint64_t>(id) * range_scale_) >> 32);
+  }
+  bool InLayer(int32_t id) const {
+    return static_cast<uint32_t>(id) < static_cast<uint64_t>(options_.num_neurons);
+  }
+  int64_t RunBegin(int64_t run) const { return num_buckets_met_ * run / parts_; }
+  int64_t RunCapacity() const { return CeilDiv(num_buckets_met_, parts_) * shape_.capacity; }
+  uint64_t* Routed(int64_t run, int64_t range) {
+    return scratch_.routed.data() + (run * parts_ + range) * RunCapacity();
+  }
+
+  // Calls visit(slots, stored, position of slots[0]) on buckets met [first, last) in scan order
+  // (row, table). Buckets are scattered over tens of MB: the next ones are prefetched.
+  template <typename Visit>
+  void ForEachBucket(int64_t first, int64_t last, const Visit& visit) const {
+    constexpr int64_t kBucketsAhead = 2;
+    const auto bucket_slots = [&](int64_t i) {  // i: flat index of (row, table)
+      const int64_t bucket = (i % shape_.num_tables) * shape_.num_buckets + codes_[i];
+      return std::pair<const int32_t*, int64_t>(
+          ids_ + bucket * shape_.capacity,
+          std::clamp<int64_t>(counts_[bucket], 0, shape_.capacity));
+    };
+    for (int64_t i = first; i < last; ++i) {
+      if (i + kBucketsAhead < last) {
+        const auto [ahead, ahead_stored] = bucket_slots(i + kBucketsAhead);
+        for (int64_t s = 0; s < ahead_stored; s += 16) __builtin_prefetch(ahead + s);
+      }
+      const auto [slots, stored] = bucket_slots(i);
+      visit(slots, stored, static_cast<int32_t>(i * shape_.capacity));
+    }
+  }
+
+  // Scan runs [begin, end): each slot to the list of (run, id range), as position << 32 | id.
+  void Route(int64_t begin, int64_t end) {
+    for (int64_t run = begin; run < end; ++run) {
+      uint64_t* next[kMaxQueryParts];
+      for (int64_t range = 0; range < parts_; ++range) next[range] = Routed(run, range);
+      ForEachBucket(RunBegin(run), RunBegin(run + 1),
+                    [&](const int32_t* slots, int64_t stored, int32_t position) {
+                      for (int64_t s = 0; s < stored; ++s) {
+                        const int32_t id = slots[s];
+                        if (!InLayer(id)) {
+                          bad_ids_[run] = id;  // tables are user-assignable variables
+                          continue;
+                        }
+                        *next[RangeOf(id)]++ = static_cast<uint64_t>(position + s) << 32 |
+                                               static_cast<uint32_t>(id);
+                      }
+                    });
+      for (int64_t range = 0; range < parts_; ++range) {
+        routed_sizes_[run * parts_ + range] = next[range] - Routed(run, range);
+      }
+    }
+  }
+
+  // Calls visit(id, position) on the valid slots of one id range, in scan order.
+  template <typename Visit>
+  void ForEachSlot(int64_t range, const Visit& visit) {
+    const uint16_t* neuron_counts = scratch_.neuron_counts.data();
+    constexpr int64_t kSlotsAhead = 16;  // the counts are scattered over MBs too
+    if (parts_ == 1) {
+      ForEachBucket(0, num_buckets_met_, [&](const int32_t* slots, int64_t stored,
+                                             int32_t position) {
+        for (int64_t s = 0; s < stored; ++s) {
+          if (s + kSlotsAhead < stored && InLayer(slots[s + kSlotsAhead])) {
+            __builtin_prefetch(neuron_counts + slots[s + kSlotsAhead], 1);
+          }
+          if (!InLayer(slots[s])) {
+            bad_ids_[0] = slots[s];  // tables are user-assignable variables
+            continue;
+          }
+          visit(slots[s], position + static_cast<int32_t>(s));
+        }
+      });
+      return;
+    }
+    for (int64_t run = 0; run < parts_; ++run) {
+      const uint64_t* keys = Routed(run, range);
+      const int64_t n = routed_sizes_[run * parts_ + range];
+      for (int64_t j = 0; j < n; ++j) {
+        if (j + kSlotsAhead < n) {
+          __builtin_prefetch(neuron_counts + static_cast<uint32_t>(keys[j + kSlotsAhead]), 1);
+        }
+        visit(static_cast<int32_t>(static_cast<uint32_t>(keys[j])),
+              static_cast<int32_t>(keys[j] >> 32));
+      }
+    }
+  }
+
+  // Counts the slots of one id range, then walks them again in scan order: the first slot of
+  // each id adds it to the range's pool with its count and zeroes the count (for the later
+  // slots, and for the next query). The pool holds the ids not chosen already (labels) that
+  // pass the rule's threshold, in the order found.
+  void CountRange(int64_t range, const int32_t* active, int64_t size) {
+    uint16_t* neuron_counts = scratch_.neuron_counts.data();
+    int64_t num_slots = 0;
+    ForEachSlot(range, [&](int32_t id, int32_t) {
+      neuron_counts[id] += neuron_counts[id] != kMaxCount;  // saturates
+      ++num_slots;
+    });
+    // Chosen ids are zeroed, so that the second walk skips them without a lookup.
+    for (int64_t i = 0; i < size; ++i) {
+      if (RangeOf(active[i]) == range) neuron_counts[active[i]] = 0;
+    }
+    // Sized for every slot, so that an id is appended without a branch (whether a slot holds
+    // a new id is a coin flip for the branch predictor).
+    std::vector<FoundId>& pool = scratch_.pools[range];
+    if (static_cast<int64_t>(pool.size()) < num_slots + 1) pool.resize(num_slots + 1);
+    FoundId* out = pool.data();
+    int64_t pool_size = 0;
+    std::vector<int64_t>& histogram = histograms_[range];
+    histogram.assign(2, 0);
+    const int32_t min_count = options_.rule == QueryRule::kThreshold
+                                  ? static_cast<int32_t>(std::max<int64_t>(options_.min_count, 1))
+                                  : 1;
+    const bool by_order_found = options_.rule == QueryRule::kUnion;
+    ForEachSlot(range, [&](int32_t id, int32_t position) {
+      int32_t count = std::exchange(neuron_counts[id], 0);
+      const bool keep = count >= min_count;
+      if (by_order_found) count = keep;
+      out[pool_size] = {id, count, position};
+      pool_size += keep;
+      if (count >= static_cast<int64_t>(histogram.size())) histogram.resize(count + 1, 0);
+      histogram[count] += keep;
+    });
+    histogram[0] = 0;
+    pool_sizes_[range] = pool_size;
+  }
+
+  // Sets cut_ (the lowest count that gets picked) and at_cut_ (how many of that count), so
+  // that the most frequent `wanted` candidates are picked; returns how many are (at most all).
+  int64_t Cut(int64_t wanted) {
+    int64_t max_count = 0, pool = 0;
+    for (int64_t range = 0; range < parts_; ++range) {
+      max_count = std::max<int64_t>(max_count, histograms_[range].size());
+      pool += pool_sizes_[range];
+    }
+    const int64_t take = std::min(wanted, pool);
+    if (take <= 0) return 0;
+    total_histogram_.assign(max_count, 0);
+    for (const std::vector<int64_t>& histogram : histograms_) {
+      for (size_t c = 0; c < histogram.size(); ++c) total_histogram_[c] += histogram[c];
+    }
+    int64_t above = 0;
+    cut_ = max_count - 1;
+    while (above + total_histogram_[cut_] < take) above += total_histogram_[cut_--];
+    at_cut_ = take - above;
+    return take;
+  }
+
+  // The range's candidates that may be picked, grouped by count descending, each group in
+  // the order found: all of counts above the cut, the first at_cut_ of the cut's count. Group
+  // c is [starts_[range][c], ends_[range][c]) of selected[range].
+  void SelectBest(int64_t range) {
+    const std::vector<int64_t>& histogram = histograms_[range];
+    std::vector<int64_t>& starts = starts_[range];
+    starts.assign(histogram.size(), 0);
+    int64_t total = 0;
+    for (int64_t c = static_cast<int64_t>(histogram.size()) - 1; c >= cut_; --c) {
+      starts[c] = total;
+      total += c == cut_ ? std::min(histogram[c], at_cut_) : histogram[c];
+    }
+    std::vector<int64_t>& ends = ends_[range];
+    ends = starts;
+    std::vector<FoundId>& selected = scratch_.selected[range];
+    if (static_cast<int64_t>(selected.size()) < total) selected.resize(total);
+    const FoundId* pool = scratch_.pools[range].data();
+    int64_t placed = 0, at_cut = 0;
+    for (int64_t i = 0; i < pool_sizes_[range] && placed < total; ++i) {
+      const int32_t count = pool[i].count;
+      if (count < cut_ || (count == cut_ && at_cut == at_cut_)) continue;
+      at_cut += count == cut_;
+      selected[ends[count]++] = pool[i];
+      ++placed;
+    }
+  }
+
+  // The picks of all ranges, count by count, each count's ids in the order found.
+  template <typename Choose>
+  void Merge(int64_t take, const Choose& choose) {
+    for (int64_t c = static_cast<int64_t>(total_histogram_.size()) - 1; c >= cut_ && take > 0;
+         --c) {
+      int64_t heads[kMaxQueryParts], ends[kMaxQueryParts];
+      for (int64_t range = 0; range < parts_; ++range) {
+        const bool has = c < static_cast<int64_t>(starts_[range].size());
+        heads[range] = has ? starts_[range][c] : 0;
+        ends[range] = has ? ends_[range][c] : 0;
+      }
+      for (; take > 0; --take) {
+        int64_t best = -1;
+        for (int64_t range = 0; range < parts_; ++range) {
+          if (heads[range] == ends[range]) continue;
+          if (best < 0 || scratch_.selected[range][heads[range]].position <
+                              scratch_.selected[best][heads[best]].position) {
+            best = range;
+          }
+        }
+        if (best < 0) break;
+        choose(scratch_.selected[best][heads[best]++].id);
+      }
+    }
+  }
+
+  static int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+  const TableShape& shape_;
+  const int32_t* codes_;
+  const int32_t* ids_;
+  const int32_t* counts_;
+  const QueryOptions& options_;
+  BatchQueryScratch& scratch_;
+  const int64_t num_buckets_met_;
+  const int64_t parts_;
+  const uint64_t range_scale_;
+  std::vector<int32_t> bad_ids_;                  // per part
+  std::vector<std::vector<int64_t>> histograms_;  // per id range: pool ids by count
+  int64_t routed_sizes_[kMaxQueryParts * kMaxQueryParts] = {};
+  int64_t pool_sizes_[kMaxQueryParts] = {};
+  std::vector<int64_t> starts_[kMaxQueryParts];  // per id range: its picks of each count in
+  std::vector<int64_t> ends_[kMaxQueryParts];    // selected[range][starts_[c], ends_[c])
+  std::vector<int64_t> total_histogram_;
+  int64_t cut_ = 0;
+  int64_t at_cut_ = 0;
+};
+
 int32_t SelectBatchWide(const TableShape& shape, int64_t batch, const int32_t* codes,
                         const int32_t* ids, const int32_t* counts, const int32_t* labels,
                         int64_t num_labels, const QueryOptions& options, int32_t* active,
-                        BatchQueryScratch* scratch) {
+                        const ParallelFor& parallel_for, BatchQueryScratch* scratch) {
   IdMap chosen(options.k);
   int64_t size = 0;
   const auto choose = [&](int32_t id) {
@@ -282,74 +578,8 @@ int32_t SelectBatchWide(const TableShape& shape, int64_t batch, const int32_t* c
   for (int64_t i = 0; i < batch * num_labels; ++i) {
     if (labels[i] >= 0) choose(labels[i]);
   }
-
-  // Every stored slot of every example's buckets, in scan order (row, table, slot). Buckets
-  // and counts are scattered over tens of MB: the next buckets' slots and the counts of the
-  // ids a few slots on are prefetched.
-  if (static_cast<int64_t>(scratch->neuron_counts.size()) < options.num_neurons) {
-    scratch->neuron_counts.resize(options.num_neurons, 0);
-  }
-  int32_t* neuron_counts = scratch->neuron_counts.data();
-  const auto in_layer = [&](int32_t id) {
-    return static_cast<uint32_t>(id) < static_cast<uint64_t>(options.num_neurons);
-  };
-  const auto bucket_slots = [&](int64_t i) {  // i: flat index of (row, table)
-    const int64_t bucket = (i % shape.num_tables) * shape.num_buckets + codes[i];
-    return std::pair<const int32_t*, int64_t>(
-        ids + bucket * shape.capacity, std::clamp<int64_t>(counts[bucket], 0, shape.capacity));
-  };
-  constexpr int64_t kBucketsAhead = 2, kSlotsAhead = 16;
-  // `found` is sized for every slot, so that an id is appended without a branch (whether a
-  // slot holds a new id is a coin flip for the branch predictor).
-  std::vector<int32_t>& found = scratch->found;
-  const int64_t num_buckets_met = batch * shape.num_tables;
-  found.resize(std::max<int64_t>(found.size(), num_buckets_met * shape.capacity));
-  int64_t num_found = 0;
-  int32_t bad_table_id = 0;
-  for (int64_t i = 0; i < num_buckets_met; ++i) {
-    if (i + kBucketsAhead < num_buckets_met) {
-      const auto [ahead, ahead_stored] = bucket_slots(i + kBucketsAhead);
-      for (int64_t s = 0; s < ahead_stored; s += 16) __builtin_prefetch(ahead + s);
-    }
-    const auto [slots, stored] = bucket_slots(i);
-    for (int64_t s = 0; s < stored; ++s) {
-      if (s + kSlotsAhead < stored && in_layer(slots[s + kSlotsAhead])) {
-        __builtin_prefetch(neuron_counts + slots[s + kSlotsAhead], 1);
-      }
-      const int32_t id = slots[s];
-      if (!in_layer(id)) {
-        bad_table_id = id;  // tables are user-assignable variables
-        continue;
-      }
-      found[num_found] = id;
-      num_found += neuron_counts[id]++ == 0;
-    }
-  }
-  found.resize(num_found);
-
-  // Candidates: found ids not already chosen, in the order found, with their counts. The chosen
-  // ones (labels) are zeroed first, so that they are skipped without a lookup (a found id has a
-  // count of at least 1). The same pass zeroes the counts for the next query.
-  for (int64_t i = 0; i < size; ++i) neuron_counts[active[i]] = 0;
-  std::vector<BatchQueryScratch::CountedId>& pool = scratch->pool;
-  pool.clear();
-  TopByCount top;
-  for (const int32_t id : found) {
-    const int32_t count = std::exchange(neuron_counts[id], 0);
-    if (count == 0) continue;
-    if (options.rule == QueryRule::kThreshold && count < options.min_count) continue;
-    pool.push_back({id, count});
-    top.Count(count);
-  }
-  const int64_t take = std::min<int64_t>(options.k - size, pool.size());
-  if (options.rule == QueryRule::kUnion) {
-    for (int64_t i = 0; i < take; ++i) choose(pool[i].id);
-  } else {
-    // Most tables first; ties go to the id found first.
-    top.Take(pool.size(), [&pool](int64_t i) { return pool[i].count; }, take, &scratch->picked);
-    for (const int32_t i : scratch->picked) choose(pool[i].id);
-  }
-
+  BatchWideSelector selector(shape, batch, codes, ids, counts, options, scratch);
+  const int32_t bad_table_id = selector.Select(active, size, parallel_for, choose);
   if (options.fill_random) {
     Random random(options.seed, /*stream=*/0);
     while (size < options.k) choose(static_cast<int32_t>(random.Uniform(options.num_neurons)));
@@ -379,10 +609,15 @@ std::string QueryTables(const TableShape& shape, int64_t batch, const int32_t* c
     }
   }
   if (options.batch_wide) {
+    if (batch * shape.num_tables * shape.capacity > std::numeric_limits<int32_t>::max()) {
+      return "a batch-wide query scans batch * num_tables * capacity = " +
+             std::to_string(batch * shape.num_tables * shape.capacity) +
+             " slots, more than 2^31 - 1: split the batch";
+    }
     BatchQueryScratch own_scratch;
     const int32_t bad_table_id =
         SelectBatchWide(shape, batch, codes, ids, counts, labels, num_labels, options, active,
-                        scratch != nullptr ? scratch : &own_scratch);
+                        parallel_for, scratch != nullptr ? scratch : &own_scratch);
     return bad_table_id ? BadTableIdError(bad_table_id, options.num_neurons) : "";
   }
   std::atomic<int32_t> bad_table_id{0};

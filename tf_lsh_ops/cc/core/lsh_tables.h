@@ -68,20 +68,22 @@ struct QueryOptions {
 // reused from query to query. An op kernel keeps one, so that a query costs O(slots scanned),
 // never O(num_neurons) (only the first query of a layer allocates the counts).
 struct BatchQueryScratch {
-  struct CountedId {
+  struct FoundId {
     int32_t id;
-    int32_t count;
+    int32_t count;     // tables whose buckets hold it
+    int32_t position;  // of the first slot it was found in, in scan order
   };
-  std::vector<int32_t> neuron_counts;
-  std::vector<int32_t> found;   // distinct ids in the order first found
-  std::vector<CountedId> pool;  // those that may be picked, with their counts
-  std::vector<int32_t> picked;  // positions in pool of the best of them, best first
+  std::vector<uint16_t> neuron_counts;
+  std::vector<uint64_t> routed;                // slots (position, id), by scan run and id range
+  std::vector<std::vector<FoundId>> pools;     // per id range: candidates in the order found
+  std::vector<std::vector<FoundId>> selected;  // per id range: the best, by count descending
 };
 
 // codes [batch, num_tables] -> active [batch, k] (or [1, k] if batch_wide). `labels`
 // [batch, num_labels] (-1 padded, may be null if num_labels == 0) are placed first, once each.
-// A batch-wide query uses `scratch` if given (else its own). Returns "" or an error message
-// (too many labels for k).
+// A batch-wide query uses `scratch` if given (else its own); large ones run on several threads
+// and give the same set. Returns "" or an error message (too many labels for k, or more than
+// 2^31 - 1 slots to scan).
 std::string QueryTables(const TableShape& shape, int64_t batch, const int32_t* codes,
                         const int32_t* ids, const int32_t* counts, const int32_t* labels,
                         int64_t num_labels, const QueryOptions& options, int32_t* active,

@@ -2,11 +2,14 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <map>
 #include <random>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include "tf_lsh_ops/cc/core/bench_util.h"
 #include "tf_lsh_ops/cc/core/test_util.h"
 
 namespace tf_lsh {
@@ -376,6 +379,116 @@ void TestQueryBatchWideKeptScratch() {
   }
 }
 
+// The batch-wide set by its definition: labels first, then the ids of the scanned slots by
+// count (slots holding them) descending, ties by the first slot, in scan order; -1 padding.
+std::vector<int32_t> ReferenceBatchWide(const TableShape& shape, const std::vector<int32_t>& codes,
+                                        const Tables& t, const std::vector<int32_t>& labels,
+                                        const QueryOptions& options) {
+  std::vector<int32_t> active;
+  for (const int32_t label : labels) {
+    if (label >= 0 && std::find(active.begin(), active.end(), label) == active.end()) {
+      active.push_back(label);
+    }
+  }
+  std::map<int32_t, std::pair<int64_t, int64_t>> seen;  // id -> (count, first position)
+  int64_t position = 0;
+  for (size_t i = 0; i < codes.size(); ++i) {
+    const int64_t bucket = static_cast<int64_t>(i % shape.num_tables) * shape.num_buckets + codes[i];
+    const int64_t stored = std::min<int64_t>(t.counts[bucket], shape.capacity);
+    for (int64_t s = 0; s < shape.capacity; ++s, ++position) {
+      if (s >= stored) continue;
+      auto [it, is_new] = seen.insert({t.ids[bucket * shape.capacity + s], {0, position}});
+      ++it->second.first;
+    }
+  }
+  std::vector<std::tuple<int64_t, int64_t, int32_t>> pool;  // (-count, first position, id)
+  for (const auto& [id, count_first] : seen) {
+    const auto [count, first] = count_first;
+    if (std::find(active.begin(), active.end(), id) != active.end()) continue;
+    if (options.rule == QueryRule::kThreshold && count < options.min_count) continue;
+    pool.emplace_back(options.rule == QueryRule::kUnion ? 0 : -count, first, id);
+  }
+  std::sort(pool.begin(), pool.end());
+  for (const auto& candidate : pool) {
+    if (static_cast<int64_t>(active.size()) == options.k) break;
+    active.push_back(std::get<2>(candidate));
+  }
+  active.resize(options.k, -1);
+  return active;
+}
+
+// Batches of 131,072 slots are counted in four parts (one per thread): the same set as the
+// definition, for every rule, with and without labels, on any number of threads.
+void TestQueryBatchWideInParts() {
+  const TableShape shape{8, 64, 64};
+  constexpr int64_t kNeurons = 3000, kBatch = 256;
+  std::mt19937 rng(5);
+  std::vector<int32_t> neuron_codes(kNeurons * shape.num_tables);
+  for (int32_t& code : neuron_codes) code = static_cast<int32_t>(rng() % shape.num_buckets);
+  const Tables t = Build(shape, neuron_codes, Overflow::kReservoir, 1);
+  std::vector<int32_t> codes(kBatch * shape.num_tables), labels(kBatch * 2);
+  for (int32_t& code : codes) code = static_cast<int32_t>(rng() % shape.num_buckets);
+  for (int32_t& label : labels) {  // a tenth of them padding
+    label = static_cast<int32_t>(rng() % (kNeurons + 300)) - 300;
+    label = std::max(label, -1);
+  }
+  for (const QueryRule rule : {QueryRule::kFrequency, QueryRule::kUnion, QueryRule::kThreshold}) {
+    for (const int64_t num_labels : {0, 2}) {
+      for (const int64_t k : {1, 700, 2990, 3100}) {
+        QueryOptions options;
+        options.k = k;
+        options.num_neurons = kNeurons;
+        options.rule = rule;
+        options.min_count = 60;
+        options.batch_wide = true;
+        const std::vector<int32_t> used_labels = num_labels ? labels : std::vector<int32_t>{};
+        if (k < 500 && num_labels) continue;  // more labels than k
+        const std::vector<int32_t> want = ReferenceBatchWide(shape, codes, t, used_labels, options);
+        BatchQueryScratch scratch;
+        for (const ParallelFor& parallel_for : {SerialFor(), OneByOneFor(), ThreadsFor(3)}) {
+          std::vector<int32_t> active(k, -7);
+          CHECK_TRUE(QueryTables(shape, kBatch, codes.data(), t.ids.data(), t.counts.data(),
+                                 num_labels ? labels.data() : nullptr, num_labels, options,
+                                 active.data(), parallel_for, &scratch)
+                         .empty());
+          CHECK_TRUE(active == want);
+          for (const uint16_t count : scratch.neuron_counts) CHECK_TRUE(count == 0);
+        }
+      }
+    }
+  }
+  // A bad id in a bucket is reported from any part.
+  Tables bad = t;
+  const int64_t bucket = 3 * shape.num_buckets + codes[kBatch * shape.num_tables - 5];
+  bad.ids[bucket * shape.capacity] = kNeurons + 4;
+  QueryOptions options;
+  options.k = 100;
+  options.num_neurons = kNeurons;
+  options.batch_wide = true;
+  std::vector<int32_t> active(100);
+  const std::string error =
+      QueryTables(shape, kBatch, codes.data(), bad.ids.data(), bad.counts.data(), nullptr, 0,
+                  options, active.data(), ThreadsFor(2));
+  CHECK_TRUE(error.find(std::to_string(kNeurons + 4)) != std::string::npos);
+}
+
+// Counts saturate instead of wrapping: id 1, in 80,000 slots, stays ahead of id 0, in 40,000.
+void TestQueryBatchWideCountsSaturate() {
+  const TableShape shape{2, 1, 2};
+  const std::vector<int32_t> ids = {0, 1, 1, -1}, counts = {2, 1};
+  constexpr int64_t kBatch = 40000;
+  const std::vector<int32_t> codes(kBatch * shape.num_tables, 0);
+  QueryOptions options;
+  options.k = 2;
+  options.num_neurons = 2;
+  options.batch_wide = true;
+  std::vector<int32_t> active(2);
+  CHECK_TRUE(QueryTables(shape, kBatch, codes.data(), ids.data(), counts.data(), nullptr, 0,
+                         options, active.data(), ThreadsFor(2))
+                 .empty());
+  CHECK_TRUE((active == std::vector<int32_t>{1, 0}));
+}
+
 void TestQueryBadTableId() {
   QueryFixture f;
   f.ids[(0 * 4 + 1) * 3 + 1] = 12;  // table 0, bucket 1, slot 1
@@ -420,6 +533,8 @@ int main() {
   tf_lsh::TestQueryFillRandom();
   tf_lsh::TestQueryBatchWide();
   tf_lsh::TestQueryBatchWideKeptScratch();
+  tf_lsh::TestQueryBatchWideInParts();
+  tf_lsh::TestQueryBatchWideCountsSaturate();
   tf_lsh::TestQueryBadTableId();
   tf_lsh::TestBuildThenQuery();
   std::printf("PASS\n");
