@@ -114,7 +114,9 @@ def main(argv=None):
         "--batches", type=int, default=32, help="distinct batches the whole step cycles through"
     )
     parser.add_argument(
-        "--no-fuse", action="store_true", help="apply SparseAdam after the gradient, unfused"
+        "--no-fuse",
+        action="store_true",
+        help="apply SparseAdam after the gradients (output and first layer), unfused",
     )
     args = parser.parse_args(argv)
     if args.threads:
@@ -126,7 +128,7 @@ def main(argv=None):
     model = extreme_classification.build_lsh_model(
         num_features, num_labels, args.active, batch_wide=args.batch_wide
     )
-    model.fuse_output_update = not args.no_fuse
+    model.fuse_output_update = model.fuse_first_layer_update = not args.no_fuse
     optimizer = keras_layers.SparseAdam(1e-3)
     model.compile(optimizer=optimizer)
     optimizer.build(model.trainable_variables)

@@ -9,6 +9,7 @@ from keras_layers.losses import active_softmax_cross_entropy, dense_softmax_cros
 from keras_layers.lsh_dense import LSHDense
 from keras_layers.metrics import LSHRecall
 from keras_layers.optimizers import SparseAdam
+from keras_layers.sparse_input_dense import SparseInputDense
 
 
 @keras.saving.register_keras_serializable(package="tf_lsh")
@@ -35,7 +36,11 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
       losses or `tf.distribute` strategy), the head's backward pass and its Adam update run
       as one fused op (`tf_lsh_ops.sparse_gather_matmul_adam`): the same update, bit for bit,
       without writing ~10^5 gradient rows out and reading them back;
-      `fuse_output_update=False` turns that off.
+      `fuse_output_update=False` turns that off. Likewise, when the body's first layer is a
+      `SparseInputDense` on `tf.SparseTensor` inputs (the body itself, or the first layer of
+      a `keras.Sequential` body) without a kernel regularizer, its kernel's gradient and Adam
+      update run as one op (`tf_lsh_ops.sparse_input_matmul_adam`; any head, one set per
+      batch too); `fuse_first_layer_update=False` turns that off.
     - Prediction: `predict` gives the head's outputs (`[batch, units]` logits when dense);
       `predict_top_k(x, k)` gives `(ids, scores)` without `[batch, units]` in LSH mode.
 
@@ -46,6 +51,8 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
       lsh_recall_k: if set, track `LSHRecall(lsh_recall_k)` during evaluation.
       fuse_output_update: fuse the head's backward pass with its `SparseAdam` update when
         possible (see above).
+      fuse_first_layer_update: fuse the first layer's kernel gradient with its `SparseAdam`
+        update when possible (see above).
       **kwargs: `keras.Model` arguments (`name`, ...).
 
     Example:
@@ -56,7 +63,16 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
     >>> model.fit(x, labels, epochs=2)  # doctest: +SKIP
     """
 
-    def __init__(self, body, head, top_k=5, lsh_recall_k=None, fuse_output_update=True, **kwargs):
+    def __init__(
+        self,
+        body,
+        head,
+        top_k=5,
+        lsh_recall_k=None,
+        fuse_output_update=True,
+        fuse_first_layer_update=True,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if not isinstance(head, LSHDense):
             raise ValueError(f"LSHClassifier: head must be an LSHDense, got {type(head).__name__}")
@@ -65,6 +81,7 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
         self.top_k = top_k
         self.lsh_recall_k = lsh_recall_k
         self.fuse_output_update = fuse_output_update
+        self.fuse_first_layer_update = fuse_first_layer_update
         self.lsh_recall = LSHRecall(lsh_recall_k) if lsh_recall_k else None
 
     def call(self, inputs, training=None):
@@ -98,9 +115,10 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         labels = self._labels(y)
         fuse = self._may_fuse_output_update()
+        first = self._fusable_first_layer(x)
         with tf.GradientTape(persistent=fuse) as tape:
-            features = self._features(x, training=True)  # builds body and head
-            fuse = fuse and self._can_fuse_this_step(features)
+            features, product = self._training_features(x, first, tape)  # builds body and head
+            fuse = fuse and self._can_fuse_this_step(features, first)
             ids, logits, fused = self.head._active_outputs(
                 features, labels, fused_tape=tape if fuse else None, per_example_ids=False
             )
@@ -111,11 +129,12 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
             scaled_loss = scale_loss(loss)
         self.head.step.assign_add(1)
         if fuse:
-            self._apply_fused(tape, scaled_loss, features, fused)
+            grad_features = self._apply_fused_head(tape, scaled_loss, features, fused)
+            self._apply_gradients(
+                tape, features, self._body_variables(), x, first, product, grad_features
+            )
         else:
-            variables = self.trainable_variables
-            gradients = tape.gradient(scaled_loss, variables)
-            self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+            self._apply_gradients(tape, scaled_loss, self.trainable_variables, x, first, product)
         del tape
         self._loss_tracker.update_state(loss, sample_weight=tf.shape(labels)[0])
         # Training metrics rank the active set only (labels included): optimistic, but free.
@@ -124,43 +143,89 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
             logs.pop(self.lsh_recall.name, None)
         return logs
 
+    def _optimizer_can_fuse(self):
+        """Whether the optimizer may be applied inside a fused backward pass (a replica's
+        gradients are all-reduced first under tf.distribute)."""
+        return (
+            isinstance(self.optimizer, SparseAdam)
+            and self.optimizer.can_fuse()
+            and not tf.distribute.has_strategy()
+        )
+
     def _may_fuse_output_update(self):
         """Whether the head's backward pass may apply its SparseAdam update itself."""
         head = self.head
         return (
             self.fuse_output_update
-            and isinstance(self.optimizer, SparseAdam)
-            and self.optimizer.can_fuse()
+            and self._optimizer_can_fuse()
             and head.use_bias
             and not head.batch_wide  # its gradient rows are few: fusing saves nothing there
             and head.kernel_regularizer is None
             and head.bias_regularizer is None
             and head.kernel_constraint is None
             and head.bias_constraint is None
-            and not tf.distribute.has_strategy()  # replicas all-reduce gradients first
         )
 
-    def _can_fuse_this_step(self, features):
+    def _fusable_first_layer(self, x):
+        """The body's first layer if its kernel's gradient may apply its SparseAdam update
+        itself: a `SparseInputDense` that reads `x` (a `tf.SparseTensor`), as the body or as
+        the first layer of a `keras.Sequential` body, whose kernel has no regularizer. Else
+        None."""
+        if not (
+            self.fuse_first_layer_update
+            and isinstance(x, tf.SparseTensor)
+            and self._optimizer_can_fuse()
+        ):
+            return None
+        body = self.body
+        first = body.layers[0] if isinstance(body, keras.Sequential) and body.layers else body
+        if not isinstance(first, SparseInputDense) or first.kernel_regularizer is not None:
+            return None
+        return first
+
+    def _training_features(self, x, first, tape):
+        """The body's output, and with a fused `first` layer its product `x @ kernel`,
+        computed off the tape (which would otherwise build its unfused gradient) and watched."""
+        if first is None:
+            return self._features(x, training=True), None
+        if not self.built:
+            self.build(tuple(x.shape))
+        with tape.stop_recording():
+            product = tf_lsh_ops.sparse_input_matmul(x, first.kernel)
+        tape.watch(product)
+        features = first._add_bias_and_activate(product)
+        if first is not self.body:
+            for layer in self.body.layers[1:]:
+                training = {"training": True} if layer._call_has_training_arg else {}
+                features = layer(features, **training)
+        return features, product
+
+    def _can_fuse_this_step(self, features, first=None):
         """What can be known once the body ran: dense features, no extra losses (their
-        gradients would need the whole tape), and body variables (whose update counts the
-        optimizer's step)."""
+        gradients would need the whole tape), and body variables left for `apply_gradients`
+        (whose update counts the optimizer's step)."""
         return (
             not isinstance(features, tf.SparseTensor)
             and not self.losses
-            and bool(self._body_variables())
+            and bool(self._unfused_variables(self._body_variables(), first))
         )
 
     def _body_variables(self):
         head = self.head
         return [v for v in self.trainable_variables if v is not head.kernel and v is not head.bias]
 
-    def _apply_fused(self, tape, scaled_loss, features, fused):
-        """The head's backward pass fused with its Adam update, then the body's gradients."""
+    @staticmethod
+    def _unfused_variables(variables, first):
+        return [v for v in variables if first is None or v is not first.kernel]
+
+    def _apply_fused_head(self, tape, scaled_loss, features, fused):
+        """The head's backward pass fused with its Adam update; returns the gradient of the
+        loss with respect to the features."""
         head, optimizer = self.head, self.optimizer
         outputs, op_ids, grouping = fused
         if not optimizer.built:  # apply_gradients would build it over every variable
             optimizer.build(self.trainable_variables)
-        grad_features = tf_lsh_ops.sparse_gather_matmul_adam(
+        return tf_lsh_ops.sparse_gather_matmul_adam(
             features,
             head.kernel,
             head.bias,
@@ -170,9 +235,28 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
             optimizer.moments(head.kernel) + optimizer.moments(head.bias),
             **optimizer.step_hyperparameters(),  # read before apply_gradients counts the step
         )
-        body = self._body_variables()
-        gradients = tape.gradient(features, body, output_gradients=grad_features)
-        optimizer.apply_gradients(zip(gradients, body, strict=True))
+
+    def _apply_gradients(self, tape, target, variables, x, first, product, output_gradients=None):
+        """Applies the gradients of `target` (given `output_gradients`) to `variables`; with a
+        fused `first` layer, its kernel's update goes through `sparse_input_matmul_adam`."""
+        optimizer = self.optimizer
+        if first is None:
+            gradients = tape.gradient(target, variables, output_gradients=output_gradients)
+        else:
+            variables = self._unfused_variables(variables, first)
+            grad_product, *gradients = tape.gradient(
+                target, [product, *variables], output_gradients=output_gradients
+            )
+            if not optimizer.built:  # apply_gradients would build it over every variable
+                optimizer.build(self.trainable_variables)
+            tf_lsh_ops.sparse_input_matmul_adam(
+                x,
+                first.kernel,
+                grad_product,
+                optimizer.moments(first.kernel),
+                **optimizer.step_hyperparameters(),  # read before apply_gradients counts it
+            )
+        optimizer.apply_gradients(zip(gradients, variables, strict=True))
 
     def test_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -219,6 +303,7 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
             "top_k": self.top_k,
             "lsh_recall_k": self.lsh_recall_k,
             "fuse_output_update": self.fuse_output_update,
+            "fuse_first_layer_update": self.fuse_first_layer_update,
         }
 
     @classmethod

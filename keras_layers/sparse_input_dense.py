@@ -85,9 +85,14 @@ class SparseInputDense(keras.layers.Layer):
                 outputs = _embedding_bag(inputs, self.kernel.value)
         else:
             outputs = tf.matmul(inputs, self.kernel)
+        return self._add_bias_and_activate(outputs)
+
+    def _add_bias_and_activate(self, product):
+        """The layer's output from `inputs @ kernel` (a fused training step computes the
+        product itself)."""
         if self.bias is not None:
-            outputs = outputs + self.bias
-        return self.activation(outputs) if self.activation is not None else outputs
+            product = product + self.bias
+        return self.activation(product) if self.activation is not None else product
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)

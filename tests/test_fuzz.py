@@ -1271,6 +1271,61 @@ def fuzz_sparse_input_matmul(rng):
     return None
 
 
+SPARSE_INPUT_ADAM_MUTATIONS = (
+    "moment-shape",
+    "grad-shape",
+    "kernel-rows",
+    "entry-outside",
+    "dense-shape",
+)
+
+
+def fuzz_sparse_input_adam(rng):
+    """The first layer's fused gradient + Adam: bit for bit the unfused path when valid;
+    rejected (variables untouched) when not."""
+    mutation = pick(rng, SPARSE_INPUT_ADAM_MUTATIONS)
+    batch, num_features = int(rng.integers(0, 6)), int(rng.integers(1, 12))
+    units, nnz = int(rng.integers(0, 9)), int(rng.integers(0, 16))
+    at = np.stack([rng.integers(0, max(batch, 1), nnz), rng.integers(0, num_features, nnz)], 1)
+    at = at[: nnz if batch else 0].astype(np.int64)
+    values = floats(rng, (len(at),))
+    shape = np.array([batch, num_features], np.int64)
+    grad = floats(rng, (batch, units))
+    state = [floats(rng, (num_features, units)), floats(rng, (num_features, units))]
+    state = [a.astype(np.float32) for a in state]
+    state.append(rng.uniform(0, 1, (num_features, units)).astype(np.float32))
+    hyper = dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=2)
+    fused = [tf.Variable(a) for a in state]
+    kernel, moments = fused[0], list(fused[1:])
+    if mutation == "moment-shape":
+        moments[int(rng.integers(2))] = tf.Variable(floats(rng, (num_features + 1, units)))
+    elif mutation == "grad-shape":
+        grad = [wrong_rank(rng, grad), floats(rng, (batch + 1, units))][int(rng.integers(2))]
+    elif mutation == "kernel-rows":
+        kernel = tf.Variable(floats(rng, (num_features + 1, units)))
+        moments = [tf.Variable(floats(rng, (num_features + 1, units))) for _ in range(2)]
+    elif mutation == "entry-outside":
+        at = np.concatenate([at, [[0, num_features]]]).astype(np.int64)
+        values = floats(rng, (len(at),))
+    elif mutation == "dense-shape":
+        shape = np.array([-1, num_features], np.int64)
+    call = lambda: tf_lsh_ops.sparse_input_matmul_adam(  # noqa: E731
+        tf.SparseTensor(at, values, shape), kernel, grad, moments, **hyper
+    )
+    if mutation is not None:
+        rejects(lambda: maybe_graph(rng, call), kernel, *moments, *fused)
+        return mutation
+    maybe_graph(rng, call)
+    plain = [tf.Variable(a) for a in state]
+    with tf.GradientTape() as tape:
+        out = tf_lsh_ops.sparse_input_matmul(tf.SparseTensor(at, values, shape), plain[0])
+    dw = tape.gradient(out, plain[0], output_gradients=grad)
+    tf_lsh_ops.sparse_adam_apply(*plain, dw, **hyper)
+    for a, c in zip(plain, fused, strict=True):
+        assert np.array_equal(a.numpy(), c.numpy(), equal_nan=True)
+    return None
+
+
 FINGERPRINT_MUTATIONS = ("rank", "dtype")
 
 
@@ -1311,6 +1366,7 @@ OPS = (
     ("sparse_adam_apply", fuzz_sparse_adam, 1.5),
     ("active_softmax_cross_entropy", fuzz_active_softmax, 1),
     ("sparse_gather_matmul_adam", fuzz_gather_adam, 1),
+    ("sparse_input_matmul_adam", fuzz_sparse_input_adam, 1),
     ("row_fingerprints", fuzz_row_fingerprints, 0.5),
 )
 

@@ -538,6 +538,97 @@ def test_fused_output_update_equals_the_unfused_step_bit_for_bit(multilabel):
     assert "ResourceSparseGatherMatmulGrad" not in op_types
 
 
+def _bags_of_features(seed, count=512, num_features=300, num_labels=100):
+    """Bags of features (a few per label, plus noise) as tf.SparseTensor rows, with labels."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_labels, (count, 2)).astype(np.int32)
+    labels[::3, 1] = -1  # some examples have one label
+    label_features = rng.integers(0, num_features, (num_labels, 5))
+    x = np.zeros((count, num_features), np.float32)
+    for i in range(count):
+        for label in labels[i][labels[i] >= 0]:
+            x[i, label_features[label]] = 1.0
+        x[i, rng.integers(0, num_features, 3)] += rng.random(3).astype(np.float32)
+    return x, labels
+
+
+@pytest.mark.parametrize("body_kind", ["layer", "sequential"])
+@pytest.mark.parametrize("batch_wide", [False, True], ids=["per_example", "batch_wide"])
+def test_fused_first_layer_update_equals_the_unfused_step_bit_for_bit(body_kind, batch_wide):
+    """A SparseInputDense first layer's gradient fused with SparseAdam (with the head's fused
+    update or without it) gives the weights and moments of the unfused step, exactly."""
+    x, labels = _bags_of_features(41)
+    data = tf.data.Dataset.from_tensor_slices((tf.sparse.from_dense(x), labels)).batch(64)
+    calls = []
+    real = tf_lsh_ops.sparse_input_matmul_adam
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    models = []
+    for fuse in (False, True):
+        keras.utils.set_random_seed(0)
+        first = SparseInputDense(24, activation="relu", bias_initializer="random_normal")
+        body = (
+            first
+            if body_kind == "layer"
+            else keras.Sequential(
+                [keras.Input((300,), sparse=True), first, keras.layers.Dense(16, "tanh")]
+            )
+        )
+        # One set per batch holds the batch's labels (up to 64 distinct) first.
+        active = 80 if batch_wide else 30
+        head = LSHDense(100, active=active, num_tables=4, seed=5, batch_wide=batch_wide)
+        model = LSHClassifier(body, head, fuse_first_layer_update=fuse)
+        model.compile(optimizer=SparseAdam(3e-3))
+        tf_lsh_ops.sparse_input_matmul_adam = counting
+        try:
+            model.fit(data, epochs=2, verbose=0)
+        finally:
+            tf_lsh_ops.sparse_input_matmul_adam = real
+        assert bool(calls) == fuse  # traced into the step only when fusing
+        models.append(model)
+    plain, fused = models
+    assert int(fused.optimizer.iterations) == int(plain.optimizer.iterations) == 16
+    for a, b in zip(
+        plain.weights + plain.optimizer.variables,
+        fused.weights + fused.optimizer.variables,
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    # The fused step computes the first layer's kernel gradient once, in the fused op.
+    step = tf.function(fused.train_step).get_concrete_function(next(iter(data)))
+    op_types = [op.type for op in step.graph.get_operations()]
+    assert "ResourceSparseInputMatmulGradAdam" in op_types
+    assert "ResourceSparseInputMatmulGrad" not in op_types
+    assert ("ResourceSparseGatherMatmulGradAdam" in op_types) == (not batch_wide)
+
+
+def test_first_layer_fusion_stays_off_where_it_would_change_training():
+    sparse = tf.sparse.from_dense(tf.ones([2, 8]))
+    for body, optimizer, kwargs in [
+        (SparseInputDense(4), SparseAdam(1e-3, clipnorm=1.0), {}),
+        (SparseInputDense(4), keras.optimizers.SGD(0.1), {}),
+        (SparseInputDense(4), SparseAdam(1e-3), {"fuse_first_layer_update": False}),
+        (SparseInputDense(4, kernel_regularizer="l2"), SparseAdam(1e-3), {}),
+        (keras.Sequential([keras.layers.Dense(4)]), SparseAdam(1e-3), {}),
+    ]:
+        model = LSHClassifier(body, LSHDense(50, active=5), **kwargs)
+        model.compile(optimizer=optimizer)
+        assert model._fusable_first_layer(sparse) is None
+    model = LSHClassifier(SparseInputDense(4), LSHDense(50, active=5))
+    model.compile(optimizer=SparseAdam(1e-3))
+    assert model._fusable_first_layer(sparse) is model.body
+    assert model._fusable_first_layer(tf.ones([2, 8])) is None  # dense inputs: a plain matmul
+    # A body of a bias-free first layer alone leaves nothing else for apply_gradients (which
+    # counts the step) when the head is fused too: the head then stays unfused.
+    model = LSHClassifier(SparseInputDense(4, use_bias=False), LSHDense(50, active=5))
+    model.compile(optimizer=SparseAdam(1e-3))
+    model.build((None, 8))
+    assert not model._can_fuse_this_step(tf.zeros([2, 4]), model._fusable_first_layer(sparse))
+
+
 def test_fusion_stays_off_where_it_would_change_training():
     body = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
     for optimizer, kwargs in [

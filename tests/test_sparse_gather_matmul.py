@@ -839,12 +839,6 @@ def test_sparse_input_matmul_grad_checks_grad_output():
         )
 
 
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(pytest.main([__file__, "-q"]))
-
-
 def _anon_huge_page_bytes():
     with open("/proc/self/smaps_rollup") as smaps:
         for line in smaps:
@@ -1011,3 +1005,83 @@ def test_grouped_form_needs_variables():
     x, w, b = tf.ones([2, 3]), tf.ones([4, 3]), tf.ones([4])
     with pytest.raises(ValueError, match=f"{OP}: the grouped form takes weights and biases"):
         tf_lsh_ops.sparse_gather_matmul_grouped(x, w, b, tf.constant([[0, 1], [2, -1]]))
+
+
+def _first_layer_state(seed, num_features=30, units=7):
+    """A kernel and two moments (non-zero, as after some steps), as NumPy arrays."""
+    rng = np.random.default_rng(seed)
+    return [
+        rng.standard_normal((num_features, units), dtype=np.float32),
+        rng.standard_normal((num_features, units), dtype=np.float32) * 0.1,
+        rng.random((num_features, units), dtype=np.float32) * 0.1,
+    ]
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
+def test_sparse_input_matmul_adam_equals_gradient_then_sparse_adam_bit_for_bit(graph):
+    x, _ = _bag_of_words(8, batch=9)
+    x[2, 5] = x[4, 5] = 1.5  # a feature in two rows
+    indices, values, dense_shape = _shuffled_sparse(x, 9)
+    inputs = tf.SparseTensor(indices, values, dense_shape)
+    upstream = tf.constant(np.random.default_rng(10).standard_normal((9, 7), dtype=np.float32))
+    hyper = dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=3)
+    init = _first_layer_state(11)
+
+    plain = [tf.Variable(v) for v in init]
+    with tf.GradientTape() as tape:
+        out = tf_lsh_ops.sparse_input_matmul(inputs, plain[0])
+    grad = tape.gradient(out, plain[0], output_gradients=upstream)
+    tf_lsh_ops.sparse_adam_apply(*plain, grad, **hyper)
+
+    fused = [tf.Variable(v) for v in init]
+
+    def update():  # nothing returned: in a tf.function the update must run for its effect
+        tf_lsh_ops.sparse_input_matmul_adam(inputs, fused[0], upstream, fused[1:], **hyper)
+
+    (tf.function(update) if graph else update)()
+    for a, c in zip(plain, fused, strict=True):
+        np.testing.assert_array_equal(a.numpy(), c.numpy())
+    touched = np.any(x != 0, axis=0)
+    assert np.all(fused[0].numpy()[touched] != init[0][touched])  # the rows present moved
+    np.testing.assert_array_equal(fused[0].numpy()[~touched], init[0][~touched])  # no others
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("grad_output", r"grad_output has shape \[9,6\]; it must be \[batch, units\]"),
+        ("moment_shape", r"kernel_v has shape \[30,6\]; it must match kernel"),
+        ("kernel_rows", r"kernel \(shape \[29,7\]\) must have 30 rows"),
+        ("entry_outside", "outside dense_shape"),
+        ("not_a_variable", "kernel must be a variable"),
+    ],
+)
+def test_sparse_input_matmul_adam_bad_input_is_named(change, message):
+    x, _ = _bag_of_words(12, batch=9)
+    inputs = tf.sparse.from_dense(x)
+    kernel, m, v = _first_layer_state(13)
+    grad_output = tf.ones([9, 7])
+    if change == "grad_output":
+        grad_output = tf.ones([9, 6])
+    elif change == "moment_shape":
+        v = v[:, :6]
+    elif change == "kernel_rows":
+        kernel, m, v = kernel[:-1], m[:-1], v[:-1]
+    elif change == "entry_outside":
+        inputs = tf.SparseTensor([[0, 40]], [1.0], [9, 30])
+    kernel, m, v = (
+        (tf.constant(kernel) if change == "not_a_variable" else tf.Variable(kernel)),
+        (tf.Variable(m)),
+        tf.Variable(v),
+    )
+    hyper = dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1)
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=f"SparseInputMatmulGradAdam.*{message}"
+    ):
+        tf_lsh_ops.sparse_input_matmul_adam(inputs, kernel, grad_output, (m, v), **hyper)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -116,6 +116,20 @@ def workload(seed):
         loss = tf.reduce_sum(y * y)
     d_values, d_kernel = tape.gradient(loss, [values, kernel])
     out += [y, d_values, d_kernel.indices, d_kernel.values]
+    # The same gradient fused with Adam, on this call's own kernel and moments.
+    first_layer = [tf.Variable(WEIGHTS.T), tf.Variable(WEIGHTS.T * 0.1), tf.Variable(WEIGHTS.T**2)]
+    tf_lsh_ops.sparse_input_matmul_adam(
+        tf.SparseTensor(sparse_x.indices, values, sparse_x.dense_shape),
+        first_layer[0],
+        2 * y,
+        first_layer[1:],
+        learning_rate=0.01,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-7,
+        step=2,
+    )
+    out += first_layer
     for weights, biases in ((WEIGHTS, BIASES), (W_VAR, B_VAR)):
         inputs = tf.constant(x)
         with tf.GradientTape() as tape:

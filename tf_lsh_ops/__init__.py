@@ -25,6 +25,7 @@ from tf_lsh_ops.sparse_gather_matmul import (
     sparse_gather_matmul_grouped,
     sparse_input_gather_matmul,
     sparse_input_matmul,
+    sparse_input_matmul_adam,
 )
 
 __all__ = [
@@ -45,5 +46,6 @@ __all__ = [
     "sparse_gather_matmul_grouped",
     "sparse_input_gather_matmul",
     "sparse_input_matmul",
+    "sparse_input_matmul_adam",
     "update_tables",
 ]

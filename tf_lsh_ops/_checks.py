@@ -29,3 +29,16 @@ def as_resource_variable(value):
     """The tf.Variable behind a tf.Variable or a Keras 3 variable, or None for a tensor."""
     value = getattr(value, "value", value) if not isinstance(value, tf.Variable) else value
     return value if isinstance(value, resource_variable_ops.BaseResourceVariable) else None
+
+
+def variable_handle(op_name, arg_name, value):
+    """The resource handle of a variable argument that an op updates in place."""
+    variable = as_resource_variable(value)
+    if variable is None:
+        raise tf.errors.InvalidArgumentError(
+            None,
+            None,
+            f"{op_name}: {arg_name} must be a variable (tf.Variable or Keras), updated in "
+            f"place; got {type(value).__name__} with shape {getattr(value, 'shape', None)}",
+        )
+    return variable.handle

@@ -3,7 +3,7 @@
 import tensorflow as tf
 from tensorflow.python.ops import resource_variable_ops
 
-from tf_lsh_ops._checks import as_resource_variable, as_tensor, require_dtype
+from tf_lsh_ops._checks import as_resource_variable, as_tensor, require_dtype, variable_handle
 from tf_lsh_ops._loader import ops
 from tf_lsh_ops.sparse_adam import adam_inputs
 
@@ -126,7 +126,9 @@ def sparse_gather_matmul_adam(
     Returns:
       float32 `[B, D]`, the gradient with respect to `inputs`.
     """
-    handles = [as_resource_variable(v).handle for v in (weights, biases, *tuple(moments))]
+    names = ("weights", "biases", "weights_m", "weights_v", "biases_m", "biases_v")
+    variables = (weights, biases, *tuple(moments))
+    handles = [variable_handle(_OP, n, v) for n, v in zip(names, variables, strict=True)]
     return ops.resource_sparse_gather_matmul_grad_adam(
         as_tensor(_OP, "inputs", inputs, tf.float32),
         *handles,
@@ -229,6 +231,44 @@ def sparse_input_matmul(inputs, kernel, name=None):
         return ops.resource_sparse_input_matmul(*parts, variable.handle, name=name)
     kernel = as_tensor(op_name, "kernel", kernel, tf.float32)
     return ops.sparse_input_matmul(*parts, kernel, name=name)
+
+
+def sparse_input_matmul_adam(
+    inputs, kernel, grad_output, moments, *, learning_rate, beta_1, beta_2, epsilon, step, name=None
+):
+    """The kernel's gradient of `sparse_input_matmul` fused with lazy Adam on that kernel.
+
+    Each feature's gradient row (`sum of v * grad_output[b]` over its entries `(b, f, v)`)
+    goes from the CPU cache straight into the Adam update of its kernel row and moments, in
+    place, instead of being written out as a `tf.IndexedSlices` and read back by
+    `sparse_adam_apply`: the same result, bit for bit. The values get no gradient (a first
+    layer's inputs are data). `LSHClassifier` trains a `SparseInputDense` first layer this way.
+
+    Args:
+      inputs: float32 `tf.SparseTensor` `[B, F]`, as given to `sparse_input_matmul`.
+      kernel: float32 `[F, H]` variable.
+      grad_output: float32 `[B, H]`, the gradient of the loss with respect to the product.
+      moments: `(kernel_m, kernel_v)` variables of the kernel's shape.
+      learning_rate, beta_1, beta_2, epsilon: Adam's hyperparameters.
+      step: the 1-based step number.
+      name: optional op name.
+
+    Returns:
+      The op (in graph mode), or None eagerly.
+    """
+    op_name = "ResourceSparseInputMatmulGradAdam"
+    variables = (kernel, *tuple(moments))
+    handles = [
+        variable_handle(op_name, n, v)
+        for n, v in zip(("kernel", "kernel_m", "kernel_v"), variables, strict=True)
+    ]
+    return ops.resource_sparse_input_matmul_grad_adam(
+        *_sparse_parts(op_name, inputs),
+        *handles,
+        as_tensor(op_name, "grad_output", grad_output, tf.float32),
+        *adam_inputs(learning_rate, beta_1, beta_2, epsilon, step),
+        name=name,
+    )
 
 
 def _sparse_input_matmul_gradients(grad_op, op, grad_output, kernel_shape):

@@ -393,7 +393,8 @@ std::vector<int32_t> ReferenceBatchWide(const TableShape& shape, const std::vect
   std::map<int32_t, std::pair<int64_t, int64_t>> seen;  // id -> (count, first position)
   int64_t position = 0;
   for (size_t i = 0; i < codes.size(); ++i) {
-    const int64_t bucket = static_cast<int64_t>(i % shape.num_tables) * shape.num_buckets + codes[i];
+    const int64_t bucket =
+        static_cast<int64_t>(i % shape.num_tables) * shape.num_buckets + codes[i];
     const int64_t stored = std::min<int64_t>(t.counts[bucket], shape.capacity);
     for (int64_t s = 0; s < shape.capacity; ++s, ++position) {
       if (s >= stored) continue;

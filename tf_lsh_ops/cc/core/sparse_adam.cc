@@ -17,20 +17,6 @@ inline void AdamRow(const AdamHyperparameters& hyper, int64_t dim, const float* 
   AdamUpdate(hyper.alpha, hyper.beta1, hyper.beta2, hyper.epsilon, g, w, m, v, dim);
 }
 
-// Rows are scattered over the variable and its moments (hundreds of MB): the row this many
-// ahead is prefetched in all three, as the out-of-order window covers far less than the
-// latency of three misses per row.
-constexpr int64_t kRowsAhead = 4;
-
-__attribute__((always_inline)) inline void PrefetchForUpdate(int32_t row, int64_t dim,
-                                                              const float* var, const float* m,
-                                                              const float* v) {
-  const int64_t base = int64_t{row} * dim;
-  PrefetchRowForWrite(var + base, dim);
-  PrefetchRowForWrite(m + base, dim);
-  PrefetchRowForWrite(v + base, dim);
-}
-
 bool StrictlyIncreasing(const int32_t* indices, int64_t count) {
   for (int64_t i = 1; i < count; ++i) {
     if (indices[i] <= indices[i - 1]) return false;
@@ -43,11 +29,12 @@ bool StrictlyIncreasing(const int32_t* indices, int64_t count) {
 void SparseAdamApply(const AdamHyperparameters& hyper, int64_t dim, const int32_t* indices,
                      const float* grad, int64_t count, float* var, float* m, float* v,
                      const ParallelFor& parallel_for) {
+  const AdamState state{var, m, v};
   if (StrictlyIncreasing(indices, count)) {
     // Distinct and sorted, as sparse_gather_matmul's gradients are: no grouping needed.
     parallel_for(count, 12 * dim, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        if (i + kRowsAhead < end) PrefetchForUpdate(indices[i + kRowsAhead], dim, var, m, v);
+        if (i + kAdamRowsAhead < end) PrefetchAdamRow(state, indices[i + kAdamRowsAhead], dim);
         const int64_t base = int64_t{indices[i]} * dim;
         AdamRow(hyper, dim, grad + i * dim, var + base, m + base, v + base);
       }
@@ -62,7 +49,7 @@ void SparseAdamApply(const AdamHyperparameters& hyper, int64_t dim, const int32_
   parallel_for(rows.size(), 12 * dim, [&](int64_t begin, int64_t end) {
     std::vector<float> summed(dim);
     for (int64_t r = begin; r < end; ++r) {
-      if (r + kRowsAhead < end) PrefetchForUpdate(ids[r + kRowsAhead], dim, var, m, v);
+      if (r + kAdamRowsAhead < end) PrefetchAdamRow(state, ids[r + kAdamRowsAhead], dim);
       const float* g = grad + int64_t{positions[offsets[r]]} * dim;
       if (offsets[r + 1] - offsets[r] > 1) {
         for (int64_t d = 0; d < dim; ++d) summed[d] = g[d];

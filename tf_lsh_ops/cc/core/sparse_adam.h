@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "tf_lsh_ops/cc/core/parallel.h"
+#include "tf_lsh_ops/cc/core/vector_kernels.h"
 
 namespace tf_lsh {
 
@@ -22,6 +23,25 @@ struct AdamHyperparameters {
   float beta2;
   float epsilon;
 };
+
+// A variable and its two Adam moments, of one shape.
+struct AdamState {
+  float* var;
+  float* m;
+  float* v;
+};
+
+// Rows are scattered over a variable and its moments (hundreds of MB): loops over rows
+// prefetch the row this many ahead in all three, as the out-of-order window covers far less
+// than the latency of three misses per row.
+constexpr int64_t kAdamRowsAhead = 4;
+
+__attribute__((always_inline)) inline void PrefetchAdamRow(const AdamState& state, int64_t row,
+                                                           int64_t dim) {
+  PrefetchRowForWrite(state.var + row * dim, dim);
+  PrefetchRowForWrite(state.m + row * dim, dim);
+  PrefetchRowForWrite(state.v + row * dim, dim);
+}
 
 // var, m, v: [num_rows, dim]; indices [count], each in [0, num_rows); grad [count, dim].
 void SparseAdamApply(const AdamHyperparameters& hyper, int64_t dim, const int32_t* indices,

@@ -119,13 +119,6 @@ void SparseGatherMatmulBackward(const GatherMatmulShape& shape, const float* inp
                                 float* grad_weight_rows, float* grad_bias_rows,
                                 const ParallelFor& parallel_for);
 
-// A variable and its two Adam moments, of one shape.
-struct AdamState {
-  float* var;
-  float* m;
-  float* v;
-};
-
 // Lazy Adam (sparse_adam.h) on a layer's weights [num_neurons, dim] and biases [num_neurons].
 struct AdamTarget {
   AdamHyperparameters hyper;

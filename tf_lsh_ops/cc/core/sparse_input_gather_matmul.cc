@@ -101,36 +101,79 @@ void SparseInputMatmulForward(int64_t batch, int64_t units, const SparseRowsView
   });
 }
 
+namespace {
+
+// The example of each CSR entry (gradient rows find their grad_out row through it).
+std::vector<int32_t> ExampleOfEntries(int64_t batch, const SparseRowsView& inputs,
+                                      const ParallelFor& parallel_for) {
+  std::vector<int32_t> example_of(inputs.row_offsets[batch]);
+  parallel_for(batch, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      for (int64_t j = inputs.row_offsets[b]; j < inputs.row_offsets[b + 1]; ++j) {
+        example_of[j] = static_cast<int32_t>(b);
+      }
+    }
+  });
+  return example_of;
+}
+
+// Row r of `features`' kernel gradient: the sum of values[j] * grad_out[example of j, :] over
+// its entries, in entry order.
+inline void KernelGradientRow(int64_t units, const SparseRowsView& inputs, const float* grad_out,
+                              const RowGroups& features, const std::vector<int32_t>& example_of,
+                              int64_t r, float* dw) {
+  std::fill(dw, dw + units, 0.f);
+  for (int32_t p = features.offsets[r]; p < features.offsets[r + 1]; ++p) {
+    const int64_t j = features.positions[p];
+    Axpy(inputs.values[j], grad_out + int64_t{example_of[j]} * units, dw, units);
+  }
+}
+
+}  // namespace
+
 void SparseInputMatmulBackward(int64_t batch, int64_t units, const SparseRowsView& inputs,
                                const float* kernel, const float* grad_out,
                                const RowGroups& features, float* grad_values,
                                float* grad_kernel_rows, const ParallelFor& parallel_for) {
-  const int64_t num_entries = inputs.row_offsets[batch];
-  // The example of each entry, for the gradient rows (positions are entry numbers).
-  std::vector<int32_t> example_of(num_entries);
-  parallel_for(batch, grad_values != nullptr ? 2 * units : 8, [&](int64_t begin, int64_t end) {
-    const int64_t last_entry = inputs.row_offsets[end];
-    for (int64_t b = begin; b < end; ++b) {
-      const float* g = grad_out + b * units;
-      for (int64_t j = inputs.row_offsets[b]; j < inputs.row_offsets[b + 1]; ++j) {
-        example_of[j] = static_cast<int32_t>(b);
-        if (grad_values == nullptr) continue;
-        if (j + kRowsAhead < last_entry) {
-          PrefetchRow(kernel + inputs.features[j + kRowsAhead] * units, units, /*near=*/true);
+  if (grad_values != nullptr) {
+    parallel_for(batch, 2 * units, [&](int64_t begin, int64_t end) {
+      const int64_t last_entry = inputs.row_offsets[end];
+      for (int64_t b = begin; b < end; ++b) {
+        const float* g = grad_out + b * units;
+        for (int64_t j = inputs.row_offsets[b]; j < inputs.row_offsets[b + 1]; ++j) {
+          if (j + kRowsAhead < last_entry) {
+            PrefetchRow(kernel + inputs.features[j + kRowsAhead] * units, units, /*near=*/true);
+          }
+          grad_values[j] = Dot(kernel + inputs.features[j] * units, g, units);
         }
-        grad_values[j] = Dot(kernel + inputs.features[j] * units, g, units);
       }
-    }
-  });
+    });
+  }
   // One gradient row per feature, each written by one thread.
+  const std::vector<int32_t> example_of = ExampleOfEntries(batch, inputs, parallel_for);
   parallel_for(features.num_rows, 4 * units, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      float* dw = grad_kernel_rows + r * units;
-      std::fill(dw, dw + units, 0.f);
-      for (int32_t p = features.offsets[r]; p < features.offsets[r + 1]; ++p) {
-        const int64_t j = features.positions[p];
-        Axpy(inputs.values[j], grad_out + int64_t{example_of[j]} * units, dw, units);
+      KernelGradientRow(units, inputs, grad_out, features, example_of, r,
+                        grad_kernel_rows + r * units);
+    }
+  });
+}
+
+void SparseInputMatmulBackwardAdam(int64_t batch, int64_t units, const SparseRowsView& inputs,
+                                   const float* grad_out, const RowGroups& features,
+                                   const AdamHyperparameters& hyper, const AdamState& kernel,
+                                   const ParallelFor& parallel_for) {
+  const std::vector<int32_t> example_of = ExampleOfEntries(batch, inputs, parallel_for);
+  parallel_for(features.num_rows, 12 * units, [&](int64_t begin, int64_t end) {
+    std::vector<float> row_gradient(units);  // stays in L1
+    for (int64_t r = begin; r < end; ++r) {
+      if (r + kAdamRowsAhead < end) {
+        PrefetchAdamRow(kernel, features.ids[r + kAdamRowsAhead], units);
       }
+      KernelGradientRow(units, inputs, grad_out, features, example_of, r, row_gradient.data());
+      const int64_t row = int64_t{features.ids[r]} * units;
+      AdamUpdate(hyper.alpha, hyper.beta1, hyper.beta2, hyper.epsilon, row_gradient.data(),
+                 kernel.var + row, kernel.m + row, kernel.v + row, units);
     }
   });
 }

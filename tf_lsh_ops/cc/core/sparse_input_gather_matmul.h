@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "tf_lsh_ops/cc/core/parallel.h"
+#include "tf_lsh_ops/cc/core/sparse_adam.h"
 #include "tf_lsh_ops/cc/core/sparse_gather_matmul.h"
 
 namespace tf_lsh {
@@ -51,6 +52,16 @@ void SparseInputMatmulBackward(int64_t batch, int64_t units, const SparseRowsVie
                                const float* kernel, const float* grad_out,
                                const RowGroups& features, float* grad_values,
                                float* grad_kernel_rows, const ParallelFor& parallel_for);
+
+// The kernel's gradient rows of SparseInputMatmulBackward fused with the lazy Adam update of
+// those rows (sparse_adam.h): each row's gradient goes from L1 straight into the update of the
+// kernel and its moments, instead of being written out and read back by the optimizer. The
+// same result, bit for bit, as SparseInputMatmulBackward followed by SparseAdamApply on its
+// (sorted, distinct) rows; deterministic for any thread count.
+void SparseInputMatmulBackwardAdam(int64_t batch, int64_t units, const SparseRowsView& inputs,
+                                   const float* grad_out, const RowGroups& features,
+                                   const AdamHyperparameters& hyper, const AdamState& kernel,
+                                   const ParallelFor& parallel_for);
 
 }  // namespace tf_lsh
 

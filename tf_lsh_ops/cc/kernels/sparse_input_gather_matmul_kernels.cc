@@ -1,5 +1,5 @@
-// Kernels of SparseInputGatherMatmul, SparseInputMatmul and their gradients: validate,
-// regroup, call the core.
+// Kernels of SparseInputGatherMatmul, SparseInputMatmul, their gradients and the gradient fused
+// with Adam: validate, regroup, call the core.
 #include <algorithm>
 #include <limits>
 #include <vector>
@@ -7,6 +7,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tf_lsh_ops/cc/core/sparse_gather_matmul.h"
 #include "tf_lsh_ops/cc/core/sparse_input_gather_matmul.h"
+#include "tf_lsh_ops/cc/kernels/adam_inputs.h"
 #include "tf_lsh_ops/cc/kernels/input_checks.h"
 #include "tf_lsh_ops/cc/kernels/sparse_inputs.h"
 #include "tf_lsh_ops/cc/kernels/thread_pool.h"
@@ -53,6 +54,26 @@ absl::Status CheckArguments(const char* op, OpKernelContext* ctx, const SparseRo
   return absl::OkStatus();
 }
 
+// Checks a kernel [num_features, units] against the sparse inputs [batch, num_features].
+absl::Status CheckKernel(OpKernelContext* ctx, const char* op, const SparseRows& rows,
+                         const Tensor& kernel) {
+  const int64_t num_entries = ctx->input(1).NumElements();
+  TF_RETURN_IF_ERROR(CheckRank(op, "kernel", kernel, 2));
+  if (kernel.dim_size(0) != rows.dim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": the sparse inputs have dense_shape [", rows.batch, ", ", rows.dim,
+        "]; kernel (shape ", kernel.shape().DebugString(), ") must have ", rows.dim, " rows"));
+  }
+  // Entries and examples are numbered with int32 in the gradient's grouping.
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  if (rows.batch > kMax || rows.dim > kMax || num_entries > kMax) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": at most 2^31 - 1 rows, features and entries are supported; dense_shape is [",
+        rows.batch, ", ", rows.dim, "]"));
+  }
+  return absl::OkStatus();
+}
+
 // The inputs both SparseInputMatmul kernels start with: the sparse inputs [batch,
 // num_features] (inputs 0-2) and the kernel [num_features, units] (input 3, a tensor or a
 // variable read in place), checked against each other.
@@ -60,22 +81,22 @@ absl::Status ReadSparseInputsAndKernel(OpKernelContext* ctx, const char* op, Spa
                                        InputTensor* kernel_input) {
   TF_RETURN_IF_ERROR(CheckSparseInputs(op, ctx, rows));
   TF_RETURN_IF_ERROR(kernel_input->Init(ctx, op, "kernel", 3));
-  const Tensor& kernel = kernel_input->tensor();
-  const int64_t num_entries = ctx->input(1).NumElements();
-  TF_RETURN_IF_ERROR(CheckRank(op, "kernel", kernel, 2));
-  if (kernel.dim_size(0) != rows->dim) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": the sparse inputs have dense_shape [", rows->batch, ", ", rows->dim,
-        "]; kernel (shape ", kernel.shape().DebugString(), ") must have ", rows->dim, " rows"));
-  }
-  // Entries and examples are numbered with int32 in the gradient's grouping.
-  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
-  if (rows->batch > kMax || rows->dim > kMax || num_entries > kMax) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        op, ": at most 2^31 - 1 rows, features and entries are supported; dense_shape is [",
-        rows->batch, ", ", rows->dim, "]"));
-  }
-  return absl::OkStatus();
+  return CheckKernel(ctx, op, *rows, kernel_input->tensor());
+}
+
+// Checks grad_output against [batch, units].
+absl::Status CheckGradOutput(const char* op, const Tensor& grad_output, int64_t batch,
+                             int64_t units) {
+  if (grad_output.shape() == TensorShape({batch, units})) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      op, ": grad_output has shape ", grad_output.shape().DebugString(),
+      "; it must be [batch, units] = [", batch, ", ", units, "]"));
+}
+
+// The entries of `rows` grouped by feature: one kernel row per distinct feature.
+ActiveRows GroupByFeature(OpKernelContext* ctx, const SparseRows& rows, int64_t num_features) {
+  const std::vector<int32_t> features(rows.feature_ids.begin(), rows.feature_ids.end());
+  return ActiveRows(features.data(), features.size(), TfParallelFor(ctx), num_features);
 }
 
 }  // namespace
@@ -175,15 +196,9 @@ class SparseInputMatmulGradOp : public OpKernel {
     const Tensor& kernel = kernel_input.tensor();
     const Tensor& grad_output = ctx->input(4);
     const int64_t units = kernel.dim_size(1);
-    OP_REQUIRES(ctx, grad_output.shape() == TensorShape({rows.batch, units}),
-                absl::InvalidArgumentError(absl::StrCat(
-                    kOp, ": grad_output has shape ", grad_output.shape().DebugString(),
-                    "; it must be [batch, units] = [", rows.batch, ", ", units, "]")));
+    OP_REQUIRES_OK(ctx, CheckGradOutput(kOp, grad_output, rows.batch, units));
     OP_REQUIRES_OK(ctx, GroupSparseRows(ctx, &rows));
-    // The entries grouped by feature: one gradient row per distinct feature.
-    const std::vector<int32_t> features(rows.feature_ids.begin(), rows.feature_ids.end());
-    const ActiveRows grouped(features.data(), features.size(), TfParallelFor(ctx),
-                             kernel.dim_size(0));
+    const ActiveRows grouped = GroupByFeature(ctx, rows, kernel.dim_size(0));
     Tensor *grad_values = nullptr, *row_ids = nullptr, *grad_kernel_rows = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(
                             0, values_gradient_ ? ctx->input(1).shape() : TensorShape({0}),
@@ -204,6 +219,39 @@ class SparseInputMatmulGradOp : public OpKernel {
   bool values_gradient_ = true;
 };
 
+// The kernel's gradient rows go straight into lazy Adam on the kernel and its moments.
+class SparseInputMatmulGradAdamOp : public OpKernel {
+ public:
+  explicit SparseInputMatmulGradAdamOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    constexpr char kOp[] = "ResourceSparseInputMatmulGradAdam";
+    AdamHyperparameters hyper;
+    OP_REQUIRES_OK(ctx, ReadAdamInputs(ctx, kOp, 7, &hyper));
+    SparseRows rows;
+    OP_REQUIRES_OK(ctx, CheckSparseInputs(kOp, ctx, &rows));
+    UpdatableVariables vars;
+    OP_REQUIRES_OK(ctx, vars.Init(ctx, kOp, {{"kernel", 3}, {"kernel_m", 4}, {"kernel_v", 5}}));
+    const Tensor& kernel = *vars.tensor(0);
+    OP_REQUIRES_OK(ctx, CheckKernel(ctx, kOp, rows, kernel));
+    const char* moments[2] = {"kernel_m", "kernel_v"};
+    for (int i = 0; i < 2; ++i) {
+      OP_REQUIRES(ctx, vars.tensor(1 + i)->shape() == kernel.shape(),
+                  absl::InvalidArgumentError(absl::StrCat(
+                      kOp, ": ", moments[i], " has shape ",
+                      vars.tensor(1 + i)->shape().DebugString(), "; it must match kernel, ",
+                      kernel.shape().DebugString())));
+    }
+    const int64_t units = kernel.dim_size(1);
+    OP_REQUIRES_OK(ctx, CheckGradOutput(kOp, ctx->input(6), rows.batch, units));
+    OP_REQUIRES_OK(ctx, GroupSparseRows(ctx, &rows));
+    const ActiveRows grouped = GroupByFeature(ctx, rows, kernel.dim_size(0));
+    SparseInputMatmulBackwardAdam(rows.batch, units, rows.view(),
+                                  ctx->input(6).flat<float>().data(), grouped.view(), hyper,
+                                  {vars.data(0), vars.data(1), vars.data(2)}, TfParallelFor(ctx));
+  }
+};
+
 REGISTER_KERNEL_BUILDER(Name("SparseInputGatherMatmul").Device(tensorflow::DEVICE_CPU),
                         SparseInputGatherMatmulOp);
 REGISTER_KERNEL_BUILDER(Name("SparseInputGatherMatmulGrad").Device(tensorflow::DEVICE_CPU),
@@ -216,5 +264,8 @@ REGISTER_KERNEL_BUILDER(Name("ResourceSparseInputMatmul").Device(tensorflow::DEV
                         SparseInputMatmulOp);
 REGISTER_KERNEL_BUILDER(Name("ResourceSparseInputMatmulGrad").Device(tensorflow::DEVICE_CPU),
                         SparseInputMatmulGradOp);
+REGISTER_KERNEL_BUILDER(
+    Name("ResourceSparseInputMatmulGradAdam").Device(tensorflow::DEVICE_CPU),
+    SparseInputMatmulGradAdamOp);
 
 }  // namespace tf_lsh
