@@ -129,28 +129,56 @@ class MultiLabelData:
 
     def dataset(self, batch_size, shuffle=False, seed=0, drop_remainder=False):
         """A tf.data.Dataset of (tf.SparseTensor [batch, num_features], int32 labels
-        [batch, max_labels] padded with -1)."""
-        ids = tf.RaggedTensor.from_row_splits(self.feature_ids, self.feature_offsets)
-        values = tf.RaggedTensor.from_row_splits(self.feature_values, self.feature_offsets)
-        labels = tf.RaggedTensor.from_row_splits(
-            self.label_ids.astype(np.int32), self.label_offsets
-        )
-        data = tf.data.Dataset.from_tensor_slices((ids, values, labels))
-        if shuffle:
-            data = data.shuffle(min(len(self), 100_000), seed=seed, reshuffle_each_iteration=True)
-        data = data.batch(batch_size, drop_remainder=drop_remainder)
+        [batch, max_labels] padded with -1).
+
+        With `shuffle`, every pass over the dataset (every epoch of `fit`) draws a new
+        permutation of all the examples, from `seed`. A batch is gathered from the CSR arrays
+        by its example numbers in one `map` call: about 0.6 ms of CPU a batch of 128 on the
+        Amazon-670K shape, where shuffling and batching examples one by one took 2 ms beside a
+        training step of about 10 ms (benchmarks/README.md).
+        """
+        count = len(self)
         num_features, max_labels = self.num_features, max(self.max_labels, 1)
+        feature_offsets = tf.constant(self.feature_offsets, tf.int64)
+        feature_ids = tf.constant(self.feature_ids, tf.int64)
+        feature_values = tf.constant(self.feature_values, tf.float32)
+        label_offsets = tf.constant(self.label_offsets, tf.int64)
+        label_ids = tf.constant(self.label_ids, tf.int32)
 
-        def to_model_inputs(ids, vals, labs):
-            sparse_ids = ids.to_sparse()
-            x = tf.SparseTensor(
-                tf.stack([sparse_ids.indices[:, 0], sparse_ids.values], axis=1),
-                vals.flat_values,
-                [tf.cast(ids.nrows(), tf.int64), num_features],
+        def batches(order):
+            full = count // batch_size * batch_size
+            rows = tf.data.Dataset.from_tensor_slices(tf.reshape(order[:full], [-1, batch_size]))
+            if full < count and not drop_remainder:
+                rows = rows.concatenate(tf.data.Dataset.from_tensors(order[full:]))
+            return rows
+
+        if shuffle:
+            orders = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+            orders = orders.map(
+                lambda epoch_seed: tf.random.experimental.stateless_shuffle(
+                    tf.range(count, dtype=tf.int64), seed=tf.stack([epoch_seed, seed])
+                )
             )
-            y = labs.to_tensor(default_value=-1, shape=[None, max_labels])
-            return x, y
+        else:
+            orders = tf.data.Dataset.from_tensors(tf.range(count, dtype=tf.int64))
 
+        def entries(offsets, rows):
+            """The positions of `rows`' entries in a CSR array, one ragged row each."""
+            return tf.ragged.range(tf.gather(offsets, rows), tf.gather(offsets, rows + 1))
+
+        def to_model_inputs(rows):
+            features = entries(feature_offsets, rows)
+            at = features.flat_values
+            x = tf.SparseTensor(
+                tf.stack([features.value_rowids(), tf.gather(feature_ids, at)], axis=1),
+                tf.gather(feature_values, at),
+                [tf.size(rows, out_type=tf.int64), num_features],
+            )
+            labels = entries(label_offsets, rows)
+            y = labels.with_flat_values(tf.gather(label_ids, labels.flat_values))
+            return x, y.to_tensor(default_value=-1, shape=[None, max_labels])
+
+        data = orders.flat_map(batches)
         return data.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
 

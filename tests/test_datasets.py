@@ -149,3 +149,23 @@ if __name__ == "__main__":
     import sys
 
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_shuffled_dataset_is_each_example_once_reshuffled_every_epoch(tiny):
+    train, _ = tiny
+
+    def epoch(data):
+        examples = []
+        for x, y in data:
+            dense = tf.sparse.to_dense(tf.sparse.reorder(x)).numpy()
+            for row, labels in zip(dense, y.numpy(), strict=True):
+                examples.append((tuple(row), tuple(labels)))
+        return examples
+
+    in_order = epoch(train.dataset(32))
+    shuffled = train.dataset(32, shuffle=True, seed=3)
+    first, second = epoch(shuffled), epoch(shuffled)
+    assert len(first) == len(train) and sorted(first) == sorted(in_order) == sorted(second)
+    assert first != in_order and second != first
+    assert epoch(train.dataset(32, shuffle=True, seed=3)) == first  # seeded
+    assert len(epoch(train.dataset(32, drop_remainder=True))) == len(train) // 32 * 32

@@ -1202,16 +1202,21 @@ SPARSE_INPUT_MUTATIONS = (
 )
 
 
-def fuzz_sparse_input_matmul(rng):
-    mutation = pick(rng, SPARSE_INPUT_MUTATIONS)
+def _sparse_input_case(rng):
+    """(batch, num_features, units, entries, values, dense_shape) of a random first layer's
+    input: entries in any order, repeats allowed (they add up), empty batches too."""
     batch, num_features = int(rng.integers(0, 6)), int(rng.integers(1, 12))
     units, nnz = int(rng.integers(0, 9)), int(rng.integers(0, 16))
-    # Entries in any order, repeats allowed (they add up).
     at = np.stack([rng.integers(0, max(batch, 1), nnz), rng.integers(0, num_features, nnz)], 1)
     at = at[: nnz if batch else 0].astype(np.int64)
     values = floats(rng, (len(at),))
+    return batch, num_features, units, at, values, np.array([batch, num_features], np.int64)
+
+
+def fuzz_sparse_input_matmul(rng):
+    mutation = pick(rng, SPARSE_INPUT_MUTATIONS)
+    batch, num_features, units, at, values, shape = _sparse_input_case(rng)
     kernel = floats(rng, (num_features, units))
-    shape = np.array([batch, num_features], np.int64)
     g = floats(rng, (batch, units))
     if mutation is not None:
         if mutation == "kernel-rank":
@@ -1284,12 +1289,7 @@ def fuzz_sparse_input_adam(rng):
     """The first layer's fused gradient + Adam: bit for bit the unfused path when valid;
     rejected (variables untouched) when not."""
     mutation = pick(rng, SPARSE_INPUT_ADAM_MUTATIONS)
-    batch, num_features = int(rng.integers(0, 6)), int(rng.integers(1, 12))
-    units, nnz = int(rng.integers(0, 9)), int(rng.integers(0, 16))
-    at = np.stack([rng.integers(0, max(batch, 1), nnz), rng.integers(0, num_features, nnz)], 1)
-    at = at[: nnz if batch else 0].astype(np.int64)
-    values = floats(rng, (len(at),))
-    shape = np.array([batch, num_features], np.int64)
+    batch, num_features, units, at, values, shape = _sparse_input_case(rng)
     grad = floats(rng, (batch, units))
     state = [floats(rng, (num_features, units)), floats(rng, (num_features, units))]
     state = [a.astype(np.float32) for a in state]

@@ -495,12 +495,12 @@ def test_sparse_adam_rejects_amsgrad():
         SparseAdam(amsgrad=True)
 
 
-def test_fused_output_update_equals_the_unfused_step_bit_for_bit(multilabel):
-    """The head's backward pass fused with SparseAdam gives the weights and moments (and the
-    body's) of the plain gradient + apply_gradients path, exactly."""
-    (x, labels), _ = multilabel
+def _train_unfused_and_fused(make_model, fit, fused_op, steps):
+    """Trains `make_model(fuse)` with `fit`, unfused then fused, from the same seed; asserts
+    that `tf_lsh_ops.<fused_op>` was traced into the step only when fusing and that both end
+    with the same weights and optimizer state, bit for bit. Returns the fused model."""
     calls = []
-    real = tf_lsh_ops.sparse_gather_matmul_adam
+    real = getattr(tf_lsh_ops, fused_op)
 
     def counting(*args, **kwargs):
         calls.append(1)
@@ -509,31 +509,48 @@ def test_fused_output_update_equals_the_unfused_step_bit_for_bit(multilabel):
     models = []
     for fuse in (False, True):
         keras.utils.set_random_seed(0)
-        body = keras.Sequential([keras.Input((32,)), keras.layers.Dense(16, activation="relu")])
-        head = LSHDense(NUM_LABELS, active=20, num_tables=4, seed=5)
-        model = LSHClassifier(body, head, fuse_output_update=fuse)
+        model = make_model(fuse)
         model.compile(optimizer=SparseAdam(3e-3))
-        tf_lsh_ops.sparse_gather_matmul_adam = counting
+        setattr(tf_lsh_ops, fused_op, counting)
         try:
-            model.fit(x[:640], labels[:640], batch_size=64, epochs=2, verbose=0, shuffle=False)
+            fit(model)
         finally:
-            tf_lsh_ops.sparse_gather_matmul_adam = real
-        assert bool(calls) == fuse  # traced into the step only when fusing
+            setattr(tf_lsh_ops, fused_op, real)
+        assert bool(calls) == fuse
         models.append(model)
     plain, fused = models
-    assert int(fused.optimizer.iterations) == int(plain.optimizer.iterations) == 20
+    assert int(fused.optimizer.iterations) == int(plain.optimizer.iterations) == steps
     for a, b in zip(
         plain.weights + plain.optimizer.variables,
         fused.weights + fused.optimizer.variables,
         strict=True,
     ):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    return fused
+
+
+def _step_op_types(model, batch):
+    step = tf.function(model.train_step).get_concrete_function(batch)
+    return [op.type for op in step.graph.get_operations()]
+
+
+def test_fused_output_update_equals_the_unfused_step_bit_for_bit(multilabel):
+    """The head's backward pass fused with SparseAdam gives the weights and moments (and the
+    body's) of the plain gradient + apply_gradients path, exactly."""
+    (x, labels), _ = multilabel
+
+    def make_model(fuse):
+        body = keras.Sequential([keras.Input((32,)), keras.layers.Dense(16, activation="relu")])
+        head = LSHDense(NUM_LABELS, active=20, num_tables=4, seed=5)
+        return LSHClassifier(body, head, fuse_output_update=fuse)
+
+    def fit(model):
+        model.fit(x[:640], labels[:640], batch_size=64, epochs=2, verbose=0, shuffle=False)
+
+    fused = _train_unfused_and_fused(make_model, fit, "sparse_gather_matmul_adam", steps=20)
     # The fused step runs no unfused gradient of the head besides (ops that read variables
     # stay in a graph even when their outputs are unused, so it would run and cost as much).
-    step = tf.function(fused.train_step).get_concrete_function(
-        (tf.constant(x[:64]), tf.constant(labels[:64]))
-    )
-    op_types = [op.type for op in step.graph.get_operations()]
+    op_types = _step_op_types(fused, (tf.constant(x[:64]), tf.constant(labels[:64])))
     assert "ResourceSparseGatherMatmulGradAdam" in op_types
     assert "ResourceSparseGatherMatmulGrad" not in op_types
 
@@ -559,16 +576,8 @@ def test_fused_first_layer_update_equals_the_unfused_step_bit_for_bit(body_kind,
     update or without it) gives the weights and moments of the unfused step, exactly."""
     x, labels = _bags_of_features(41)
     data = tf.data.Dataset.from_tensor_slices((tf.sparse.from_dense(x), labels)).batch(64)
-    calls = []
-    real = tf_lsh_ops.sparse_input_matmul_adam
 
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    models = []
-    for fuse in (False, True):
-        keras.utils.set_random_seed(0)
+    def make_model(fuse):
         first = SparseInputDense(24, activation="relu", bias_initializer="random_normal")
         body = (
             first
@@ -580,26 +589,16 @@ def test_fused_first_layer_update_equals_the_unfused_step_bit_for_bit(body_kind,
         # One set per batch holds the batch's labels (up to 64 distinct) first.
         active = 80 if batch_wide else 30
         head = LSHDense(100, active=active, num_tables=4, seed=5, batch_wide=batch_wide)
-        model = LSHClassifier(body, head, fuse_first_layer_update=fuse)
-        model.compile(optimizer=SparseAdam(3e-3))
-        tf_lsh_ops.sparse_input_matmul_adam = counting
-        try:
-            model.fit(data, epochs=2, verbose=0)
-        finally:
-            tf_lsh_ops.sparse_input_matmul_adam = real
-        assert bool(calls) == fuse  # traced into the step only when fusing
-        models.append(model)
-    plain, fused = models
-    assert int(fused.optimizer.iterations) == int(plain.optimizer.iterations) == 16
-    for a, b in zip(
-        plain.weights + plain.optimizer.variables,
-        fused.weights + fused.optimizer.variables,
-        strict=True,
-    ):
-        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+        return LSHClassifier(body, head, fuse_first_layer_update=fuse)
+
+    fused = _train_unfused_and_fused(
+        make_model,
+        lambda model: model.fit(data, epochs=2, verbose=0),
+        "sparse_input_matmul_adam",
+        steps=16,
+    )
     # The fused step computes the first layer's kernel gradient once, in the fused op.
-    step = tf.function(fused.train_step).get_concrete_function(next(iter(data)))
-    op_types = [op.type for op in step.graph.get_operations()]
+    op_types = _step_op_types(fused, next(iter(data)))
     assert "ResourceSparseInputMatmulGradAdam" in op_types
     assert "ResourceSparseInputMatmulGrad" not in op_types
     assert ("ResourceSparseGatherMatmulGradAdam" in op_types) == (not batch_wide)
