@@ -15,6 +15,8 @@ import struct
 import numpy as np
 import tensorflow as tf
 
+import tf_lsh_ops
+
 # ----------------------------------------------------------------------------------- MNIST
 
 
@@ -133,17 +135,19 @@ class MultiLabelData:
 
         With `shuffle`, every pass over the dataset (every epoch of `fit`) draws a new
         permutation of all the examples, from `seed`. A batch is gathered from the CSR arrays
-        by its example numbers in one `map` call: about 0.6 ms of CPU a batch of 128 on the
-        Amazon-670K shape, where shuffling and batching examples one by one took 2 ms beside a
+        by its example numbers in one op (`tf_lsh_ops.multi_label_batch`): shuffling and batching
+        examples one by one took 2 ms of CPU a batch of 128 on the Amazon-670K shape, beside a
         training step of about 10 ms (benchmarks/README.md).
         """
         count = len(self)
+        arrays = (
+            tf.constant(self.feature_offsets, tf.int64),
+            tf.constant(self.feature_ids, tf.int64),
+            tf.constant(self.feature_values, tf.float32),
+            tf.constant(self.label_offsets, tf.int64),
+            tf.constant(self.label_ids, tf.int32),
+        )
         num_features, max_labels = self.num_features, max(self.max_labels, 1)
-        feature_offsets = tf.constant(self.feature_offsets, tf.int64)
-        feature_ids = tf.constant(self.feature_ids, tf.int64)
-        feature_values = tf.constant(self.feature_values, tf.float32)
-        label_offsets = tf.constant(self.label_offsets, tf.int64)
-        label_ids = tf.constant(self.label_ids, tf.int32)
 
         def batches(order):
             full = count // batch_size * batch_size
@@ -162,21 +166,10 @@ class MultiLabelData:
         else:
             orders = tf.data.Dataset.from_tensors(tf.range(count, dtype=tf.int64))
 
-        def entries(offsets, rows):
-            """The positions of `rows`' entries in a CSR array, one ragged row each."""
-            return tf.ragged.range(tf.gather(offsets, rows), tf.gather(offsets, rows + 1))
-
         def to_model_inputs(rows):
-            features = entries(feature_offsets, rows)
-            at = features.flat_values
-            x = tf.SparseTensor(
-                tf.stack([features.value_rowids(), tf.gather(feature_ids, at)], axis=1),
-                tf.gather(feature_values, at),
-                [tf.size(rows, out_type=tf.int64), num_features],
+            return tf_lsh_ops.multi_label_batch(
+                *arrays, rows, num_features=num_features, max_labels=max_labels
             )
-            labels = entries(label_offsets, rows)
-            y = labels.with_flat_values(tf.gather(label_ids, labels.flat_values))
-            return x, y.to_tensor(default_value=-1, shape=[None, max_labels])
 
         data = orders.flat_map(batches)
         return data.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)

@@ -1,4 +1,5 @@
-"""Data loaders: MNIST, the Extreme Classification Repository format, the synthetic generator."""
+"""Data loaders: MNIST, the Extreme Classification Repository format, the synthetic generator,
+and the op that gathers a batch (`tf_lsh_ops.multi_label_batch`)."""
 
 import gzip
 import os
@@ -9,11 +10,13 @@ import pytest
 import tensorflow as tf
 
 try:
+    import tf_lsh_ops
     from keras_layers import datasets
 except ImportError:  # running from a checkout without the package installed
     import sys
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import tf_lsh_ops
     from keras_layers import datasets
 
 
@@ -169,3 +172,93 @@ def test_shuffled_dataset_is_each_example_once_reshuffled_every_epoch(tiny):
     assert first != in_order and second != first
     assert epoch(train.dataset(32, shuffle=True, seed=3)) == first  # seeded
     assert len(epoch(train.dataset(32, drop_remainder=True))) == len(train) // 32 * 32
+
+
+def _csr_arrays(data):
+    return (
+        data.feature_offsets,
+        data.feature_ids,
+        data.feature_values,
+        data.label_offsets,
+        data.label_ids.astype(np.int32),
+    )
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
+def test_multi_label_batch_gathers_the_rows_asked_for(tiny, graph):
+    train, _ = tiny
+    rows = np.random.default_rng(4).integers(0, len(train), 50)
+    rows[7] = rows[3]  # a repeated example
+    want = train.take(rows)
+    width = train.max_labels + 2
+
+    def gather(rows):
+        return tf_lsh_ops.multi_label_batch(
+            *_csr_arrays(train), rows, num_features=train.num_features, max_labels=width
+        )
+
+    x, y = (tf.function(gather) if graph else gather)(tf.constant(rows))
+    np.testing.assert_array_equal(x.dense_shape.numpy(), [50, train.num_features])
+    row_of_entry = np.repeat(np.arange(50), np.diff(want.feature_offsets))
+    np.testing.assert_array_equal(x.indices.numpy(), np.stack([row_of_entry, want.feature_ids], 1))
+    np.testing.assert_array_equal(x.values.numpy(), want.feature_values)
+    assert y.shape == (50, width) and y.dtype == tf.int32
+    for i in range(50):
+        labels = want.label_ids[want.label_offsets[i] : want.label_offsets[i + 1]]
+        np.testing.assert_array_equal(
+            y[i].numpy(), np.pad(labels, (0, width - len(labels)), constant_values=-1)
+        )
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("row_outside", r"rows\[1\] = 4000 is outside \[0, 4000\)"),
+        ("negative_row", r"rows\[1\] = -1 is outside"),
+        ("feature_outside", r"feature_ids\[\d+\] = 9999999 \(example \d+\) is outside"),
+        ("splits_past_the_end", r"feature_splits\[\d+\], \[\d+\] = \d+, \d+ is not a range"),
+        ("too_many_labels", r"has \d+ labels, more than max_labels = 1"),
+        (
+            "values_length",
+            r"dimension 0 of feature_ids .* must equal dimension 0 of feature_values",
+        ),
+        (
+            "splits_length",
+            r"dimension 0 of feature_splits .* must equal dimension 0 of label_splits",
+        ),
+        ("rows_rank", "rows must have rank 1"),
+    ],
+)
+def test_multi_label_batch_bad_input_is_named(tiny, change, message):
+    train, _ = tiny
+    splits, ids, values, label_splits, labels = (np.copy(a) for a in _csr_arrays(train))
+    rows = np.array([0, 1, 2], np.int64)
+    max_labels = train.max_labels
+    if change == "row_outside":
+        rows[1] = len(train)
+    elif change == "negative_row":
+        rows[1] = -1
+    elif change == "feature_outside":
+        ids[splits[2]] = 9_999_999
+    elif change == "splits_past_the_end":
+        splits[2:] = len(ids) + 5
+    elif change == "too_many_labels":
+        max_labels = 1
+        rows = np.array([np.argmax(np.diff(label_splits))])
+    elif change == "values_length":
+        values = values[:-1]
+    elif change == "splits_length":
+        splits = splits[:-1]
+    elif change == "rows_rank":
+        rows = rows[None]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"MultiLabelBatch: .*{message}"):
+        tf_lsh_ops.multi_label_batch(
+            splits,
+            ids,
+            values,
+            label_splits,
+            labels,
+            rows,
+            num_features=train.num_features,
+            max_labels=max_labels,
+        )

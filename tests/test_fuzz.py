@@ -1326,6 +1326,86 @@ def fuzz_sparse_input_adam(rng):
     return None
 
 
+MULTI_LABEL_BATCH_MUTATIONS = (
+    "row-outside",
+    "feature-outside",
+    "splits-decreasing",
+    "splits-past-end",
+    "too-many-labels",
+    "values-length",
+    "splits-length",
+    "rank",
+)
+
+
+def fuzz_multi_label_batch(rng):
+    """A batch gathered from CSR arrays: the NumPy gather when valid; rejected when not."""
+    mutation = pick(rng, MULTI_LABEL_BATCH_MUTATIONS)
+    examples, num_features = int(rng.integers(1, 8)), int(rng.integers(1, 20))
+    feature_counts = rng.integers(0, 5, examples)
+    label_counts = rng.integers(0, 4, examples)
+    splits = np.concatenate([[0], np.cumsum(feature_counts)]).astype(np.int64)
+    label_splits = np.concatenate([[0], np.cumsum(label_counts)]).astype(np.int64)
+    ids = rng.integers(0, num_features, splits[-1]).astype(np.int64)
+    values = floats(rng, (len(ids),))
+    labels = rng.integers(0, 1000, label_splits[-1]).astype(np.int32)
+    rows = rng.integers(0, examples, int(rng.integers(0, 9))).astype(np.int64)
+    max_labels = int(label_counts.max()) + int(rng.integers(0, 3))
+    if mutation is not None:
+        rows = np.append(rows, int(rng.integers(0, examples)))  # at least one row to break
+        row = rows[-1]
+        if mutation == "row-outside":
+            rows[-1] = rng.choice([-1, examples, 2**40])
+        elif mutation == "feature-outside":
+            splits[row + 1 :] += 1
+            ids = np.insert(ids, splits[row], rng.choice([-1, num_features]))
+            values = np.insert(values, splits[row], 1.0)
+        elif mutation == "splits-decreasing":
+            splits[row + 1] = splits[row] - 1
+        elif mutation == "splits-past-end":
+            splits[row + 1 :] = len(ids) + 1
+        elif mutation == "too-many-labels":
+            label_splits[row + 1 :] += max_labels + 1
+            labels = np.concatenate([labels, np.zeros(max_labels + 1, np.int32)])
+        elif mutation == "values-length":
+            values = np.append(values, 1.0)
+        elif mutation == "splits-length":
+            label_splits = label_splits[:-1]
+        elif mutation == "rank":
+            rows = wrong_rank(rng, rows)
+
+    def call():
+        return tf_lsh_ops.multi_label_batch(
+            splits,
+            ids,
+            values,
+            label_splits,
+            labels,
+            rows,
+            num_features=num_features,
+            max_labels=max_labels,
+        )
+
+    if mutation is not None:
+        rejects(lambda: maybe_graph(rng, call))
+        return mutation
+    x, y = maybe_graph(rng, call)
+    want_ids = [ids[splits[r] : splits[r + 1]] for r in rows]
+    want_rows = np.repeat(np.arange(len(rows)), [len(w) for w in want_ids]).astype(np.int64)
+    want_ids = np.concatenate(want_ids + [np.zeros(0, np.int64)])
+    assert np.array_equal(x.indices.numpy(), np.stack([want_rows, want_ids], 1).reshape(-1, 2))
+    want_values = [values[splits[r] : splits[r + 1]] for r in rows]
+    assert np.array_equal(
+        x.values.numpy(), np.concatenate(want_values + [np.zeros(0, np.float32)]), equal_nan=True
+    )
+    assert np.array_equal(x.dense_shape.numpy(), [len(rows), num_features])
+    for i, r in enumerate(rows):
+        row_labels = labels[label_splits[r] : label_splits[r + 1]]
+        want = np.pad(row_labels, (0, max_labels - len(row_labels)), constant_values=-1)
+        assert np.array_equal(y.numpy()[i], want)
+    return None
+
+
 FINGERPRINT_MUTATIONS = ("rank", "dtype")
 
 
@@ -1367,6 +1447,7 @@ OPS = (
     ("active_softmax_cross_entropy", fuzz_active_softmax, 1),
     ("sparse_gather_matmul_adam", fuzz_gather_adam, 1),
     ("sparse_input_matmul_adam", fuzz_sparse_input_adam, 1),
+    ("multi_label_batch", fuzz_multi_label_batch, 0.5),
     ("row_fingerprints", fuzz_row_fingerprints, 0.5),
 )
 
