@@ -38,9 +38,9 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
       without writing ~10^5 gradient rows out and reading them back;
       `fuse_output_update=False` turns that off. Likewise, when the body's first layer is a
       `SparseInputDense` on `tf.SparseTensor` inputs (the body itself, or the first layer of
-      a `keras.Sequential` body) without a kernel regularizer, its kernel's gradient and Adam
-      update run as one op (`tf_lsh_ops.sparse_input_matmul_adam`; any head, one set per
-      batch too); `fuse_first_layer_update=False` turns that off.
+      a `keras.Sequential` body) without kernel or activity regularizer, its kernel's
+      gradient and Adam update run as one op (`tf_lsh_ops.sparse_input_matmul_adam`; with
+      any head, one set per batch too); `fuse_first_layer_update=False` turns that off.
     - Prediction: `predict` gives the head's outputs (`[batch, units]` logits when dense);
       `predict_top_k(x, k)` gives `(ids, scores)` without `[batch, units]` in LSH mode.
 
@@ -169,8 +169,8 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
     def _fusable_first_layer(self, x):
         """The body's first layer if its kernel's gradient may apply its SparseAdam update
         itself: a `SparseInputDense` that reads `x` (a `tf.SparseTensor`), as the body or as
-        the first layer of a `keras.Sequential` body, whose kernel has no regularizer. Else
-        None."""
+        the first layer of a `keras.Sequential` body, without a kernel or activity regularizer.
+        Else None."""
         if not (
             self.fuse_first_layer_update
             and isinstance(x, tf.SparseTensor)
@@ -179,7 +179,11 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
             return None
         body = self.body
         first = body.layers[0] if isinstance(body, keras.Sequential) and body.layers else body
-        if not isinstance(first, SparseInputDense) or first.kernel_regularizer is not None:
+        if (
+            not isinstance(first, SparseInputDense)
+            or first.kernel_regularizer is not None
+            or first.activity_regularizer is not None  # added by __call__, which fusing skips
+        ):
             return None
         return first
 

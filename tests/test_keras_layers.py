@@ -611,6 +611,7 @@ def test_first_layer_fusion_stays_off_where_it_would_change_training():
         (SparseInputDense(4), keras.optimizers.SGD(0.1), {}),
         (SparseInputDense(4), SparseAdam(1e-3), {"fuse_first_layer_update": False}),
         (SparseInputDense(4, kernel_regularizer="l2"), SparseAdam(1e-3), {}),
+        (SparseInputDense(4, activity_regularizer="l2"), SparseAdam(1e-3), {}),
         (keras.Sequential([keras.layers.Dense(4)]), SparseAdam(1e-3), {}),
     ]:
         model = LSHClassifier(body, LSHDense(50, active=5), **kwargs)
