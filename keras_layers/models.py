@@ -95,11 +95,14 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
             self.head.build(features_shape)
         self.built = True
 
-    def _features(self, x, training):
+    def _build_for(self, x):
         # Train and test steps bypass __call__, where Keras would build the model and record
         # the input shape that `save` needs (else load_model skips the optimizer's state).
         if not self.built and hasattr(x, "shape"):
             self.build(tuple(x.shape))
+
+    def _features(self, x, training):
+        self._build_for(x)
         features = self.body(x, training=training)
         if not self.head.built:  # train/test steps bypass call(), where Keras would build it
             self.head.build(features.shape)
@@ -192,8 +195,7 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
         computed off the tape (which would otherwise build its unfused gradient) and watched."""
         if first is None:
             return self._features(x, training=True), None
-        if not self.built:
-            self.build(tuple(x.shape))
+        self._build_for(x)
         with tape.stop_recording():
             product = tf_lsh_ops.sparse_input_matmul(x, first.kernel)
         tape.watch(product)
@@ -222,13 +224,18 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
     def _unfused_variables(variables, first):
         return [v for v in variables if first is None or v is not first.kernel]
 
+    def _built_optimizer(self):
+        """The optimizer, built over every trainable variable (as apply_gradients would) before
+        a fused op reads its moments."""
+        if not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+        return self.optimizer
+
     def _apply_fused_head(self, tape, scaled_loss, features, fused):
         """The head's backward pass fused with its Adam update; returns the gradient of the
         loss with respect to the features."""
-        head, optimizer = self.head, self.optimizer
+        head, optimizer = self.head, self._built_optimizer()
         outputs, op_ids, grouping = fused
-        if not optimizer.built:  # apply_gradients would build it over every variable
-            optimizer.build(self.trainable_variables)
         return tf_lsh_ops.sparse_gather_matmul_adam(
             features,
             head.kernel,
@@ -251,8 +258,7 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
             grad_product, *gradients = tape.gradient(
                 target, [product, *variables], output_gradients=output_gradients
             )
-            if not optimizer.built:  # apply_gradients would build it over every variable
-                optimizer.build(self.trainable_variables)
+            self._built_optimizer()
             tf_lsh_ops.sparse_input_matmul_adam(
                 x,
                 first.kernel,
