@@ -1007,6 +1007,23 @@ def test_grouped_form_needs_variables():
         tf_lsh_ops.sparse_gather_matmul_grouped(x, w, b, tf.constant([[0, 1], [2, -1]]))
 
 
+def test_adam_ops_name_a_tensor_given_where_a_variable_is_updated():
+    hyper = dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1)
+    w, m = tf.Variable(tf.ones([4, 3])), tf.Variable(tf.zeros([4, 3]))
+    grad = tf.IndexedSlices(tf.ones([1, 3]), tf.constant([2]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="SparseAdamApply: v must be a var"):
+        tf_lsh_ops.sparse_adam_apply(w, m, tf.zeros([4, 3]), grad, **hyper)
+    b = tf.Variable(tf.ones([4]))
+    moments = [m, tf.Variable(tf.zeros([4, 3])), tf.zeros([4]), tf.Variable(tf.zeros([4]))]
+    x, idx = tf.ones([2, 3]), tf.constant([[0, 1], [2, -1]])
+    _, grouping = tf_lsh_ops.sparse_gather_matmul_grouped(x, w, b, idx)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="biases_m must be a variable"):
+        tf_lsh_ops.sparse_gather_matmul_adam(
+            x, w, b, idx, grouping, tf.ones([2, 2]), moments, **hyper
+        )
+    np.testing.assert_array_equal(w.numpy(), np.ones([4, 3]))  # nothing was applied
+
+
 def _first_layer_state(seed, num_features=30, units=7):
     """A kernel and two moments (non-zero, as after some steps), as NumPy arrays."""
     rng = np.random.default_rng(seed)

@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from tf_lsh_ops._checks import as_tensor
+from tf_lsh_ops._checks import as_tensor, variable_handle
 from tf_lsh_ops._loader import ops
 
 _OP = "SparseAdamApply"
@@ -30,9 +30,9 @@ def sparse_adam_apply(
       The op (in graph mode), or None eagerly.
     """
     return ops.sparse_adam_apply(
-        variable.handle,
-        m.handle,
-        v.handle,
+        variable_handle(_OP, "variable", variable),
+        variable_handle(_OP, "m", m),
+        variable_handle(_OP, "v", v),
         gradient.indices,
         as_tensor(_OP, "gradient.values", gradient.values, tf.float32),
         *adam_inputs(learning_rate, beta_1, beta_2, epsilon, step),
