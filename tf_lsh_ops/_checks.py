@@ -32,9 +32,10 @@ def as_resource_variable(value):
 
 
 def variable_handle(op_name, arg_name, value):
-    """The resource handle of a variable argument that an op updates in place."""
-    variable = as_resource_variable(value)
-    if variable is None:
+    """The resource handle of a variable argument that an op updates in place: a tf.Variable
+    (also a tf.distribute replica's, whose handle is its local copy) or a Keras variable."""
+    variable = value if isinstance(value, tf.Variable) else getattr(value, "value", None)
+    if not isinstance(variable, tf.Variable):
         raise tf.errors.InvalidArgumentError(
             None,
             None,
