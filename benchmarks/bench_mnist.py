@@ -1,21 +1,28 @@
-"""Benchmark of MNIST accuracy against the active fraction: LSHDense vs Dense hidden layers.
+"""Benchmark of MNIST accuracy against the active fraction: how LSHDense selects its units.
 
 The paper's network, 784-1000-1000-10 (`examples/mnist_paper.py`'s `build_lsh_mlp` and
-`build_dense_mlp`): two hidden layers of 1,000 ReLU units and a softmax `Dense(10)`. The LSH
-network's hidden layers are `LSHDense` (SimHash "srp", K = 6 bits, L tables) computing 1%, 5%,
-10%, 25% and 100% of their units per example, trained with `SparseAdam` and
-`LSHRebuildCallback(period=50)`; the reference has `keras.layers.Dense` hidden layers and Adam.
-Every network trains with `model.fit` for the same epochs (batch 128, learning rate 1e-3) and is
-tested on the 10,000 test images:
+`build_dense_mlp`): two hidden layers of 1,000 ReLU units (the first hands its active units to
+the second as sparse outputs) and a softmax `Dense(10)`. For each active fraction the hidden
+layers are `LSHDense` selecting their units
 
-* `test_accuracy`: exact inference (every unit computed);
-* `test_accuracy_lsh_inference`: only the retrieved units computed, as in training;
-* with --full, `random`: the same LSHDense layers with active sets drawn at random instead of
-  from the tables (`active_rule="threshold"` with `min_count` above L finds nothing, and
-  `fill_random` fills the set), a control for what the hashing adds.
+* `low_rank`: the default (`active_rule="auto"`): a rank-32 sketch of each layer, refitted
+  from the batch's exact pre-activations every 50 steps;
+* `exact`: every unit computed, the top ones kept (k-winners-take-all): what a selection can
+  reach at that fraction;
+* `tables` (--full: 1% and 5%; --quick: 5%): SimHash tables of the weights (K = 6 bits, L
+  tables, the paper's design and this project's former default), with `LSHRebuildCallback`;
+* `random`: active sets drawn at random (a table rule that finds nothing, filled at random),
+  a control for what the selection adds.
 
-`multiplication_fraction` is the forward multiplications per example relative to the dense
-network's 1,794,000 (`mnist_paper.lsh_multiplications`: hashing + active units + output).
+Every network trains with `model.fit` (`SparseAdam`, or Adam for the `Dense` reference) for
+the same epochs, batch 128, learning rate 1e-3 and seed, and is tested on the 10,000 test
+images in each inference mode (`test_accuracy_by_inference`: `lsh`, the selected units only;
+`top_k`; `dense`); `test_accuracy` is the layers' default mode. `history` holds each epoch's
+`hidden1_recall` / `hidden2_recall` (the fraction of each example's exact top units the
+selection held, measured every 50 steps) and `_coverage`. `multiplications_per_example` is
+`mnist_paper.lsh_multiplications` (forward: selection + active units + output; backward and
+refreshes apart) and `multiplication_fraction` its forward total over the dense network's
+1,794,000. `targets` compares the 1% and 5% runs with `Dense` and exact top-k.
 
 Usage: python benchmarks/bench_mnist.py [--quick | --full] [--plots DIR] [--threads N]
 Prints one JSON document to stdout; progress goes to stderr; a plot goes to --plots.
@@ -45,51 +52,84 @@ import keras_layers  # noqa: E402
 
 log = _common.make_logger("bench_mnist")
 
-FRACTIONS = (0.01, 0.05, 0.10, 0.25, 1.0)
 BATCH = 128
 LEARNING_RATE = 1e-3
 REBUILD_PERIOD = 50
 NUM_HASHES = 6
 MODES = {
-    "quick": {"train_examples": 4000, "epochs": 1, "num_tables": 10, "random_control": False},
-    "full": {"train_examples": None, "epochs": 5, "num_tables": 50, "random_control": True},
+    "quick": {
+        "train_examples": 4000,
+        "epochs": 1,
+        "num_tables": 10,
+        "fractions": (0.05,),
+        "table_fractions": (0.05,),
+    },
+    "full": {
+        "train_examples": None,
+        "epochs": 5,
+        "num_tables": 50,
+        "fractions": (0.01, 0.05, 0.10, 0.25),
+        "table_fractions": (0.01, 0.05),
+    },
 }
+SELECTIONS = ("low_rank", "exact", "tables", "random")
 
 
-def run_lsh(fractions_data, fraction, settings, random_sets=False):
-    data = fractions_data
+def run_lsh(data, fraction, selection, settings):
+    """Trains and tests the LSH network with one `selection` (see the module docstring)."""
     (_, _), (x_test, y_test) = data
+    rule = {"low_rank": "auto", "exact": "exact"}.get(selection, "frequency")
     model = mnist_paper.build_lsh_mlp(
-        active=fraction, num_tables=settings["num_tables"], num_hashes=NUM_HASHES
+        active=fraction, active_rule=rule, num_tables=settings["num_tables"], num_hashes=NUM_HASHES
     )
-    if random_sets:
+    callbacks = []
+    if selection == "random":
         for layer in keras_layers.lsh_layers(model):
-            layer.active_rule = "threshold"
+            layer.selection = "threshold"
             layer.min_count = layer.num_tables + 1  # no unit qualifies: all filled at random
-    rebuild = keras_layers.LSHRebuildCallback(period=REBUILD_PERIOD)
+    if selection in ("tables", "random"):
+        callbacks.append(keras_layers.LSHRebuildCallback(period=REBUILD_PERIOD))
     result = mnist_paper.fit_and_test(
-        model,
-        keras_layers.SparseAdam(LEARNING_RATE),
-        data,
-        settings["epochs"],
-        BATCH,
-        [rebuild],
-        verbose=0,
+        model, keras_layers.SparseAdam(LEARNING_RATE), data, settings["epochs"], BATCH, callbacks
     )
-    result["test_accuracy_lsh_inference"] = mnist_paper.lsh_inference_accuracy(
-        model, x_test, y_test
-    )
+    result["test_accuracy_by_inference"] = mnist_paper.inference_accuracies(model, x_test, y_test)
     mults = mnist_paper.lsh_multiplications(model)
-    if random_sets:
-        mults = {**mults, "total": mults["total"] - mults["hashing"], "hashing": 0}
+    if selection == "random":
+        mults = {**mults, "total": mults["total"] - mults["selection"], "selection": 0}
     result.update(
+        selection=selection,
         active_fraction=fraction,
         active_units=model.layers[0].num_active,
+        inference=model.layers[0].inference,
         multiplications_per_example=mults,
         multiplication_fraction=mults["total"] / mnist_paper.dense_multiplications(),
-        table_rebuilds=rebuild.rebuilds,
     )
     return result
+
+
+def targets(report):
+    """The issue's targets: accuracy gaps to Dense and to exact top-k at 1% and 5%, and the
+    forward multiplications at 5%."""
+    dense = report["dense"]["test_accuracy"]
+    found = {}
+    for run in report["runs"]:
+        if run["selection"] != "low_rank":
+            continue
+        exact = next(
+            r
+            for r in report["runs"]
+            if r["selection"] == "exact" and r["active_fraction"] == run["active_fraction"]
+        )
+        found[f"{run['active_fraction']:g}"] = {
+            "accuracy": run["test_accuracy"],
+            "points_below_dense": 100 * (dense - run["test_accuracy"]),
+            "points_below_exact_top_k": 100 * (exact["test_accuracy"] - run["test_accuracy"]),
+            "multiplication_fraction": run["multiplication_fraction"],
+            "last_epoch_recall": {
+                name: values[-1] for name, values in run["history"].items() if "recall" in name
+            },
+        }
+    return found
 
 
 def plot(report, directory):
@@ -99,41 +139,56 @@ def plot(report, directory):
     import matplotlib.pyplot as plt
 
     os.makedirs(directory, exist_ok=True)
-    fig, (ax, ax_mults) = plt.subplots(1, 2, figsize=(12, 4.5))
-    lsh = report["lsh"]
-    x = [r["active_fraction"] * 100 for r in lsh]
-    ax.plot(x, [r["test_accuracy"] for r in lsh], "o-", label="LSHDense, exact inference")
-    ax.plot(
-        x, [r["test_accuracy_lsh_inference"] for r in lsh], "s-", label="LSHDense, LSH inference"
-    )
-    if report.get("random"):
-        rnd = report["random"]
-        ax.plot(
-            [r["active_fraction"] * 100 for r in rnd],
-            [r["test_accuracy_lsh_inference"] for r in rnd],
-            "^--",
-            label="random active sets (sparse inference)",
-        )
+    fig, (ax, ax_recall, ax_mults) = plt.subplots(1, 3, figsize=(17, 4.8))
+    styles = {
+        "low_rank": ("o-", "low-rank sketch (default)"),
+        "exact": ("D-", "exact top-k"),
+        "tables": ("s--", "SimHash tables"),
+        "random": ("^:", "random active sets"),
+    }
+    fractions = sorted({r["active_fraction"] for r in report["runs"]})
+    ticks = [f * 100 for f in fractions]
+    for selection, (style, label) in styles.items():
+        runs = [r for r in report["runs"] if r["selection"] == selection]
+        if runs:
+            x = [r["active_fraction"] * 100 for r in runs]
+            ax.plot(x, [r["test_accuracy"] for r in runs], style, label=label)
+            ax_mults.plot(x, [r["multiplication_fraction"] * 100 for r in runs], style, label=label)
     ax.axhline(report["dense"]["test_accuracy"], color="black", linestyle=":", label="Dense")
-    ax.set_xscale("log")
-    ax.set_xticks(x, [f"{v:g}" for v in x])
-    ax.set_xlabel("active units per hidden layer (%)")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel("test accuracy (default inference)")
     ax.set_title(
         f"MNIST 784-1000-1000-10, {report['settings']['epochs']} epoch(s), "
         f"{report['settings']['train_examples']:,} images"
     )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax_mults.plot(x, [r["multiplication_fraction"] * 100 for r in lsh], "o-", label="LSHDense")
     ax_mults.axhline(100, color="black", linestyle=":", label="Dense")
-    ax_mults.set_xscale("log")
-    ax_mults.set_xticks(x, [f"{v:g}" for v in x])
-    ax_mults.set_xlabel("active units per hidden layer (%)")
-    ax_mults.set_ylabel("multiplications per example (% of dense)")
-    ax_mults.set_title(f"SimHash K={NUM_HASHES}, L={report['settings']['num_tables']}")
-    ax_mults.grid(alpha=0.3)
-    ax_mults.legend(fontsize=8)
+    ax_mults.set_ylabel("forward multiplications per example (% of dense)")
+    ax_mults.set_yscale("log")
+    ax_mults.set_title("selection included")
+    for axis in (ax, ax_mults):
+        axis.set_xscale("log")
+        axis.set_xticks(ticks, [f"{v:g}" for v in ticks])
+        axis.set_xlabel("active units per hidden layer (%)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    fraction = 0.05 if 0.05 in fractions else fractions[0]
+    for run in report["runs"]:
+        if run["active_fraction"] != fraction or run["selection"] not in ("low_rank", "tables"):
+            continue
+        style = "o-" if run["selection"] == "low_rank" else "s--"
+        for layer in ("hidden1", "hidden2"):
+            values = run["history"][f"{layer}_recall"]
+            ax_recall.plot(
+                range(1, len(values) + 1),
+                values,
+                style,
+                label=f"{styles[run['selection']][1]}, {layer}",
+            )
+    ax_recall.set_ylim(0, 1)
+    ax_recall.set_xlabel("epoch")
+    ax_recall.set_ylabel("recall of the exact top-k units")
+    ax_recall.set_title(f"what the selection finds, {fraction:.0%} active")
+    ax_recall.grid(alpha=0.3)
+    ax_recall.legend(fontsize=8)
     fig.tight_layout()
     path = os.path.join(directory, "bench_mnist_accuracy_vs_active.png")
     fig.savefig(path, dpi=110)
@@ -157,13 +212,15 @@ def main(argv=None):
         "machine": _common.machine_info(),
         "settings": {
             **settings,
-            "fractions": FRACTIONS,
             "num_hashes": NUM_HASHES,
             "hash_family": "srp",
             "batch_size": BATCH,
             "learning_rate": LEARNING_RATE,
             "rebuild_period": REBUILD_PERIOD,
             "dense_multiplications_per_example": mnist_paper.dense_multiplications(),
+            "dense_backward_multiplications_per_example": (
+                mnist_paper.dense_backward_multiplications()
+            ),
         },
     }
     log(f"dense, {settings['epochs']} epoch(s) on {settings['train_examples']:,} images ...")
@@ -172,24 +229,27 @@ def main(argv=None):
         dense, keras.optimizers.Adam(LEARNING_RATE), data, settings["epochs"], BATCH, verbose=0
     )
     report["dense"]["multiplication_fraction"] = 1.0
-    log(f"  accuracy {report['dense']['test_accuracy']:.4f}")
-    report["lsh"] = []
-    report["random"] = []
-    for fraction in FRACTIONS:
-        log(f"LSHDense, {fraction:.0%} active ...")
-        result = run_lsh(data, fraction, settings)
-        report["lsh"].append(result)
-        log(
-            f"  accuracy {result['test_accuracy']:.4f} (LSH inference "
-            f"{result['test_accuracy_lsh_inference']:.4f}), "
-            f"{result['multiplication_fraction']:.1%} of the multiplications, "
-            f"{result['train_s']:.1f} s"
-        )
-        if settings["random_control"] and fraction < 1:
-            log(f"random active sets, {fraction:.0%} ...")
-            result = run_lsh(data, fraction, settings, random_sets=True)
-            report["random"].append(result)
-            log(f"  accuracy (sparse inference) {result['test_accuracy_lsh_inference']:.4f}")
+    log(f"  accuracy {report['dense']['test_accuracy']:.4f}, {report['dense']['train_s']:.1f} s")
+    report["runs"] = []
+    for fraction in settings["fractions"]:
+        for selection in SELECTIONS:
+            if selection == "tables" and fraction not in settings["table_fractions"]:
+                continue
+            log(f"LSHDense, {fraction:.0%} active, {selection} ...")
+            result = run_lsh(data, fraction, selection, settings)
+            report["runs"].append(result)
+            recall = [
+                f"{values[-1]:.3f}"
+                for name, values in result["history"].items()
+                if "recall" in name
+            ]
+            log(
+                f"  accuracy {result['test_accuracy']:.4f} ({result['inference']} inference; "
+                f"{result['test_accuracy_by_inference']}), recall {', '.join(recall)}, "
+                f"{result['multiplication_fraction']:.1%} of the multiplications, "
+                f"{result['train_s']:.1f} s"
+            )
+    report["targets"] = targets(report)
     report["plot"] = plot(report, args.plots)
     report["total_wall_s"] = time.perf_counter() - start
     json.dump(report, sys.stdout, indent=2)

@@ -1,25 +1,31 @@
 """The MNIST experiment of "Scalable and Sustainable Deep Learning via Randomized Hashing".
 
 A 784-1000-1000-10 network whose two hidden layers are `LSHDense(1000, relu)`: each example
-computes only the ~5% of units its SimHash tables (K = 6 bits, L tables) retrieve, forward and
-backward; the output is a softmax `Dense(10)`. It trains with `model.fit` (`SparseAdam`, or
-`SGD`), with `LSHRebuildCallback` re-hashing the units as their weights move. The reference is
-the same network with `keras.layers.Dense` hidden layers and Adam. Both are evaluated on the
-10,000 test images; the LSH network exactly (every unit, `inference="dense"`) and with LSH
-inference (only the retrieved units, as in the paper).
+computes only the 5% of units its layer selects, forward and backward; the first hidden layer
+hands its active units to the second as a `tf.SparseTensor` (`sparse_outputs=True`), so the
+second reads 50 inputs, not 1,000. The output is a softmax `Dense(10)`. It trains with
+`model.fit` (`SparseAdam`, or `SGD`); the layers keep their selection up to date by
+themselves. The reference is the same network with `keras.layers.Dense` hidden layers and Adam.
 
-Multiplications per example (forward pass):
+By default the layers select with `active_rule="low_rank"` (a rank-32 sketch of each layer,
+refitted every 50 steps from the batch's exact pre-activations), which finds most of each
+example's exact top units; `--active-rule frequency` uses SimHash tables of the weights (the
+paper's design, K bits, L tables, kept by `LSHRebuildCallback`) and `exact` computes every
+unit and keeps the top 5% (the reference for what a selection can reach).
+
+Multiplications per example (forward pass; `lsh_multiplications`), where a layer's fan-in is
+its input's width, or the previous layer's active units when that one has `sparse_outputs`:
 
 * dense: 784 * 1000 + 1000 * 1000 + 1000 * 10;
-* LSH, per hidden layer: hashing the input into L tables of K bits (input_dim * L * K for
-  "srp"; "sparse_srp" projections have a `density` of nonzeros, 1/3, all +-1, so its count is
-  input_dim * L * K / 3 and those are really additions), plus active * input_dim for the active
-  units; plus the output layer, counted in full (1000 * 10, what `Dense` computes). The hash
-  tables' rebuilds are not counted (every 50 steps of 128 examples by default).
+* LSH, per hidden layer: selecting (`"low_rank"`: rank * (fan-in + units); tables: fan-in *
+  L * K, a third of it for "sparse_srp"; `"exact"`: fan-in * units) plus active * fan-in for
+  the active units; plus the output layer, counted in full (1000 * 10). The backward pass
+  (weight gradients, and input gradients below the first layer) and the refreshes (a batch's
+  exact products every `refresh_period` steps, per example) are counted apart.
 
-    python examples/mnist_paper.py                     # 10 epochs, 5% active, L = 50
+    python examples/mnist_paper.py                     # 10 epochs, 5% active
     python examples/mnist_paper.py --quick             # 1 epoch on 10,000 images
-    python examples/mnist_paper.py --active 0.1 --num-tables 100 --optimizer sgd
+    python examples/mnist_paper.py --active 0.01 --active-rule frequency --num-tables 50
 """
 
 import argparse
@@ -45,13 +51,17 @@ QUICK_TRAIN = 10_000
 
 def build_lsh_mlp(
     active=0.05,
+    active_rule="auto",
+    rank=32,
     num_tables=50,
     num_hashes=6,
     hash_family="srp",
+    sparse_outputs=True,
     hidden=HIDDEN,
     seed=0,
 ):
-    """784 -> LSHDense(1000, relu) x 2 -> Dense(10, softmax)."""
+    """784 -> LSHDense(1000, relu) x 2 -> Dense(10, softmax); hidden layers but the last hand
+    on sparse outputs when `sparse_outputs`."""
     keras.utils.set_random_seed(seed)
     layers = [keras.Input((INPUT_DIM,))]
     for i, units in enumerate(hidden):
@@ -60,9 +70,12 @@ def build_lsh_mlp(
                 units,
                 activation="relu",
                 active=active,
+                active_rule=active_rule,
+                rank=rank,
                 hash_family=hash_family,
                 num_hashes=num_hashes,
                 num_tables=num_tables,
+                sparse_outputs=sparse_outputs and i + 1 < len(hidden),
                 seed=seed + i,
                 name=f"hidden{i + 1}",
             )
@@ -86,25 +99,40 @@ def dense_multiplications(hidden=HIDDEN):
     return sum(a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
 
 
-def lsh_multiplications(model):
-    """Forward multiplications per example of an LSH MLP: `{"hashing", "active", "output",
-    "total"}` (see the module docstring)."""
-    hashing = active = output = 0
-    for layer in model.layers:
-        input_dim = int(layer.input.shape[-1])
-        if isinstance(layer, keras_layers.LSHDense):
-            bits = layer.num_tables * layer.num_hashes_used
-            density = SPARSE_SRP_DENSITY if layer.hash_family == "sparse_srp" else 1.0
-            hashing += input_dim * bits * density
-            active += layer.num_active * input_dim
+def lsh_multiplications(model, batch_size=128):
+    """Multiplications per example of an LSH MLP (see the module docstring): forward
+    `{"selection", "active", "output", "total"}`, plus `"backward"` and `"refresh"` (the
+    refreshes' exact products, spread over the examples between two)."""
+    counts = dict.fromkeys(("selection", "active", "output", "backward", "refresh"), 0.0)
+    fan_in = INPUT_DIM
+    for index, layer in enumerate(model.layers):
+        if not isinstance(layer, keras_layers.LSHDense):
+            counts["output"] += fan_in * layer.units
+            counts["backward"] += 2 * fan_in * layer.units
+            continue
+        if layer.selection == "low_rank":
+            counts["selection"] += layer.rank * (fan_in + layer.units)
+        elif layer.selection == "exact":
+            counts["selection"] += fan_in * layer.units
         else:
-            output += input_dim * layer.units
-    return {
-        "hashing": hashing,
-        "active": active,
-        "output": output,
-        "total": hashing + active + output,
-    }
+            density = SPARSE_SRP_DENSITY if layer.hash_family == "sparse_srp" else 1.0
+            counts["selection"] += fan_in * layer.num_tables * layer.num_hashes_used * density
+        counts["active"] += layer.num_active * fan_in
+        # Weight gradients; input gradients too, except for the first layer.
+        counts["backward"] += layer.num_active * fan_in * (1 if index == 0 else 2)
+        if layer.refresh_period:
+            counts["refresh"] += layer.units * fan_in / layer.refresh_period
+        fan_in = layer.num_active if layer.sparse_outputs else layer.units
+    counts["total"] = counts["selection"] + counts["active"] + counts["output"]
+    return counts
+
+
+def dense_backward_multiplications(hidden=HIDDEN):
+    """Weight and input gradients of the dense MLP, per example (no input gradient below
+    the first layer)."""
+    dims = (INPUT_DIM, *hidden, CLASSES)
+    pairs = list(zip(dims[:-1], dims[1:], strict=True))
+    return sum(a * b for a, b in pairs) * 2 - pairs[0][0] * pairs[0][1]
 
 
 def make_optimizer(name, learning_rate):
@@ -116,11 +144,13 @@ def make_optimizer(name, learning_rate):
 
 
 def fit_and_test(model, optimizer, data, epochs, batch_size, callbacks=(), verbose=2):
-    """Trains `model` with `model.fit`; returns training seconds and test accuracy."""
+    """Trains `model` with `model.fit`; returns training seconds, test accuracy (each layer in
+    its own inference mode) and the per-epoch history (loss, accuracy, each `LSHDense`'s
+    `_recall` and `_coverage`)."""
     (x_train, y_train), (x_test, y_test) = data
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     start = time.perf_counter()
-    model.fit(
+    history = model.fit(
         x_train,
         y_train,
         batch_size=batch_size,
@@ -131,17 +161,21 @@ def fit_and_test(model, optimizer, data, epochs, batch_size, callbacks=(), verbo
     )
     seconds = time.perf_counter() - start
     _, accuracy = model.evaluate(x_test, y_test, batch_size=1000, verbose=0)
-    return {"train_s": seconds, "test_accuracy": float(accuracy)}
+    return {
+        "train_s": seconds,
+        "test_accuracy": float(accuracy),
+        "history": {name: [float(v) for v in values] for name, values in history.history.items()},
+    }
 
 
-def lsh_inference_accuracy(model, x_test, y_test):
-    """Test accuracy computing only the retrieved units (`inference="lsh"`)."""
-    keras_layers.set_inference(model, "lsh")
-    try:
-        _, accuracy = model.evaluate(x_test, y_test, batch_size=1000, verbose=0)
-    finally:
-        keras_layers.set_inference(model, "dense")
-    return float(accuracy)
+def inference_accuracies(model, x_test, y_test):
+    """Test accuracy with every `LSHDense` in each inference mode: `{"lsh", "top_k", "dense"}`."""
+    accuracies = {}
+    for mode in keras_layers.INFERENCE_MODES:
+        with keras_layers.inference_mode(model, mode):
+            _, accuracy = model.evaluate(x_test, y_test, batch_size=1000, verbose=0)
+        accuracies[mode] = float(accuracy)
+    return accuracies
 
 
 def load_data(train_examples=None):
@@ -156,13 +190,22 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--active", type=float, default=0.05, help="fraction of units active")
-    parser.add_argument("--num-tables", type=int, default=50, help="L, hash tables per layer")
-    parser.add_argument("--num-hashes", type=int, default=6, help="K, bits per table")
+    parser.add_argument(
+        "--active-rule",
+        default="auto",
+        choices=keras_layers.lsh_dense.ACTIVE_RULES,
+        help="how units are selected (auto: low_rank for these ReLU layers)",
+    )
+    parser.add_argument("--rank", type=int, default=32, help="sketch rank for low_rank")
+    parser.add_argument("--num-tables", type=int, default=50, help="L, for table rules")
+    parser.add_argument("--num-hashes", type=int, default=6, help="K, for table rules")
     parser.add_argument("--hash-family", default="srp", choices=("srp", "sparse_srp"))
     parser.add_argument("--optimizer", default="sparse_adam", choices=("sparse_adam", "sgd"))
     parser.add_argument("--learning-rate", type=float, default=None, help="1e-3 Adam, 1e-2 SGD")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--rebuild-period", type=int, default=50, help="steps between rebuilds")
+    parser.add_argument(
+        "--rebuild-period", type=int, default=50, help="steps between table rebuilds"
+    )
     parser.add_argument("--train-examples", type=int, default=None, help="use a subset")
     parser.add_argument("--quick", action="store_true", help=f"1 epoch on {QUICK_TRAIN:,} images")
     parser.add_argument("--skip-dense", action="store_true", help="train only the LSH network")
@@ -188,19 +231,28 @@ def main(argv=None):
 
     lsh = build_lsh_mlp(
         active=args.active,
+        active_rule=args.active_rule,
+        rank=args.rank,
         num_tables=args.num_tables,
         num_hashes=args.num_hashes,
         hash_family=args.hash_family,
         seed=args.seed,
     )
     hidden = lsh.layers[0]
+    how = (
+        f"{args.hash_family} tables K={hidden.num_hashes_used} L={hidden.num_tables}"
+        if hidden.uses_tables
+        else f"{hidden.selection}"
+        + (f" rank {hidden.rank}" if hidden.selection == "low_rank" else "")
+    )
     print(
         f"LSH network: {hidden.num_active} of {hidden.units} units active per hidden layer, "
-        f"{args.hash_family} K={hidden.num_hashes_used} L={hidden.num_tables}, "
-        f"{args.optimizer} lr {args.learning_rate:g}",
+        f"{how}, {args.optimizer} lr {args.learning_rate:g}",
         file=sys.stderr,
     )
-    rebuild = keras_layers.LSHRebuildCallback(period=args.rebuild_period)
+    callbacks = []
+    if hidden.uses_tables:
+        callbacks.append(keras_layers.LSHRebuildCallback(period=args.rebuild_period))
     results = {
         "settings": {
             **{k: v for k, v in vars(args).items() if k != "quick"},
@@ -215,11 +267,10 @@ def main(argv=None):
         data,
         args.epochs,
         args.batch_size,
-        [rebuild],
+        callbacks,
         verbose,
     )
-    lsh_result["test_accuracy_lsh_inference"] = lsh_inference_accuracy(lsh, x_test, y_test)
-    lsh_result["table_rebuilds"] = rebuild.rebuilds
+    lsh_result["test_accuracy_by_inference"] = inference_accuracies(lsh, x_test, y_test)
     mults = lsh_multiplications(lsh)
     dense_mults = dense_multiplications()
     lsh_result["multiplications_per_example"] = mults
@@ -248,20 +299,22 @@ def _fmt(result):
 
 def _print_table(results):
     print(
-        f"\n{'network':40s} {'test acc':>9s} {'mults/example':>14s} {'fraction':>9s} "
+        f"\n{'network':42s} {'test acc':>9s} {'mults/example':>14s} {'fraction':>9s} "
         f"{'train s':>8s}",
         file=sys.stderr,
     )
-    rows = [("LSHDense hidden layers (exact inference)", results["lsh"], "test_accuracy")]
-    rows.append(("LSHDense hidden layers (LSH inference)", results["lsh"], None))
+    lsh = results["lsh"]
+    rows = [
+        (f"LSHDense hidden layers ({mode} inference)", lsh, accuracy)
+        for mode, accuracy in lsh["test_accuracy_by_inference"].items()
+    ]
     if "dense" in results:
-        rows.append(("Dense hidden layers", results["dense"], "test_accuracy"))
-    for name, result, key in rows:
+        rows.append(("Dense hidden layers", results["dense"], results["dense"]["test_accuracy"]))
+    for name, result, accuracy in rows:
         mults = result["multiplications_per_example"]
         mults = mults["total"] if isinstance(mults, dict) else mults
-        accuracy = result[key] if key else result["test_accuracy_lsh_inference"]
         print(
-            f"{name:40s} {accuracy:9.4f} {mults:14,.0f} {result['multiplication_fraction']:9.1%} "
+            f"{name:42s} {accuracy:9.4f} {mults:14,.0f} {result['multiplication_fraction']:9.1%} "
             f"{result['train_s']:8.1f}",
             file=sys.stderr,
         )

@@ -2,13 +2,21 @@
 
 from keras_layers.callbacks import LSHRebuildCallback
 from keras_layers.losses import active_softmax_cross_entropy, dense_softmax_cross_entropy
-from keras_layers.lsh_dense import LSHDense, export_saved_model, lsh_layers, set_inference
-from keras_layers.metrics import LSHRecall, PrecisionAtK
+from keras_layers.lsh_dense import (
+    INFERENCE_MODES,
+    LSHDense,
+    export_saved_model,
+    inference_mode,
+    lsh_layers,
+    set_inference,
+)
+from keras_layers.metrics import LSHRecall, PrecisionAtK, UnitCoverage
 from keras_layers.models import LSHClassifier
 from keras_layers.optimizers import SparseAdam
 from keras_layers.sparse_input_dense import SparseInputDense
 
 __all__ = [
+    "INFERENCE_MODES",
     "LSHClassifier",
     "LSHDense",
     "LSHRebuildCallback",
@@ -16,9 +24,11 @@ __all__ = [
     "PrecisionAtK",
     "SparseAdam",
     "SparseInputDense",
+    "UnitCoverage",
     "active_softmax_cross_entropy",
     "dense_softmax_cross_entropy",
     "export_saved_model",
+    "inference_mode",
     "lsh_layers",
     "set_inference",
 ]

@@ -3,6 +3,7 @@
 import importlib.util
 import math
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -129,9 +130,20 @@ class LSHRebuildCallback(keras.callbacks.Callback):
         self._writer = None
 
     def on_train_begin(self, logs=None):
-        self._layers = lsh_layers(self.model)
-        if not self._layers:
+        layers = lsh_layers(self.model)
+        if not layers:
             raise ValueError("LSHRebuildCallback: the model has no LSHDense layer")
+        # Layers that select without tables ("low_rank", "exact") keep themselves up to date.
+        self._layers = [layer for layer in layers if layer.uses_tables]
+        if not self._layers:
+            warnings.warn(
+                "LSHRebuildCallback: no LSHDense layer of this model uses hash tables (their "
+                "active_rule: "
+                + ", ".join(sorted({layer.selection for layer in layers}))
+                + "); they refresh themselves every refresh_period steps, and the callback "
+                "does nothing",
+                stacklevel=2,
+            )
         self._snapshots = {}
         if self.log_dir and self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)

@@ -1,5 +1,6 @@
 """`LSHDense`: a dense layer that computes only the units a hash-table lookup selects."""
 
+import contextlib
 import math
 
 import keras
@@ -7,8 +8,11 @@ import tensorflow as tf
 from keras import activations, constraints, initializers, regularizers
 
 import tf_lsh_ops
+from keras_layers.metrics import LSHRecall, UnitCoverage
 
-INFERENCE_MODES = ("dense", "lsh")
+INFERENCE_MODES = ("dense", "top_k", "lsh")
+TABLE_RULES = tf_lsh_ops.QUERY_RULES
+ACTIVE_RULES = ("auto", "low_rank", "exact", *TABLE_RULES)
 _SIMHASH = ("srp", "sparse_srp")
 
 
@@ -52,7 +56,29 @@ class LSHDense(keras.layers.Layer):
       num_tables: L.
       bin_size: coordinates per WTA hash.
       bucket_capacity: ids a bucket holds.
-      active_rule: `"frequency"`, `"union"` or `"threshold"` (see `tf_lsh_ops.query_tables`).
+      active_rule: how each example's active units are chosen:
+        - `"low_rank"`: the `active` largest pre-activations of a rank-`rank` sketch of the
+          layer (`x -> (x B^T) A^T + bias`, `rank * (input_dim + units)` multiplications an
+          example), which the layer refits every `refresh_period` training steps from the
+          batch's exact pre-activations (their top `rank` singular vectors over the units).
+          It finds most of the exact top units of hidden layers, where SimHash tables of the
+          weights find few (benchmarks/README.md, "hidden layers").
+        - `"frequency"`, `"union"` or `"threshold"`: hash tables of the units' weights, queried
+          with that rule (see `tf_lsh_ops.query_tables`); the choice for output layers over
+          many labels, whose labels join each active set.
+        - `"exact"`: every unit's pre-activation, then the top `active` (as expensive as
+          `Dense`; the reference the others are measured against).
+        - `"auto"` (default): `"low_rank"` for a layer with an activation (a hidden layer),
+          `"frequency"` for a linear one (an output layer over labels).
+      rank: sketch rank for `"low_rank"`.
+      refresh_period: every this many training steps the layer computes the batch's exact
+        pre-activations once, records how many of each example's exact top `active` units
+        its selection held (the metric `<name>_recall`), and refreshes its selector: refits
+        the sketch (`"low_rank"`) or re-hashes the changed units (`refresh_tables`, table
+        rules; `LSHRebuildCallback` adds rebuilds and other schedules). None: never (the
+        tables then need `LSHRebuildCallback`). Every training step also counts which units
+        were selected (the metric `<name>_coverage`: the fraction of units selected at least
+        once this epoch; units never selected never learn).
       min_count: for `"threshold"`.
       fill_random: fill active sets the tables leave short with random units (else -1
         padding, computed as 0).
@@ -64,14 +90,20 @@ class LSHDense(keras.layers.Layer):
         of a dense tensor with zeros elsewhere. A following `LSHDense` reads it sparsely
         (hashing and `sparse_input_gather_matmul`), so neither layer forms `[batch, units]`.
         Exact (dense) inference still returns a dense tensor.
-      inference: `"dense"` (exact: all units, with standard TF ops) or `"lsh"` (only the
-        retrieved units); switch it after training with `set_inference(model, mode)`.
+      inference: `"dense"` (all units, as `Dense`), `"top_k"` (all units computed, each
+        example's `active` largest kept, as in training with exact selection; both with
+        standard TF ops only) or `"lsh"` (only the units `active_rule` selects are computed);
+        None (default): `"lsh"` with the `"low_rank"` and `"exact"` rules (it computes what
+        training computed; with `"low_rank"` at a fraction of the cost), `"dense"` with tables. Switch it after
+        training with `set_inference(model, mode)`.
       seed: seeds the hash functions, the tables and the random fill.
       **kwargs: base `Layer` arguments (`name`, `dtype`, ...).
 
     Example:
 
-    >>> layer = LSHDense(1000, activation="relu", active=0.05, num_tables=8)
+    >>> layer = LSHDense(1000, activation="relu", active=0.05)
+    >>> layer.selection
+    'low_rank'
     >>> x = tf.random.stateless_normal([4, 64], seed=[0, 1])
     >>> layer(x, training=True).shape
     TensorShape([4, 1000])
@@ -98,13 +130,15 @@ class LSHDense(keras.layers.Layer):
         num_tables=16,
         bin_size=8,
         bucket_capacity=128,
-        active_rule="frequency",
+        active_rule="auto",
+        rank=32,
+        refresh_period=20,
         min_count=1,
         fill_random=True,
         overflow="reservoir",
         batch_wide=False,
         sparse_outputs=False,
-        inference="dense",
+        inference=None,
         seed=0,
         **kwargs,
     ):
@@ -159,12 +193,33 @@ class LSHDense(keras.layers.Layer):
                 f"{tf_lsh_ops.lsh.MAX_BUCKET_BITS} are allowed"
             )
         self.bucket_capacity = bucket_capacity
-        if active_rule not in tf_lsh_ops.QUERY_RULES:
+        if active_rule not in ACTIVE_RULES:
             raise ValueError(
-                f"LSHDense: unknown active_rule {active_rule!r}; expected one of "
-                f"{tf_lsh_ops.QUERY_RULES}"
+                f"LSHDense: unknown active_rule {active_rule!r}; expected one of {ACTIVE_RULES}"
             )
         self.active_rule = active_rule
+        if active_rule == "auto":
+            hidden = self.activation not in (None, activations.linear)
+            active_rule = "low_rank" if hidden and not batch_wide else "frequency"
+        # The rule in force: what active_rule="auto" resolved to.
+        self.selection = active_rule
+        if batch_wide and not self.uses_tables:
+            raise ValueError(
+                f"LSHDense: batch_wide=True needs a hash-table active_rule {TABLE_RULES}, "
+                f"not {active_rule!r}"
+            )
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"LSHDense: rank must be an int >= 1, got {rank!r}")
+        self.rank = rank
+        if refresh_period is not None and (
+            isinstance(refresh_period, bool)
+            or not isinstance(refresh_period, int)
+            or refresh_period < 1
+        ):
+            raise ValueError(
+                f"LSHDense: refresh_period must be None or an int >= 1, got {refresh_period!r}"
+            )
+        self.refresh_period = refresh_period
         if min_count < 1:
             raise ValueError(f"LSHDense: min_count must be >= 1, got {min_count}")
         self.min_count = min_count
@@ -177,10 +232,25 @@ class LSHDense(keras.layers.Layer):
         self.overflow = overflow
         self.batch_wide = bool(batch_wide)
         self.sparse_outputs = bool(sparse_outputs)
+        if inference is None:
+            inference = "dense" if self.uses_tables else "lsh"
         self.inference = inference  # checked by the property setter
         self.seed = int(seed)
         self.supports_jit = False
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
+        # Keras reports metrics that a layer tracks with the model's (logs, History,
+        # TensorBoard).
+        self.coverage = UnitCoverage(units, name=f"{self.name}_coverage")
+        self.recall = (
+            LSHRecall(self.num_active, name=f"{self.name}_recall")
+            if refresh_period is not None
+            else None
+        )
+
+    @property
+    def uses_tables(self):
+        """Whether the active units come from hash tables (`LSHRebuildCallback` keeps them)."""
+        return self.selection in TABLE_RULES
 
     @property
     def inference(self):
@@ -196,7 +266,10 @@ class LSHDense(keras.layers.Layer):
 
     @property
     def table_bytes(self):
-        """Memory of the hash tables and the units' stored bucket ids and fingerprints, in bytes."""
+        """Memory of the hash tables and the units' stored bucket ids and fingerprints, in bytes
+        (the sketch of `"low_rank"`: `4 * rank * (units + input_dim)`)."""
+        if not self.uses_tables:
+            return 0
         buckets = self.num_tables * 2**self.bucket_bits
         return 4 * (buckets * (self.bucket_capacity + 1) + self.units * self.num_tables) + (
             8 * self.units
@@ -226,6 +299,19 @@ class LSHDense(keras.layers.Layer):
             constraint=self.bias_constraint if self.use_bias else None,
             trainable=self.use_bias,
         )
+        if self.uses_tables:
+            self._build_tables(input_dim)
+            return
+        self.step = self._step_state()
+        if self.selection == "low_rank":
+            # x -> (x B^T) A^T approximates x W^T: A [units, rank] has orthonormal columns
+            # spanning the units' main directions of variation over recent inputs, B = A^T W.
+            self.sketch_units = self._state("sketch_units", (self.units, self.rank), "float32", 0)
+            self.sketch_inputs = self._state("sketch_inputs", (self.rank, input_dim), "float32", 0)
+            if tf.executing_eagerly():
+                self._fit_sketch_to_weights()
+
+    def _build_tables(self, input_dim):
         params = tf_lsh_ops.hash_params(
             self.hash_family,
             input_dim,
@@ -245,14 +331,20 @@ class LSHDense(keras.layers.Layer):
         # Fingerprints of the weights each unit's codes were hashed from (refresh_tables).
         self.neuron_fingerprints = self._state("neuron_fingerprints", (self.units,), "int64", 0)
         self.max_norm = self._state("max_norm", (), "float32", 1.0)
-        # Training calls so far: seeds the random fill, so that it differs between steps.
-        self.step = self._state("step", (), "int64", 0)
+        # Created here, between the tables' state, to keep the order that .keras files
+        # written before other rules existed store the weights in.
+        self.step = self._step_state()
         # Whether the tables hold the units yet. Keras often builds layers while tracing the
         # train function, where the first tables cannot be made eagerly: then the first step
         # makes them, once (see _ensure_tables).
         self.tables_built = self._state("tables_built", (), "bool", False)
         if tf.executing_eagerly():
             self.rebuild_tables()
+
+    def _step_state(self):
+        """Training calls so far: the refresh schedule, and the random fill's seed (so that it
+        differs between steps)."""
+        return self._state("step", (), "int64", 0)
 
     def _state(self, name, shape, dtype, value):
         """A non-trainable weight (saved and restored with the model)."""
@@ -279,6 +371,7 @@ class LSHDense(keras.layers.Layer):
 
     def rebuild_tables(self):
         """Re-hashes every unit from the current weights and rebuilds the tables."""
+        self._require_tables("rebuild_tables")
         # The kernel's rows are read in place (no copy of the matrix), except for the MIPS
         # norm, which tf.norm computes from a copy.
         self.neuron_fingerprints.assign(tf_lsh_ops.row_fingerprints(self.kernel))
@@ -326,6 +419,7 @@ class LSHDense(keras.layers.Layer):
         >>> int(layer.refresh_tables())  # nothing moved since
         0
         """
+        self._require_tables("refresh_tables")
         self._ensure_tables()
         fingerprints = tf_lsh_ops.row_fingerprints(self.kernel)
         changed = tf.where(tf.not_equal(fingerprints, self.neuron_fingerprints.value))
@@ -350,6 +444,13 @@ class LSHDense(keras.layers.Layer):
             rebuild |= tf.reduce_any(tf.norm(weights, axis=1) > self.max_norm)
         return tf.cond(rebuild, rebuild_all, move_changed)
 
+    def _require_tables(self, method):
+        if not self.uses_tables:
+            raise ValueError(
+                f"LSHDense.{method}: layer {self.name!r} selects with active_rule="
+                f"{self.selection!r}, which keeps no hash tables"
+            )
+
     def _ensure_tables(self):
         if tf.executing_eagerly():
             if not bool(self.tables_built.numpy()):  # a Keras Variable has no __bool__
@@ -368,6 +469,7 @@ class LSHDense(keras.layers.Layer):
         Keeps the norm of the last full rebuild for the MIPS transform, so the rest of the
         tables stay valid.
         """
+        self._require_tables("update_tables")
         unit_ids = tf.convert_to_tensor(unit_ids, tf.int32)
         weights = tf.gather(self.kernel.value, unit_ids)
         self._move_units(unit_ids, weights, tf_lsh_ops.row_fingerprints(weights))
@@ -393,10 +495,19 @@ class LSHDense(keras.layers.Layer):
         self.table_counts.assign(counts)
 
     def active_ids(self, inputs, labels=None):
-        """The units each example computes: int32 `[batch, k]` (`[1, k]` if batch-wide).
+        """The units each example computes, chosen by `active_rule`: int32 `[batch, k]`
+        (`[1, k]` if batch-wide).
 
-        `labels` (int32 `[batch, max_labels]`, -1 padded) are always included, first.
+        `labels` (int32 `[batch, max_labels]`, -1 padded) are always included, first (beyond
+        k labels, the first k).
         """
+        if not self.uses_tables:
+            products = (
+                self._sketch_products(inputs)
+                if self.selection == "low_rank"
+                else self._products(inputs)
+            )
+            return _top_units(products + self.bias, self.num_active, labels)
         self._ensure_tables()
         return tf_lsh_ops.query_tables(
             self._hash(inputs, "query"),
@@ -404,13 +515,72 @@ class LSHDense(keras.layers.Layer):
             self.table_counts,
             k=self.num_active,
             num_neurons=self.units,
-            rule=self.active_rule,
+            rule=self.selection,
             min_count=self.min_count,
             fill_random=self.fill_random,
             labels=labels,
             batch_wide=self.batch_wide,
             seed=self.seed + 1_000_003 * tf.cast(self.step, tf.int64) + _replica_seed_offset(),
         )
+
+    def _products(self, inputs):
+        """`inputs` times every unit's weights, without the bias: `[batch, units]`."""
+        return _times_transposed(inputs, self.kernel)
+
+    def _sketch_products(self, inputs):
+        """`_products` through the rank-`rank` sketch: `rank * (input_dim + units)`
+        multiplications an example instead of `input_dim * units`."""
+        return tf.matmul(
+            _times_transposed(inputs, self.sketch_inputs), self.sketch_units, transpose_b=True
+        )
+
+    def fit_sketch(self, inputs):
+        """Refits the `"low_rank"` sketch to the layer's exact products on `inputs` (a batch);
+        training does so every `refresh_period` steps."""
+        self._fit_sketch(self._products(inputs))
+
+    def _fit_sketch(self, products):
+        """Refits the sketch to `products` `[n, units]` (inputs times the units' weights): A
+        becomes their top `rank` left singular vectors over the units (found from the `n x n`
+        Gram matrix, cheap for wide layers), B = A^T W."""
+        gram = tf.matmul(products, products, transpose_b=True)
+        eigenvalues, eigenvectors = tf.linalg.eigh(gram)  # ascending
+        count = tf.minimum(self.rank, tf.shape(gram)[0])
+        eigenvalues = tf.reverse(eigenvalues, [0])[:count]
+        eigenvectors = tf.reverse(eigenvectors, [1])[:, :count]
+        # Directions the products barely span are left out (zero columns), not amplified.
+        keep = eigenvalues > 1e-6 * tf.maximum(eigenvalues[0], 1e-30)
+        scale = tf.where(keep, tf.math.rsqrt(tf.maximum(eigenvalues, 1e-30)), 0.0)
+        basis = tf.matmul(products, eigenvectors * scale, transpose_a=True)  # [units, count]
+        basis = tf.pad(basis, [[0, 0], [0, self.rank - count]])
+        self.sketch_units.assign(tf.ensure_shape(basis, [self.units, self.rank]))
+        self.sketch_inputs.assign(tf.matmul(basis, self.kernel, transpose_a=True))
+
+    def _fit_sketch_to_weights(self):
+        """A first sketch, before any input was seen: fitted to products on random inputs."""
+        probes = tf.random.stateless_normal(
+            [4 * self.rank, self.kernel.shape[1]], seed=[self.seed, 7]
+        )
+        self._fit_sketch(self._products(probes))
+
+    def _refresh(self, inputs):
+        """A refresh step (`refresh_period`): how many of each example's exact top units the
+        selection holds (the recall metric), then the selector brought up to date."""
+        products = self._products(inputs)
+        exact = tf.math.top_k(products + self.bias, self.num_active).indices
+        self.recall.update_state(exact, self.active_ids(inputs))
+        if self.selection == "low_rank":
+            self._fit_sketch(products)
+        elif self.uses_tables:
+            self.refresh_tables()
+
+    def _refresh_if_due(self, inputs):
+        def refresh():
+            self._refresh(inputs)
+            return tf.constant(True)
+
+        due = tf.equal(self.step % self.refresh_period, 0)
+        tf.cond(due, refresh, lambda: tf.constant(False))
 
     def active_outputs(self, inputs, labels=None):
         """`(ids, values)`: the active units and their activations, both `[batch, k]`.
@@ -453,20 +623,28 @@ class LSHDense(keras.layers.Layer):
         return ids, values, fused
 
     def call(self, inputs, training=None):
-        if not training and self.inference == "dense":
-            if isinstance(inputs, tf.SparseTensor):
-                outputs = tf.sparse.sparse_dense_matmul(inputs, self.kernel, adjoint_b=True)
-            else:
-                outputs = tf.matmul(inputs, self.kernel, transpose_b=True)
-            if self.use_bias:
-                outputs = outputs + self.bias
-            return self.activation(outputs) if self.activation is not None else outputs
+        if not training and self.inference != "lsh":
+            return self._all_units(inputs, keep_top_k=self.inference == "top_k")
+        if training and self.refresh_period is not None:
+            self._refresh_if_due(inputs)
         ids, values = self.active_outputs(inputs)
         if training:
+            self.coverage.update_state(ids)
             self.step.assign_add(1)
         if self.sparse_outputs:
             return _sparse_rows(ids, values, self.units)
         return _scatter_rows(ids, values, self.units)
+
+    def _all_units(self, inputs, keep_top_k):
+        """Every unit's output (standard TF ops only), or with `keep_top_k` each example's
+        `active` largest, zeros elsewhere."""
+        outputs = self._products(inputs)
+        if self.use_bias:
+            outputs = outputs + self.bias
+        if keep_top_k:
+            top = tf.math.top_k(outputs, self.num_active)
+            return _scatter_rows(top.indices, self.activation(top.values), self.units)
+        return self.activation(outputs)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
@@ -491,6 +669,8 @@ class LSHDense(keras.layers.Layer):
             bin_size=self.bin_size,
             bucket_capacity=self.bucket_capacity,
             active_rule=self.active_rule,
+            rank=self.rank,
+            refresh_period=self.refresh_period,
             min_count=self.min_count,
             fill_random=self.fill_random,
             overflow=self.overflow,
@@ -510,13 +690,37 @@ def lsh_layers(model):
 
 
 def set_inference(model, mode):
-    """Switches every `LSHDense` of `model` to inference `mode` ("dense" or "lsh").
+    """Switches every `LSHDense` of `model` to inference `mode` (one of `INFERENCE_MODES`).
 
     Also drops the model's traced predict and test functions, which Keras would otherwise
     keep using with the old mode.
     """
     for layer in lsh_layers(model):
         layer.inference = mode
+    _drop_traced_inference(model)
+
+
+@contextlib.contextmanager
+def inference_mode(model, mode):
+    """Every `LSHDense` of `model` in inference `mode` inside the block, in its own after.
+
+    Example:
+
+    >>> with inference_mode(model, "dense"):  # doctest: +SKIP
+    ...     model.evaluate(x_test, y_test)
+    """
+    layers = lsh_layers(model)
+    own = [layer.inference for layer in layers]
+    set_inference(model, mode)
+    try:
+        yield model
+    finally:
+        for layer, layer_mode in zip(layers, own, strict=True):
+            layer.inference = layer_mode
+        _drop_traced_inference(model)
+
+
+def _drop_traced_inference(model):
     model.predict_function = None
     model.test_function = None
 
@@ -555,6 +759,24 @@ def _replica_seed_offset():
     return 2_000_003 * tf.cast(context.replica_id_in_sync_group, tf.int64)
 
 
+def _times_transposed(inputs, matrix):
+    """`inputs` (dense or a 2-D `tf.SparseTensor`) times `matrix` transposed."""
+    if isinstance(inputs, tf.SparseTensor):
+        return tf.sparse.sparse_dense_matmul(inputs, matrix, adjoint_b=True)
+    return tf.matmul(inputs, matrix, transpose_b=True)
+
+
+def _top_units(scores, k, labels=None):
+    """The ids of each row's k largest `scores`, `labels` (-1 padded) first: int32 `[batch, k]`."""
+    if labels is not None:
+        labels = tf.convert_to_tensor(labels, tf.int32)
+        rows = tf.broadcast_to(tf.range(tf.shape(labels)[0])[:, None], tf.shape(labels))
+        positions = tf.boolean_mask(tf.stack([rows, labels], -1), labels >= 0)
+        infinity = tf.fill(tf.shape(positions)[:1], tf.constant(float("inf"), scores.dtype))
+        scores = tf.tensor_scatter_nd_update(scores, positions, infinity)
+    return tf.math.top_k(scores, k).indices
+
+
 def _sparse_rows(ids, values, units):
     """A `tf.SparseTensor` `[batch, units]` of `values[b, j]` at `(b, ids[b, j])`, -1 skipped."""
     valid = ids >= 0
@@ -580,25 +802,17 @@ def _scatter_rows(ids, values, units):
 def export_saved_model(model, path, inference="dense", input_signature=None):
     """Exports `model` as a SavedModel serving its `call` with every `LSHDense` in `inference`.
 
-    `inference="dense"` gives exact outputs with standard TensorFlow ops only: the SavedModel
-    loads with no plugin (TF Serving, C++, Java, ...). `inference="lsh"` serves only the
-    retrieved units; loading it needs `import tf_lsh_ops` first. The model's own modes are
-    restored afterwards.
+    `inference="dense"` (every unit) and `"top_k"` (every unit computed, each example's top
+    `active` kept) use standard TensorFlow ops only: the SavedModel loads with no plugin (TF
+    Serving, C++, Java, ...). `inference="lsh"` serves only the selected units; loading it
+    needs `import tf_lsh_ops` first. The model's own modes are restored afterwards.
 
     Args:
       model: a built Keras model.
       path: the SavedModel directory.
-      inference: "dense" or "lsh".
+      inference: one of `INFERENCE_MODES`.
       input_signature: as for `keras.Model.export` (needed for models never called, e.g.
         `[keras.KerasTensor((None, num_features), "float32", sparse=True)]`).
     """
-    layers = lsh_layers(model)
-    previous = [layer.inference for layer in layers]
-    set_inference(model, inference)
-    try:
+    with inference_mode(model, inference):
         model.export(path, input_signature=input_signature, verbose=False)
-    finally:
-        for layer, mode in zip(layers, previous, strict=True):
-            layer.inference = mode
-        model.predict_function = None
-        model.test_function = None

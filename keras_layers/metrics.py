@@ -73,3 +73,38 @@ class LSHRecall(keras.metrics.Mean):
 
     def get_config(self):
         return {**super().get_config(), "k": self.k}
+
+
+@keras.saving.register_keras_serializable(package="tf_lsh")
+class UnitCoverage(keras.metrics.Metric):
+    """The fraction of a layer's units selected at least once since the last reset.
+
+    `update_state(active_ids)`: int `[batch, active]` (or `[1, active]`) unit ids, -1 padded.
+    `LSHDense` tracks one (`<name>_coverage`): a unit that is never selected never learns.
+
+    Example:
+
+    >>> m = UnitCoverage(4)
+    >>> m.update_state([[0, 2, -1]])
+    >>> float(m.result())
+    0.5
+    """
+
+    def __init__(self, units, name=None, dtype=None):
+        super().__init__(name=name or "unit_coverage", dtype=dtype)
+        self.units = units
+        self.selected = self.add_variable(
+            shape=(units,), initializer="zeros", dtype="float32", name="selected"
+        )
+
+    def update_state(self, active_ids, sample_weight=None):
+        ids = tf.reshape(tf.cast(active_ids, tf.int32), [-1])
+        ids = tf.boolean_mask(ids, ids >= 0)
+        # Marks rather than counts: a scatter of ones is idempotent, so repeats cost nothing.
+        self.selected.value.scatter_update(tf.IndexedSlices(tf.ones_like(ids, tf.float32), ids))
+
+    def result(self):
+        return tf.reduce_mean(tf.convert_to_tensor(self.selected))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
