@@ -94,8 +94,8 @@ class LSHDense(keras.layers.Layer):
         example's `active` largest kept, as in training with exact selection; both with
         standard TF ops only) or `"lsh"` (only the units `active_rule` selects are computed);
         None (default): `"lsh"` with the `"low_rank"` and `"exact"` rules (it computes what
-        training computed; with `"low_rank"` at a fraction of the cost), `"dense"` with tables. Switch it after
-        training with `set_inference(model, mode)`.
+        training computed; with `"low_rank"` at a fraction of the cost), `"dense"` with
+        tables. Switch it after training with `set_inference(model, mode)`.
       seed: seeds the hash functions, the tables and the random fill.
       **kwargs: base `Layer` arguments (`name`, `dtype`, ...).
 
