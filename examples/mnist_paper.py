@@ -76,6 +76,7 @@ def build_lsh_mlp(
                 num_hashes=num_hashes,
                 num_tables=num_tables,
                 sparse_outputs=sparse_outputs and i + 1 < len(hidden),
+                track_selection=True,
                 seed=seed + i,
                 name=f"hidden{i + 1}",
             )
@@ -145,8 +146,8 @@ def make_optimizer(name, learning_rate):
 
 def fit_and_test(model, optimizer, data, epochs, batch_size, callbacks=(), verbose=2):
     """Trains `model` with `model.fit`; returns training seconds, test accuracy (each layer in
-    its own inference mode) and the per-epoch history (loss, accuracy, each `LSHDense`'s
-    `_recall` and `_coverage`)."""
+    its own inference mode) and the per-epoch history (loss, accuracy, and each `LSHDense`'s
+    `_recall` and `_coverage` with `track_selection`)."""
     (x_train, y_train), (x_test, y_test) = data
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     start = time.perf_counter()
@@ -160,7 +161,9 @@ def fit_and_test(model, optimizer, data, epochs, batch_size, callbacks=(), verbo
         callbacks=list(callbacks),
     )
     seconds = time.perf_counter() - start
-    _, accuracy = model.evaluate(x_test, y_test, batch_size=1000, verbose=0)
+    accuracy = model.evaluate(x_test, y_test, batch_size=1000, verbose=0, return_dict=True)[
+        "accuracy"
+    ]
     return {
         "train_s": seconds,
         "test_accuracy": float(accuracy),
@@ -173,8 +176,8 @@ def inference_accuracies(model, x_test, y_test):
     accuracies = {}
     for mode in keras_layers.INFERENCE_MODES:
         with keras_layers.inference_mode(model, mode):
-            _, accuracy = model.evaluate(x_test, y_test, batch_size=1000, verbose=0)
-        accuracies[mode] = float(accuracy)
+            results = model.evaluate(x_test, y_test, batch_size=1000, verbose=0, return_dict=True)
+        accuracies[mode] = float(results["accuracy"])
     return accuracies
 
 

@@ -8,7 +8,7 @@ import tensorflow as tf
 from keras import activations, constraints, initializers, regularizers
 
 import tf_lsh_ops
-from keras_layers.metrics import LSHRecall, UnitCoverage
+from keras_layers.metrics import NAN, LSHRecall, UnitCoverage
 
 INFERENCE_MODES = ("dense", "top_k", "lsh")
 TABLE_RULES = tf_lsh_ops.QUERY_RULES
@@ -71,14 +71,16 @@ class LSHDense(keras.layers.Layer):
         - `"auto"` (default): `"low_rank"` for a layer with an activation (a hidden layer),
           `"frequency"` for a linear one (an output layer over labels).
       rank: sketch rank for `"low_rank"`.
-      refresh_period: every this many training steps the layer computes the batch's exact
-        pre-activations once, records how many of each example's exact top `active` units
-        its selection held (the metric `<name>_recall`), and refreshes its selector: refits
-        the sketch (`"low_rank"`) or re-hashes the changed units (`refresh_tables`, table
-        rules; `LSHRebuildCallback` adds rebuilds and other schedules). None: never (the
-        tables then need `LSHRebuildCallback`). Every training step also counts which units
-        were selected (the metric `<name>_coverage`: the fraction of units selected at least
-        once this epoch; units never selected never learn).
+      refresh_period: every this many training steps the layer refreshes its selector: refits
+        the sketch (`"low_rank"`) from the batch's exact pre-activations, or re-hashes the
+        units whose weights changed (`refresh_tables`, table rules; `LSHRebuildCallback` adds
+        full rebuilds and other schedules). None: never (tables then need the callback).
+      track_selection: record two Keras metrics in training (in the logs, `History` and
+        TensorBoard): `<name>_recall`, the fraction of each example's exact top `active` units
+        that the selection held, measured on the refresh steps (costs the batch's exact
+        pre-activations there, which `"low_rank"` computes anyway), and `<name>_coverage`,
+        the fraction of units selected at least once in the epoch (units never selected never
+        learn). `evaluate` lists them too, as NaN: they are measured in training only.
       min_count: for `"threshold"`.
       fill_random: fill active sets the tables leave short with random units (else -1
         padding, computed as 0).
@@ -133,6 +135,7 @@ class LSHDense(keras.layers.Layer):
         active_rule="auto",
         rank=32,
         refresh_period=20,
+        track_selection=False,
         min_count=1,
         fill_random=True,
         overflow="reservoir",
@@ -220,6 +223,12 @@ class LSHDense(keras.layers.Layer):
                 f"LSHDense: refresh_period must be None or an int >= 1, got {refresh_period!r}"
             )
         self.refresh_period = refresh_period
+        if track_selection and refresh_period is None:
+            raise ValueError(
+                "LSHDense: track_selection=True measures on the refresh steps; "
+                "refresh_period must be set, got None"
+            )
+        self.track_selection = bool(track_selection)
         if min_count < 1:
             raise ValueError(f"LSHDense: min_count must be >= 1, got {min_count}")
         self.min_count = min_count
@@ -240,12 +249,10 @@ class LSHDense(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
         # Keras reports metrics that a layer tracks with the model's (logs, History,
         # TensorBoard).
-        self.coverage = UnitCoverage(units, name=f"{self.name}_coverage")
-        self.recall = (
-            LSHRecall(self.num_active, name=f"{self.name}_recall")
-            if refresh_period is not None
-            else None
-        )
+        self.coverage = self.recall = None
+        if self.track_selection:
+            self.coverage = UnitCoverage(units, name=f"{self.name}_coverage")
+            self.recall = LSHRecall(self.num_active, name=f"{self.name}_recall", when_empty=NAN)
 
     @property
     def uses_tables(self):
@@ -564,11 +571,13 @@ class LSHDense(keras.layers.Layer):
         self._fit_sketch(self._products(probes))
 
     def _refresh(self, inputs):
-        """A refresh step (`refresh_period`): how many of each example's exact top units the
-        selection holds (the recall metric), then the selector brought up to date."""
-        products = self._products(inputs)
-        exact = tf.math.top_k(products + self.bias, self.num_active).indices
-        self.recall.update_state(exact, self.active_ids(inputs))
+        """A refresh step (`refresh_period`): with `track_selection`, how many of each
+        example's exact top units the selection holds; then the selector brought up to date."""
+        if self.track_selection or self.selection == "low_rank":
+            products = self._products(inputs)
+        if self.track_selection:
+            exact = tf.math.top_k(products + self.bias, self.num_active).indices
+            self.recall.update_state(exact, self.active_ids(inputs))
         if self.selection == "low_rank":
             self._fit_sketch(products)
         elif self.uses_tables:
@@ -629,7 +638,8 @@ class LSHDense(keras.layers.Layer):
             self._refresh_if_due(inputs)
         ids, values = self.active_outputs(inputs)
         if training:
-            self.coverage.update_state(ids)
+            if self.track_selection:
+                self.coverage.update_state(ids)
             self.step.assign_add(1)
         if self.sparse_outputs:
             return _sparse_rows(ids, values, self.units)
@@ -671,6 +681,7 @@ class LSHDense(keras.layers.Layer):
             active_rule=self.active_rule,
             rank=self.rank,
             refresh_period=self.refresh_period,
+            track_selection=self.track_selection,
             min_count=self.min_count,
             fill_random=self.fill_random,
             overflow=self.overflow,

@@ -3,6 +3,9 @@
 import keras
 import tensorflow as tf
 
+# What a metric can report before its first update (e.g. a training-only metric in `evaluate`).
+NAN = float("nan")
+
 
 @keras.saving.register_keras_serializable(package="tf_lsh")
 class PrecisionAtK(keras.metrics.Mean):
@@ -51,12 +54,19 @@ class LSHRecall(keras.metrics.Mean):
 
     `update_state(exact_top_ids, active_ids)`: int `[batch, k]` ids of the largest exact
     outputs, and the active set `[batch, active]` (or `[1, active]` batch-wide; -1 padded).
-    `LSHClassifier(..., lsh_recall_k=k)` tracks it during `evaluate`.
+    `LSHClassifier(..., lsh_recall_k=k)` tracks it during `evaluate`, `LSHDense(...,
+    track_selection=True)` in training. `when_empty` is its result before any update (0.0, or
+    `NAN` for a metric measured in training only, so that `evaluate` does not report a 0).
     """
 
-    def __init__(self, k=5, name=None, dtype=None):
+    def __init__(self, k=5, name=None, dtype=None, when_empty=0.0):
         super().__init__(name=name or f"lsh_recall@{k}", dtype=dtype)
         self.k = k
+        self.when_empty = when_empty
+
+    def result(self):
+        empty = tf.equal(tf.convert_to_tensor(self.count), 0)
+        return tf.where(empty, tf.constant(self.when_empty, self.dtype), super().result())
 
     def update_state(self, exact_top_ids, active_ids, sample_weight=None):
         exact = tf.cast(exact_top_ids, tf.int64)[:, : self.k]
@@ -72,7 +82,7 @@ class LSHRecall(keras.metrics.Mean):
         return super().update_state(recall, sample_weight=sample_weight)
 
     def get_config(self):
-        return {**super().get_config(), "k": self.k}
+        return {**super().get_config(), "k": self.k, "when_empty": self.when_empty}
 
 
 @keras.saving.register_keras_serializable(package="tf_lsh")
@@ -96,15 +106,19 @@ class UnitCoverage(keras.metrics.Metric):
         self.selected = self.add_variable(
             shape=(units,), initializer="zeros", dtype="float32", name="selected"
         )
+        self.updates = self.add_variable(shape=(), initializer="zeros", name="updates")
 
     def update_state(self, active_ids, sample_weight=None):
         ids = tf.reshape(tf.cast(active_ids, tf.int32), [-1])
         ids = tf.boolean_mask(ids, ids >= 0)
         # Marks rather than counts: a scatter of ones is idempotent, so repeats cost nothing.
         self.selected.value.scatter_update(tf.IndexedSlices(tf.ones_like(ids, tf.float32), ids))
+        self.updates.assign_add(1.0)
 
     def result(self):
-        return tf.reduce_mean(tf.convert_to_tensor(self.selected))
+        # NaN before any update: measured in training, it has nothing to say in `evaluate`.
+        covered = tf.reduce_mean(tf.convert_to_tensor(self.selected))
+        return tf.where(tf.equal(tf.convert_to_tensor(self.updates), 0), NAN, covered)
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}

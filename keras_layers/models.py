@@ -84,6 +84,13 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
         self.fuse_first_layer_update = fuse_first_layer_update
         self.lsh_recall = LSHRecall(lsh_recall_k) if lsh_recall_k else None
 
+    @property
+    def metrics(self):
+        # The steps below train the head without its call(), which is where an LSHDense
+        # records its selection metrics (track_selection): they would never be measured.
+        head_metrics = {id(self.head.coverage), id(self.head.recall)} - {id(None)}
+        return [metric for metric in super().metrics if id(metric) not in head_metrics]
+
     def call(self, inputs, training=None):
         return self.head(self.body(inputs, training=training), training=training)
 

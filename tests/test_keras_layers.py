@@ -57,7 +57,9 @@ def normal(seed, *shape):
 
 
 def lsh_and_dense(units, dim, activation, use_bias=True, **kwargs):
-    """A built LSHDense and a keras Dense with the same (transposed) weights."""
+    """A built LSHDense (hash tables unless told) and a keras Dense with the same (transposed)
+    weights."""
+    kwargs.setdefault("active_rule", "frequency")
     layer = LSHDense(
         units,
         activation=activation,
@@ -102,6 +104,8 @@ def prototype_multilabel(seed, num_labels, dim, count, max_labels, noise=0.3):
 
 
 def hidden_model(dim, classes, units=64, active=8, seed=2, **lsh_kwargs):
+    """A hidden LSHDense with hash tables (what the rebuild callback keeps) and a Dense head."""
+    lsh_kwargs.setdefault("active_rule", "frequency")
     keras.utils.set_random_seed(0)
     return keras.Sequential(
         [
@@ -936,7 +940,8 @@ def test_incremental_rebuild_rehashes_one_slice_per_event():
         period=1, incremental_fraction=fraction, rebuild_on_train_begin=False
     )
     x, y = gaussian_blobs(110, num_classes=3, dim=12, count=32, spread=1.0)
-    model = hidden_model(12, 3, units=units, active=8, bucket_capacity=128)
+    # The callback alone keeps the tables (the layer's own refreshes off).
+    model = hidden_model(12, 3, units=units, active=8, bucket_capacity=128, refresh_period=None)
     # Frozen weights (learning rate 0), but not the ones the tables hold: permuted rows move
     # units between buckets. (Permuting keeps the set of norms, so a MIPS max norm too.)
     model.compile(keras.optimizers.SGD(0.0), "mse")
@@ -1060,8 +1065,9 @@ def test_rebuild_callback_rejects_bad_configuration(kwargs, message):
 def test_lsh_dense_layers_hand_sparse_activations_to_each_other():
     """sparse_outputs: the hidden layer's activations reach the next LSHDense as (ids, values)."""
     x, y = gaussian_blobs(11, num_classes=4, dim=32, count=1024, spread=1.0)
-    first = LSHDense(200, activation="relu", active=0.2, num_tables=8, sparse_outputs=True)
-    second = LSHDense(100, activation="relu", active=0.2, num_tables=8)
+    tables = {"active_rule": "frequency", "num_tables": 8}
+    first = LSHDense(200, activation="relu", active=0.2, sparse_outputs=True, **tables)
+    second = LSHDense(100, activation="relu", active=0.2, **tables)
     inputs = keras.Input((32,))
     model = keras.Model(inputs, keras.layers.Dense(4)(second(first(inputs))))
     model.compile(

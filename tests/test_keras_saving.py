@@ -68,7 +68,9 @@ def hidden_model():
     return keras.Sequential(
         [
             keras.Input((12,)),
-            LSHDense(64, activation="relu", active=8, num_tables=4, seed=2),
+            LSHDense(
+                64, activation="relu", active=8, active_rule="frequency", num_tables=4, seed=2
+            ),
             keras.layers.Dense(3),
         ]
     )

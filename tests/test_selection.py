@@ -27,6 +27,7 @@ def _as_sets(ids):
 
 
 def _built(units, dim, **kwargs):
+    kwargs.setdefault("track_selection", True)
     layer = LSHDense(units, activation="relu", **kwargs)
     layer.build((None, dim))
     layer.bias.assign(np.random.default_rng(9).normal(0, 0.1, units).astype(np.float32))
@@ -167,7 +168,7 @@ def test_coverage_counts_units_selected_at_least_once():
     metric.update_state([[1, 3]])
     assert float(metric.result()) == pytest.approx(0.5)
     metric.reset_state()
-    assert float(metric.result()) == 0.0
+    assert np.isnan(float(metric.result()))  # nothing measured (e.g. in evaluate)
     layer = _built(50, 8, active=5)
     ids = layer.active_ids(_inputs(6, 8)).numpy()  # the sketch stays: refit from its own products
     layer(_inputs(6, 8), training=True)
@@ -188,8 +189,8 @@ def _default_model(dim=32, classes=8):
     return keras.Sequential(
         [
             keras.Input((dim,)),
-            LSHDense(400, activation="relu", sparse_outputs=True, name="hidden1"),
-            LSHDense(400, activation="relu", name="hidden2"),
+            LSHDense(400, "relu", sparse_outputs=True, track_selection=True, name="hidden1"),
+            LSHDense(400, "relu", track_selection=True, name="hidden2"),
             keras.layers.Dense(classes, activation="softmax"),
         ]
     )
@@ -201,8 +202,9 @@ def test_default_layers_learn_without_a_callback():
     model.compile(SparseAdam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(x, y, batch_size=64, epochs=3, verbose=0).history
     x_test, y_test = _clusters(1000, seed=1)
-    accuracy = model.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"]
-    assert accuracy > 0.9  # chance: 0.125
+    results = model.evaluate(x_test, y_test, verbose=0, return_dict=True)
+    assert results["accuracy"] > 0.9  # chance: 0.125
+    assert np.isnan(results["hidden1_recall"])  # measured in training only
     for name in ("hidden1", "hidden2"):
         assert 0.5 < history[f"{name}_recall"][-1] <= 1.0
         assert 0 < history[f"{name}_coverage"][-1] <= 1.0
@@ -266,6 +268,7 @@ def test_config_round_trip_and_saving_keep_the_sketch(tmp_path):
         ({"rank": 0}, "rank must be an int >= 1, got 0"),
         ({"rank": 2.5}, "rank must be an int >= 1, got 2.5"),
         ({"refresh_period": 0}, "refresh_period must be None or an int >= 1, got 0"),
+        ({"track_selection": True, "refresh_period": None}, "refresh_period must be set"),
         ({"inference": "top"}, "unknown inference mode 'top'"),
     ],
 )
@@ -289,3 +292,15 @@ def test_rebuild_callback_warns_when_no_layer_has_tables():
         warnings.simplefilter("always")
         model.fit(x, y, epochs=1, verbose=0, callbacks=[LSHRebuildCallback(period=2)])
     assert any("no LSHDense layer of this model uses hash tables" in str(w.message) for w in caught)
+
+
+def test_selection_is_not_tracked_unless_asked():
+    layer = LSHDense(50, activation="relu")
+    assert layer.recall is None and layer.coverage is None
+    model = keras.Sequential([keras.Input((8,)), layer, keras.layers.Dense(2)])
+    model.compile(SparseAdam(1e-3), "mse")
+    x = _inputs(16, 8)
+    history = model.fit(x, np.zeros((16, 2)), epochs=1, verbose=0).history
+    assert set(history) == {"loss"}
+    loss = model.evaluate(x, np.zeros((16, 2)), verbose=0)  # a scalar, as for any model
+    assert np.isfinite(loss)
