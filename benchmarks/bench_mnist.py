@@ -90,7 +90,13 @@ def run_lsh(data, fraction, selection, settings):
     if selection in ("tables", "random"):
         callbacks.append(keras_layers.LSHRebuildCallback(period=REBUILD_PERIOD))
     result = mnist_paper.fit_and_test(
-        model, keras_layers.SparseAdam(LEARNING_RATE), data, settings["epochs"], BATCH, callbacks
+        model,
+        keras_layers.SparseAdam(LEARNING_RATE),
+        data,
+        settings["epochs"],
+        BATCH,
+        callbacks,
+        verbose=0,
     )
     result["test_accuracy_by_inference"] = mnist_paper.inference_accuracies(model, x_test, y_test)
     mults = mnist_paper.lsh_multiplications(model)

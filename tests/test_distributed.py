@@ -110,6 +110,7 @@ def build_model():
             units,
             activation="relu" if units == HIDDEN else None,
             active=active,
+            active_rule="frequency",  # tables, for the hidden layer too
             num_tables=4,
             # No random fill: the active sets are a function of the weights and the example,
             # so the distributed run computes exactly what the single-process run does.
