@@ -121,7 +121,9 @@ def lsh_multiplications(model, batch_size=128):
         counts["active"] += layer.num_active * fan_in
         # Weight gradients; input gradients too, except for the first layer.
         counts["backward"] += layer.num_active * fan_in * (1 if index == 0 else 2)
-        if layer.refresh_period:
+        # A refresh computes the batch's exact products for the sketch or the recall metric
+        # (a table refresh alone re-hashes the changed units: not counted).
+        if layer.refresh_period and (layer.selection == "low_rank" or layer.track_selection):
             counts["refresh"] += layer.units * fan_in / layer.refresh_period
         fan_in = layer.num_active if layer.sparse_outputs else layer.units
     counts["total"] = counts["selection"] + counts["active"] + counts["output"]

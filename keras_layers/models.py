@@ -88,7 +88,7 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
     def metrics(self):
         # The steps below train the head without its call(), which is where an LSHDense
         # records its selection metrics (track_selection): they would never be measured.
-        head_metrics = {id(self.head.coverage), id(self.head.recall)} - {id(None)}
+        head_metrics = {id(m) for m in (self.head.coverage, self.head.recall) if m is not None}
         return [metric for metric in super().metrics if id(metric) not in head_metrics]
 
     def call(self, inputs, training=None):
