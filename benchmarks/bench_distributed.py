@@ -331,7 +331,7 @@ def _shard_costs(args):
             float(step())
             times.append(time.perf_counter() - start)
         rebuild_start = time.perf_counter()
-        layer.rebuild_tables()
+        layer.tables.rebuild()
         rebuild = time.perf_counter() - rebuild_start
         results.append(
             {
@@ -340,7 +340,7 @@ def _shard_costs(args):
                 "step_seconds": float(np.median(times)),
                 "rebuild_seconds": rebuild,
                 "weight_bytes": units * (hidden + 1) * 4,
-                "table_bytes": layer.table_bytes,
+                "table_bytes": layer.selector.memory_bytes,
             }
         )
         print(f"[bench_distributed] shard {units}: {results[-1]}", file=sys.stderr, flush=True)

@@ -78,15 +78,17 @@ SELECTIONS = ("low_rank", "exact", "tables", "random")
 def run_lsh(data, fraction, selection, settings):
     """Trains and tests the LSH network with one `selection` (see the module docstring)."""
     (_, _), (x_test, y_test) = data
-    rule = {"low_rank": "auto", "exact": "exact"}.get(selection, "frequency")
+    rule = {"low_rank": "auto", "exact": "exact", "random": "threshold"}.get(selection, "frequency")
+    num_tables = settings["num_tables"]
     model = mnist_paper.build_lsh_mlp(
-        active=fraction, active_rule=rule, num_tables=settings["num_tables"], num_hashes=NUM_HASHES
+        active=fraction,
+        active_rule=rule,
+        num_tables=num_tables,
+        num_hashes=NUM_HASHES,
+        # "random": no unit is found in more tables than there are: all filled at random.
+        min_count=num_tables + 1 if selection == "random" else 1,
     )
     callbacks = []
-    if selection == "random":
-        for layer in keras_layers.lsh_layers(model):
-            layer.selection = "threshold"
-            layer.min_count = layer.num_tables + 1  # no unit qualifies: all filled at random
     if selection in ("tables", "random"):
         callbacks.append(keras_layers.LSHRebuildCallback(period=REBUILD_PERIOD))
     result = mnist_paper.fit_and_test(

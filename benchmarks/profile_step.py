@@ -136,7 +136,7 @@ def main(argv=None):
     body, head = model.body, model.head
 
     features = body(x)
-    codes = head._hash(features, "query")
+    codes = head.tables.hash(features, "query")
     ids, _ = head.active_outputs(features, labels)
     # What the layer hands the op: one [1, k] set for a batch-wide layer.
     op_ids = ids[:1] if head.batch_wide else ids
@@ -157,12 +157,12 @@ def main(argv=None):
     head_grads = tf.function(head_backward)()
     stages = {
         "body_forward_backward": tf.function(body_forward_backward),
-        "hash_queries": tf.function(lambda: head._hash(features, "query")),
+        "hash_queries": tf.function(lambda: head.tables.hash(features, "query")),
         "query_tables": tf.function(
             lambda: tf_lsh_ops.query_tables(
                 codes,
-                head.table_ids,
-                head.table_counts,
+                head.tables.ids,
+                head.tables.counts,
                 k=head.num_active,
                 num_neurons=head.units,
                 fill_random=True,

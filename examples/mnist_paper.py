@@ -56,6 +56,7 @@ def build_lsh_mlp(
     num_tables=50,
     num_hashes=6,
     hash_family="srp",
+    min_count=1,
     sparse_outputs=True,
     hidden=HIDDEN,
     seed=0,
@@ -75,6 +76,7 @@ def build_lsh_mlp(
                 hash_family=hash_family,
                 num_hashes=num_hashes,
                 num_tables=num_tables,
+                min_count=min_count,
                 sparse_outputs=sparse_outputs and i + 1 < len(hidden),
                 track_selection=True,
                 seed=seed + i,
@@ -116,8 +118,10 @@ def lsh_multiplications(model, batch_size=128):
         elif layer.selection == "exact":
             counts["selection"] += fan_in * layer.units
         else:
-            density = SPARSE_SRP_DENSITY if layer.hash_family == "sparse_srp" else 1.0
-            counts["selection"] += fan_in * layer.num_tables * layer.num_hashes_used * density
+            config = layer.table_config
+            density = SPARSE_SRP_DENSITY if config.hash_family == "sparse_srp" else 1.0
+            bits = config.num_tables * layer.tables.num_hashes
+            counts["selection"] += fan_in * bits * density
         counts["active"] += layer.num_active * fan_in
         # Weight gradients; input gradients too, except for the first layer.
         counts["backward"] += layer.num_active * fan_in * (1 if index == 0 else 2)
@@ -245,8 +249,8 @@ def main(argv=None):
     )
     hidden = lsh.layers[0]
     how = (
-        f"{args.hash_family} tables K={hidden.num_hashes_used} L={hidden.num_tables}"
-        if hidden.uses_tables
+        f"{args.hash_family} tables K={hidden.tables.num_hashes} L={hidden.table_config.num_tables}"
+        if hidden.tables is not None
         else f"{hidden.selection}"
         + (f" rank {hidden.rank}" if hidden.selection == "low_rank" else "")
     )
@@ -256,7 +260,7 @@ def main(argv=None):
         file=sys.stderr,
     )
     callbacks = []
-    if hidden.uses_tables:
+    if hidden.tables is not None:
         callbacks.append(keras_layers.LSHRebuildCallback(period=args.rebuild_period))
     results = {
         "settings": {

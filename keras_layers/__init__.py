@@ -14,9 +14,21 @@ from keras_layers.metrics import LSHRecall, PrecisionAtK, UnitCoverage
 from keras_layers.models import LSHClassifier
 from keras_layers.optimizers import SparseAdam
 from keras_layers.sparse_input_dense import SparseInputDense
+from keras_layers.unit_selectors import (
+    ExactSelector,
+    HashTables,
+    LowRankSelector,
+    TableConfig,
+    UnitSelector,
+)
 
 __all__ = [
     "INFERENCE_MODES",
+    "ExactSelector",
+    "HashTables",
+    "LowRankSelector",
+    "TableConfig",
+    "UnitSelector",
     "LSHClassifier",
     "LSHDense",
     "LSHRebuildCallback",

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_layers.lsh_dense import lsh_layers
+from keras_layers.optimizers import warn_if_dense_updates
 
 SCHEDULES = ("fixed", "exponential", "drift")
 REHASH = ("changed", "all")
@@ -29,16 +30,16 @@ class LSHRebuildCallback(keras.callbacks.Callback):
         reads synchronised weights).
 
     At each event, `rehash="changed"` (the default) re-hashes only the units whose weights
-    changed since they were last hashed (`LSHDense.refresh_tables`: the same codes as a full
+    changed since they were last hashed (`HashTables.refresh`: the same codes as a full
     rebuild, found by comparing fingerprints of the weights; on the Amazon-670K shape 3%-7% of
     the output layer, so an event costs about a third of a full rebuild), and every
     `full_rebuild_every`-th event rebuilds: a refresh keeps which units a full bucket holds,
     a rebuild draws them again (with refreshes only, P@1 after an epoch on the Amazon shape
     was 0.3%-1% lower than with rebuilds at every event, over three seeds; with this, equal or
     higher). `rehash="all"` rebuilds the tables from scratch at every event
-    (`LSHDense.rebuild_tables`). With `incremental_fraction` (e.g. 0.1), each event instead
+    (`HashTables.rebuild`). With `incremental_fraction` (e.g. 0.1), each event instead
     rehashes the next slice of that fraction of units (round-robin) with
-    `LSHDense.update_tables`, changed or not.
+    `HashTables.update`, changed or not.
 
     Each event adds `lsh_rebuilds` (the running count) and `lsh_rebuild_seconds` to the logs
     (the progress bar and `History` show them), and, with `log_dir`, writes both as
@@ -134,7 +135,7 @@ class LSHRebuildCallback(keras.callbacks.Callback):
         if not layers:
             raise ValueError("LSHRebuildCallback: the model has no LSHDense layer")
         # Layers that select without tables ("low_rank", "exact") keep themselves up to date.
-        self._layers = [layer for layer in layers if layer.uses_tables]
+        self._layers = [layer for layer in layers if layer.tables is not None]
         if not self._layers:
             warnings.warn(
                 "LSHRebuildCallback: no LSHDense layer of this model uses hash tables (their "
@@ -144,6 +145,7 @@ class LSHRebuildCallback(keras.callbacks.Callback):
                 "does nothing",
                 stacklevel=2,
             )
+        warn_if_dense_updates(self.model.optimizer, self._layers, "LSHRebuildCallback")
         self._snapshots = {}
         if self.log_dir and self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
@@ -246,16 +248,16 @@ class LSHRebuildCallback(keras.callbacks.Callback):
                 self._take_snapshot(layer)
             units += layer.units
             if how == "all":
-                layer.rebuild_tables()
+                layer.tables.rebuild()
                 rehashed += layer.units
             elif how == "changed":
-                rehashed += int(layer.refresh_tables())
+                rehashed += int(layer.tables.refresh())
             else:
                 # Event `index` (1-based) rehashes the index-th slice, round-robin.
                 count = max(1, math.ceil(self.incremental_fraction * layer.units))
                 begin = (index - 1) * count
                 ids = np.unique((np.arange(begin, begin + count) % layer.units).astype(np.int32))
-                layer.update_tables(ids)
+                layer.tables.update(ids)
                 rehashed += ids.size
         seconds = time.perf_counter() - start
         self.rebuilds += 1

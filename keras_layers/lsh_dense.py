@@ -1,7 +1,7 @@
 """`LSHDense`: a dense layer that computes only the units a hash-table lookup selects."""
 
 import contextlib
-import math
+import dataclasses
 
 import keras
 import tensorflow as tf
@@ -9,11 +9,18 @@ from keras import activations, constraints, initializers, regularizers
 
 import tf_lsh_ops
 from keras_layers.metrics import NAN, LSHRecall, UnitCoverage
+from keras_layers.optimizers import can_fuse_adam
+from keras_layers.unit_selectors import (
+    TABLE_RULES,
+    ExactSelector,
+    HashTables,
+    LowRankSelector,
+    TableConfig,
+    is_int,
+)
 
 INFERENCE_MODES = ("dense", "top_k", "lsh")
-TABLE_RULES = tf_lsh_ops.QUERY_RULES
 ACTIVE_RULES = ("auto", "low_rank", "exact", *TABLE_RULES)
-_SIMHASH = ("srp", "sparse_srp")
 
 
 @keras.saving.register_keras_serializable(package="tf_lsh")
@@ -146,7 +153,7 @@ class LSHDense(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        if not isinstance(units, int) or units < 1:
+        if not is_int(units) or units < 1:
             raise ValueError(f"LSHDense: units must be a positive int, got {units!r}")
         self.units = units
         self.activation = activations.get(activation)
@@ -157,45 +164,8 @@ class LSHDense(keras.layers.Layer):
         self.bias_regularizer = regularizers.get(bias_regularizer)
         self.kernel_constraint = constraints.get(kernel_constraint)
         self.bias_constraint = constraints.get(bias_constraint)
-
         self.active = active
         self.num_active = _active_count(active, units)
-        if hash_family not in tf_lsh_ops.HASH_FAMILIES:
-            raise ValueError(
-                f"LSHDense: unknown hash_family {hash_family!r}; expected one of "
-                f"{tf_lsh_ops.HASH_FAMILIES}"
-            )
-        self.hash_family = hash_family
-        if mips and hash_family not in _SIMHASH:
-            raise ValueError(f"LSHDense: mips=True needs a SimHash family, not {hash_family!r}")
-        self.mips = bool(mips)
-        if not isinstance(num_tables, int) or num_tables < 1:
-            raise ValueError(f"LSHDense: num_tables must be an int >= 1, got {num_tables!r}")
-        self.num_tables = num_tables
-        if hash_family in ("wta", "dwta") and (bin_size < 2 or bin_size & (bin_size - 1)):
-            raise ValueError(f"LSHDense: bin_size must be a power of two >= 2, got {bin_size}")
-        self.bin_size = bin_size
-        # Checked before the default num_hashes, which divides by it.
-        if not isinstance(bucket_capacity, int) or bucket_capacity < 1:
-            raise ValueError(f"LSHDense: bucket_capacity must be >= 1, got {bucket_capacity!r}")
-        self.num_hashes = num_hashes
-        self.num_hashes_used = (
-            num_hashes
-            if num_hashes is not None
-            else _default_num_hashes(
-                hash_family, units, self.num_active, num_tables, bucket_capacity, bin_size
-            )
-        )
-        if self.num_hashes_used < 1:
-            raise ValueError(f"LSHDense: num_hashes must be >= 1, got {num_hashes}")
-        self.bucket_bits = tf_lsh_ops.bucket_bits(hash_family, self.num_hashes_used, bin_size)
-        if self.bucket_bits > tf_lsh_ops.lsh.MAX_BUCKET_BITS:
-            raise ValueError(
-                f"LSHDense: {hash_family} with num_hashes={self.num_hashes_used} needs "
-                f"{self.bucket_bits} bits per bucket id; at most "
-                f"{tf_lsh_ops.lsh.MAX_BUCKET_BITS} are allowed"
-            )
-        self.bucket_capacity = bucket_capacity
         if active_rule not in ACTIVE_RULES:
             raise ValueError(
                 f"LSHDense: unknown active_rule {active_rule!r}; expected one of {ACTIVE_RULES}"
@@ -204,21 +174,30 @@ class LSHDense(keras.layers.Layer):
         if active_rule == "auto":
             hidden = self.activation not in (None, activations.linear)
             active_rule = "low_rank" if hidden and not batch_wide else "frequency"
-        # The rule in force: what active_rule="auto" resolved to.
-        self.selection = active_rule
-        if batch_wide and not self.uses_tables:
+        if batch_wide and active_rule not in TABLE_RULES:
             raise ValueError(
                 f"LSHDense: batch_wide=True needs a hash-table active_rule {TABLE_RULES}, "
                 f"not {active_rule!r}"
             )
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        # Validated whatever the rule, so that a typo fails here rather than when someone
+        # switches to tables.
+        self.table_config = TableConfig(
+            rule=active_rule if active_rule in TABLE_RULES else "frequency",
+            hash_family=hash_family,
+            mips=bool(mips),
+            num_hashes=num_hashes,
+            num_tables=num_tables,
+            bin_size=bin_size,
+            bucket_capacity=bucket_capacity,
+            min_count=min_count,
+            fill_random=bool(fill_random),
+            overflow=overflow,
+            batch_wide=bool(batch_wide),
+        )
+        if not is_int(rank) or rank < 1:
             raise ValueError(f"LSHDense: rank must be an int >= 1, got {rank!r}")
         self.rank = rank
-        if refresh_period is not None and (
-            isinstance(refresh_period, bool)
-            or not isinstance(refresh_period, int)
-            or refresh_period < 1
-        ):
+        if refresh_period is not None and (not is_int(refresh_period) or refresh_period < 1):
             raise ValueError(
                 f"LSHDense: refresh_period must be None or an int >= 1, got {refresh_period!r}"
             )
@@ -229,22 +208,12 @@ class LSHDense(keras.layers.Layer):
                 "refresh_period must be set, got None"
             )
         self.track_selection = bool(track_selection)
-        if min_count < 1:
-            raise ValueError(f"LSHDense: min_count must be >= 1, got {min_count}")
-        self.min_count = min_count
-        self.fill_random = bool(fill_random)
-        if overflow not in tf_lsh_ops.OVERFLOW_POLICIES:
-            raise ValueError(
-                f"LSHDense: unknown overflow {overflow!r}; expected one of "
-                f"{tf_lsh_ops.OVERFLOW_POLICIES}"
-            )
-        self.overflow = overflow
-        self.batch_wide = bool(batch_wide)
         self.sparse_outputs = bool(sparse_outputs)
-        if inference is None:
-            inference = "dense" if self.uses_tables else "lsh"
-        self.inference = inference  # checked by the property setter
         self.seed = int(seed)
+        self.selector = self._make_selector(active_rule)
+        if inference is None:
+            inference = "dense" if self.tables is not None else "lsh"
+        self.inference = inference  # checked by the property setter
         self.supports_jit = False
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
         # Keras reports metrics that a layer tracks with the model's (logs, History,
@@ -254,10 +223,27 @@ class LSHDense(keras.layers.Layer):
             self.coverage = UnitCoverage(units, name=f"{self.name}_coverage")
             self.recall = LSHRecall(self.num_active, name=f"{self.name}_recall", when_empty=NAN)
 
+    def _make_selector(self, rule):
+        if rule == "low_rank":
+            return LowRankSelector(self.units, self.num_active, self.seed, self.rank)
+        if rule == "exact":
+            return ExactSelector(self.units, self.num_active, self.seed)
+        return HashTables(self.units, self.num_active, self.seed, self.table_config)
+
     @property
-    def uses_tables(self):
-        """Whether the active units come from hash tables (`LSHRebuildCallback` keeps them)."""
-        return self.selection in TABLE_RULES
+    def selection(self):
+        """The rule in force: what `active_rule="auto"` resolved to."""
+        return self.selector.rule
+
+    @property
+    def tables(self):
+        """The layer's `HashTables` (rebuild, refresh, update) if a table rule selects its
+        units, else None."""
+        return self.selector if isinstance(self.selector, HashTables) else None
+
+    @property
+    def batch_wide(self):
+        return self.table_config.batch_wide
 
     @property
     def inference(self):
@@ -270,17 +256,6 @@ class LSHDense(keras.layers.Layer):
                 f"LSHDense: unknown inference mode {mode!r}; expected one of {INFERENCE_MODES}"
             )
         self._inference = mode
-
-    @property
-    def table_bytes(self):
-        """Memory of the hash tables and the units' stored bucket ids and fingerprints, in bytes
-        (the sketch of `"low_rank"`: `4 * rank * (units + input_dim)`)."""
-        if not self.uses_tables:
-            return 0
-        buckets = self.num_tables * 2**self.bucket_bits
-        return 4 * (buckets * (self.bucket_capacity + 1) + self.units * self.num_tables) + (
-            8 * self.units
-        )
 
     def build(self, input_shape):
         input_dim = int(input_shape[-1])
@@ -306,54 +281,15 @@ class LSHDense(keras.layers.Layer):
             constraint=self.bias_constraint if self.use_bias else None,
             trainable=self.use_bias,
         )
-        if self.uses_tables:
-            self._build_tables(input_dim)
-            return
-        self.step = self._step_state()
-        if self.selection == "low_rank":
-            # x -> (x B^T) A^T approximates x W^T: A [units, rank] has orthonormal columns
-            # spanning the units' main directions of variation over recent inputs, B = A^T W.
-            self.sketch_units = self._state("sketch_units", (self.units, self.rank), "float32", 0)
-            self.sketch_inputs = self._state("sketch_inputs", (self.rank, input_dim), "float32", 0)
-            if tf.executing_eagerly():
-                self._fit_sketch_to_weights()
+        self.selector.build(self.kernel, self.bias, self._add_state, self._add_step)
 
-    def _build_tables(self, input_dim):
-        params = tf_lsh_ops.hash_params(
-            self.hash_family,
-            input_dim,
-            self.num_tables,
-            self.num_hashes_used,
-            bin_size=self.bin_size,
-            mips=self.mips,
-            seed=self.seed,
-        )
-        self.hash_params = self._state("hash_params", params.shape, params.dtype.name, params)
-        buckets = 2**self.bucket_bits
-        self.table_ids = self._state(
-            "table_ids", (self.num_tables, buckets, self.bucket_capacity), "int32", -1
-        )
-        self.table_counts = self._state("table_counts", (self.num_tables, buckets), "int32", 0)
-        self.neuron_codes = self._state("neuron_codes", (self.units, self.num_tables), "int32", 0)
-        # Fingerprints of the weights each unit's codes were hashed from (refresh_tables).
-        self.neuron_fingerprints = self._state("neuron_fingerprints", (self.units,), "int64", 0)
-        self.max_norm = self._state("max_norm", (), "float32", 1.0)
-        # Created here, between the tables' state, to keep the order that .keras files
-        # written before other rules existed store the weights in.
-        self.step = self._step_state()
-        # Whether the tables hold the units yet. Keras often builds layers while tracing the
-        # train function, where the first tables cannot be made eagerly: then the first step
-        # makes them, once (see _ensure_tables).
-        self.tables_built = self._state("tables_built", (), "bool", False)
-        if tf.executing_eagerly():
-            self.rebuild_tables()
-
-    def _step_state(self):
+    def _add_step(self):
         """Training calls so far: the refresh schedule, and the random fill's seed (so that it
         differs between steps)."""
-        return self._state("step", (), "int64", 0)
+        self.step = self._add_state("step", (), "int64", 0)
+        return self.step
 
-    def _state(self, name, shape, dtype, value):
+    def _add_state(self, name, shape, dtype, value):
         """A non-trainable weight (saved and restored with the model)."""
         return self.add_weight(
             name=name,
@@ -365,223 +301,73 @@ class LSHDense(keras.layers.Layer):
             trainable=False,
         )
 
-    def _hash(self, vectors, mips_side):
-        return tf_lsh_ops.lsh_hash(
-            vectors,
-            self.hash_params,
-            family=self.hash_family,
-            num_tables=self.num_tables,
-            num_hashes=self.num_hashes_used,
-            mips=mips_side if self.mips else "none",
-            max_norm=self.max_norm,
-        )
-
-    def rebuild_tables(self):
-        """Re-hashes every unit from the current weights and rebuilds the tables."""
-        self._require_tables("rebuild_tables")
-        # The kernel's rows are read in place (no copy of the matrix), except for the MIPS
-        # norm, which tf.norm computes from a copy.
-        self.neuron_fingerprints.assign(tf_lsh_ops.row_fingerprints(self.kernel))
-        if self.mips:
-            kernel = tf.convert_to_tensor(self.kernel)
-            self.max_norm.assign(tf.maximum(tf.reduce_max(tf.norm(kernel, axis=1)), 1e-12))
-        else:
-            kernel = self.kernel
-        codes = self._hash(kernel, "data")
-        ids, counts = tf_lsh_ops.build_tables(
-            codes,
-            bucket_bits=self.bucket_bits,
-            capacity=self.bucket_capacity,
-            overflow=self.overflow,
-            seed=self.seed + 7919 * tf.cast(self.step, tf.int64),
-        )
-        self.neuron_codes.assign(codes)
-        self.table_ids.assign(ids)
-        self.table_counts.assign(counts)
-        self.tables_built.assign(True)
-
-    def refresh_tables(self):
-        """Re-hashes only the units whose weights changed since they were hashed.
-
-        Between two refreshes a sparse update touches few units (3%-7% of an Amazon-670K
-        output layer between two of `LSHRebuildCallback`'s events), and comparing fingerprints
-        of the weights (`tf_lsh_ops.row_fingerprints`, one read of the kernel) finds them
-        whatever changed the weights: the optimizer, weight decay, `set_weights`. Those units
-        get the codes a full rebuild would give them and move buckets (`update_tables`); the
-        only difference from `rebuild_tables` is which units a full bucket keeps, as the
-        others are not re-inserted. It calls `rebuild_tables` instead when more than half the
-        units changed (cheaper then), or, with MIPS, when a changed unit's norm exceeds the
-        norm the tables were hashed with (which changes every unit's transform).
-
-        Returns:
-          The number of units re-hashed (int32 scalar tensor).
-
-        Example:
-
-        >>> layer = LSHDense(1000, active=50, num_tables=4)
-        >>> layer.build((None, 16))
-        >>> _ = layer.kernel.assign(layer.kernel * 2)  # every unit's weights change
-        >>> int(layer.refresh_tables())
-        1000
-        >>> int(layer.refresh_tables())  # nothing moved since
-        0
-        """
-        self._require_tables("refresh_tables")
-        self._ensure_tables()
-        fingerprints = tf_lsh_ops.row_fingerprints(self.kernel)
-        changed = tf.where(tf.not_equal(fingerprints, self.neuron_fingerprints.value))
-        changed = tf.cast(tf.reshape(changed, [-1]), tf.int32)
-        weights = tf.gather(self.kernel.value, changed)
-
-        def move_changed():
-            def move():
-                self._move_units(changed, weights, tf.gather(fingerprints, changed))
-                return tf.size(changed)
-
-            # Nothing to move: skip update_tables, which would still copy the tables.
-            return tf.cond(tf.size(changed) > 0, move, lambda: tf.constant(0, tf.int32))
-
-        def rebuild_all():
-            self.rebuild_tables()
-            return tf.constant(self.units, tf.int32)
-
-        # When most units moved, hashing them all and building afresh costs less.
-        rebuild = tf.size(changed) * 2 > self.units
-        if self.mips:
-            rebuild |= tf.reduce_any(tf.norm(weights, axis=1) > self.max_norm)
-        return tf.cond(rebuild, rebuild_all, move_changed)
-
-    def _require_tables(self, method):
-        if not self.uses_tables:
-            raise ValueError(
-                f"LSHDense.{method}: layer {self.name!r} selects with active_rule="
-                f"{self.selection!r}, which keeps no hash tables"
-            )
-
-    def _ensure_tables(self):
-        if tf.executing_eagerly():
-            if not bool(self.tables_built.numpy()):  # a Keras Variable has no __bool__
-                self.rebuild_tables()
-            return
-
-        def rebuild():
-            self.rebuild_tables()
-            return tf.constant(True)
-
-        tf.cond(self.tables_built, lambda: tf.constant(False), rebuild)
-
-    def update_tables(self, unit_ids):
-        """Re-hashes only `unit_ids` (distinct, int32) and moves those whose bucket changed.
-
-        Keeps the norm of the last full rebuild for the MIPS transform, so the rest of the
-        tables stay valid.
-        """
-        self._require_tables("update_tables")
-        unit_ids = tf.convert_to_tensor(unit_ids, tf.int32)
-        weights = tf.gather(self.kernel.value, unit_ids)
-        self._move_units(unit_ids, weights, tf_lsh_ops.row_fingerprints(weights))
-
-    def _move_units(self, unit_ids, weights, fingerprints):
-        """Re-hashes `unit_ids` from their `weights` and moves them in the tables."""
-        new_codes = self._hash(weights, "data")
-        old_codes = tf.gather(self.neuron_codes.value, unit_ids)
-        ids, counts = tf_lsh_ops.update_tables(
-            self.table_ids,
-            self.table_counts,
-            unit_ids,
-            old_codes,
-            new_codes,
-            overflow=self.overflow,
-            seed=self.seed + 104729 * tf.cast(self.step, tf.int64),
-        )
-        # In place, on the tf.Variable behind the Keras one (which has no scatter_update):
-        # assigning a scattered copy would write all the units' codes.
-        self.neuron_codes.value.scatter_update(tf.IndexedSlices(new_codes, unit_ids))
-        self.neuron_fingerprints.value.scatter_update(tf.IndexedSlices(fingerprints, unit_ids))
-        self.table_ids.assign(ids)
-        self.table_counts.assign(counts)
-
     def active_ids(self, inputs, labels=None):
-        """The units each example computes, chosen by `active_rule`: int32 `[batch, k]`
+        """The units each example computes, chosen by the selector: int32 `[batch, k]`
         (`[1, k]` if batch-wide).
 
         `labels` (int32 `[batch, max_labels]`, -1 padded) are always included, first (beyond
-        k labels, the first k).
+        k labels, the first k; batch-wide, a batch whose labels outnumber k gets them all).
         """
-        if not self.uses_tables:
-            products = (
-                self._sketch_products(inputs)
-                if self.selection == "low_rank"
-                else self._products(inputs)
-            )
-            return _top_units(products + self.bias, self.num_active, labels)
-        self._ensure_tables()
-        return tf_lsh_ops.query_tables(
-            self._hash(inputs, "query"),
-            self.table_ids,
-            self.table_counts,
-            k=self.num_active,
-            num_neurons=self.units,
-            rule=self.selection,
-            min_count=self.min_count,
-            fill_random=self.fill_random,
-            labels=labels,
-            batch_wide=self.batch_wide,
-            seed=self.seed + 1_000_003 * tf.cast(self.step, tf.int64) + _replica_seed_offset(),
+        return self.selector.select(inputs, labels)
+
+    def active_outputs(self, inputs, labels=None, shared_ids=False):
+        """`(ids, values)`: the active units and their activations, both `[batch, k]`.
+
+        Padding ids (-1) have value 0. Gradients of `values` reach the weights as
+        `tf.IndexedSlices` over the active rows. With `shared_ids`, a batch-wide layer on
+        dense inputs returns its ids as `[1, k]` (one row for the batch), not tiled.
+        """
+        ids = self.active_ids(inputs, labels)
+        if isinstance(inputs, tf.SparseTensor):
+            ids = self._per_example(ids, inputs.dense_shape[0])
+            values = tf_lsh_ops.sparse_input_gather_matmul(inputs, self.kernel, self.bias, ids)
+        else:
+            # A batch-wide set stays [1, k]: the op then multiplies dense blocks.
+            values = tf_lsh_ops.sparse_gather_matmul(inputs, self.kernel, self.bias, ids)
+            if not shared_ids:
+                ids = self._per_example(ids, tf.shape(inputs, out_type=tf.int64)[0])
+        return ids, self.activate(ids, values)
+
+    def fused_update(self, optimizer):
+        """A `FusedOutputUpdate` of this layer by `optimizer`, or None where it cannot apply:
+        an optimizer other than a fusable `SparseAdam` (see `SparseAdam.can_fuse`), one set per
+        batch (its gradient rows are few: fusing saves nothing there), no bias, a regularizer
+        or a constraint."""
+        eligible = (
+            can_fuse_adam(optimizer)
+            and self.use_bias
+            and not self.batch_wide
+            and self.kernel_regularizer is None
+            and self.bias_regularizer is None
+            and self.kernel_constraint is None
+            and self.bias_constraint is None
         )
+        return FusedOutputUpdate(self, optimizer) if eligible else None
 
-    def _products(self, inputs):
-        """`inputs` times every unit's weights, without the bias: `[batch, units]`."""
-        return _times_transposed(inputs, self.kernel)
+    def count_training_step(self):
+        """Counts a training step (the refresh schedule and the random fill follow it);
+        `call(training=True)` does, and so must a training step that bypasses `call`."""
+        self.step.assign_add(1)
 
-    def _sketch_products(self, inputs):
-        """`_products` through the rank-`rank` sketch: `rank * (input_dim + units)`
-        multiplications an example instead of `input_dim * units`."""
-        return tf.matmul(
-            _times_transposed(inputs, self.sketch_inputs), self.sketch_units, transpose_b=True
-        )
+    def _per_example(self, ids, batch):
+        return tf.tile(ids, tf.stack([batch, 1])) if self.batch_wide else ids
 
-    def fit_sketch(self, inputs):
-        """Refits the `"low_rank"` sketch to the layer's exact products on `inputs` (a batch);
-        training does so every `refresh_period` steps."""
-        self._fit_sketch(self._products(inputs))
-
-    def _fit_sketch(self, products):
-        """Refits the sketch to `products` `[n, units]` (inputs times the units' weights): A
-        becomes their top `rank` left singular vectors over the units (found from the `n x n`
-        Gram matrix, cheap for wide layers), B = A^T W."""
-        gram = tf.matmul(products, products, transpose_b=True)
-        eigenvalues, eigenvectors = tf.linalg.eigh(gram)  # ascending
-        count = tf.minimum(self.rank, tf.shape(gram)[0])
-        eigenvalues = tf.reverse(eigenvalues, [0])[:count]
-        eigenvectors = tf.reverse(eigenvectors, [1])[:, :count]
-        # Directions the products barely span are left out (zero columns), not amplified.
-        keep = eigenvalues > 1e-6 * tf.maximum(eigenvalues[0], 1e-30)
-        scale = tf.where(keep, tf.math.rsqrt(tf.maximum(eigenvalues, 1e-30)), 0.0)
-        basis = tf.matmul(products, eigenvectors * scale, transpose_a=True)  # [units, count]
-        basis = tf.pad(basis, [[0, 0], [0, self.rank - count]])
-        self.sketch_units.assign(tf.ensure_shape(basis, [self.units, self.rank]))
-        self.sketch_inputs.assign(tf.matmul(basis, self.kernel, transpose_a=True))
-
-    def _fit_sketch_to_weights(self):
-        """A first sketch, before any input was seen: fitted to products on random inputs."""
-        probes = tf.random.stateless_normal(
-            [4 * self.rank, self.kernel.shape[1]], seed=[self.seed, 7]
-        )
-        self._fit_sketch(self._products(probes))
+    def activate(self, ids, values):
+        """The activation of the active units' `values` (padding ids -1 give 0)."""
+        if self.activation is None or self.activation is activations.linear:
+            return values
+        return tf.where(ids >= 0, self.activation(values), 0.0)
 
     def _refresh(self, inputs):
         """A refresh step (`refresh_period`): with `track_selection`, how many of each
         example's exact top units the selection holds; then the selector brought up to date."""
-        if self.track_selection or self.selection == "low_rank":
-            products = self._products(inputs)
+        products = None
+        if self.track_selection or self.selector.needs_products:
+            products = self.selector.products(inputs)
         if self.track_selection:
             exact = tf.math.top_k(products + self.bias, self.num_active).indices
             self.recall.update_state(exact, self.active_ids(inputs))
-        if self.selection == "low_rank":
-            self._fit_sketch(products)
-        elif self.uses_tables:
-            self.refresh_tables()
+        self.selector.refresh(inputs, products)
 
     def _refresh_if_due(self, inputs):
         def refresh():
@@ -590,46 +376,6 @@ class LSHDense(keras.layers.Layer):
 
         due = tf.equal(self.step % self.refresh_period, 0)
         tf.cond(due, refresh, lambda: tf.constant(False))
-
-    def active_outputs(self, inputs, labels=None):
-        """`(ids, values)`: the active units and their activations, both `[batch, k]`.
-
-        Padding ids (-1) have value 0. Gradients of `values` reach the weights as
-        `tf.IndexedSlices` over the active rows.
-        """
-        ids, values, _ = self._active_outputs(inputs, labels)
-        return ids, values
-
-    def _active_outputs(self, inputs, labels, fused_tape=None, per_example_ids=True):
-        """`active_outputs`, and with `fused_tape` (dense inputs) what a training step that fuses
-        the backward pass with the optimizer needs: `(outputs before the activation, the ids
-        given to the op, its grouping)`; else None. Without `per_example_ids`, a batch-wide
-        layer on dense inputs returns its ids as `[1, k]` (the loss takes them so), not tiled."""
-        ids = self.active_ids(inputs, labels)
-        sparse = isinstance(inputs, tf.SparseTensor)
-        fused = None
-        if not sparse:
-            # A batch-wide set stays [1, k]: the op then multiplies dense blocks.
-            if fused_tape is not None:
-                # The fused step differentiates the loss only up to the op's outputs. Recorded,
-                # the op would still have its unfused gradient (and the body's below it) built
-                # and run, as ops on variables are kept in graphs even when unused.
-                with fused_tape.stop_recording():
-                    values, grouping = tf_lsh_ops.sparse_gather_matmul_grouped(
-                        inputs, self.kernel, self.bias, ids
-                    )
-                fused_tape.watch(values)
-                fused = (values, ids, grouping)
-            else:
-                values = tf_lsh_ops.sparse_gather_matmul(inputs, self.kernel, self.bias, ids)
-        if self.batch_wide and (sparse or per_example_ids):
-            batch = inputs.dense_shape[0] if sparse else tf.shape(inputs, out_type=tf.int64)[0]
-            ids = tf.tile(ids, tf.stack([batch, 1]))
-        if sparse:
-            values = tf_lsh_ops.sparse_input_gather_matmul(inputs, self.kernel, self.bias, ids)
-        if self.activation is not None and self.activation is not activations.linear:
-            values = tf.where(ids >= 0, self.activation(values), 0.0)
-        return ids, values, fused
 
     def call(self, inputs, training=None):
         if not training and self.inference != "lsh":
@@ -640,7 +386,7 @@ class LSHDense(keras.layers.Layer):
         if training:
             if self.track_selection:
                 self.coverage.update_state(ids)
-            self.step.assign_add(1)
+            self.count_training_step()
         if self.sparse_outputs:
             return _sparse_rows(ids, values, self.units)
         return _scatter_rows(ids, values, self.units)
@@ -648,7 +394,7 @@ class LSHDense(keras.layers.Layer):
     def _all_units(self, inputs, keep_top_k):
         """Every unit's output (standard TF ops only), or with `keep_top_k` each example's
         `active` largest, zeros elsewhere."""
-        outputs = self._products(inputs)
+        outputs = self.selector.products(inputs)
         if self.use_bias:
             outputs = outputs + self.bias
         if keep_top_k:
@@ -661,6 +407,8 @@ class LSHDense(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
+        tables = dataclasses.asdict(self.table_config)
+        del tables["rule"]  # active_rule says it
         config.update(
             units=self.units,
             activation=activations.serialize(self.activation),
@@ -672,25 +420,63 @@ class LSHDense(keras.layers.Layer):
             kernel_constraint=constraints.serialize(self.kernel_constraint),
             bias_constraint=constraints.serialize(self.bias_constraint),
             active=self.active,
-            hash_family=self.hash_family,
-            mips=self.mips,
-            num_hashes=self.num_hashes,
-            num_tables=self.num_tables,
-            bin_size=self.bin_size,
-            bucket_capacity=self.bucket_capacity,
             active_rule=self.active_rule,
             rank=self.rank,
             refresh_period=self.refresh_period,
             track_selection=self.track_selection,
-            min_count=self.min_count,
-            fill_random=self.fill_random,
-            overflow=self.overflow,
-            batch_wide=self.batch_wide,
             sparse_outputs=self.sparse_outputs,
             inference=self.inference,
             seed=self.seed,
+            **tables,
         )
         return config
+
+
+class FusedOutputUpdate:
+    """A training step's backward pass through an `LSHDense` fused with its `SparseAdam`
+    update (`tf_lsh_ops.sparse_gather_matmul_adam`): the same update, bit for bit, without
+    writing ~10^5 gradient rows out and reading them back. Made by `LSHDense.fused_update`.
+
+    Use: `forward` inside the step's `tf.GradientTape` (persistent), then, with the loss,
+    `apply`, which updates the layer and returns the loss's gradient for its inputs.
+    """
+
+    def __init__(self, layer, optimizer):
+        self.layer = layer
+        self.optimizer = optimizer
+        self._outputs = None
+
+    def forward(self, inputs, labels, tape):
+        """`(ids, values)` as `layer.active_outputs(inputs, labels)` (dense `inputs`). The tape
+        differentiates the loss only up to the op's outputs: recorded, the op would still have
+        its unfused gradient (and everything below it) built and run, as ops on variables are
+        kept in graphs even when unused."""
+        layer = self.layer
+        ids = layer.active_ids(inputs, labels)
+        with tape.stop_recording():
+            outputs, grouping = tf_lsh_ops.sparse_gather_matmul_grouped(
+                inputs, layer.kernel, layer.bias, ids
+            )
+        tape.watch(outputs)
+        self._inputs, self._outputs, self._ids, self._grouping = inputs, outputs, ids, grouping
+        return ids, layer.activate(ids, outputs)
+
+    def apply(self, tape, loss):
+        """Applies the update of `loss`'s gradient (the optimizer must be built; its step is
+        counted by the step's `apply_gradients`); returns the gradient for the inputs."""
+        if self._outputs is None:
+            raise ValueError("FusedOutputUpdate.apply: call forward first")
+        layer, optimizer = self.layer, self.optimizer
+        return tf_lsh_ops.sparse_gather_matmul_adam(
+            self._inputs,
+            layer.kernel,
+            layer.bias,
+            self._ids,
+            self._grouping,
+            tape.gradient(loss, self._outputs),
+            optimizer.moments(layer.kernel) + optimizer.moments(layer.bias),
+            **optimizer.step_hyperparameters(),  # read before apply_gradients counts the step
+        )
 
 
 def lsh_layers(model):
@@ -748,44 +534,6 @@ def _active_count(active, units):
     if not 1 <= active <= units:
         raise ValueError(f"LSHDense: active = {active} units must be in [1, units = {units}]")
     return active
-
-
-def _default_num_hashes(family, units, active, num_tables, capacity, bin_size):
-    """K such that the L buckets of a query hold about twice `active` units, and a bucket's
-    expected load fits its capacity."""
-    bits = max(math.log2(max(num_tables * units / (2 * active), 2)), math.log2(units / capacity))
-    bits = min(max(round(bits), 1), tf_lsh_ops.lsh.MAX_BUCKET_BITS)
-    if family in _SIMHASH:
-        return bits
-    return max(1, math.ceil(bits / math.log2(bin_size)))
-
-
-def _replica_seed_offset():
-    """0, or under tf.distribute a per-replica offset of the random-fill seed: each replica's
-    batch gets its own random units, as one process's batch would (the fill's random stream is
-    the row within the batch, which replicas share)."""
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return 0
-    return 2_000_003 * tf.cast(context.replica_id_in_sync_group, tf.int64)
-
-
-def _times_transposed(inputs, matrix):
-    """`inputs` (dense or a 2-D `tf.SparseTensor`) times `matrix` transposed."""
-    if isinstance(inputs, tf.SparseTensor):
-        return tf.sparse.sparse_dense_matmul(inputs, matrix, adjoint_b=True)
-    return tf.matmul(inputs, matrix, transpose_b=True)
-
-
-def _top_units(scores, k, labels=None):
-    """The ids of each row's k largest `scores`, `labels` (-1 padded) first: int32 `[batch, k]`."""
-    if labels is not None:
-        labels = tf.convert_to_tensor(labels, tf.int32)
-        rows = tf.broadcast_to(tf.range(tf.shape(labels)[0])[:, None], tf.shape(labels))
-        positions = tf.boolean_mask(tf.stack([rows, labels], -1), labels >= 0)
-        infinity = tf.fill(tf.shape(positions)[:1], tf.constant(float("inf"), scores.dtype))
-        scores = tf.tensor_scatter_nd_update(scores, positions, infinity)
-    return tf.math.top_k(scores, k).indices
 
 
 def _sparse_rows(ids, values, units):

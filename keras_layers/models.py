@@ -8,7 +8,7 @@ from keras_layers.distributed import DistributedFitMixin, scale_loss
 from keras_layers.losses import active_softmax_cross_entropy, dense_softmax_cross_entropy
 from keras_layers.lsh_dense import LSHDense
 from keras_layers.metrics import LSHRecall
-from keras_layers.optimizers import SparseAdam
+from keras_layers.optimizers import warn_if_dense_updates
 from keras_layers.sparse_input_dense import SparseInputDense
 
 
@@ -22,16 +22,18 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
     - Training (`fit`): the labels `y` (int `[batch, max_labels]`, -1 padded, multi-label;
       or `[batch]`) go into each example's active set (label inclusion), and the loss is the
       softmax cross-entropy over that set (`active_softmax_cross_entropy`), as in SLIDE. The
-      head's weights get `IndexedSlices` gradients: compile with `SparseAdam` or `SGD`.
+      head's weights get `IndexedSlices` gradients: compile with `SparseAdam` or `SGD`
+      (training warns about optimizers that would update every row).
     - Evaluation (`evaluate`): with `head.inference == "dense"`, exact logits over all labels
-      (full softmax loss); with `"lsh"`, only the retrieved labels. Compiled metrics receive
+      (full softmax loss); with `"lsh"`, one table query: the metrics rank the retrieved
+      labels, the loss takes them and the labels they missed. Compiled metrics receive
       `(labels, top ids)`: use `PrecisionAtK`. With `lsh_recall_k`, evaluation also reports how
       many of the exact top-k labels the active set held (costs a dense pass).
     - Speed: with `LSHDense(..., batch_wide=True)` the batch shares one active set (its labels
       first, then the units its buckets share most, as Mongoose): a step touches `active` rows
       of the output layer instead of up to `batch * active`, which makes the gradient and the
-      optimizer update several times cheaper (29 ms against 76 ms a step on the Amazon-670K
-      shape with 3,000 active, benchmarks/README.md) at the same or better P@1. With
+      optimizer update several times cheaper at the same or better P@1 (benchmarks/README.md
+      has the figures). With
       per-example sets and `SparseAdam` (and no gradient clipping, EMA, loss scaling, extra
       losses or `tf.distribute` strategy), the head's backward pass and its Adam update run
       as one fused op (`tf_lsh_ops.sparse_gather_matmul_adam`): the same update, bit for bit,
@@ -124,27 +126,31 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
     def train_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         labels = self._labels(y)
-        fuse = self._may_fuse_output_update()
-        first = self._fusable_first_layer(x)
-        with tf.GradientTape(persistent=fuse) as tape:
-            features, product = self._training_features(x, first, tape)  # builds body and head
-            fuse = fuse and self._can_fuse_this_step(features, first)
-            ids, logits, fused = self.head._active_outputs(
-                features, labels, fused_tape=tape if fuse else None, per_example_ids=False
-            )
+        self._warn_if_dense_updates()  # once per optimizer, as the step is traced
+        first_update = self._first_layer_update(x)
+        head_update = self.head.fused_update(self.optimizer) if self.fuse_output_update else None
+        with tf.GradientTape(persistent=head_update is not None) as tape:
+            features = self._body_outputs(x, first_update, tape)  # builds body and head
+            if head_update is not None and not self._can_fuse_head(features, first_update):
+                head_update = None
+            if head_update is not None:
+                ids, logits = head_update.forward(features, labels, tape)
+            else:
+                ids, logits = self.head.active_outputs(features, labels, shared_ids=True)
             loss = active_softmax_cross_entropy(ids, logits, labels)
             if self.losses:
                 loss = loss + tf.add_n(self.losses)
             # Under tf.distribute, gradients are summed over replicas: scale to the global mean.
             scaled_loss = scale_loss(loss)
-        self.head.step.assign_add(1)
-        if fuse:
-            grad_features = self._apply_fused_head(tape, scaled_loss, features, fused)
-            self._apply_gradients(
-                tape, features, self._body_variables(), x, first, product, grad_features
-            )
+        self.head.count_training_step()
+        if head_update is not None:
+            self._ensure_optimizer_built()
+            # The head is updated: the rest of the chain starts from the features' gradient.
+            features_gradient = head_update.apply(tape, scaled_loss)
+            body_variables = self._body_variables()
+            self._apply_gradients(tape, features, features_gradient, body_variables, first_update)
         else:
-            self._apply_gradients(tape, scaled_loss, self.trainable_variables, x, first, product)
+            self._apply_gradients(tape, scaled_loss, None, self.trainable_variables, first_update)
         del tape
         self._loss_tracker.update_state(loss, sample_weight=tf.shape(labels)[0])
         # Training metrics rank the active set only (labels included): optimistic, but free.
@@ -153,67 +159,36 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
             logs.pop(self.lsh_recall.name, None)
         return logs
 
-    def _optimizer_can_fuse(self):
-        """Whether the optimizer may be applied inside a fused backward pass (a replica's
-        gradients are all-reduced first under tf.distribute)."""
-        return (
-            isinstance(self.optimizer, SparseAdam)
-            and self.optimizer.can_fuse()
-            and not tf.distribute.has_strategy()
-        )
+    def _warn_if_dense_updates(self):
+        first = self._first_layer()
+        sparse = [self.head] + ([first] if isinstance(first, SparseInputDense) else [])
+        warn_if_dense_updates(self.optimizer, sparse, "LSHClassifier")
 
-    def _may_fuse_output_update(self):
-        """Whether the head's backward pass may apply its SparseAdam update itself."""
-        head = self.head
-        return (
-            self.fuse_output_update
-            and self._optimizer_can_fuse()
-            and head.use_bias
-            and not head.batch_wide  # its gradient rows are few: fusing saves nothing there
-            and head.kernel_regularizer is None
-            and head.bias_regularizer is None
-            and head.kernel_constraint is None
-            and head.bias_constraint is None
-        )
-
-    def _fusable_first_layer(self, x):
-        """The body's first layer if its kernel's gradient may apply its SparseAdam update
-        itself: a `SparseInputDense` that reads `x` (a `tf.SparseTensor`), as the body or as
-        the first layer of a `keras.Sequential` body, without a kernel or activity regularizer.
-        Else None."""
-        if not (
-            self.fuse_first_layer_update
-            and isinstance(x, tf.SparseTensor)
-            and self._optimizer_can_fuse()
-        ):
-            return None
+    def _first_layer(self):
+        """The body's first layer: the body, or the first layer of a `keras.Sequential` one."""
         body = self.body
-        first = body.layers[0] if isinstance(body, keras.Sequential) and body.layers else body
-        if (
-            not isinstance(first, SparseInputDense)
-            or first.kernel_regularizer is not None
-            or first.activity_regularizer is not None  # added by __call__, which fusing skips
-        ):
+        return body.layers[0] if isinstance(body, keras.Sequential) and body.layers else body
+
+    def _first_layer_update(self, x):
+        """The fused kernel update of the body's first layer on `x`, if it is a
+        `SparseInputDense` that can fuse (see `SparseInputDense.fused_update`); else None."""
+        first = self._first_layer()
+        if not (self.fuse_first_layer_update and isinstance(first, SparseInputDense)):
             return None
-        return first
+        return first.fused_update(self.optimizer, x)
 
-    def _training_features(self, x, first, tape):
-        """The body's output, and with a fused `first` layer its product `x @ kernel`,
-        computed off the tape (which would otherwise build its unfused gradient) and watched."""
+    def _body_outputs(self, x, first, tape):
+        """The body's output on `x`; with a fused `first` layer update, through its forward."""
         if first is None:
-            return self._features(x, training=True), None
+            return self._features(x, training=True)
         self._build_for(x)
-        with tape.stop_recording():
-            product = tf_lsh_ops.sparse_input_matmul(x, first.kernel)
-        tape.watch(product)
-        features = first._add_bias_and_activate(product)
-        if first is not self.body:
+        features = first.forward(x, tape)
+        if first.layer is not self.body:
             for layer in self.body.layers[1:]:
-                training = {"training": True} if layer._call_has_training_arg else {}
-                features = layer(features, **training)
-        return features, product
+                features = layer(features, training=True)
+        return features
 
-    def _can_fuse_this_step(self, features, first=None):
+    def _can_fuse_head(self, features, first):
         """What can be known once the body ran: dense features, no extra losses (their
         gradients would need the whole tape), and body variables left for `apply_gradients`
         (whose update counts the optimizer's step)."""
@@ -229,75 +204,49 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
 
     @staticmethod
     def _unfused_variables(variables, first):
-        return [v for v in variables if first is None or v is not first.kernel]
+        return [v for v in variables if first is None or v is not first.layer.kernel]
 
-    def _built_optimizer(self):
-        """The optimizer, built over every trainable variable (as apply_gradients would) before
-        a fused op reads its moments."""
+    def _ensure_optimizer_built(self):
+        """Builds the optimizer over every trainable variable (as apply_gradients would) before
+        a fused update reads its moments."""
         if not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
-        return self.optimizer
 
-    def _apply_fused_head(self, tape, scaled_loss, features, fused):
-        """The head's backward pass fused with its Adam update; returns the gradient of the
-        loss with respect to the features."""
-        head, optimizer = self.head, self._built_optimizer()
-        outputs, op_ids, grouping = fused
-        return tf_lsh_ops.sparse_gather_matmul_adam(
-            features,
-            head.kernel,
-            head.bias,
-            op_ids,
-            grouping,
-            tape.gradient(scaled_loss, outputs),
-            optimizer.moments(head.kernel) + optimizer.moments(head.bias),
-            **optimizer.step_hyperparameters(),  # read before apply_gradients counts the step
-        )
-
-    def _apply_gradients(self, tape, target, variables, x, first, product, output_gradients=None):
-        """Applies the gradients of `target` (given `output_gradients`) to `variables`; with a
-        fused `first` layer, its kernel's update goes through `sparse_input_matmul_adam`."""
-        optimizer = self.optimizer
-        if first is None:
-            gradients = tape.gradient(target, variables, output_gradients=output_gradients)
-        else:
-            variables = self._unfused_variables(variables, first)
-            grad_product, *gradients = tape.gradient(
-                target, [product, *variables], output_gradients=output_gradients
-            )
-            self._built_optimizer()
-            tf_lsh_ops.sparse_input_matmul_adam(
-                x,
-                first.kernel,
-                grad_product,
-                optimizer.moments(first.kernel),
-                **optimizer.step_hyperparameters(),  # read before apply_gradients counts it
-            )
-        optimizer.apply_gradients(zip(gradients, variables, strict=True))
+    def _apply_gradients(self, tape, outputs, outputs_gradient, variables, first):
+        """Back-propagates from `outputs` (the loss, or, once a fused update applied the
+        head, the features with their gradient) to `variables` and applies the gradients; a
+        fused `first` layer update takes its kernel's share."""
+        variables = self._unfused_variables(variables, first)
+        sources = variables if first is None else [first.product, *variables]
+        gradients = tape.gradient(outputs, sources, output_gradients=outputs_gradient)
+        if first is not None:
+            self._ensure_optimizer_built()
+            first.apply(gradients.pop(0))
+        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
 
     def test_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         labels = self._labels(y)
         features = self._features(x, training=False)
-        exact_logits = None
-        if self.head.inference == "dense" or self.lsh_recall is not None:
-            exact_logits = (
-                self.head(features, training=False)
-                if self.head.inference == "dense"
-                else (tf.matmul(features, self.head.kernel, transpose_b=True) + self.head.bias)
-            )
-        if self.head.inference == "dense":
-            loss = dense_softmax_cross_entropy(exact_logits, labels)
-            top_ids = tf.math.top_k(exact_logits, self.top_k).indices
+        head = self.head
+        if head.inference == "dense":
+            logits = head(features, training=False)
+            loss = dense_softmax_cross_entropy(logits, labels)
+            top_ids = tf.math.top_k(logits, self.top_k).indices
+            retrieved = None
         else:
-            ids, logits = self.head.active_outputs(features, labels=labels)
-            loss = active_softmax_cross_entropy(ids, logits, labels)
-            top_ids = _top_ids(*self.head.active_outputs(features), self.top_k)
-        if self.lsh_recall is not None:
-            self.lsh_recall.update_state(
-                tf.math.top_k(exact_logits, self.lsh_recall.k).indices,
-                self.head.active_ids(features),
+            # One query: the metrics rank what it retrieved; the loss also takes the labels
+            # it missed.
+            retrieved, logits = head.active_outputs(features)
+            top_ids = _top_ids(retrieved, logits, self.top_k)
+            loss = active_softmax_cross_entropy(
+                *_with_missed_labels(head, features, retrieved, logits, labels), labels
             )
+        if self.lsh_recall is not None:
+            exact = logits if retrieved is None else head.selector.products(features) + head.bias
+            if retrieved is None:
+                retrieved = head.active_ids(features)
+            self.lsh_recall.update_state(tf.math.top_k(exact, self.lsh_recall.k).indices, retrieved)
         self._loss_tracker.update_state(loss, sample_weight=tf.shape(labels)[0])
         return self.compute_metrics(x, labels, top_ids)
 
@@ -329,6 +278,16 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
         config["body"] = keras.saving.deserialize_keras_object(config["body"])
         config["head"] = keras.saving.deserialize_keras_object(config["head"])
         return cls(**config)
+
+
+def _with_missed_labels(head, features, ids, logits, labels):
+    """`(ids, logits)` of the retrieved units `ids` plus each example's `labels` (-1 padded)
+    that they miss, for the loss over the active set with its labels."""
+    missed = tf.where(tf.reduce_any(labels[:, :, None] == ids[:, None, :], axis=2), -1, labels)
+    missed_logits = head.activate(
+        missed, tf_lsh_ops.sparse_gather_matmul(features, head.kernel, head.bias, missed)
+    )
+    return tf.concat([ids, missed], 1), tf.concat([logits, missed_logits], 1)
 
 
 def _top_ids(ids, logits, k):

@@ -1,5 +1,8 @@
 """Optimizers that keep sparse gradients sparse."""
 
+import warnings
+import weakref
+
 import keras
 import tensorflow as tf
 
@@ -104,6 +107,44 @@ class SparseAdam(keras.optimizers.Adam):
         config = super().get_config()
         config.pop("amsgrad", None)
         return config
+
+
+def can_fuse_adam(optimizer):
+    """Whether a training step may apply `optimizer` inside a fused backward pass: a
+    `SparseAdam` that `can_fuse`, outside `tf.distribute` (whose replicas' gradients are
+    all-reduced first)."""
+    return (
+        isinstance(optimizer, SparseAdam)
+        and optimizer.can_fuse()
+        and not tf.distribute.has_strategy()
+    )
+
+
+# Optimizers already warned about (each is named once).
+_WARNED = weakref.WeakSet()
+
+
+def warn_if_dense_updates(optimizer, layers, caller):
+    """Warns, once per optimizer, if `optimizer` would apply the sparse gradients of `layers`
+    (`LSHDense`, `SparseInputDense`) as dense updates of every row: Keras 3's optimizers other
+    than plain SGD densify `tf.IndexedSlices`, which silently makes a step over a wide layer
+    many times slower. `caller` names who checks."""
+    if not layers or optimizer is None or optimizer in _WARNED:
+        return
+    sparse = isinstance(optimizer, SparseAdam) or (
+        isinstance(optimizer, keras.optimizers.SGD) and not optimizer.momentum
+    )
+    if sparse:
+        return
+    _WARNED.add(optimizer)
+    names = ", ".join(repr(layer.name) for layer in layers)
+    warnings.warn(
+        f"{caller}: {type(optimizer).__name__} applies the sparse gradients of {names} as "
+        "dense updates of every row (Keras 3 densifies tf.IndexedSlices), which can make a "
+        "step many times slower. Compile with keras_layers.SparseAdam (or SGD without "
+        "momentum) to update only the rows each step touches.",
+        stacklevel=3,
+    )
 
 
 def _tf_variable(variable):

@@ -5,6 +5,7 @@ import tensorflow as tf
 from keras import activations, initializers, regularizers
 
 import tf_lsh_ops
+from keras_layers.optimizers import can_fuse_adam
 
 
 @keras.saving.register_keras_serializable(package="tf_lsh")
@@ -85,14 +86,26 @@ class SparseInputDense(keras.layers.Layer):
                 outputs = _embedding_bag(inputs, self.kernel.value)
         else:
             outputs = tf.matmul(inputs, self.kernel)
-        return self._add_bias_and_activate(outputs)
+        return self.activate(outputs)
 
-    def _add_bias_and_activate(self, product):
-        """The layer's output from `inputs @ kernel` (a fused training step computes the
-        product itself)."""
+    def activate(self, product):
+        """The layer's output from the product `inputs @ kernel`."""
         if self.bias is not None:
             product = product + self.bias
         return self.activation(product) if self.activation is not None else product
+
+    def fused_update(self, optimizer, inputs):
+        """A `FusedKernelUpdate` of this layer's kernel by `optimizer` on `inputs`, or None
+        where it cannot apply: dense `inputs`, an optimizer other than a fusable `SparseAdam`
+        (see `SparseAdam.can_fuse`), a kernel regularizer, or an activity regularizer (which
+        `__call__` adds, and the fused step does not call)."""
+        eligible = (
+            isinstance(inputs, tf.SparseTensor)
+            and can_fuse_adam(optimizer)
+            and self.kernel_regularizer is None
+            and self.activity_regularizer is None
+        )
+        return FusedKernelUpdate(self, optimizer) if eligible else None
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
@@ -108,6 +121,44 @@ class SparseInputDense(keras.layers.Layer):
             "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
             "bias_regularizer": regularizers.serialize(self.bias_regularizer),
         }
+
+
+class FusedKernelUpdate:
+    """A training step's kernel gradient of a `SparseInputDense` on sparse inputs fused with
+    its `SparseAdam` update (`tf_lsh_ops.sparse_input_matmul_adam`): the gradient rows are
+    never written out. Made by `SparseInputDense.fused_update`.
+
+    Use: `forward` inside the step's `tf.GradientTape`; take the loss's gradient for
+    `product`; `apply` it (the optimizer built; its step is counted by the step's
+    `apply_gradients`).
+    """
+
+    def __init__(self, layer, optimizer):
+        self.layer = layer
+        self.optimizer = optimizer
+        self.product = None
+
+    def forward(self, inputs, tape):
+        """The layer's output on `inputs`, with `inputs @ kernel` computed off the tape (which
+        would otherwise build its unfused gradient) and watched as `product`."""
+        with tape.stop_recording():
+            self.product = tf_lsh_ops.sparse_input_matmul(inputs, self.layer.kernel)
+        tape.watch(self.product)
+        self._inputs = inputs
+        return self.layer.activate(self.product)
+
+    def apply(self, product_gradient):
+        """Updates the kernel from the loss's gradient for `product`."""
+        if self.product is None:
+            raise ValueError("FusedKernelUpdate.apply: call forward first")
+        kernel, optimizer = self.layer.kernel, self.optimizer
+        tf_lsh_ops.sparse_input_matmul_adam(
+            self._inputs,
+            kernel,
+            product_gradient,
+            optimizer.moments(kernel),
+            **optimizer.step_hyperparameters(),  # read before apply_gradients counts the step
+        )
 
 
 def _embedding_bag(inputs, kernel):

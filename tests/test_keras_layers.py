@@ -195,7 +195,7 @@ def test_every_hash_family_computes_dense_outputs_on_its_active_units(hash_famil
         assert np.count_nonzero(out[b]) == 9
     if mips:
         norms = np.linalg.norm(layer.kernel.numpy(), axis=1)
-        assert float(layer.max_norm.numpy()) == pytest.approx(norms.max(), rel=1e-5)
+        assert float(layer.tables.max_norm.numpy()) == pytest.approx(norms.max(), rel=1e-5)
 
 
 @pytest.mark.parametrize("active", [1.0, 80])
@@ -610,52 +610,52 @@ def test_fused_first_layer_update_equals_the_unfused_step_bit_for_bit(body_kind,
 
 def test_first_layer_fusion_stays_off_where_it_would_change_training():
     sparse = tf.sparse.from_dense(tf.ones([2, 8]))
-    for body, optimizer, kwargs in [
-        (SparseInputDense(4), SparseAdam(1e-3, clipnorm=1.0), {}),
-        (SparseInputDense(4), keras.optimizers.SGD(0.1), {}),
-        (SparseInputDense(4), SparseAdam(1e-3), {"fuse_first_layer_update": False}),
-        (SparseInputDense(4, kernel_regularizer="l2"), SparseAdam(1e-3), {}),
-        (SparseInputDense(4, activity_regularizer="l2"), SparseAdam(1e-3), {}),
-        (keras.Sequential([keras.layers.Dense(4)]), SparseAdam(1e-3), {}),
+    for layer, optimizer in [
+        (SparseInputDense(4), SparseAdam(1e-3, clipnorm=1.0)),
+        (SparseInputDense(4), keras.optimizers.SGD(0.1)),
+        (SparseInputDense(4, kernel_regularizer="l2"), SparseAdam(1e-3)),
+        (SparseInputDense(4, activity_regularizer="l2"), SparseAdam(1e-3)),
+    ]:
+        assert layer.fused_update(optimizer, sparse) is None
+    layer = SparseInputDense(4)
+    assert layer.fused_update(SparseAdam(1e-3), sparse) is not None
+    assert layer.fused_update(SparseAdam(1e-3), tf.ones([2, 8])) is None  # a plain matmul
+    # The model asks the first layer only, and only if allowed to.
+    for body, kwargs, fused in [
+        (SparseInputDense(4), {}, True),
+        (keras.Sequential([SparseInputDense(4), keras.layers.Dense(3)]), {}, True),
+        (SparseInputDense(4), {"fuse_first_layer_update": False}, False),
+        (keras.Sequential([keras.layers.Dense(4)]), {}, False),
     ]:
         model = LSHClassifier(body, LSHDense(50, active=5), **kwargs)
-        model.compile(optimizer=optimizer)
-        assert model._fusable_first_layer(sparse) is None
-    model = LSHClassifier(SparseInputDense(4), LSHDense(50, active=5))
-    model.compile(optimizer=SparseAdam(1e-3))
-    assert model._fusable_first_layer(sparse) is model.body
-    assert model._fusable_first_layer(tf.ones([2, 8])) is None  # dense inputs: a plain matmul
+        model.compile(optimizer=SparseAdam(1e-3))
+        assert (model._first_layer_update(sparse) is not None) == fused
     # A body of a bias-free first layer alone leaves nothing else for apply_gradients (which
     # counts the step) when the head is fused too: the head then stays unfused.
     model = LSHClassifier(SparseInputDense(4, use_bias=False), LSHDense(50, active=5))
     model.compile(optimizer=SparseAdam(1e-3))
     model.build((None, 8))
-    assert not model._can_fuse_this_step(tf.zeros([2, 4]), model._fusable_first_layer(sparse))
+    assert not model._can_fuse_head(tf.zeros([2, 4]), model._first_layer_update(sparse))
 
 
 def test_fusion_stays_off_where_it_would_change_training():
+    for head, optimizer in [
+        (LSHDense(50, active=5), SparseAdam(1e-3, clipnorm=1.0)),
+        (LSHDense(50, active=5), keras.optimizers.SGD(0.1)),
+        (LSHDense(50, active=5, kernel_regularizer="l2"), SparseAdam(1e-3)),
+        (LSHDense(50, active=5, use_bias=False), SparseAdam(1e-3)),
+        (LSHDense(50, active=5, batch_wide=True), SparseAdam(1e-3)),
+    ]:
+        assert head.fused_update(optimizer) is None
+    assert LSHDense(50, active=5).fused_update(SparseAdam(1e-3)) is not None
+    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+        assert LSHDense(50, active=5).fused_update(SparseAdam(1e-3)) is None
     body = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
-    for optimizer, kwargs in [
-        (SparseAdam(1e-3, clipnorm=1.0), {}),
-        (keras.optimizers.SGD(0.1), {}),
-        (SparseAdam(1e-3), {"fuse_output_update": False}),
-    ]:
-        model = LSHClassifier(body, LSHDense(50, active=5), **kwargs)
-        model.compile(optimizer=optimizer)
-        assert not model._may_fuse_output_update()
-    for head in [
-        LSHDense(50, active=5, kernel_regularizer="l2"),
-        LSHDense(50, active=5, batch_wide=True),
-    ]:
-        model = LSHClassifier(body, head)
-        model.compile(optimizer=SparseAdam(1e-3))
-        assert not model._may_fuse_output_update()
     model = LSHClassifier(body, LSHDense(50, active=5))
     model.compile(optimizer=SparseAdam(1e-3))
-    assert model._may_fuse_output_update()
     model.build((None, 8))
-    assert model._can_fuse_this_step(tf.zeros([2, 8]))
-    assert not model._can_fuse_this_step(tf.sparse.from_dense(tf.zeros([2, 8])))
+    assert model._can_fuse_head(tf.zeros([2, 8]), None)
+    assert not model._can_fuse_head(tf.sparse.from_dense(tf.zeros([2, 8])), None)
 
 
 @pytest.mark.parametrize(
@@ -762,9 +762,9 @@ class CodesRecorder(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         layer = self.layer
-        self.codes.append(layer.neuron_codes.numpy().copy())
-        self.fresh_codes.append(layer._hash(layer.kernel.value, "data").numpy())
-        self.tables.append(layer.table_ids.numpy().copy())
+        self.codes.append(layer.tables.codes.numpy().copy())
+        self.fresh_codes.append(layer.tables.hash(layer.kernel.value, "data").numpy())
+        self.tables.append(layer.tables.ids.numpy().copy())
 
 
 def _callback_fit(callback, learning_rate=0.05, steps=16, recorder=False, **lsh_kwargs):
@@ -799,10 +799,10 @@ def test_fixed_schedule_rebuilds_every_period_steps():
     assert changes > 0  # the weights moved enough to move some units
     # The tables are a full rebuild of the final weights.
     layer = model.layers[0]
-    tables = [layer.table_ids.numpy(), layer.table_counts.numpy()]
-    layer.rebuild_tables()
-    assert np.array_equal(tables[0], layer.table_ids.numpy())
-    assert np.array_equal(tables[1], layer.table_counts.numpy())
+    tables = [layer.tables.ids.numpy(), layer.tables.counts.numpy()]
+    layer.tables.rebuild()
+    assert np.array_equal(tables[0], layer.tables.ids.numpy())
+    assert np.array_equal(tables[1], layer.tables.counts.numpy())
 
 
 def test_changed_rehash_moves_the_units_that_trained(capsys):
@@ -848,58 +848,60 @@ def test_changed_rehash_moves_the_units_that_trained(capsys):
             assert f"step {step}: rehashed the changed units ({moved} of {units})" in printed[event]
         assert np.array_equal(recorder.codes[step - 1], recorder.fresh_codes[step - 1]), step
         previous = now
-    np.testing.assert_array_equal(layer.neuron_fingerprints.numpy(), previous)
-    counts = layer.table_counts.numpy().copy()
-    tables = bucket_sets(layer.table_ids.numpy(), counts)
-    layer.rebuild_tables()
-    assert bucket_sets(layer.table_ids.numpy(), layer.table_counts.numpy()) == tables
-    np.testing.assert_array_equal(layer.table_counts.numpy(), counts)
+    np.testing.assert_array_equal(layer.tables.fingerprints.numpy(), previous)
+    counts = layer.tables.counts.numpy().copy()
+    tables = bucket_sets(layer.tables.ids.numpy(), counts)
+    layer.tables.rebuild()
+    assert bucket_sets(layer.tables.ids.numpy(), layer.tables.counts.numpy()) == tables
+    np.testing.assert_array_equal(layer.tables.counts.numpy(), counts)
 
 
 def test_refresh_tables_after_set_weights_and_with_mips():
     layer = LSHDense(300, active=30, num_tables=4, num_hashes=4, seed=5)
     layer.build((None, 16))
-    assert int(layer.refresh_tables()) == 0
+    assert int(layer.tables.refresh()) == 0
     kernel = layer.kernel.numpy()
     rows = np.array([3, 70, 299])
     kernel[rows] *= -1.0
     layer.set_weights([kernel if w is layer.kernel else w.numpy() for w in layer.weights])
-    assert int(layer.refresh_tables()) == 3
-    assert int(layer.refresh_tables()) == 0
+    assert int(layer.tables.refresh()) == 3
+    assert int(layer.tables.refresh()) == 0
     # Most units moved: a full rebuild (the same codes), which re-seeds the tables.
     layer.kernel.assign(layer.kernel * 2.0)
     layer.step.assign(7)
-    assert int(layer.refresh_tables()) == 300
-    assert int(layer.refresh_tables()) == 0
+    assert int(layer.tables.refresh()) == 300
+    assert int(layer.tables.refresh()) == 0
     np.testing.assert_array_equal(
-        layer.neuron_codes.numpy(), layer._hash(layer.kernel.value, "data").numpy()
+        layer.tables.codes.numpy(), layer.tables.hash(layer.kernel.value, "data").numpy()
     )
 
     # The same inside a tf.function (both branches traced): codes follow the weights.
-    refresh = tf.function(layer.refresh_tables)
+    refresh = tf.function(layer.tables.refresh)
     kernel = layer.kernel.numpy()
     kernel[[0, 1]] = -kernel[[0, 1]]
     layer.kernel.assign(kernel)
     assert int(refresh()) == 2
     assert int(refresh()) == 0
     np.testing.assert_array_equal(
-        layer.neuron_codes.numpy(), layer._hash(layer.kernel.value, "data").numpy()
+        layer.tables.codes.numpy(), layer.tables.hash(layer.kernel.value, "data").numpy()
     )
 
     mips = LSHDense(300, active=30, num_tables=4, num_hashes=4, mips=True, seed=5)
     mips.build((None, 16))
-    norm = float(mips.max_norm.numpy())
+    norm = float(mips.tables.max_norm.numpy())
     kernel = mips.kernel.numpy()
     kernel[[1, 2]] *= 0.5  # shorter: the tables' norm still bounds every unit
     mips.kernel.assign(kernel)
-    assert int(mips.refresh_tables()) == 2
-    assert float(mips.max_norm.numpy()) == norm
+    assert int(mips.tables.refresh()) == 2
+    assert float(mips.tables.max_norm.numpy()) == norm
     kernel[7] *= 3.0  # longer than the norm the units were hashed with: all are re-hashed
     mips.kernel.assign(kernel)
-    assert int(mips.refresh_tables()) == 300
-    assert float(mips.max_norm.numpy()) == pytest.approx(np.linalg.norm(kernel, axis=1).max())
+    assert int(mips.tables.refresh()) == 300
+    assert float(mips.tables.max_norm.numpy()) == pytest.approx(
+        np.linalg.norm(kernel, axis=1).max()
+    )
     np.testing.assert_array_equal(
-        mips.neuron_codes.numpy(), mips._hash(mips.kernel.value, "data").numpy()
+        mips.tables.codes.numpy(), mips.tables.hash(mips.kernel.value, "data").numpy()
     )
 
 
@@ -946,8 +948,8 @@ def test_incremental_rebuild_rehashes_one_slice_per_event():
     # units between buckets. (Permuting keeps the set of norms, so a MIPS max norm too.)
     model.compile(keras.optimizers.SGD(0.0), "mse")
     layer = model.layers[0]
-    old_codes = layer.neuron_codes.numpy().copy()
-    old_tables = layer.table_ids.numpy().copy()
+    old_codes = layer.tables.codes.numpy().copy()
+    old_tables = layer.tables.ids.numpy().copy()
     permutation = np.random.default_rng(111).permutation(units)
     layer.kernel.assign(layer.kernel.numpy()[permutation])
     recorder = CodesRecorder(layer)
@@ -970,13 +972,13 @@ def test_incremental_rebuild_rehashes_one_slice_per_event():
         assert np.array_equal(codes[:done], new_codes[:done]), event
         assert np.array_equal(codes[done:], old_codes[done:]), event
     # After 1 / fraction events, the tables hold the same buckets as a full rebuild.
-    tables = layer.table_ids.numpy().copy()
-    counts = layer.table_counts.numpy().copy()
-    layer.rebuild_tables()
-    assert np.array_equal(layer.neuron_codes.numpy(), new_codes)
-    assert np.array_equal(counts, layer.table_counts.numpy())
-    assert np.array_equal(np.sort(tables, axis=-1), np.sort(layer.table_ids.numpy(), axis=-1))
-    for table in range(layer.num_tables):  # every unit in its bucket
+    tables = layer.tables.ids.numpy().copy()
+    counts = layer.tables.counts.numpy().copy()
+    layer.tables.rebuild()
+    assert np.array_equal(layer.tables.codes.numpy(), new_codes)
+    assert np.array_equal(counts, layer.tables.counts.numpy())
+    assert np.array_equal(np.sort(tables, axis=-1), np.sort(layer.tables.ids.numpy(), axis=-1))
+    for table in range(layer.table_config.num_tables):  # every unit in its bucket
         for unit in range(units):
             assert unit in tables[table, new_codes[unit, table]]
 
@@ -1007,7 +1009,7 @@ def test_callback_needs_an_lsh_layer():
             dict(hash_family="wta", num_hashes=11),
             r"wta with num_hashes=11 needs 33 bits per bucket id; at most 30",
         ),
-        (dict(num_hashes=0), r"num_hashes must be >= 1"),
+        (dict(num_hashes=0), r"num_hashes must be None or an int >= 1"),
         (dict(hash_family="minhash"), r"unknown hash_family 'minhash'"),
         (dict(active_rule="top"), r"unknown active_rule 'top'"),
         (dict(inference="sparse"), r"unknown inference mode 'sparse'"),

@@ -142,19 +142,14 @@ def test_lsh_dense_config_round_trip():
         name="lsh_out",
     )
     clone = _round_trip(layer)
+    assert clone.table_config == layer.table_config
+    assert clone.tables.num_hashes == layer.tables.num_hashes
+    assert clone.tables.bucket_bits == layer.tables.bucket_bits
     for attribute in (
         "units",
         "num_active",
-        "hash_family",
-        "num_hashes_used",
-        "bucket_bits",
-        "num_tables",
-        "bin_size",
-        "bucket_capacity",
         "active_rule",
-        "min_count",
-        "fill_random",
-        "overflow",
+        "selection",
         "batch_wide",
         "inference",
         "seed",

@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_layers import LSHDense, LSHRebuildCallback, SparseAdam, UnitCoverage, inference_mode
+from keras_layers import (
+    ExactSelector,
+    HashTables,
+    LowRankSelector,
+    LSHDense,
+    LSHRebuildCallback,
+    SparseAdam,
+    UnitCoverage,
+    inference_mode,
+)
 
 
 def _inputs(batch, dim, seed=0):
@@ -52,7 +61,7 @@ def test_exact_rule_selects_the_exact_top_k():
 def test_full_rank_sketch_selects_the_exact_top_k():
     # With rank >= input_dim, fitted to inputs spanning the input space, the sketch is exact.
     layer = _built(200, 12, active=10, rank=12)
-    layer.fit_sketch(_inputs(64, 12, seed=1))
+    layer.selector.fit(_inputs(64, 12, seed=1))
     x = _inputs(32, 12, seed=2)
     assert _as_sets(layer.active_ids(x)) == _exact_top(layer, x)
 
@@ -60,14 +69,14 @@ def test_full_rank_sketch_selects_the_exact_top_k():
 def test_sketch_is_the_top_singular_subspace_of_the_products():
     layer = _built(300, 40, active=15, rank=6)
     x = _inputs(50, 40, seed=3)
-    layer.fit_sketch(x)
+    layer.selector.fit(x)
     products = x @ layer.kernel.numpy().T  # [n, units]
     left = np.linalg.svd(products.T, full_matrices=False)[0][:, :6]
-    basis = layer.sketch_units.numpy()
+    basis = layer.selector.sketch_units.numpy()
     np.testing.assert_allclose(basis.T @ basis, np.eye(6), atol=1e-4)
     np.testing.assert_allclose(basis @ basis.T, left @ left.T, atol=2e-3)
     np.testing.assert_allclose(
-        layer.sketch_inputs.numpy(), basis.T @ layer.kernel.numpy(), rtol=1e-4, atol=1e-4
+        layer.selector.sketch_inputs.numpy(), basis.T @ layer.kernel.numpy(), rtol=1e-4, atol=1e-4
     )
 
 
@@ -76,15 +85,15 @@ def test_sketch_recovers_inputs_of_low_rank_structure():
     rng = np.random.default_rng(4)
     subspace = rng.standard_normal((5, 64)).astype(np.float32)
     layer = _built(500, 64, active=25, rank=5)
-    layer.fit_sketch(rng.standard_normal((40, 5)).astype(np.float32) @ subspace)
+    layer.selector.fit(rng.standard_normal((40, 5)).astype(np.float32) @ subspace)
     x = rng.standard_normal((20, 5)).astype(np.float32) @ subspace
     assert _as_sets(layer.active_ids(x)) == _exact_top(layer, x)
 
 
 def test_sketch_with_fewer_inputs_than_its_rank_pads_with_zero_columns():
     layer = _built(100, 30, active=5, rank=16)
-    layer.fit_sketch(_inputs(4, 30))
-    basis = layer.sketch_units.numpy()
+    layer.selector.fit(_inputs(4, 30))
+    basis = layer.selector.sketch_units.numpy()
     assert np.all(np.isfinite(basis))
     assert np.count_nonzero(np.linalg.norm(basis, axis=0) > 1e-6) == 4
 
@@ -93,7 +102,7 @@ def test_sparse_inputs_select_as_dense_ones():
     layer = _built(150, 20, active=8, rank=10)
     x = _inputs(12, 20) * (np.random.default_rng(5).random((12, 20)) < 0.3)
     sparse = tf.sparse.from_dense(x)
-    layer.fit_sketch(sparse)
+    layer.selector.fit(sparse)
     dense_ids = layer.active_ids(x).numpy()
     assert _as_sets(layer.active_ids(sparse)) == _as_sets(dense_ids)
     exact = LSHDense(150, activation="relu", active=8, active_rule="exact")
@@ -212,15 +221,15 @@ def test_default_layers_learn_without_a_callback():
 
 def test_table_layers_refresh_their_tables_without_a_callback():
     layer = _built(100, 8, active=10, active_rule="frequency", num_tables=4, refresh_period=3)
-    before = layer.neuron_fingerprints.numpy().copy()
+    before = layer.tables.fingerprints.numpy().copy()
     layer.kernel.assign(layer.kernel * 2.0)
     x = _inputs(8, 8)
     layer(x, training=True)  # step 0 refreshes
-    assert not np.any(layer.neuron_fingerprints.numpy() == before)
+    assert not np.any(layer.tables.fingerprints.numpy() == before)
     layer.kernel.assign(layer.kernel * 2.0)
-    moved = layer.neuron_fingerprints.numpy().copy()
+    moved = layer.tables.fingerprints.numpy().copy()
     layer(x, training=True)  # step 1: not due
-    np.testing.assert_array_equal(layer.neuron_fingerprints.numpy(), moved)
+    np.testing.assert_array_equal(layer.tables.fingerprints.numpy(), moved)
 
 
 def test_refresh_in_a_traced_step_refits_the_sketch():
@@ -231,16 +240,16 @@ def test_refresh_in_a_traced_step_refits_the_sketch():
     def step():
         return layer(x, training=True)
 
-    first = layer.sketch_inputs.numpy().copy()
+    first = layer.selector.sketch_inputs.numpy().copy()
     layer.kernel.assign(layer.kernel * 3.0)
     step()  # step 0: refit to the new kernel
-    refit = layer.sketch_inputs.numpy().copy()
+    refit = layer.selector.sketch_inputs.numpy().copy()
     assert not np.allclose(first, refit)
     layer.kernel.assign(layer.kernel * 3.0)
     step()  # step 1: not due
-    np.testing.assert_array_equal(layer.sketch_inputs.numpy(), refit)
+    np.testing.assert_array_equal(layer.selector.sketch_inputs.numpy(), refit)
     step()  # step 2
-    assert not np.allclose(layer.sketch_inputs.numpy(), refit)
+    assert not np.allclose(layer.selector.sketch_inputs.numpy(), refit)
 
 
 def test_config_round_trip_and_saving_keep_the_sketch(tmp_path):
@@ -255,7 +264,9 @@ def test_config_round_trip_and_saving_keep_the_sketch(tmp_path):
     path = os.path.join(tmp_path, "model.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
-    np.testing.assert_array_equal(loaded.layers[0].sketch_units.numpy(), layer.sketch_units.numpy())
+    np.testing.assert_array_equal(
+        loaded.layers[0].selector.sketch_units.numpy(), layer.selector.sketch_units.numpy()
+    )
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
@@ -277,11 +288,21 @@ def test_bad_arguments_are_named(kwargs, message):
         LSHDense(100, activation="relu", **kwargs)
 
 
-@pytest.mark.parametrize("method", ["rebuild_tables", "refresh_tables"])
-def test_table_methods_refuse_layers_without_tables(method):
-    layer = _built(50, 4, name="hid")
-    with pytest.raises(ValueError, match=f"LSHDense.{method}: layer 'hid' .*'low_rank'"):
-        getattr(layer, method)()
+@pytest.mark.parametrize(
+    "kwargs, selector",
+    [
+        (dict(activation="relu"), LowRankSelector),
+        (dict(activation="relu", active_rule="exact"), ExactSelector),
+        (dict(activation="relu", active_rule="union"), HashTables),
+        (dict(), HashTables),
+    ],
+)
+def test_the_selector_is_the_rule_in_force(kwargs, selector):
+    layer = LSHDense(50, active=4, **kwargs)
+    assert type(layer.selector) is selector
+    assert layer.selection == layer.selector.rule
+    # Only a table rule has tables to rebuild.
+    assert (layer.tables is layer.selector) == (selector is HashTables)
 
 
 def test_rebuild_callback_warns_when_no_layer_has_tables():
