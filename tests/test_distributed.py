@@ -152,8 +152,17 @@ class StepRecorder(keras.callbacks.Callback):
         self.losses.append((step, float(logs["loss"])))
         state = {}
         for layer in lsh_layers(self.model):
-            for name in ("kernel", "bias", "table_ids", "table_counts", "neuron_codes", "step"):
-                state[f"{layer.name}/{name}"] = _digest(getattr(layer, name))
+            tables = layer.tables
+            variables = dict(
+                kernel=layer.kernel,
+                bias=layer.bias,
+                table_ids=tables.ids,
+                table_counts=tables.counts,
+                neuron_codes=tables.codes,
+                step=layer.step,
+            )
+            for name, variable in variables.items():
+                state[f"{layer.name}/{name}"] = _digest(variable)
         self.digests.append((step, state))
         if step == self.hang_at_step:
             with open(self.marker, "w") as f:
