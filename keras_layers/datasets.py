@@ -167,11 +167,19 @@ class MultiLabelData:
             orders = tf.data.Dataset.from_tensors(tf.range(count, dtype=tf.int64))
 
         def to_model_inputs(rows):
-            return tf_lsh_ops.multi_label_batch(
+            features, labels = tf_lsh_ops.multi_label_batch(
                 *arrays, rows, num_features=num_features, max_labels=max_labels
             )
+            # The op's dense_shape is a tensor, so the SparseTensor's static shape would be
+            # [None, None]: a model built from the dataset (fit without build) needs the width.
+            features.set_shape([rows.shape[0], num_features])
+            return features, labels
 
-        data = orders.flat_map(batches)
+        # flat_map hides the number of batches, and on a dataset of unknown cardinality Keras
+        # 3.15's fit takes one optimizer step more per epoch than there are batches (and
+        # evaluate counts a full last batch twice).
+        num_batches = count // batch_size + (count % batch_size > 0 and not drop_remainder)
+        data = orders.flat_map(batches).apply(tf.data.experimental.assert_cardinality(num_batches))
         return data.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
 
@@ -188,7 +196,9 @@ def read_extreme_classification(path):
             raise ValueError(
                 f"{path}: the first line must be 'num_examples num_features num_labels'"
             )
-        num_examples, num_features, num_labels = map(int, header)
+        num_examples, num_features, num_labels = (
+            _parse(int, token, "header field", path, 1) for token in header
+        )
         for line_number, line in enumerate(f, start=2):
             if not line.strip():
                 continue
@@ -198,13 +208,17 @@ def read_extreme_classification(path):
             if ":" in first:  # no labels, no leading space
                 features = parts
                 first = ""
-            labels = [int(x) for x in first.split(",") if x]
+            labels = [_parse(int, x, "label", path, line_number) for x in first.split(",") if x]
             for item in features:
                 if not item:
                     continue
-                fid, _, value = item.partition(":")
-                f_ids.append(int(fid))
-                f_vals.append(float(value))
+                fid, colon, value = item.partition(":")
+                if not colon:
+                    raise ValueError(
+                        f"{path}:{line_number}: feature {item!r} is not 'feature_id:value'"
+                    )
+                f_ids.append(_parse(int, fid, "feature id", path, line_number))
+                f_vals.append(_parse(float, value, "feature value", path, line_number))
             if any(not 0 <= x < num_labels for x in labels):
                 raise ValueError(f"{path}:{line_number}: a label is outside [0, {num_labels})")
             l_ids.extend(labels)
@@ -224,6 +238,15 @@ def read_extreme_classification(path):
     if len(f_ids) and not 0 <= data.feature_ids.min() <= data.feature_ids.max() < num_features:
         raise ValueError(f"{path}: a feature id is outside [0, {num_features})")
     return data
+
+
+def _parse(convert, token, what, path, line_number):
+    """`convert(token)`, or a ValueError naming the file, the line and the token."""
+    try:
+        return convert(token)
+    except ValueError:
+        kind = "an integer" if convert is int else "a number"
+        raise ValueError(f"{path}:{line_number}: {what} {token!r} is not {kind}") from None
 
 
 def write_extreme_classification(data, path):

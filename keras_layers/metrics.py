@@ -36,8 +36,10 @@ class PrecisionAtK(keras.metrics.Mean):
             y_pred = tf.math.top_k(y_pred, self.k).indices
         top = tf.cast(y_pred[:, : self.k], tf.int64)
         labels = tf.cast(y_true, tf.int64)
+        # tf.equal, not `==`: with one batch dimension static and the other not (a dataset with
+        # a fixed batch size, top ids from a dynamic gather), `==` infers an unknown rank.
         hit = (
-            (top[:, :, None] == labels[:, None, :])
+            tf.equal(top[:, :, None], labels[:, None, :])
             & (labels[:, None, :] >= 0)
             & (top[:, :, None] >= 0)
         )

@@ -59,9 +59,18 @@ class SparseInputDense(keras.layers.Layer):
         self.supports_jit = False
 
     def build(self, input_shape):
+        input_dim = input_shape[-1]
+        if input_dim is None:
+            raise ValueError(
+                f"SparseInputDense '{self.name}': the last dimension of input_shape "
+                f"{tuple(input_shape)} (the number of input features) is unknown, and the kernel "
+                "needs it. Give the inputs a static width (`MultiLabelData.dataset` does; in your "
+                "own tf.data pipeline, `features.set_shape([None, num_features])`) or build the "
+                "model first: `model.build((None, num_features))`."
+            )
         self.kernel = self.add_weight(
             name="kernel",
-            shape=(int(input_shape[-1]), self.units),
+            shape=(int(input_dim), self.units),
             initializer=self.kernel_initializer,
             regularizer=self.kernel_regularizer,
         )

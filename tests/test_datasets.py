@@ -91,6 +91,12 @@ def test_format_round_trip_and_rows_without_labels(tiny, tmp_path):
         ("1 10 4\n7 0:1\n", "label is outside"),
         ("1 10 4\n1 12:1\n", "feature id is outside"),
         ("1 10\n1 0:1\n", "first line"),
+        # A malformed token: the file, the line and the token.
+        ("1 10 4\n1 0:x\n", r"bad.txt:2: feature value 'x' is not a number"),
+        ("1 10 4\n1 a:1\n", r"bad.txt:2: feature id 'a' is not an integer"),
+        ("2 10 4\n1 0:1\n1,b 2:1\n", r"bad.txt:3: label 'b' is not an integer"),
+        ("1 10 4\n1 0:1 3\n", r"bad.txt:2: feature '3' is not 'feature_id:value'"),
+        ("1 ten 4\n1 0:1\n", r"bad.txt:1: header field 'ten' is not an integer"),
     ],
 )
 def test_format_errors_are_clear(tmp_path, text, message):
@@ -114,6 +120,28 @@ def test_dataset_batches_sparse_features_and_padded_labels(tiny):
         labels = train.label_ids[train.label_offsets[i] : train.label_offsets[i + 1]]
         np.testing.assert_array_equal(y[i, : len(labels)], labels)
         assert np.all(y[i, len(labels) :].numpy() == -1)
+
+
+def test_dataset_features_have_a_static_width(tiny):
+    """A model built from the dataset (`fit` without `model.build`) reads the width here; the
+    batch size is static when every batch is full."""
+    train, _ = tiny
+    width, max_labels = train.num_features, train.max_labels
+    assert len(train) % 48 != 0  # a last, partial batch
+    features, labels = train.dataset(48).element_spec
+    assert features.shape.as_list() == [None, width]
+    assert labels.shape.as_list() == [None, max_labels]
+    features, labels = train.dataset(48, shuffle=True, drop_remainder=True).element_spec
+    assert features.shape.as_list() == [48, width]
+    assert labels.shape.as_list() == [48, max_labels]
+
+
+def test_dataset_knows_its_number_of_batches(tiny):
+    """Keras' fit takes an extra step each epoch on a dataset of unknown cardinality."""
+    train, _ = tiny
+    for options, batches in [({}, 84), ({"shuffle": True, "drop_remainder": True}, 83)]:
+        data = train.dataset(48, **options)
+        assert int(data.cardinality()) == batches == sum(1 for _ in data)
 
 
 def test_mnist_from_the_package():
@@ -146,12 +174,6 @@ def test_mnist_idx_reader(tmp_path):
     np.testing.assert_allclose(x, images.reshape(3, -1) / 255.0, rtol=1e-6)
     np.testing.assert_array_equal(y, labels)
     assert xt.shape == (2, 784) and yt.tolist() == [7, 2]
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(pytest.main([__file__, "-q"]))
 
 
 def test_shuffled_dataset_is_each_example_once_reshuffled_every_epoch(tiny):
@@ -262,3 +284,9 @@ def test_multi_label_batch_bad_input_is_named(tiny, change, message):
             num_features=train.num_features,
             max_labels=max_labels,
         )
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(pytest.main([__file__, "-q"]))
