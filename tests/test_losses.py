@@ -133,3 +133,7 @@ def test_bad_shapes_name_the_op_and_arguments(ids, logits, labels, message):
 def test_wrong_dtype_is_named():
     with pytest.raises(tf.errors.InvalidArgumentError, match="ActiveSoftmaxCrossEntropy: logits"):
         loss_op([[1]], tf.constant([[1.0]], tf.float64), [[1]])
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -2,6 +2,7 @@
 coverage metrics, and the layer keeping itself up to date without a callback."""
 
 import os
+import sys
 import warnings
 
 import keras
@@ -325,3 +326,7 @@ def test_selection_is_not_tracked_unless_asked():
     assert set(history) == {"loss"}
     loss = model.evaluate(x, np.zeros((16, 2)), verbose=0)  # a scalar, as for any model
     assert np.isfinite(loss)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -2,6 +2,7 @@
 labels outnumber the batch-wide set, an optimizer that densifies sparse updates, and the
 evaluation step's single table query."""
 
+import sys
 import warnings
 
 import keras
@@ -126,3 +127,7 @@ def test_lsh_evaluation_queries_once_and_takes_the_missed_labels_into_the_loss(m
     loss = model.evaluate(x, y, batch_size=12, verbose=0)
     assert len(calls) == 1
     np.testing.assert_allclose(loss, np.mean(expected), rtol=1e-5)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
