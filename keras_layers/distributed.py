@@ -33,18 +33,19 @@ leaving Keras and other models alone:
   replicas, a scalar again). Only under `MultiWorkerMirroredStrategy` in multi-worker mode:
   elsewhere the step function is Keras' own.
 
-Both rely on Keras internals, so they check the Keras version they were written and tested
-for (`SUPPORTED_KERAS`) and raise `UnsupportedKerasVersionError` outside it, rather than train
-silently wrong. Models created outside a strategy never reach the check.
+Both rely on Keras internals (reached through keras_layers/_keras_compat.py), so they check
+the Keras version they were written and tested for (`SUPPORTED_KERAS`) and raise
+`UnsupportedKerasVersionError` outside it, rather than train silently wrong. Models created
+outside a strategy never reach the check.
 
 `LSHClassifier.train_step` also divides the loss by the number of replicas before taking the
 gradients (`scale_loss`), as Keras' own `train_step` does: the all-reduce sums the replicas'
 gradients, so the update is that of the mean loss over the global batch.
 
 The rest of the module: `BackupAndRestore`, a chief-written, atomically replaced backup for
-multi-worker fault tolerance; helpers for `TF_CONFIG` and for running a cluster of processes
-on localhost (tests, benchmarks); and `gradient_exchange_bytes`, the bytes a step's gradient
-exchange sends, sparse and dense.
+multi-worker fault tolerance; `tf_config`, a worker's `TF_CONFIG`; and
+`gradient_exchange_bytes`, the bytes a step's gradient exchange sends, sparse and dense. It also
+runs clusters of processes on localhost for the tests and benchmarks (`LocalCluster`).
 
 See docs/distributed.md.
 """
@@ -52,7 +53,6 @@ See docs/distributed.md.
 import contextlib
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -62,47 +62,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-# Keras versions the fixes were written and tested for: [minimum, maximum).
-SUPPORTED_KERAS = ("3.15.0", "3.16.0")
-
-
-class UnsupportedKerasVersionError(RuntimeError):
-    """Distributed `fit` of a tf-lsh model with a Keras version its fixes were not made for."""
-
-
-def _version_tuple(version):
-    """(major, minor, patch) of a version string; "3.16.0rc1" counts as (3, 16, 0)."""
-    match = re.match(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?", str(version))
-    if match is None:
-        raise UnsupportedKerasVersionError(f"tf-lsh: cannot parse the Keras version {version!r}")
-    return tuple(int(part or 0) for part in match.groups())
-
-
-def check_keras_version(version=None):
-    """Raises `UnsupportedKerasVersionError` unless `version` (default: the installed Keras)
-    is in `SUPPORTED_KERAS`."""
-    version = keras.__version__ if version is None else version
-    low, high = SUPPORTED_KERAS
-    if not _version_tuple(low) <= _version_tuple(version) < _version_tuple(high):
-        raise UnsupportedKerasVersionError(
-            f"tf-lsh: distributed training with Keras {version} is not supported. "
-            "LSHClassifier works around known problems of Keras 3's TensorFlow trainer under "
-            "tf.distribute (_maybe_symbolic_build reducing a batch of PerReplica values; "
-            "reduce_per_replica reducing scalar logs along axis 0), and those workarounds rely "
-            f"on Keras internals that were only checked for Keras >= {low}, < {high}. Install "
-            f"a Keras in that range (pip install 'keras>={low},<{high}'), or train without a "
-            "distribution strategy. To support a new Keras, check whether it still needs the "
-            "workarounds, run tests/test_distributed.py with it and widen "
-            "keras_layers.distributed.SUPPORTED_KERAS."
-        )
+from keras_layers import _keras_compat
+from keras_layers._keras_compat import (
+    SUPPORTED_KERAS,
+    UnsupportedKerasVersionError,
+    check_keras_version,
+)
 
 
 def is_multi_worker(strategy):
     """Whether `strategy` is a `MultiWorkerMirroredStrategy` spanning several workers."""
-    return (
-        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-        and strategy.extended._in_multi_worker_mode()
-    )
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    return multi_worker and _keras_compat.in_multi_worker_mode(strategy)
 
 
 def is_chief(strategy=None):
@@ -128,17 +99,17 @@ def _first_local(value):
     return value
 
 
-class DistributedFitMixin:
+class DistributedFitMixin(_keras_compat.TrainerHooks):
     """Makes `fit`/`evaluate` of a `keras.Model` subclass work under `tf.distribute`.
 
     Put it first among the bases: `class MyModel(DistributedFitMixin, keras.Model)`. See the
     module docstring for what it changes and why.
     """
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        strategy = getattr(self, "_distribute_strategy", None)
+    def build_for_fit(self, iterator=None, data_batch=None):
+        strategy = _keras_compat.creation_strategy(self)
         if strategy is None:  # not created under a strategy: Keras builds while tracing
-            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+            return super().build_for_fit(iterator=iterator, data_batch=data_batch)
         check_keras_version()
         if iterator is not None:
             for _, _, it in iterator:
@@ -151,14 +122,14 @@ class DistributedFitMixin:
                 # Eagerly, outside Keras' stateless scratch graph: every LSHDense makes its
                 # first tables here, once, from the (broadcast) initial weights.
                 self.build(tuple(x.shape))
-            self._symbolic_build(data_batch=data_batch)
+            self.build_metrics_and_optimizer(data_batch)
 
-    def _make_function(self, step_function):
+    def wrap_step_function(self, step_function):
         strategy = self.distribute_strategy
         if not is_multi_worker(strategy):
-            if getattr(self, "_distribute_strategy", None) is not None:
+            if _keras_compat.creation_strategy(self) is not None:
                 check_keras_version()
-            return super()._make_function(step_function)
+            return super().wrap_step_function(step_function)
         check_keras_version()
 
         def step_with_rank_one_logs(data):
@@ -168,7 +139,7 @@ class DistributedFitMixin:
                 logs,
             )
 
-        return super()._make_function(step_with_rank_one_logs)
+        return super().wrap_step_function(step_with_rank_one_logs)
 
 
 def scale_loss(loss):
@@ -181,7 +152,7 @@ def scale_loss(loss):
 # ----------------------------------------------------------------------------- fault tolerance
 
 
-class BackupAndRestore(keras.callbacks.BackupAndRestore):
+class BackupAndRestore(_keras_compat.BackupAndRestoreHooks):
     """`keras.callbacks.BackupAndRestore` for multi-worker clusters.
 
     Keras' callback has every worker write the same files in `backup_dir` (racing each other
@@ -206,12 +177,12 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         self.keep = keep
 
     def _metadata(self):
-        if not os.path.exists(self._training_metadata_path):
+        if not os.path.exists(self.metadata_path):
             return None
-        with open(self._training_metadata_path) as f:
+        with open(self.metadata_path) as f:
             return json.load(f)
 
-    def _load_model(self):
+    def restore_backup(self):
         if not self.model.built:
             raise ValueError("BackupAndRestore: build the model before fit")
         metadata = self._metadata()
@@ -220,30 +191,30 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
         self.model.load_weights(os.path.join(self.backup_dir, metadata["weights"]))
-        self.model._initial_epoch = metadata["epoch"]
+        _keras_compat.set_initial_epoch(self.model, metadata["epoch"])
 
     def on_train_begin(self, logs=None):
-        self._load_model()
+        self.restore_backup()
 
-    def _save_model(self):
+    def write_backup(self):
         if not is_chief(self.model.distribute_strategy):
             return
         os.makedirs(self.backup_dir, exist_ok=True)
-        name = f"ckpt-{self._current_epoch}.weights.h5"
+        name = f"ckpt-{self.current_epoch}.weights.h5"
         temporary = os.path.join(self.backup_dir, f".{name}.tmp.weights.h5")
         self.model.save_weights(temporary, overwrite=True)
         os.replace(temporary, os.path.join(self.backup_dir, name))
-        metadata = {"epoch": self._current_epoch, "batch": 0, "weights": name}
-        temporary = self._training_metadata_path + ".tmp"
+        metadata = {"epoch": self.current_epoch, "batch": 0, "weights": name}
+        temporary = self.metadata_path + ".tmp"
         with open(temporary, "w") as f:
             json.dump(metadata, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(temporary, self._training_metadata_path)
+        os.replace(temporary, self.metadata_path)
         for old in os.listdir(self.backup_dir):
             if old.startswith("ckpt-") and old.endswith(".weights.h5"):
                 epoch = int(old[len("ckpt-") : -len(".weights.h5")])
-                if epoch <= self._current_epoch - self.keep:
+                if epoch <= self.current_epoch - self.keep:
                     os.remove(os.path.join(self.backup_dir, old))
 
     def on_train_end(self, logs=None):
@@ -297,13 +268,6 @@ def free_ports(count):
         for s in sockets:
             s.close()
     return ports
-
-
-def tf_config(hosts, index, task_type="worker"):
-    """The `TF_CONFIG` JSON of task `index` in a cluster of `hosts` ("host:port") workers."""
-    return json.dumps(
-        {"cluster": {"worker": list(hosts)}, "task": {"type": task_type, "index": index}}
-    )
 
 
 class LocalCluster:
@@ -409,6 +373,16 @@ def local_results(value):
     if isinstance(value, tf.distribute.DistributedValues):
         return [np.asarray(v.numpy()) for v in value.values]
     return [np.asarray(value.numpy())]
+
+
+# ------------------------------------------------------------------------------- TF_CONFIG
+
+
+def tf_config(hosts, index, task_type="worker"):
+    """The `TF_CONFIG` JSON of task `index` in a cluster of `hosts` ("host:port") workers."""
+    return json.dumps(
+        {"cluster": {"worker": list(hosts)}, "task": {"type": task_type, "index": index}}
+    )
 
 
 __all__ = [

@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 import tf_lsh_ops
+from keras_layers import _keras_compat
 from keras_layers.distributed import DistributedFitMixin, scale_loss
 from keras_layers.losses import active_softmax_cross_entropy, dense_softmax_cross_entropy
 from keras_layers.lsh_dense import LSHDense
@@ -209,7 +210,7 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
         features = first._add_bias_and_activate(product)
         if first is not self.body:
             for layer in self.body.layers[1:]:
-                training = {"training": True} if layer._call_has_training_arg else {}
+                training = {"training": True} if _keras_compat.call_has_training_arg(layer) else {}
                 features = layer(features, **training)
         return features, product
 
