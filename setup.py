@@ -6,6 +6,7 @@
 Bazel finds TensorFlow through the interpreter in PYTHON_BIN_PATH (default: this interpreter).
 """
 
+import ast
 import os
 import shutil
 import subprocess
@@ -17,6 +18,20 @@ from setuptools.command.build_py import build_py
 ROOT = os.path.dirname(os.path.abspath(__file__))
 LIBRARY = os.path.join("tf_lsh_ops", "_lsh_ops.so")
 TENSORFLOW = "tensorflow-cpu==2.21.0"
+
+
+def keras_requirement():
+    """ "keras>=low,<high" from keras_layers/_keras_compat.py's SUPPORTED_KERAS, the one statement
+    of the Keras versions tf-lsh supports (read, not imported: Keras may not be installed yet)."""
+    with open(os.path.join(ROOT, "keras_layers", "_keras_compat.py")) as f:
+        module = ast.parse(f.read())
+    for node in module.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [
+            "SUPPORTED_KERAS"
+        ]:
+            low, high = ast.literal_eval(node.value)
+            return f"keras>={low},<{high}"
+    raise RuntimeError("tf-lsh: SUPPORTED_KERAS not found in keras_layers/_keras_compat.py")
 
 
 class BuildWithBazel(build_py):
@@ -54,7 +69,7 @@ setup(
     packages=find_packages(
         include=["tf_lsh_ops", "tf_lsh_ops.*", "keras_layers", "keras_layers.*"]
     ),
-    install_requires=[TENSORFLOW, "keras>=3.10,<3.16"],
+    install_requires=[TENSORFLOW, keras_requirement()],
     cmdclass={"build_py": BuildWithBazel},
     distclass=BinaryDistribution,
     zip_safe=False,

@@ -1,6 +1,6 @@
 """Benchmark of distributed training on `tf.distribute.MultiWorkerMirroredStrategy`.
 
-Real clusters of worker processes on 127.0.0.1 (`keras_layers.distributed.LocalCluster`: free
+Real clusters of worker processes on 127.0.0.1 (tests/cluster_util.py's `LocalCluster`: free
 ports, one `TF_CONFIG` each, one intra-op thread each) train the extreme-classification network
 of the benchmarks (`SparseInputDense(128, relu)` over a bag of words, an `LSHDense` output over
 every label, `LSHClassifier`, `SparseAdam`) on the generated data
@@ -352,7 +352,9 @@ def _shard_costs(args):
 
 
 def _run_cluster(workers, args, directory, timeout):
-    from keras_layers.distributed import LocalCluster
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(checkout, "tests"))  # the test-only cluster helpers
+    from cluster_util import LocalCluster
 
     out = os.path.join(
         directory, f"result-{workers}-{args['exchange']}-{args['per_worker_batch']}.json"

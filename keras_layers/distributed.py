@@ -33,76 +33,41 @@ leaving Keras and other models alone:
   replicas, a scalar again). Only under `MultiWorkerMirroredStrategy` in multi-worker mode:
   elsewhere the step function is Keras' own.
 
-Both rely on Keras internals, so they check the Keras version they were written and tested
-for (`SUPPORTED_KERAS`) and raise `UnsupportedKerasVersionError` outside it, rather than train
-silently wrong. Models created outside a strategy never reach the check.
+Both rely on Keras internals (reached through keras_layers/_keras_compat.py), so they check
+the Keras version they were written and tested for (`SUPPORTED_KERAS`) and raise
+`UnsupportedKerasVersionError` outside it, rather than train silently wrong. Models created
+outside a strategy never reach the check.
 
 `LSHClassifier.train_step` also divides the loss by the number of replicas before taking the
 gradients (`scale_loss`), as Keras' own `train_step` does: the all-reduce sums the replicas'
 gradients, so the update is that of the mean loss over the global batch.
 
 The rest of the module: `BackupAndRestore`, a chief-written, atomically replaced backup for
-multi-worker fault tolerance; helpers for `TF_CONFIG` and for running a cluster of processes
-on localhost (tests, benchmarks); and `gradient_exchange_bytes`, the bytes a step's gradient
-exchange sends, sparse and dense.
+multi-worker fault tolerance; `tf_config`, a worker's `TF_CONFIG`; and
+`gradient_exchange_bytes`, the bytes a step's gradient exchange sends, sparse and dense. (Tests
+and benchmarks run clusters on localhost with tests/cluster_util.py.)
 
 See docs/distributed.md.
 """
 
-import contextlib
 import json
 import os
-import re
-import signal
-import socket
-import subprocess
-import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-# Keras versions the fixes were written and tested for: [minimum, maximum).
-SUPPORTED_KERAS = ("3.15.0", "3.16.0")
-
-
-class UnsupportedKerasVersionError(RuntimeError):
-    """Distributed `fit` of a tf-lsh model with a Keras version its fixes were not made for."""
-
-
-def _version_tuple(version):
-    """(major, minor, patch) of a version string; "3.16.0rc1" counts as (3, 16, 0)."""
-    match = re.match(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?", str(version))
-    if match is None:
-        raise UnsupportedKerasVersionError(f"tf-lsh: cannot parse the Keras version {version!r}")
-    return tuple(int(part or 0) for part in match.groups())
-
-
-def check_keras_version(version=None):
-    """Raises `UnsupportedKerasVersionError` unless `version` (default: the installed Keras)
-    is in `SUPPORTED_KERAS`."""
-    version = keras.__version__ if version is None else version
-    low, high = SUPPORTED_KERAS
-    if not _version_tuple(low) <= _version_tuple(version) < _version_tuple(high):
-        raise UnsupportedKerasVersionError(
-            f"tf-lsh: distributed training with Keras {version} is not supported. "
-            "LSHClassifier works around known problems of Keras 3's TensorFlow trainer under "
-            "tf.distribute (_maybe_symbolic_build reducing a batch of PerReplica values; "
-            "reduce_per_replica reducing scalar logs along axis 0), and those workarounds rely "
-            f"on Keras internals that were only checked for Keras >= {low}, < {high}. Install "
-            f"a Keras in that range (pip install 'keras>={low},<{high}'), or train without a "
-            "distribution strategy. To support a new Keras, check whether it still needs the "
-            "workarounds, run tests/test_distributed.py with it and widen "
-            "keras_layers.distributed.SUPPORTED_KERAS."
-        )
+from keras_layers import _keras_compat
+from keras_layers._keras_compat import (
+    SUPPORTED_KERAS,
+    UnsupportedKerasVersionError,
+    check_keras_version,
+)
 
 
 def is_multi_worker(strategy):
     """Whether `strategy` is a `MultiWorkerMirroredStrategy` spanning several workers."""
-    return (
-        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-        and strategy.extended._in_multi_worker_mode()
-    )
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    return multi_worker and _keras_compat.in_multi_worker_mode(strategy)
 
 
 def is_chief(strategy=None):
@@ -128,17 +93,17 @@ def _first_local(value):
     return value
 
 
-class DistributedFitMixin:
+class DistributedFitMixin(_keras_compat.TrainerHooks):
     """Makes `fit`/`evaluate` of a `keras.Model` subclass work under `tf.distribute`.
 
     Put it first among the bases: `class MyModel(DistributedFitMixin, keras.Model)`. See the
     module docstring for what it changes and why.
     """
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        strategy = getattr(self, "_distribute_strategy", None)
+    def build_for_fit(self, iterator=None, data_batch=None):
+        strategy = _keras_compat.creation_strategy(self)
         if strategy is None:  # not created under a strategy: Keras builds while tracing
-            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+            return super().build_for_fit(iterator=iterator, data_batch=data_batch)
         check_keras_version()
         if iterator is not None:
             for _, _, it in iterator:
@@ -151,14 +116,14 @@ class DistributedFitMixin:
                 # Eagerly, outside Keras' stateless scratch graph: every LSHDense makes its
                 # first tables here, once, from the (broadcast) initial weights.
                 self.build(tuple(x.shape))
-            self._symbolic_build(data_batch=data_batch)
+            self.build_metrics_and_optimizer(data_batch)
 
-    def _make_function(self, step_function):
+    def wrap_step_function(self, step_function):
         strategy = self.distribute_strategy
         if not is_multi_worker(strategy):
-            if getattr(self, "_distribute_strategy", None) is not None:
+            if _keras_compat.creation_strategy(self) is not None:
                 check_keras_version()
-            return super()._make_function(step_function)
+            return super().wrap_step_function(step_function)
         check_keras_version()
 
         def step_with_rank_one_logs(data):
@@ -168,7 +133,7 @@ class DistributedFitMixin:
                 logs,
             )
 
-        return super()._make_function(step_with_rank_one_logs)
+        return super().wrap_step_function(step_with_rank_one_logs)
 
 
 def scale_loss(loss):
@@ -181,7 +146,7 @@ def scale_loss(loss):
 # ----------------------------------------------------------------------------- fault tolerance
 
 
-class BackupAndRestore(keras.callbacks.BackupAndRestore):
+class BackupAndRestore(_keras_compat.BackupAndRestoreHooks):
     """`keras.callbacks.BackupAndRestore` for multi-worker clusters.
 
     Keras' callback has every worker write the same files in `backup_dir` (racing each other
@@ -206,12 +171,12 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         self.keep = keep
 
     def _metadata(self):
-        if not os.path.exists(self._training_metadata_path):
+        if not os.path.exists(self.metadata_path):
             return None
-        with open(self._training_metadata_path) as f:
+        with open(self.metadata_path) as f:
             return json.load(f)
 
-    def _load_model(self):
+    def restore_backup(self):
         if not self.model.built:
             raise ValueError("BackupAndRestore: build the model before fit")
         metadata = self._metadata()
@@ -220,30 +185,30 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
         self.model.load_weights(os.path.join(self.backup_dir, metadata["weights"]))
-        self.model._initial_epoch = metadata["epoch"]
+        _keras_compat.set_initial_epoch(self.model, metadata["epoch"])
 
     def on_train_begin(self, logs=None):
-        self._load_model()
+        self.restore_backup()
 
-    def _save_model(self):
+    def write_backup(self):
         if not is_chief(self.model.distribute_strategy):
             return
         os.makedirs(self.backup_dir, exist_ok=True)
-        name = f"ckpt-{self._current_epoch}.weights.h5"
+        name = f"ckpt-{self.current_epoch}.weights.h5"
         temporary = os.path.join(self.backup_dir, f".{name}.tmp.weights.h5")
         self.model.save_weights(temporary, overwrite=True)
         os.replace(temporary, os.path.join(self.backup_dir, name))
-        metadata = {"epoch": self._current_epoch, "batch": 0, "weights": name}
-        temporary = self._training_metadata_path + ".tmp"
+        metadata = {"epoch": self.current_epoch, "batch": 0, "weights": name}
+        temporary = self.metadata_path + ".tmp"
         with open(temporary, "w") as f:
             json.dump(metadata, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(temporary, self._training_metadata_path)
+        os.replace(temporary, self.metadata_path)
         for old in os.listdir(self.backup_dir):
             if old.startswith("ckpt-") and old.endswith(".weights.h5"):
                 epoch = int(old[len("ckpt-") : -len(".weights.h5")])
-                if epoch <= self._current_epoch - self.keep:
+                if epoch <= self.current_epoch - self.keep:
                     os.remove(os.path.join(self.backup_dir, old))
 
     def on_train_end(self, logs=None):
@@ -280,23 +245,7 @@ def gradient_exchange_bytes(rows, num_workers, input_dim, dense_rows, index_byte
     return sparse, dense
 
 
-# --------------------------------------------------------------------- local cluster helpers
-
-
-def free_ports(count):
-    """`count` distinct free TCP ports on 127.0.0.1 (bound, read, released)."""
-    sockets, ports = [], []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in sockets:
-            s.close()
-    return ports
+# ------------------------------------------------------------------------------- TF_CONFIG
 
 
 def tf_config(hosts, index, task_type="worker"):
@@ -306,123 +255,15 @@ def tf_config(hosts, index, task_type="worker"):
     )
 
 
-class LocalCluster:
-    """Worker processes on 127.0.0.1, one `TF_CONFIG` each; all killed on exit.
-
-    >>> with LocalCluster([sys.executable, "job.py"], num_workers=2) as cluster:  # doctest: +SKIP
-    ...     outputs = cluster.wait(timeout=60)
-    """
-
-    def __init__(self, argv, num_workers=2, env=None, log_dir=None, extra_args=None):
-        self.argv = list(argv)
-        self.num_workers = num_workers
-        self.env = dict(os.environ if env is None else env)
-        self.log_dir = log_dir
-        self.extra_args = extra_args or (lambda index: [])
-        self.processes = []
-        self.logs = []
-
-    def start(self):
-        hosts = [f"127.0.0.1:{port}" for port in free_ports(self.num_workers)]
-        self.hosts = hosts
-        for index in range(self.num_workers):
-            env = dict(self.env)
-            env["TF_CONFIG"] = tf_config(hosts, index)
-            if self.log_dir:
-                path = os.path.join(self.log_dir, f"worker{index}.log")
-                log = open(path, "ab")  # noqa: SIM115 - closed in kill()
-            else:
-                log = subprocess.DEVNULL
-            self.logs.append(log)
-            self.processes.append(
-                subprocess.Popen(
-                    self.argv + self.extra_args(index),
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-        return self
-
-    def __enter__(self):
-        try:
-            return self.start()
-        except BaseException:
-            self.kill()
-            raise
-
-    def __exit__(self, *exc):
-        self.kill()
-
-    def wait(self, timeout):
-        """Waits for every worker; kills them all and raises if one fails or time runs out."""
-        deadline = time.monotonic() + timeout
-        while True:
-            codes = [p.poll() for p in self.processes]
-            failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
-            if failed:
-                self.kill()
-                raise RuntimeError(
-                    f"worker(s) {failed} exited with {[codes[i] for i in failed]}" + self._tail()
-                )
-            if all(c == 0 for c in codes):
-                return codes
-            if time.monotonic() > deadline:
-                self.kill()
-                raise TimeoutError(f"cluster did not finish in {timeout} s" + self._tail())
-            time.sleep(0.1)
-
-    def kill_worker(self, index, sig=signal.SIGKILL):
-        """Sends `sig` to worker `index`'s process group and reaps it."""
-        process = self.processes[index]
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, sig)
-            process.wait(timeout=30)
-        return process.returncode
-
-    def kill(self):
-        for index in range(len(self.processes)):
-            self.kill_worker(index)
-        for log in self.logs:
-            if log is not subprocess.DEVNULL:
-                log.close()
-        self.logs = []
-
-    def _tail(self, lines=30):
-        if not self.log_dir:
-            return ""
-        text = []
-        for index in range(self.num_workers):
-            path = os.path.join(self.log_dir, f"worker{index}.log")
-            if os.path.exists(path):
-                with open(path, errors="replace") as f:
-                    tail = f.read().splitlines()[-lines:]
-                text.append(f"\n--- worker {index} ---\n" + "\n".join(tail))
-        return "".join(text)
-
-
-def local_results(value):
-    """NumPy value of a (possibly distributed) variable, per local replica."""
-    value = getattr(value, "value", value)
-    if isinstance(value, tf.distribute.DistributedValues):
-        return [np.asarray(v.numpy()) for v in value.values]
-    return [np.asarray(value.numpy())]
-
-
 __all__ = [
     "SUPPORTED_KERAS",
     "BackupAndRestore",
     "DistributedFitMixin",
-    "LocalCluster",
     "UnsupportedKerasVersionError",
     "check_keras_version",
-    "free_ports",
     "gradient_exchange_bytes",
     "is_chief",
     "is_multi_worker",
-    "local_results",
     "scale_loss",
     "tf_config",
 ]

@@ -8,6 +8,7 @@ import tensorflow as tf
 from keras import activations, constraints, initializers, regularizers
 
 import tf_lsh_ops
+from keras_layers import _keras_compat
 from keras_layers.metrics import NAN, LSHRecall, UnitCoverage
 from keras_layers.optimizers import can_fuse_adam
 from keras_layers.unit_selectors import (
@@ -481,9 +482,7 @@ class FusedOutputUpdate:
 
 def lsh_layers(model):
     """Every `LSHDense` inside `model`, nested models included."""
-    return [
-        layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, LSHDense)
-    ]
+    return [layer for layer in _keras_compat.nested_layers(model) if isinstance(layer, LSHDense)]
 
 
 def set_inference(model, mode):

@@ -7,6 +7,7 @@ import keras
 import tensorflow as tf
 
 import tf_lsh_ops
+from keras_layers import _keras_compat
 
 
 @keras.saving.register_keras_serializable(package="tf_lsh")
@@ -70,8 +71,8 @@ class SparseAdam(keras.optimizers.Adam):
 
     def moments(self, variable):
         """The `(m, v)` moment variables Adam keeps for `variable` (a tf.Variable each)."""
-        index = self._get_variable_index(variable)
-        return _tf_variable(self._momentums[index]), _tf_variable(self._velocities[index])
+        m, v = _keras_compat.adam_moments(self, variable)
+        return _tf_variable(m), _tf_variable(v)
 
     def step_hyperparameters(self, learning_rate=None):
         """The keyword arguments of `tf_lsh_ops.sparse_adam_apply` (and of the fused

@@ -5,6 +5,7 @@ import tensorflow as tf
 from keras import activations, initializers, regularizers
 
 import tf_lsh_ops
+from keras_layers import _keras_compat
 from keras_layers.optimizers import can_fuse_adam
 
 
@@ -55,7 +56,7 @@ class SparseInputDense(keras.layers.Layer):
         self.bias_initializer = initializers.get(bias_initializer)
         self.kernel_regularizer = regularizers.get(kernel_regularizer)
         self.bias_regularizer = regularizers.get(bias_regularizer)
-        self._supports_sparse_inputs = True
+        _keras_compat.accept_sparse_inputs(self)
         self.supports_jit = False
 
     def build(self, input_shape):

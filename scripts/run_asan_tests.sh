@@ -56,7 +56,7 @@ print(f"asan: tf_lsh_ops loads {tf_lsh_ops.LIBRARY_PATH}", file=sys.stderr)
 EOF
 
 if [ "$#" -eq 0 ]; then
-  set -- tests/test_sparse_gather_matmul.py tests/test_lsh.py tests/test_fuzz.py \
+  set -- tests/test_sparse_gather_matmul.py tests/test_lsh.py tests/test_fuzz_*.py \
     tests/test_threads.py
 fi
 # No cache: the run must not write into the checkout.

@@ -45,6 +45,8 @@ except ModuleNotFoundError:  # Not installed: use the source tree this file belo
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import tf_lsh_ops  # noqa: E402, F401
 
+import cluster_util  # noqa: E402  (after keras_layers is found: it imports it)
+
 from keras_layers import (  # noqa: E402
     LSHClassifier,
     LSHDense,
@@ -132,7 +134,8 @@ def build_model():
 
 
 def _digest(variable):
-    return [hashlib.sha1(r.tobytes()).hexdigest()[:16] for r in distributed.local_results(variable)]
+    replicas = cluster_util.local_results(variable)
+    return [hashlib.sha1(r.tobytes()).hexdigest()[:16] for r in replicas]
 
 
 class StepRecorder(keras.callbacks.Callback):
@@ -216,7 +219,7 @@ def run_job(strategy, backup_dir=None, hang_at_step=None, marker=None):
         "drift_events": [step for step, _ in probe.events],
         "validation": validation,
         "gradient_kinds": dict(model.optimizer.gradient_kinds),
-        "variables": {v.path: distributed.local_results(v) for v in variables},
+        "variables": {v.path: cluster_util.local_results(v) for v in variables},
         "replicas": strategy.num_replicas_in_sync,
     }
 
@@ -296,7 +299,7 @@ if __name__ != "__main__":
     def _run_cluster(directory, timeout, extra=lambda index: []):
         os.makedirs(directory, exist_ok=True)
         outs = [os.path.join(directory, f"out{i}.pkl") for i in range(2)]
-        with distributed.LocalCluster(
+        with cluster_util.LocalCluster(
             WORKER,
             num_workers=2,
             env=_env(),
@@ -408,7 +411,7 @@ if __name__ != "__main__":
             0: ["--backup", backup],
             1: ["--backup", backup, "--hang-at-step", str(HANG_AT_STEP), "--marker", marker],
         }
-        with distributed.LocalCluster(
+        with cluster_util.LocalCluster(
             WORKER,
             num_workers=2,
             env=_env(),

@@ -29,7 +29,15 @@ except ModuleNotFoundError:  # Not installed: use the source tree this file belo
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import tf_lsh_ops  # noqa: E402
 
-from lsh_references import bucket_sets, reference_fingerprint  # noqa: E402
+from lsh_references import (  # noqa: E402
+    SIMHASH,
+    bucket_sets,
+    reference_build,
+    reference_fingerprint,
+    reference_query,
+    reference_srp,
+    reference_wta,
+)
 
 from tf_lsh_ops import (  # noqa: E402
     bucket_bits,
@@ -40,10 +48,6 @@ from tf_lsh_ops import (  # noqa: E402
     row_fingerprints,
     update_tables,
 )
-
-SIMHASH = ("srp", "sparse_srp")
-WTA = ("wta", "dwta")
-
 
 # ---------------------------------------------------------------------------------------------
 # Helpers and NumPy references
@@ -65,84 +69,12 @@ def hash_args(family, num_tables, num_hashes):
     return dict(family=family, num_tables=num_tables, num_hashes=num_hashes)
 
 
-def pack(hashes, num_tables, num_hashes, bits_per_hash):
-    """[batch, L*K] hash values -> [batch, L] codes, hash 0 of each table in the lowest bits."""
-    hashes = hashes.reshape(hashes.shape[0], num_tables, num_hashes).astype(np.int64)
-    shifts = np.arange(num_hashes) * bits_per_hash
-    return (hashes << shifts).sum(axis=2)
-
-
 def unpack(codes, num_tables, num_hashes, bits_per_hash):
-    """The inverse of `pack`: [batch, L] codes -> [batch, L*K] hash values."""
+    """[batch, L] codes -> [batch, L*K] hash values, hash 0 of each table in the lowest bits."""
     codes = np.asarray(codes, np.int64)[:, :, None]
     shifts = np.arange(num_hashes) * bits_per_hash
     hashes = (codes >> shifts) & ((1 << bits_per_hash) - 1)
     return hashes.reshape(codes.shape[0], num_tables * num_hashes)
-
-
-def np_srp_projected(x, projections, mips="none", max_norm=None):
-    """<x', p_j> in float64, x' the MIPS-transformed input."""
-    x = np.asarray(x, np.float64)
-    p = np.asarray(projections, np.float64)
-    if mips == "data":
-        scaled = x / max_norm
-        extra = np.sqrt(np.maximum(0.0, 1.0 - (scaled**2).sum(axis=1, keepdims=True)))
-        x = np.concatenate([scaled, extra], axis=1)
-    elif mips == "query":
-        x = np.concatenate([x, np.zeros((x.shape[0], 1))], axis=1)
-    return x @ p
-
-
-def np_wta_hashes(x, bins):
-    """[batch, H]: position of the first maximum of x over each bin."""
-    return np.argmax(x[:, bins], axis=2)
-
-
-def np_build(codes, num_buckets, capacity):
-    """FIFO tables by loops: ids [L, buckets, capacity], counts [L, buckets]."""
-    num_neurons, num_tables = codes.shape
-    ids = np.full((num_tables, num_buckets, capacity), -1, np.int32)
-    counts = np.zeros((num_tables, num_buckets), np.int32)
-    for table in range(num_tables):
-        for n in range(num_neurons):
-            b = codes[n, table]
-            ids[table, b, counts[table, b] % capacity] = n
-            counts[table, b] += 1
-    return ids, counts
-
-
-def np_query(codes, ids, counts, k, rule="frequency", min_count=1, labels=None, batch_wide=False):
-    """The documented query rules, by loops over the stored table contents."""
-    codes = np.asarray(codes)
-    batch, num_tables = codes.shape
-    capacity = ids.shape[2]
-    groups = [list(range(batch))] if batch_wide else [[b] for b in range(batch)]
-    out = []
-    for rows in groups:
-        active = []
-        if labels is not None:
-            for r in rows:
-                for label in labels[r]:
-                    if label >= 0 and label not in active:
-                        active.append(int(label))
-        found, hits = [], {}
-        for r in rows:
-            for table in range(num_tables):
-                c = codes[r, table]
-                for s in range(min(counts[table, c], capacity)):
-                    i = int(ids[table, c, s])
-                    if i not in hits:
-                        hits[i] = 0
-                        found.append(i)
-                    hits[i] += 1
-        pool = [i for i in found if i not in active]
-        if rule == "threshold":
-            pool = [i for i in pool if hits[i] >= min_count]
-        if rule != "union":
-            pool = sorted(pool, key=lambda i: -hits[i])  # stable: ties in the order found
-        active += pool[: k - len(active)]
-        out.append(active + [-1] * (k - len(active)))
-    return np.array(out, np.int32)
 
 
 def assert_rows_distinct(active, allow_padding=True):
@@ -214,16 +146,12 @@ def test_simhash_codes_match_numpy(family, mips):
     codes = lsh_hash(
         x, params, **hash_args(family, num_tables, num_hashes), mips=mips, max_norm=max_norm
     ).numpy()
-    projected = np_srp_projected(x, params.numpy(), mips, max_norm)
-    want = pack(projected > 0, num_tables, num_hashes, 1)
-    # Bits whose projection is within rounding of 0 may go either way.
-    certain = np.abs(projected) > 1e-4
-    assert certain.mean() > 0.99
-    got_bits = unpack(codes, num_tables, num_hashes, 1)
-    want_bits = unpack(want, num_tables, num_hashes, 1)
-    np.testing.assert_array_equal(got_bits[certain], want_bits[certain])
+    want, certain = reference_srp(x, params.numpy(), mips, max_norm, num_tables, num_hashes)
+    # Tables with a projection within rounding of 0 may go either way.
+    assert certain.mean() > 0.95
+    np.testing.assert_array_equal(codes[certain], want[certain])
     if mips == "data":  # the extra coordinate matters: without it the codes differ
-        plain = pack(np_srp_projected(x, params.numpy()[:dim]) > 0, num_tables, num_hashes, 1)
+        plain, _ = reference_srp(x, params.numpy()[:dim], "none", None, num_tables, num_hashes)
         assert not np.array_equal(plain, codes)
 
 
@@ -246,8 +174,7 @@ def test_wta_codes_match_numpy(bin_size):
     bins = hash_params("wta", dim, num_tables, num_hashes, bin_size=bin_size, seed=3)
     assert bins.dtype == tf.int32 and bins.shape == (num_tables * num_hashes, bin_size)
     codes = lsh_hash(x, bins, **hash_args("wta", num_tables, num_hashes)).numpy()
-    bits = int(np.log2(bin_size))
-    want = pack(np_wta_hashes(x, bins.numpy()), num_tables, num_hashes, bits)
+    want = reference_wta(x, bins.numpy(), num_tables, num_hashes, densified=False)
     np.testing.assert_array_equal(codes, want)
     assert np.all(codes[0] == 0)
     # Dense vectors without zeros: DWTA == WTA.
@@ -326,7 +253,7 @@ def test_build_tables_matches_numpy():
     ids, counts = build_tables(codes, bucket_bits=bits, capacity=64)  # no overflow
     assert ids.shape == (num_tables, 2**bits, 64) and counts.shape == (num_tables, 2**bits)
     assert ids.dtype == tf.int32 and counts.dtype == tf.int32
-    want_ids, want_counts = np_build(codes, 2**bits, 64)
+    want_ids, want_counts = reference_build(codes, bits, 64)
     np.testing.assert_array_equal(counts.numpy(), want_counts)
     np.testing.assert_array_equal(ids.numpy(), want_ids)  # insertion order
     # Reservoir without overflow is the same.
@@ -346,7 +273,7 @@ def test_fifo_overflow_keeps_the_last_capacity():
     num_neurons, num_tables, bits, capacity = 400, 3, 3, 8  # ~50 per bucket
     codes = rng.integers(0, 2**bits, (num_neurons, num_tables)).astype(np.int32)
     ids, counts = build_tables(codes, bucket_bits=bits, capacity=capacity, overflow="fifo")
-    want_ids, want_counts = np_build(codes, 2**bits, capacity)
+    want_ids, want_counts = reference_build(codes, bits, capacity)
     np.testing.assert_array_equal(counts.numpy(), want_counts)  # all that hashed there
     np.testing.assert_array_equal(ids.numpy(), want_ids)  # ring buffer
     for (t, b), kept in bucket_sets(ids.numpy(), counts.numpy()).items():
@@ -509,7 +436,7 @@ def test_query_rules_match_numpy(rule, min_count, k):
         queries, ids, counts, k=k, num_neurons=n, rule=rule, min_count=min_count
     ).numpy()
     assert active.shape == (len(queries), k) and active.dtype == np.int32
-    want = np_query(queries, ids, counts, k, rule, min_count)
+    want = reference_query(queries, ids, counts, k, rule, min_count)
     np.testing.assert_array_equal(active, want)
     assert_rows_distinct(active)
     if k == 40 and rule != "threshold":  # the candidates do not fill k: -1 at the end
@@ -560,7 +487,7 @@ def test_query_labels_are_included_first():
                 distinct = list(dict.fromkeys(lab[lab >= 0].tolist()))
                 assert row[: len(distinct)].tolist() == distinct
             if not fill:
-                want = np_query(queries, ids, counts, 9, rule, 2, labels=labels)
+                want = reference_query(queries, ids, counts, 9, rule, 2, labels=labels)
                 np.testing.assert_array_equal(active, want)
 
 
@@ -611,7 +538,7 @@ def test_query_batch_wide():
         ).numpy()
         assert active.shape == (1, 20)
         assert active[0, :4].tolist() == [3, 17, 30, 0]
-        want = np_query(queries, ids, counts, 20, rule, labels=labels, batch_wide=True)
+        want = reference_query(queries, ids, counts, 20, rule, labels=labels, batch_wide=True)
         np.testing.assert_array_equal(active, want)
         assert_rows_distinct(active)
     # More distinct labels over the batch than k.
@@ -643,7 +570,9 @@ def test_query_batch_wide_large_batch_matches_numpy(rule, min_count):
             labels=step_labels,
             batch_wide=True,
         ).numpy()
-        want = np_query(queries, ids, counts, k, rule, min_count, step_labels, batch_wide=True)
+        want = reference_query(
+            queries, ids, counts, k, rule, min_count, step_labels, batch_wide=True
+        )
         np.testing.assert_array_equal(active, want)
         assert_rows_distinct(active)
 

@@ -1,0 +1,120 @@
+"""Fuzz of sparse_adam_apply (lazy Adam on the rows of an IndexedSlices gradient).
+fuzz_common.py describes the calls and the TF_LSH_FUZZ_* variables."""
+
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from fuzz_common import (
+    INT32_MIN,
+    assert_close,
+    floats,
+    fuzz_test,
+    maybe_graph,
+    pick,
+    rejects,
+    special_rate,
+)
+from lsh_references import INT32_MAX, reference_adam
+
+import tf_lsh_ops
+
+ADAM_MUTATIONS = (
+    "index",
+    "indices-rank",
+    "grad-rows",
+    "grad-row-shape",
+    "grad-rank",
+    "slot-shape",
+    "scalar-var",
+    "var-dtype",
+    "hyper-shape",
+    "grad-dtype",
+    "indices-dtype",
+)
+
+
+HYPER = ("learning_rate", "beta_1", "beta_2", "epsilon", "step")
+
+
+def fuzz_sparse_adam(rng):
+    mutation = pick(rng, ADAM_MUTATIONS)
+    num_rows = int(rng.integers(1 if mutation == "index" else 0, 9))
+    row_shape = tuple(rng.integers(0, 5, int(rng.integers(0, 3))))
+    if mutation in ("grad-row-shape",):
+        row_shape = row_shape or (3,)
+    shape = (num_rows, *row_shape)
+    count = int(rng.integers(1 if mutation == "index" else 0, 10)) if num_rows else 0
+    rows = rng.integers(0, max(num_rows, 1), count).astype(rng.choice([np.int32, np.int64]))
+    grad = floats(rng, (count, *row_shape), special_rate(rng) / 3)
+    var0, m0 = floats(rng, shape), floats(rng, shape)
+    v0 = rng.uniform(0, 1, shape).astype(np.float32)
+    hyper = dict(
+        learning_rate=float(rng.choice([1e-3, 0.1, rng.uniform(1e-4, 1)])),
+        beta_1=float(rng.choice([0.0, 0.9, rng.uniform(0, 0.99)])),
+        beta_2=float(rng.choice([0.0, 0.999, rng.uniform(0, 0.999)])),
+        epsilon=float(rng.choice([1e-7, 1e-3, rng.uniform(1e-8, 1e-3)])),
+        step=int(rng.choice([1, 2, rng.integers(1, 1000)])),
+    )
+    var, m, v = tf.Variable(var0), tf.Variable(m0), tf.Variable(v0)
+    indices, values = rows, grad
+    if mutation is not None:
+        if mutation == "index":
+            bad = [num_rows, -1, INT32_MAX, INT32_MIN] + ([2**40] if rows.dtype == np.int64 else [])
+            indices = rows.copy()
+            indices[rng.integers(count)] = rng.choice(bad)
+        elif mutation == "indices-rank":
+            indices = rows.reshape(-1, 1) if rng.random() < 0.5 else np.asarray(0, rows.dtype)
+        elif mutation == "grad-rows":
+            values = floats(rng, (count + 1, *row_shape))
+        elif mutation == "grad-row-shape":
+            wrong = list(row_shape)
+            wrong[rng.integers(len(wrong))] += 1
+            values = floats(rng, (count, *wrong))
+        elif mutation == "grad-rank":
+            values = floats(rng, (count, *row_shape, 1))
+        elif mutation == "slot-shape":
+            other = tf.Variable(floats(rng, (num_rows + 1, *row_shape)))
+            m, v = (other, v) if rng.random() < 0.5 else (m, other)
+        elif mutation == "scalar-var":
+            var, m, v = tf.Variable(1.0), tf.Variable(0.0), tf.Variable(0.0)
+            indices, values = np.zeros(0, np.int32), np.zeros(0, np.float32)
+        elif mutation == "var-dtype":
+            var = tf.Variable(var0.astype(np.float64))
+        elif mutation == "hyper-shape":
+            name = str(rng.choice(["learning_rate", "beta_1", "beta_2", "epsilon"]))
+            hyper[name] = [hyper[name]] * 2
+        elif mutation == "grad-dtype":
+            values = grad.astype(np.float64)
+        elif mutation == "indices-dtype":  # TF's attr check: Tindices is int32 or int64
+            indices = rows.astype(np.float32)
+        gradient = tf.IndexedSlices(tf.constant(values), tf.constant(indices))
+        rejects(
+            lambda: maybe_graph(
+                rng, lambda: tf_lsh_ops.sparse_adam_apply(var, m, v, gradient, **hyper)
+            ),
+            var,
+            m,
+            v,
+            # Float indices fail TF's own type check of the op's Tindices attr, before our code:
+            # InvalidArgumentError eagerly, TypeError while tracing a tf.function.
+            also=(TypeError,) if mutation == "indices-dtype" else (),
+        )
+        return mutation
+    gradient = tf.IndexedSlices(tf.constant(grad), tf.constant(rows))
+    maybe_graph(rng, lambda: tf_lsh_ops.sparse_adam_apply(var, m, v, gradient, **hyper))
+    want = reference_adam(var0, m0, v0, rows, grad, *(hyper[h] for h in HYPER))
+    for name, got, expected in zip(("var", "m", "v"), (var, m, v), want, strict=True):
+        scale = np.abs(expected.astype(np.float64))
+        assert_close(got.numpy(), expected.astype(np.float64), scale, name, rtol=1e-6)
+    untouched = np.setdiff1d(np.arange(num_rows), rows)
+    assert np.array_equal(var.numpy()[untouched], var0[untouched], equal_nan=True)
+    return None
+
+
+test_fuzz = fuzz_test(__file__, {"sparse_adam_apply": fuzz_sparse_adam})
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))

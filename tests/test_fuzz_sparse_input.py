@@ -1,0 +1,249 @@
+"""Fuzz of the sparse first-layer input path: sparse_input_matmul (and its gradient),
+sparse_input_matmul_adam and multi_label_batch. fuzz_common.py describes the calls and the
+TF_LSH_FUZZ_* variables."""
+
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from fuzz_common import (
+    assert_close,
+    floats,
+    fuzz_test,
+    maybe_graph,
+    pick,
+    rejects,
+    wrong_rank,
+)
+
+import tf_lsh_ops
+from tf_lsh_ops._loader import ops
+
+SPARSE_INPUT_MUTATIONS = (
+    "kernel-rank",
+    "kernel-rows",
+    "entry-outside",
+    "dense-shape",
+    "indices-rank",
+    "dtype",
+    "grad-shape",
+)
+
+
+def _sparse_input_case(rng):
+    """(batch, num_features, units, entries, values, dense_shape) of a random first layer's
+    input: entries in any order, repeats allowed (they add up), empty batches too."""
+    batch, num_features = int(rng.integers(0, 6)), int(rng.integers(1, 12))
+    units, nnz = int(rng.integers(0, 9)), int(rng.integers(0, 16))
+    at = np.stack([rng.integers(0, max(batch, 1), nnz), rng.integers(0, num_features, nnz)], 1)
+    at = at[: nnz if batch else 0].astype(np.int64)
+    values = floats(rng, (len(at),))
+    return batch, num_features, units, at, values, np.array([batch, num_features], np.int64)
+
+
+def fuzz_sparse_input_matmul(rng):
+    mutation = pick(rng, SPARSE_INPUT_MUTATIONS)
+    batch, num_features, units, at, values, shape = _sparse_input_case(rng)
+    kernel = floats(rng, (num_features, units))
+    g = floats(rng, (batch, units))
+    if mutation is not None:
+        if mutation == "kernel-rank":
+            kernel = wrong_rank(rng, kernel)
+        elif mutation == "kernel-rows":
+            kernel = floats(rng, (num_features + int(rng.choice([-1, 1, 5])), units))
+        elif mutation == "entry-outside":
+            at = np.concatenate([at, [[int(rng.integers(0, 9)), num_features]]]).astype(np.int64)
+            at[-1] = rng.choice([[batch, 0], [0, num_features], [-1, 0], [0, -1]])
+            values = floats(rng, (len(at),))
+        elif mutation == "dense-shape":
+            wrong_shapes = [np.array([-1, num_features]), np.array([batch], np.int64)]
+            shape = wrong_shapes[int(rng.integers(2))]
+        elif mutation == "indices-rank":
+            at = wrong_rank(rng, at)
+        elif mutation == "dtype":
+            kernel = kernel.astype(np.float64)
+        if mutation == "grad-shape":  # the raw gradient op
+            wrong = [wrong_rank(rng, g), np.zeros((batch + 1, units), np.float32)]
+            call = lambda: ops.sparse_input_matmul_grad(  # noqa: E731
+                at, values, shape, kernel, wrong[int(rng.integers(2))]
+            )
+        elif mutation == "dtype":  # the public function checks dtypes (the raw op would cast)
+            call = lambda: tf_lsh_ops.sparse_input_matmul(  # noqa: E731
+                tf.SparseTensor(at, values, shape), kernel
+            )
+        else:  # the raw op, so that its own checks meet the malformed parts
+            call = lambda: maybe_graph(  # noqa: E731
+                rng, lambda: ops.sparse_input_matmul(at, values, shape, kernel)
+            )
+        rejects(call)
+        return mutation
+
+    values_t = tf.constant(values)
+    kernel_t = tf.Variable(kernel) if rng.random() < 0.4 else tf.constant(kernel)
+
+    def forward_and_grads():
+        with tf.GradientTape() as tape:
+            tape.watch([values_t, kernel_t])
+            out = tf_lsh_ops.sparse_input_matmul(tf.SparseTensor(at, values_t, shape), kernel_t)
+            loss = tf.reduce_sum(out * g)
+        grad_values, grad_kernel = tape.gradient(loss, [values_t, kernel_t])
+        return out, grad_values, tf.convert_to_tensor(grad_kernel)
+
+    out, grad_values, grad_kernel = [t.numpy() for t in maybe_graph(rng, forward_and_grads)]
+    dense = np.zeros((batch, num_features))
+    np.add.at(dense, (at[:, 0], at[:, 1]), values.astype(np.float64))
+    k64, g64 = kernel.astype(np.float64), g.astype(np.float64)
+    scale_out = np.abs(dense) @ np.abs(k64) + 1
+    assert_close(out, dense @ k64, scale_out, "output", rtol=1e-4)
+    want_values = (g64 @ k64.T)[at[:, 0], at[:, 1]] if len(at) else np.zeros(0)
+    scale_values = (np.abs(g64) @ np.abs(k64.T))[at[:, 0], at[:, 1]] if len(at) else 0
+    assert_close(grad_values, want_values, scale_values + 1, "grad_values", rtol=1e-4)
+    assert_close(
+        grad_kernel, dense.T @ g64, np.abs(dense.T) @ np.abs(g64) + 1, "grad_kernel", rtol=1e-4
+    )
+    return None
+
+
+SPARSE_INPUT_ADAM_MUTATIONS = (
+    "moment-shape",
+    "grad-shape",
+    "kernel-rows",
+    "entry-outside",
+    "dense-shape",
+)
+
+
+def fuzz_sparse_input_adam(rng):
+    """The first layer's fused gradient + Adam: bit for bit the unfused path when valid;
+    rejected (variables untouched) when not."""
+    mutation = pick(rng, SPARSE_INPUT_ADAM_MUTATIONS)
+    batch, num_features, units, at, values, shape = _sparse_input_case(rng)
+    grad = floats(rng, (batch, units))
+    state = [floats(rng, (num_features, units)), floats(rng, (num_features, units))]
+    state = [a.astype(np.float32) for a in state]
+    state.append(rng.uniform(0, 1, (num_features, units)).astype(np.float32))
+    hyper = dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=2)
+    fused = [tf.Variable(a) for a in state]
+    kernel, moments = fused[0], list(fused[1:])
+    if mutation == "moment-shape":
+        moments[int(rng.integers(2))] = tf.Variable(floats(rng, (num_features + 1, units)))
+    elif mutation == "grad-shape":
+        grad = [wrong_rank(rng, grad), floats(rng, (batch + 1, units))][int(rng.integers(2))]
+    elif mutation == "kernel-rows":
+        kernel = tf.Variable(floats(rng, (num_features + 1, units)))
+        moments = [tf.Variable(floats(rng, (num_features + 1, units))) for _ in range(2)]
+    elif mutation == "entry-outside":
+        at = np.concatenate([at, [[0, num_features]]]).astype(np.int64)
+        values = floats(rng, (len(at),))
+    elif mutation == "dense-shape":
+        shape = np.array([-1, num_features], np.int64)
+    call = lambda: tf_lsh_ops.sparse_input_matmul_adam(  # noqa: E731
+        tf.SparseTensor(at, values, shape), kernel, grad, moments, **hyper
+    )
+    if mutation is not None:
+        rejects(lambda: maybe_graph(rng, call), kernel, *moments, *fused)
+        return mutation
+    maybe_graph(rng, call)
+    plain = [tf.Variable(a) for a in state]
+    with tf.GradientTape() as tape:
+        out = tf_lsh_ops.sparse_input_matmul(tf.SparseTensor(at, values, shape), plain[0])
+    dw = tape.gradient(out, plain[0], output_gradients=grad)
+    tf_lsh_ops.sparse_adam_apply(*plain, dw, **hyper)
+    for a, c in zip(plain, fused, strict=True):
+        assert np.array_equal(a.numpy(), c.numpy(), equal_nan=True)
+    return None
+
+
+MULTI_LABEL_BATCH_MUTATIONS = (
+    "row-outside",
+    "feature-outside",
+    "splits-decreasing",
+    "splits-past-end",
+    "too-many-labels",
+    "values-length",
+    "splits-length",
+    "rank",
+)
+
+
+def fuzz_multi_label_batch(rng):
+    """A batch gathered from CSR arrays: the NumPy gather when valid; rejected when not."""
+    mutation = pick(rng, MULTI_LABEL_BATCH_MUTATIONS)
+    examples, num_features = int(rng.integers(1, 8)), int(rng.integers(1, 20))
+    feature_counts = rng.integers(0, 5, examples)
+    label_counts = rng.integers(0, 4, examples)
+    splits = np.concatenate([[0], np.cumsum(feature_counts)]).astype(np.int64)
+    label_splits = np.concatenate([[0], np.cumsum(label_counts)]).astype(np.int64)
+    ids = rng.integers(0, num_features, splits[-1]).astype(np.int64)
+    values = floats(rng, (len(ids),))
+    labels = rng.integers(0, 1000, label_splits[-1]).astype(np.int32)
+    rows = rng.integers(0, examples, int(rng.integers(0, 9))).astype(np.int64)
+    max_labels = int(label_counts.max()) + int(rng.integers(0, 3))
+    if mutation is not None:
+        rows = np.append(rows, int(rng.integers(0, examples)))  # at least one row to break
+        row = rows[-1]
+        if mutation == "row-outside":
+            rows[-1] = rng.choice([-1, examples, 2**40])
+        elif mutation == "feature-outside":
+            splits[row + 1 :] += 1
+            ids = np.insert(ids, splits[row], rng.choice([-1, num_features]))
+            values = np.insert(values, splits[row], 1.0)
+        elif mutation == "splits-decreasing":
+            splits[row + 1] = splits[row] - 1
+        elif mutation == "splits-past-end":
+            splits[row + 1 :] = len(ids) + 1
+        elif mutation == "too-many-labels":
+            label_splits[row + 1 :] += max_labels + 1
+            labels = np.concatenate([labels, np.zeros(max_labels + 1, np.int32)])
+        elif mutation == "values-length":
+            values = np.append(values, 1.0)
+        elif mutation == "splits-length":
+            label_splits = label_splits[:-1]
+        elif mutation == "rank":
+            rows = wrong_rank(rng, rows)
+
+    def call():
+        return tf_lsh_ops.multi_label_batch(
+            splits,
+            ids,
+            values,
+            label_splits,
+            labels,
+            rows,
+            num_features=num_features,
+            max_labels=max_labels,
+        )
+
+    if mutation is not None:
+        rejects(lambda: maybe_graph(rng, call))
+        return mutation
+    x, y = maybe_graph(rng, call)
+    want_ids = [ids[splits[r] : splits[r + 1]] for r in rows]
+    want_rows = np.repeat(np.arange(len(rows)), [len(w) for w in want_ids]).astype(np.int64)
+    want_ids = np.concatenate(want_ids + [np.zeros(0, np.int64)])
+    assert np.array_equal(x.indices.numpy(), np.stack([want_rows, want_ids], 1).reshape(-1, 2))
+    want_values = [values[splits[r] : splits[r + 1]] for r in rows]
+    assert np.array_equal(
+        x.values.numpy(), np.concatenate(want_values + [np.zeros(0, np.float32)]), equal_nan=True
+    )
+    assert np.array_equal(x.dense_shape.numpy(), [len(rows), num_features])
+    for i, r in enumerate(rows):
+        row_labels = labels[label_splits[r] : label_splits[r + 1]]
+        want = np.pad(row_labels, (0, max_labels - len(row_labels)), constant_values=-1)
+        assert np.array_equal(y.numpy()[i], want)
+    return None
+
+
+test_fuzz = fuzz_test(
+    __file__,
+    {
+        "sparse_input_matmul": fuzz_sparse_input_matmul,
+        "sparse_input_matmul_adam": fuzz_sparse_input_adam,
+        "multi_label_batch": fuzz_multi_label_batch,
+    },
+)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
