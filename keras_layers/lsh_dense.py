@@ -26,14 +26,15 @@ ACTIVE_RULES = ("auto", "low_rank", "exact", *TABLE_RULES)
 
 @keras.saving.register_keras_serializable(package="tf_lsh")
 class LSHDense(keras.layers.Layer):
-    """A `Dense` layer whose forward and backward passes touch only a few, hashed-for units.
+    """A `Dense` layer whose forward and backward passes touch only a few selected units.
 
-    Each unit's weight vector sits in L locality-sensitive hash tables. For every example the
-    layer hashes its input, looks up the L buckets it falls in and computes only the `active`
-    units found there (the paper's rule: those found in most tables), so a training step costs
-    about `active / units` of a dense one and its weight gradients are sparse
-    (`tf.IndexedSlices`, for `SparseAdam` or `keras.optimizers.SGD`). The tables are rebuilt from
-    the current weights by `LSHRebuildCallback` every few steps.
+    For every example the layer chooses `active` of its units, those likely to have the
+    largest pre-activations, and computes only them, so a training step costs about
+    `active / units` of a dense one and its weight gradients are sparse (`tf.IndexedSlices`,
+    for `SparseAdam` or `keras.optimizers.SGD`). Its `selector` makes the choice
+    (`active_rule`): a low-rank sketch of the layer for hidden layers, or, as in the paper and
+    SLIDE, L locality-sensitive hash tables of the units' weight vectors (`layer.tables`),
+    which `LSHRebuildCallback` and the layer itself keep in step with the weights.
 
     As a hidden layer (the paper), the output is `[batch, units]` with zeros outside each
     example's active set. As an output layer over many classes (SLIDE), train it with
@@ -42,8 +43,10 @@ class LSHDense(keras.layers.Layer):
 
     Weights are stored neuron-major: `kernel` is `[units, input_dim]` (row j is unit j's
     weights; the transpose of `keras.layers.Dense`'s kernel), so an active unit's weights are
-    one contiguous row. Hash parameters and tables are non-trainable weights: checkpoints,
-    `.keras` files and SavedModels carry them.
+    one contiguous row. The selector's state (hash parameters and tables, or the sketch) is
+    non-trainable weights: checkpoints, `.keras` files and SavedModels carry it. The hash
+    tables' arguments below form `layer.table_config` (a `TableConfig`, validated on
+    construction whatever the rule).
 
     Args:
       units: number of units.
@@ -81,8 +84,10 @@ class LSHDense(keras.layers.Layer):
       rank: sketch rank for `"low_rank"`.
       refresh_period: every this many training steps the layer refreshes its selector: refits
         the sketch (`"low_rank"`) from the batch's exact pre-activations, or re-hashes the
-        units whose weights changed (`refresh_tables`, table rules; `LSHRebuildCallback` adds
-        full rebuilds and other schedules). None: never (tables then need the callback).
+        units whose weights changed (`layer.tables.refresh()`, table rules;
+        `LSHRebuildCallback` adds full rebuilds and other schedules). None: never (tables
+        then need the callback). `LSHClassifier` trains its head without this schedule: its
+        tables follow the callback.
       track_selection: record two Keras metrics in training (in the logs, `History` and
         TensorBoard): `<name>_recall`, the fraction of each example's exact top `active` units
         that the selection held, measured on the refresh steps (costs the batch's exact
@@ -94,7 +99,9 @@ class LSHDense(keras.layers.Layer):
         padding, computed as 0).
       overflow: `"reservoir"` (a uniform sample of a full bucket's units) or `"fifo"` (the
         latest inserted; a full rebuild inserts units in id order, so FIFO keeps high ids).
-      batch_wide: one active set per batch (as Mongoose) instead of per example.
+      batch_wide: one active set per batch (as Mongoose) instead of per example. It holds
+        the batch's labels first; a batch whose distinct labels outnumber `active` gets a set
+        of exactly its labels (each the others' negative), wider than `active`.
       sparse_outputs: in training (and LSH inference), return the active units' activations
         as a `tf.SparseTensor` `[batch, units]` (each example's active ids and values) instead
         of a dense tensor with zeros elsewhere. A following `LSHDense` reads it sparsely
