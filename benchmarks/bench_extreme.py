@@ -23,8 +23,16 @@ seed 0), batch size 128, learning rate 1e-3, the same cores and `model.fit`:
   a step then touches up to batch x active output rows.
 * optional (`--methods ... sampled_3000_sparse_adam`): (b) with 3,000 samples and `SparseAdam`,
   separating the optimizer's share of the difference from the hashing's.
+* optional, the libraries people use instead of a softmax (`benchmarks/xmc_libraries.py`;
+  `pip install --no-deps -r benchmarks/requirements.txt`): `pecos_xr_linear` (PECOS
+  XR-Linear), `omikuji` (Parabel's partitioned label trees) and `napkinxc_plt` (napkinXC's
+  probabilistic label tree). Each trains once, to the end, with its defaults on every core
+  (or --threads), on the same training examples; its point is (training seconds, P@k).
 
-Two data shapes:
+Each method is one class registered in `METHODS` under its name (`KerasMethod` for those
+trained by `fit`, `LibraryMethod` for the libraries): adding a method is adding a class.
+
+Two data shapes, and optionally a third from files:
 
 * `small` (the smaller variant; `tiny` with --quick): several epochs each; P@1/3/5 after the
   same number of epochs and P@1 against training wall time (evaluated `evals_per_epoch` times
@@ -36,6 +44,9 @@ Two data shapes:
   plus for tf-lsh the table events the schedule makes in an epoch, refreshes and every third a
   full rebuild, x their mean time, one being timed after training if the run had none), and P@1
   against wall time on a test subset.
+* `file` (`--data train.txt --test test.txt`, the Extreme Classification Repository format):
+  as `small`, for --epochs (default 1 with --quick, 4 with --full), on the first
+  --test-examples test examples (default 1,000 with --quick, all with --full).
 
 "At equal wall time" compares P@1 at the shorter of two methods' total training times, each
 curve read by linear interpolation between its evaluations (the first at time 0, untrained).
@@ -45,6 +56,16 @@ taken, P@k by `keras_layers.PrecisionAtK`; it pauses the training clock. The pop
 baseline (`MultiLabelData.popular_labels_precision`) is reported beside P@k. Models are
 compiled without training metrics, so steps time training only; the first step (tracing) and
 the table rebuilds count in the wall time.
+
+Prediction (`prediction` of each method): after training, the top-5 of every test example of
+the evaluation, timed per example (batches of 256 after one traced batch; the libraries in one
+call, Omikuji one example a call as its Python API predicts), with its P@k: `dense` (exact)
+for the models trained by `fit`, and for tf-lsh also `lsh` (`inference_mode(model, "lsh")`,
+`LSHClassifier.predict_top_k`, tables rebuilt after training; a batch-wide head shares one
+active set per batch here too); `tree` for the libraries (their default beam or search).
+Each shape's `systems` lists per method the training seconds, final P@1/3/5, prediction
+seconds per example and peak RSS; `plot_systems` plots P@1 and P@5 against training time
+for every method (curves for those trained by `fit`, points for the libraries).
 
 Multiplications per step (batch B, hidden H = 128, n features per example, N labels): the body
 costs 2 B n H (forward, weight gradient); the full softmax 3 B H N (forward, weight and input
@@ -62,7 +83,8 @@ in this process (faster) and peaks are cumulative (`rss_isolated: false`).
 Other processes may share the CPUs, so timings are noisy; the load average is reported.
 
 Usage: python benchmarks/bench_extreme.py [--quick | --full] [--plots DIR] [--threads N]
-Prints one JSON document to stdout; progress goes to stderr; a P@1-vs-time plot goes to --plots.
+  [--methods NAME ...] [--only small|large|file] [--data TRAIN --test TEST [--epochs N]]
+Prints one JSON document to stdout; progress goes to stderr; plots go to --plots.
 """
 
 import argparse
@@ -743,8 +765,9 @@ def data_dims(cfg):
 
 def file_settings(args, cfg):
     """The settings of a run on --data / --test files: the mode's, with the command's
-    --epochs and --test-examples."""
+    --epochs and --test-examples, and at most one active unit per label."""
     cfg = dict(cfg, shape=os.path.basename(args.data), train_path=args.data, test_path=args.test)
+    cfg["active"] = min(cfg["active"], data_dims(cfg)[1])
     if args.epochs is not None:
         cfg["epochs"] = args.epochs
     if args.test_examples is not None:
@@ -920,79 +943,62 @@ def systems(shape_report):
     return out
 
 
-def plot_systems(report, kinds, directory):
-    """P@1 and P@5 against training time, every method: those trained by `fit` as their
-    curves, the libraries (trained once, to the end) as points."""
+def draw_curves(ax, shape, k, ylabel):
+    """P@k against training time of every method on `shape`: curves for those trained by
+    `fit`, points for the libraries (trained once, to the end); the popular-labels baseline."""
+    for run in shape["methods"].values():
+        times = [p["train_s"] for p in run["curve"]]
+        scores = [p[f"P@{k}"] for p in run["curve"]]
+        if isinstance(METHODS[run["method"]], KerasMethod):
+            ax.plot(times, scores, marker="o", markersize=3, label=run["label"])
+        else:
+            ax.plot(times, scores, marker="*", markersize=12, linestyle="", label=run["label"])
+    ax.axhline(
+        shape["popular_labels"][f"P@{k}"], color="gray", linestyle="--", label="popular labels"
+    )
+    ax.set_xlabel("training wall time (s)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(
+        f"{shape['shape']}: {shape['num_features']:,} features, {shape['num_labels']:,} labels"
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def save_figure(fig, directory, name):
+    import matplotlib.pyplot as plt
+
+    os.makedirs(directory, exist_ok=True)
+    fig.tight_layout()
+    path = os.path.join(directory, name)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def subplots(rows, columns, size):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    os.makedirs(directory, exist_ok=True)
-    fig, axes = plt.subplots(2, len(kinds), figsize=(6.5 * len(kinds), 8.5), squeeze=False)
+    return plt.subplots(rows, columns, figsize=size, squeeze=False)
+
+
+def plot_systems(report, kinds, directory):
+    """P@1 and P@5 against training time, every method, a column per shape."""
+    fig, axes = subplots(2, len(kinds), (6.5 * len(kinds), 8.5))
     for column, kind in enumerate(kinds):
-        shape = report[kind]
         for row, k in enumerate((1, 5)):
-            ax = axes[row][column]
-            for run in shape["methods"].values():
-                times = [p["train_s"] for p in run["curve"]]
-                scores = [p[f"P@{k}"] for p in run["curve"]]
-                if isinstance(METHODS[run["method"]], KerasMethod):
-                    ax.plot(times, scores, marker="o", markersize=3, label=run["label"])
-                else:
-                    ax.plot(
-                        times, scores, marker="*", markersize=12, linestyle="", label=run["label"]
-                    )
-            ax.axhline(
-                shape["popular_labels"][f"P@{k}"],
-                color="gray",
-                linestyle="--",
-                label="popular labels",
-            )
-            ax.set_xlabel("training wall time (s)")
-            ax.set_ylabel(f"test P@{k}")
-            ax.set_title(
-                f"{shape['shape']}: {shape['num_features']:,} features, "
-                f"{shape['num_labels']:,} labels"
-            )
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = os.path.join(directory, "bench_extreme_systems.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+            draw_curves(axes[row][column], report[kind], k, f"test P@{k}")
+    return save_figure(fig, directory, "bench_extreme_systems.png")
 
 
 def plot(report, directory):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    os.makedirs(directory, exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-    for ax, kind in zip(axes, ("small", "large"), strict=True):
-        shape = report[kind]
-        for run in shape["methods"].values():
-            times = [p["train_s"] for p in run["curve"]]
-            p1 = [p["P@1"] for p in run["curve"]]
-            ax.plot(times, p1, marker="o", markersize=3, label=run["label"])
-        ax.axhline(
-            shape["popular_labels"]["P@1"], color="gray", linestyle="--", label="popular labels"
-        )
-        ax.set_xlabel("training wall time (s)")
-        ax.set_ylabel("test P@1 (exact inference)")
-        ax.set_title(
-            f"{shape['shape']}: {shape['num_features']:,} features, {shape['num_labels']:,} labels"
-        )
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(directory, "bench_extreme_p1_vs_time.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    fig, axes = subplots(1, 2, (13, 4.8))
+    for ax, kind in zip(axes[0], ("small", "large"), strict=True):
+        draw_curves(ax, report[kind], 1, "test P@1 (exact inference)")
+    return save_figure(fig, directory, "bench_extreme_p1_vs_time.png")
 
 
 def load_average():
