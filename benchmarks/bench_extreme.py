@@ -23,8 +23,16 @@ seed 0), batch size 128, learning rate 1e-3, the same cores and `model.fit`:
   a step then touches up to batch x active output rows.
 * optional (`--methods ... sampled_3000_sparse_adam`): (b) with 3,000 samples and `SparseAdam`,
   separating the optimizer's share of the difference from the hashing's.
+* optional, the libraries people use instead of a softmax (`benchmarks/xmc_libraries.py`;
+  `pip install --no-deps -r benchmarks/requirements.txt`): `pecos_xr_linear` (PECOS
+  XR-Linear), `omikuji` (Parabel's partitioned label trees) and `napkinxc_plt` (napkinXC's
+  probabilistic label tree). Each trains once, to the end, with its defaults on every core
+  (or --threads), on the same training examples; its point is (training seconds, P@k).
 
-Two data shapes:
+Each method is one class registered in `METHODS` under its name (`KerasMethod` for those
+trained by `fit`, `LibraryMethod` for the libraries): adding a method is adding a class.
+
+Two data shapes, and optionally a third from files:
 
 * `small` (the smaller variant; `tiny` with --quick): several epochs each; P@1/3/5 after the
   same number of epochs and P@1 against training wall time (evaluated `evals_per_epoch` times
@@ -36,6 +44,9 @@ Two data shapes:
   plus for tf-lsh the table events the schedule makes in an epoch, refreshes and every third a
   full rebuild, x their mean time, one being timed after training if the run had none), and P@1
   against wall time on a test subset.
+* `file` (`--data train.txt --test test.txt`, the Extreme Classification Repository format):
+  as `small`, for --epochs (default 1 with --quick, 4 with --full), on the first
+  --test-examples test examples (default 1,000 with --quick, all with --full).
 
 "At equal wall time" compares P@1 at the shorter of two methods' total training times, each
 curve read by linear interpolation between its evaluations (the first at time 0, untrained).
@@ -45,6 +56,17 @@ taken, P@k by `keras_layers.PrecisionAtK`; it pauses the training clock. The pop
 baseline (`MultiLabelData.popular_labels_precision`) is reported beside P@k. Models are
 compiled without training metrics, so steps time training only; the first step (tracing) and
 the table rebuilds count in the wall time.
+
+Prediction (`prediction` of each method): after training, the top-5 of every test example of
+the evaluation, timed per example (batches of 256 after one traced batch; the libraries in one
+call, Omikuji one example a call as its Python API predicts), with its P@k: `dense` (exact)
+for the models trained by `fit`, and for tf-lsh also `lsh` (`inference_mode(model, "lsh")`,
+`LSHClassifier.predict_top_k`, the tables as training left them; a batch-wide head shares one
+active set per batch here too, and `lsh_per_example` gives one set per example instead);
+`tree` for the libraries (their default beam or search).
+Each shape's `systems` lists per method the training seconds, final P@1/3/5, prediction
+seconds per example and peak RSS; `plot_systems` plots P@1 and P@5 against training time
+for every method (curves for those trained by `fit`, points for the libraries).
 
 Multiplications per step (batch B, hidden H = 128, n features per example, N labels): the body
 costs 2 B n H (forward, weight gradient); the full softmax 3 B H N (forward, weight and input
@@ -62,11 +84,13 @@ in this process (faster) and peaks are cumulative (`rss_isolated: false`).
 Other processes may share the CPUs, so timings are noisy; the load average is reported.
 
 Usage: python benchmarks/bench_extreme.py [--quick | --full] [--plots DIR] [--threads N]
-Prints one JSON document to stdout; progress goes to stderr; a P@1-vs-time plot goes to --plots.
+  [--methods NAME ...] [--only small|large|file] [--data TRAIN --test TEST [--epochs N]]
+Prints one JSON document to stdout; progress goes to stderr; plots go to --plots.
 """
 
 import argparse
 import gc
+import importlib.metadata
 import json
 import math
 import os
@@ -85,6 +109,11 @@ try:
     from benchmarks import _common  # noqa: E402  (first: it finds tf-lsh)
 except ModuleNotFoundError:  # Run as a script: the benchmarks folder is on sys.path.
     import _common  # noqa: E402
+
+try:
+    from benchmarks import xmc_libraries  # noqa: E402
+except ModuleNotFoundError:
+    import xmc_libraries  # noqa: E402
 
 import extreme_classification as example  # noqa: E402
 import keras  # noqa: E402
@@ -112,16 +141,7 @@ REBUILD = {
 SAMPLED_FRACTION = 0.2
 SAMPLED_FIXED = 3000
 DEFAULT_METHODS = ("full_softmax", "sampled_20pct", "sampled_3000", "tf_lsh")
-LSH_METHODS = ("tf_lsh", "tf_lsh_per_example")
-ALL_METHODS = DEFAULT_METHODS + ("tf_lsh_per_example", "sampled_3000_sparse_adam")
-LABELS = {
-    "full_softmax": "(a) Dense, full softmax + Adam",
-    "sampled_20pct": "(b) sampled softmax, 20% + Adam",
-    "sampled_3000": "(b) sampled softmax, 3000 + Adam",
-    "sampled_3000_sparse_adam": "(b') sampled softmax, 3000 + SparseAdam",
-    "tf_lsh": "(c) tf-lsh: LSHDense + SparseAdam",
-    "tf_lsh_per_example": "(c') tf-lsh, one active set per example",
-}
+KINDS = ("small", "large", "file")  # the two generated shapes, then --data / --test
 
 MODES = {
     "quick": {
@@ -137,6 +157,7 @@ MODES = {
             "test_examples": 256,
             "active": 3000,
         },
+        "file": {"epochs": 1, "evals_per_epoch": 1, "active": 1000, "test_examples": 1000},
     },
     "full": {
         "isolate": True,
@@ -150,6 +171,7 @@ MODES = {
             "test_examples": 2000,
             "active": 3000,
         },
+        "file": {"epochs": 4, "evals_per_epoch": 2, "active": 3000, "test_examples": None},
     },
 }
 TARGETS = {"speedup_c_over_a": 20.0, "p1_ratio_c_over_a": 0.97, "real_full_softmax_p1": 0.3}
@@ -220,66 +242,426 @@ class SampledSoftmaxClassifier(keras.Model):
         return {"loss": self._loss_tracker.result()}
 
 
-def build_model(method, data, active, num_tables):
-    """A compiled model for `method`, and its callbacks."""
-    num_features, num_labels = data.num_features, data.num_labels
-    if method == "full_softmax":
-        model = example.build_dense_model(num_features, num_labels, seed=SEED)
+# ---------------------------------------------------------------------------- methods
+
+METHODS = {}
+
+
+def register(cls):
+    """Class decorator: `cls()` becomes the method named `cls.name`."""
+    METHODS[cls.name] = cls()
+    return cls
+
+
+class Method:
+    """One way to learn the labels, by `name` on the command line and `label` in plots."""
+
+    name = label = None
+
+    def check(self):
+        """Raises, before any data is made, if the method cannot run here."""
+
+    def run(self, data, cfg, options):
+        """Trains on `data` (train, test) per the shape's `cfg`; returns the method's report.
+
+        `options`: {"num_tables": tf-lsh's tables, "threads": cores or None}.
+        """
+        raise NotImplementedError
+
+
+class KerasMethod(Method):
+    """The benchmark's network trained by `model.fit`, timed and evaluated by `TrainingClock`.
+
+    Subclasses build the model and count what their output layer costs a step.
+    """
+
+    def build(self, data, active, num_tables):
+        """A compiled model for `data`, and its callbacks."""
+        raise NotImplementedError
+
+    def output_costs(self, model, data, active, distinct_rows, rehashed_units):
+        """Multiplications of the output layer per step, and `output_rows_updated`."""
+        raise NotImplementedError
+
+    def distinct_output_rows(self, model, batch):
+        """Distinct output rows one training batch touches (sparse methods), else None."""
+        return None
+
+    def table_events(self, model, callbacks):
+        """(events during training, seconds of each event, units each re-hashed)."""
+        return 0, [], []
+
+    def table_seconds_per_epoch(self, steps_per_epoch, event_mean_s):
+        return 0.0
+
+    def details(self, model, events, steps_per_epoch):
+        """The report's method-specific part."""
+        return {}
+
+    def predictions(self, model, batches):
+        """{inference mode: P@k and seconds per example} of top-5 prediction on `batches`."""
+        return {"dense": score_top_k(dense_top_k(model), batches, timed=True)}
+
+    def run(self, data, cfg, options):
+        train, test = data
+        rss_after_data = rss_peak_bytes()
+        log(f"{cfg['shape']}: {self.name} ...")
+        build_start = time.perf_counter()
+        model, callbacks = self.build(train, cfg["active"], options["num_tables"])
+        build_s = time.perf_counter() - build_start
+        batches = test_batches(test, cfg.get("test_examples"))
+        steps_per_epoch = math.ceil(len(train) / BATCH)
+        by_epochs = "epochs" in cfg
+        if by_epochs:
+            evals = cfg["evals_per_epoch"]
+            eval_steps = {
+                round(steps_per_epoch * (e + j / evals))
+                for e in range(cfg["epochs"])
+                for j in range(1, evals + 1)
+            }
+            clock = TrainingClock(lambda: precision_at_k(model, batches), eval_steps=eval_steps)
+            epochs = cfg["epochs"]
+        else:
+            clock = TrainingClock(
+                lambda: precision_at_k(model, batches),
+                budget_s=cfg["budget_s"],
+                evals=cfg["evals"],
+                min_steps=cfg["min_steps"],
+                max_steps=cfg["max_steps"] or steps_per_epoch,
+            )
+            epochs = 1
+        model.fit(
+            train.dataset(BATCH, shuffle=True, seed=SEED),
+            epochs=epochs,
+            verbose=0,
+            callbacks=[clock, *callbacks],
+        )
+        steps = clock.step_seconds[WARMUP_STEPS:] or clock.step_seconds
+        median_step = statistics.median(steps)
+        events = self.table_events(model, callbacks)
+        _, event_times, rehashed = events
+        event_mean = statistics.fmean(event_times) if event_times else 0.0
+        rehashed_mean = statistics.fmean(rehashed) if rehashed else 0.0
+        projected = median_step * steps_per_epoch
+        projected += self.table_seconds_per_epoch(steps_per_epoch, event_mean)
+        sample = next(iter(train.dataset(BATCH, shuffle=True, seed=SEED + 1)))
+        rows = self.distinct_output_rows(model, sample)
+        predictions = self.predictions(model, batches)
+        report = {
+            "method": self.name,
+            "label": self.label,
+            "build_s": build_s,
+            "steps": clock.step,
+            "train_s": clock.curve[-1]["train_s"] if clock.curve else None,
+            "first_step_s": clock.step_seconds[0],
+            "median_step_s": median_step,
+            "mean_step_s": statistics.fmean(steps),
+            "steps_per_epoch": steps_per_epoch,
+            "projected_epoch_s": projected,
+            "measured_epoch_s": clock.epoch_seconds if by_epochs else None,
+            "curve": clock.curve,
+            "final": clock.curve[-1],
+            "multiplications_per_step": multiplications(
+                self.output_costs(model, train, cfg["active"], rows, rehashed_mean), train
+            ),
+            "rss_after_data_bytes": rss_after_data,
+            "peak_rss_bytes": rss_peak_bytes(),
+            **self.details(model, (*events, event_mean, rehashed_mean), steps_per_epoch),
+            "prediction": predictions,
+        }
+        log(
+            f"  {self.name}: median step {median_step * 1e3:.1f} ms, projected epoch "
+            f"{projected:.1f} s, final P@1 {report['final']['P@1']:.4f}"
+        )
+        return report
+
+
+@register
+class FullSoftmax(KerasMethod):
+    """(a) A `keras.layers.Dense` output, softmax over all labels, Keras Adam."""
+
+    name = "full_softmax"
+    label = "(a) Dense, full softmax + Adam"
+
+    def build(self, data, active, num_tables):
+        model = example.build_dense_model(data.num_features, data.num_labels, seed=SEED)
         model.compile(
             optimizer=keras.optimizers.Adam(LEARNING_RATE), loss=example.full_softmax_loss
         )
         return model, []
-    if method in LSH_METHODS:
+
+    def output_costs(self, model, data, active, distinct_rows, rehashed_units):
+        return {
+            "output": 3 * BATCH * example.HIDDEN * data.num_labels,
+            "output_rows_updated": data.num_labels,
+        }
+
+
+class SampledSoftmax(KerasMethod):
+    """(b) `tf.nn.sampled_softmax_loss` over `num_sampled` labels a batch, Keras Adam."""
+
+    sparse_adam = False
+
+    def num_sampled(self, num_labels):
+        raise NotImplementedError
+
+    def build(self, data, active, num_tables):
+        keras.utils.set_random_seed(SEED)
+        model = SampledSoftmaxClassifier(
+            data.num_labels, self.num_sampled(data.num_labels), data.max_labels
+        )
+        model.build((None, data.num_features))
+        optimizer = (
+            keras_layers.SparseAdam(LEARNING_RATE)
+            if self.sparse_adam
+            else keras.optimizers.Adam(LEARNING_RATE)
+        )
+        model.compile(optimizer=optimizer)
+        return model, []
+
+    def output_costs(self, model, data, active, distinct_rows, rehashed_units):
+        return {
+            "output": 3 * BATCH * example.HIDDEN * (model.num_sampled + model.num_true),
+            "output_rows_updated": distinct_rows if self.sparse_adam else data.num_labels,
+        }
+
+    def distinct_output_rows(self, model, batch):
+        _, y = batch
+        true = model.true_classes(y).numpy()
+        return int(np.unique(true).size + model.num_sampled)
+
+    def details(self, model, events, steps_per_epoch):
+        return {"sampled": {"num_sampled": model.num_sampled, "num_true": model.num_true}}
+
+
+@register
+class SampledFraction(SampledSoftmax):
+    name = "sampled_20pct"
+    label = "(b) sampled softmax, 20% + Adam"
+
+    def num_sampled(self, num_labels):
+        return max(1, round(SAMPLED_FRACTION * num_labels))
+
+
+@register
+class SampledFixed(SampledSoftmax):
+    name = "sampled_3000"
+    label = "(b) sampled softmax, 3000 + Adam"
+
+    def num_sampled(self, num_labels):
+        return min(SAMPLED_FIXED, num_labels - 1)
+
+
+@register
+class SampledFixedSparseAdam(SampledFixed):
+    """(b') The same with `SparseAdam`: the optimizer's share of the difference to tf-lsh."""
+
+    name = "sampled_3000_sparse_adam"
+    label = "(b') sampled softmax, 3000 + SparseAdam"
+    sparse_adam = True
+
+
+@register
+class TfLsh(KerasMethod):
+    """(c) `LSHClassifier` with an `LSHDense` output, `SparseAdam`, `LSHRebuildCallback`; one
+    active set a batch."""
+
+    name = "tf_lsh"
+    label = "(c) tf-lsh: LSHDense + SparseAdam"
+    batch_wide = True
+
+    def build(self, data, active, num_tables):
         model = example.build_lsh_model(
-            num_features,
-            num_labels,
+            data.num_features,
+            data.num_labels,
             active,
             num_tables=num_tables,
-            batch_wide=method == "tf_lsh",
+            batch_wide=self.batch_wide,
             seed=SEED,
         )
         model.compile(optimizer=keras_layers.SparseAdam(LEARNING_RATE))
         return model, [keras_layers.LSHRebuildCallback(**REBUILD)]
-    keras.utils.set_random_seed(SEED)
-    model = SampledSoftmaxClassifier(num_labels, num_sampled(method, num_labels), data.max_labels)
-    model.build((None, num_features))
-    optimizer = (
-        keras_layers.SparseAdam(LEARNING_RATE)
-        if method.endswith("sparse_adam")
-        else keras.optimizers.Adam(LEARNING_RATE)
-    )
-    model.compile(optimizer=optimizer)
-    return model, []
+
+    def output_costs(self, model, data, active, distinct_rows, rehashed_units):
+        head, h = model.head, example.HIDDEN
+        bits = head.num_tables * head.num_hashes_used
+        steps_per_epoch = math.ceil(len(data) / BATCH)
+        return {
+            "output": 3 * BATCH * h * active,
+            "query_hashing": BATCH * h * bits,
+            "table_rebuilds_amortised": rehashed_units
+            * (h + 1)
+            * bits
+            * rebuilds_per_epoch(steps_per_epoch)
+            / steps_per_epoch,
+            "output_rows_updated": distinct_rows,
+        }
+
+    def distinct_output_rows(self, model, batch):
+        x, y = batch
+        ids = model.head.active_ids(model.body(x, training=False), labels=tf.cast(y, tf.int32))
+        ids = ids.numpy()
+        return int(np.unique(ids[ids >= 0]).size)
+
+    def table_events(self, model, callbacks):
+        rebuild = callbacks[0]
+        times = [seconds for _, seconds in rebuild.events]
+        rehashed = list(rebuild.rehashed_units)
+        if not times:  # a short run: time one event here
+            start = time.perf_counter()
+            if REBUILD["rehash"] == "changed":
+                rehashed.append(int(model.head.refresh_tables()))
+            else:
+                model.head.rebuild_tables()
+                rehashed.append(model.head.units)
+            times.append(time.perf_counter() - start)
+        return len(rebuild.events), times, rehashed
+
+    def table_seconds_per_epoch(self, steps_per_epoch, event_mean_s):
+        return rebuilds_per_epoch(steps_per_epoch) * event_mean_s
+
+    def details(self, model, events, steps_per_epoch):
+        during_training, _, _, event_mean, rehashed_mean = events
+        head = model.head
+        return {
+            "lsh": {
+                "active": head.num_active,
+                "num_tables": head.num_tables,
+                "num_hashes": head.num_hashes_used,
+                "bucket_capacity": head.bucket_capacity,
+                "table_bytes": head.table_bytes,
+                "rebuilds_during_training": during_training,
+                "rebuild_mean_s": event_mean,
+                "rebuilds_per_epoch": rebuilds_per_epoch(steps_per_epoch),
+                "rehash": REBUILD["rehash"],
+                "rehashed_units_mean": rehashed_mean,
+            }
+        }
+
+    def predictions(self, model, batches):
+        # The tables as training left them (a full rebuild here retrieved worse on the small
+        # shape: per-example P@1 0.22 against 0.31 after two epochs).
+        out = {}
+        for mode in ("dense", "lsh"):
+            out[mode] = self.scored_top_k(model, batches, mode)
+        if model.head.batch_wide:
+            # A batch-wide head shares one active set among the batch in LSH inference too;
+            # what one set per example (SLIDE's inference) gives, for comparison.
+            model.head.batch_wide = False
+            try:
+                out["lsh_per_example"] = self.scored_top_k(model, batches, "lsh")
+            finally:
+                model.head.batch_wide = True
+        return out
+
+    @staticmethod
+    def scored_top_k(model, batches, mode):
+        """`score_top_k` of `model.predict_top_k` in inference `mode`."""
+        with keras_layers.inference_mode(model, mode):
+            return score_top_k(lambda x: model.predict_top_k(x, max(TOP_K))[0], batches, timed=True)
 
 
-def num_sampled(method, num_labels):
-    if method == "sampled_20pct":
-        return max(1, round(SAMPLED_FRACTION * num_labels))
-    return min(SAMPLED_FIXED, num_labels - 1)
+@register
+class TfLshPerExample(TfLsh):
+    """(c') The same with one active set per example (SLIDE's way)."""
+
+    name = "tf_lsh_per_example"
+    label = "(c') tf-lsh, one active set per example"
+    batch_wide = False
+
+
+class LibraryMethod(Method):
+    """A library of `xmc_libraries`, trained to the end with its defaults on every core (or
+    --threads), then its top-5 predicted for the test examples in one pass."""
+
+    def __init__(self, library):
+        self.library = library
+        self.name, self.label = library.name, library.label
+
+    def check(self):
+        self.library.load()
+
+    def run(self, data, cfg, options):
+        train, test = data
+        rss_after_data = rss_peak_bytes()
+        threads = options["threads"] or os.cpu_count()
+        log(f"{cfg['shape']}: {self.name} ...")
+        start = time.perf_counter()
+        model = self.library.train(train, threads)
+        train_s = time.perf_counter() - start
+        test = test_subset(test, cfg.get("test_examples"))
+        start = time.perf_counter()
+        top = self.library.predict_top_k(model, test, max(TOP_K), threads)
+        predict_s = time.perf_counter() - start
+        _, labels = next(iter(test.dataset(len(test))))
+        scores = precision_scores([(labels, top)])
+        point = {"train_s": train_s, "step": None, **scores}
+        log(f"  {self.name}: trained in {train_s:.1f} s, P@1 {scores['P@1']:.4f}")
+        return {
+            "method": self.name,
+            "label": self.label,
+            "library": f"{self.library.package} {importlib.metadata.version(self.library.package)}",
+            "threads": threads,
+            "train_s": train_s,
+            "curve": [point],
+            "final": point,
+            "rss_after_data_bytes": rss_after_data,
+            "peak_rss_bytes": rss_peak_bytes(),
+            "prediction": {
+                "tree": {**scores, "s_per_example": predict_s / len(test), "examples": len(test)}
+            },
+        }
+
+
+for _library in xmc_libraries.LIBRARIES.values():
+    METHODS[_library.name] = LibraryMethod(_library)
 
 
 # ------------------------------------------------------------------------ evaluation
 
 
+def test_subset(test, count=None):
+    return test if count is None else test.take(np.arange(min(count, len(test))))
+
+
 def test_batches(test, count=None):
-    if count is not None:
-        test = test.take(np.arange(min(count, len(test))))
-    return [(x, y.numpy()) for x, y in test.dataset(EVAL_BATCH)]
+    return [(x, y.numpy()) for x, y in test_subset(test, count).dataset(EVAL_BATCH)]
+
+
+def precision_scores(pairs):
+    """P@1/3/5 over (labels, top-5 ids) pairs."""
+    metrics = {k: keras_layers.PrecisionAtK(k) for k in TOP_K}
+    for labels, top in pairs:
+        for metric in metrics.values():
+            metric.update_state(labels, top)
+    return {f"P@{k}": float(metric.result()) for k, metric in metrics.items()}
+
+
+def dense_top_k(model):
+    """x -> its top-5 label ids, every label scored."""
+    return lambda x: tf.math.top_k(model(x, training=False), max(TOP_K)).indices
+
+
+def score_top_k(top_k, batches, timed=False):
+    """P@1/3/5 of `top_k` (x -> top-5 ids) over `batches`; with `timed`, also its seconds per
+    example (the first batch run once before, to trace)."""
+    top_k = tf.function(top_k, reduce_retracing=True)
+    if not timed:
+        return precision_scores((y, top_k(x)) for x, y in batches)
+    _common.materialise(top_k(batches[0][0]))
+    seconds, tops = 0.0, []
+    for x, _ in batches:
+        start = time.perf_counter()
+        tops.append(_common.materialise(top_k(x)))
+        seconds += time.perf_counter() - start
+    examples = sum(len(y) for _, y in batches)
+    scores = precision_scores((y, top) for (_, y), top in zip(batches, tops, strict=True))
+    return {**scores, "s_per_example": seconds / examples, "examples": examples}
 
 
 def precision_at_k(model, batches):
     """Exact P@1/3/5 over `batches` (every label scored)."""
-
-    @tf.function(reduce_retracing=True)
-    def top5(x):
-        return tf.math.top_k(model(x, training=False), max(TOP_K)).indices
-
-    metrics = {k: keras_layers.PrecisionAtK(k) for k in TOP_K}
-    for x, y in batches:
-        top = top5(x)
-        for metric in metrics.values():
-            metric.update_state(y, top)
-    return {f"P@{k}": float(metric.result()) for k, metric in metrics.items()}
+    return score_top_k(dense_top_k(model), batches)
 
 
 class TrainingClock(keras.callbacks.Callback):
@@ -356,168 +738,76 @@ def rebuilds_per_epoch(steps_per_epoch):
     return keras_layers.LSHRebuildCallback(**REBUILD).event_index(steps_per_epoch)[0]
 
 
-def multiplications(method, model, data, active, distinct_rows, rehashed_units):
-    """Multiplications per training step (matmuls, forward + backward) and optimizer rows."""
+def multiplications(output_costs, data):
+    """Multiplications per training step (matmuls, forward + backward) and optimizer rows:
+    the body's, then the output layer's (`output_costs`)."""
     n = data.feature_ids.size / len(data)
-    big_n, h, b = data.num_labels, example.HIDDEN, BATCH
-    steps_per_epoch = math.ceil(len(data) / BATCH)
-    body = 2 * b * n * h
-    out = {"body": body}
-    if method == "full_softmax":
-        out["output"] = 3 * b * h * big_n
-        out["output_rows_updated"] = big_n
-    elif method in LSH_METHODS:
-        head = model.head
-        bits = head.num_tables * head.num_hashes_used
-        out["output"] = 3 * b * h * active
-        out["query_hashing"] = b * h * bits
-        out["table_rebuilds_amortised"] = (
-            rehashed_units * (h + 1) * bits * rebuilds_per_epoch(steps_per_epoch) / steps_per_epoch
-        )
-        out["output_rows_updated"] = distinct_rows
-    else:
-        out["output"] = 3 * b * h * (model.num_sampled + model.num_true)
-        sparse = method.endswith("sparse_adam")
-        out["output_rows_updated"] = distinct_rows if sparse else big_n
+    out = {"body": 2 * BATCH * n * example.HIDDEN, **output_costs}
     out["total"] = sum(v for k, v in out.items() if k != "output_rows_updated")
     return out
 
 
-def distinct_output_rows(method, model, batch):
-    """Distinct output rows one training batch touches (sparse methods)."""
-    x, y = batch
-    if method in LSH_METHODS:
-        ids = model.head.active_ids(model.body(x, training=False), labels=tf.cast(y, tf.int32))
-        ids = ids.numpy()
-        return int(np.unique(ids[ids >= 0]).size)
-    if method.startswith("sampled"):
-        true = model.true_classes(y).numpy()
-        return int(np.unique(true).size + model.num_sampled)
-    return None
-
-
-def run_method(method, data, cfg, kind, num_tables):
-    """Trains `method` on `data` (train, test) per `cfg`; returns its report."""
-    train, test = data
-    rss_after_data = rss_peak_bytes()
-    log(f"{kind} {cfg['shape']}: {method} ...")
-    build_start = time.perf_counter()
-    model, callbacks = build_model(method, train, cfg["active"], num_tables)
-    build_s = time.perf_counter() - build_start
-    batches = test_batches(test, cfg.get("test_examples"))
-    steps_per_epoch = math.ceil(len(train) / BATCH)
-    if kind == "small":
-        evals = cfg["evals_per_epoch"]
-        eval_steps = {
-            round(steps_per_epoch * (e + j / evals))
-            for e in range(cfg["epochs"])
-            for j in range(1, evals + 1)
-        }
-        clock = TrainingClock(lambda: precision_at_k(model, batches), eval_steps=eval_steps)
-        epochs = cfg["epochs"]
-    else:
-        clock = TrainingClock(
-            lambda: precision_at_k(model, batches),
-            budget_s=cfg["budget_s"],
-            evals=cfg["evals"],
-            min_steps=cfg["min_steps"],
-            max_steps=cfg["max_steps"] or steps_per_epoch,
+def load_data(cfg):
+    """(train, test) of a shape's settings: generated, or read from the files it names."""
+    if "train_path" not in cfg:
+        return datasets.synthetic_extreme_classification(cfg["shape"], seed=SEED)
+    train, test = (
+        datasets.read_extreme_classification(cfg[f"{s}_path"]) for s in ("train", "test")
+    )
+    if (train.num_features, train.num_labels) != (test.num_features, test.num_labels):
+        raise ValueError(
+            f"bench_extreme: --data {cfg['train_path']} has {train.num_features} features and "
+            f"{train.num_labels} labels, --test {cfg['test_path']} {test.num_features} and "
+            f"{test.num_labels}"
         )
-        epochs = 1
-    model.fit(
-        train.dataset(BATCH, shuffle=True, seed=SEED),
-        epochs=epochs,
-        verbose=0,
-        callbacks=[clock, *callbacks],
-    )
-    steps = clock.step_seconds[WARMUP_STEPS:] or clock.step_seconds
-    median_step = statistics.median(steps)
-    rebuild_events = list(callbacks[0].events) if callbacks else []
-    rebuild_times = [seconds for _, seconds in rebuild_events]
-    rehashed = list(callbacks[0].rehashed_units) if callbacks else []
-    if method in LSH_METHODS and not rebuild_events:  # a short run: time one event here
-        rebuild_start = time.perf_counter()
-        if REBUILD["rehash"] == "changed":
-            rehashed.append(int(model.head.refresh_tables()))
-        else:
-            model.head.rebuild_tables()
-            rehashed.append(model.head.units)
-        rebuild_times.append(time.perf_counter() - rebuild_start)
-    rebuild_mean = statistics.fmean(rebuild_times) if rebuild_times else 0.0
-    rehashed_mean = statistics.fmean(rehashed) if rehashed else 0.0
-    projected = median_step * steps_per_epoch
-    if method in LSH_METHODS:
-        projected += rebuilds_per_epoch(steps_per_epoch) * rebuild_mean
-    sample = next(iter(train.dataset(BATCH, shuffle=True, seed=SEED + 1)))
-    rows = distinct_output_rows(method, model, sample)
-    report = {
-        "method": method,
-        "label": LABELS[method],
-        "build_s": build_s,
-        "steps": clock.step,
-        "train_s": clock.curve[-1]["train_s"] if clock.curve else None,
-        "first_step_s": clock.step_seconds[0],
-        "median_step_s": median_step,
-        "mean_step_s": statistics.fmean(steps),
-        "steps_per_epoch": steps_per_epoch,
-        "projected_epoch_s": projected,
-        "measured_epoch_s": clock.epoch_seconds if kind == "small" else None,
-        "curve": clock.curve,
-        "final": clock.curve[-1],
-        "multiplications_per_step": multiplications(
-            method, model, train, cfg["active"], rows, rehashed_mean
-        ),
-        "rss_after_data_bytes": rss_after_data,
-        "peak_rss_bytes": rss_peak_bytes(),
-    }
-    if method in LSH_METHODS:
-        head = model.head
-        report["lsh"] = {
-            "active": head.num_active,
-            "num_tables": head.num_tables,
-            "num_hashes": head.num_hashes_used,
-            "bucket_capacity": head.bucket_capacity,
-            "table_bytes": head.table_bytes,
-            "rebuilds_during_training": len(rebuild_events),
-            "rebuild_mean_s": rebuild_mean,
-            "rebuilds_per_epoch": rebuilds_per_epoch(steps_per_epoch),
-            "rehash": REBUILD["rehash"],
-            "rehashed_units_mean": rehashed_mean,
-        }
-    elif method.startswith("sampled"):
-        report["sampled"] = {"num_sampled": model.num_sampled, "num_true": model.num_true}
-    log(
-        f"  {method}: median step {median_step * 1e3:.1f} ms, projected epoch "
-        f"{projected:.1f} s, final P@1 {report['final']['P@1']:.4f}"
-    )
-    return report
+    return train, test
 
 
-def load_data(shape):
-    return datasets.synthetic_extreme_classification(shape, seed=SEED)
+def data_dims(cfg):
+    """(num_features, num_labels, num_train, num_test) without reading the data."""
+    if "train_path" not in cfg:
+        return datasets.SYNTHETIC_SHAPES[cfg["shape"]]
+    headers = []
+    for split in ("train", "test"):
+        with open(cfg[f"{split}_path"]) as f:
+            headers.append([int(x) for x in f.readline().split()])
+    (num_train, num_features, num_labels), (num_test, _, _) = headers
+    return num_features, num_labels, num_train, num_test
+
+
+def file_settings(args, cfg):
+    """The settings of a run on --data / --test files: the mode's, with the command's
+    --epochs and --test-examples, and at most one active unit per label."""
+    cfg = dict(cfg, shape=os.path.basename(args.data), train_path=args.data, test_path=args.test)
+    cfg["active"] = min(cfg["active"], data_dims(cfg)[1])
+    if args.epochs is not None:
+        cfg["epochs"] = args.epochs
+    if args.test_examples is not None:
+        cfg["test_examples"] = args.test_examples
+    return cfg
 
 
 def run_worker(spec):
     """Entry point of a subprocess: one (shape, method)."""
     _common.configure_threads(spec["threads"])
-    data = load_data(spec["cfg"]["shape"])
-    report = run_method(spec["method"], data, spec["cfg"], spec["kind"], spec["num_tables"])
+    data = load_data(spec["cfg"])
+    report = METHODS[spec["method"]].run(data, spec["cfg"], spec)
     report["popular_labels"] = popular(data, spec["cfg"].get("test_examples"))
     return report
 
 
 def popular(data, test_examples=None):
     train, test = data
-    if test_examples is not None:
-        test = test.take(np.arange(min(test_examples, len(test))))
+    test = test_subset(test, test_examples)
     return {f"P@{k}": test.popular_labels_precision(train, k) for k in TOP_K}
 
 
 def run_shape(kind, cfg, methods, isolate, args):
     """Runs every method on one data shape; returns the shape's report."""
-    log(f"{kind} shape {cfg['shape']}: {datasets.SYNTHETIC_SHAPES[cfg['shape']]}")
+    num_features, num_labels, num_train, num_test = data_dims(cfg)
+    log(f"{kind} shape {cfg['shape']}: {(num_features, num_labels, num_train, num_test)}")
     runs = {}
-    data = None if isolate else load_data(cfg["shape"])
+    data = None if isolate else load_data(cfg)
     for method in methods:
         spec = {
             "kind": kind,
@@ -529,12 +819,11 @@ def run_shape(kind, cfg, methods, isolate, args):
         if isolate:
             runs[method] = run_subprocess(spec)
         else:
-            runs[method] = run_method(method, data, cfg, kind, args.num_tables)
+            runs[method] = METHODS[method].run(data, cfg, spec)
             runs[method]["popular_labels"] = popular(data, cfg.get("test_examples"))
         gc.collect()
     first = next(iter(runs.values()))
-    num_features, num_labels, num_train, num_test = datasets.SYNTHETIC_SHAPES[cfg["shape"]]
-    return {
+    report = {
         "shape": cfg["shape"],
         "num_features": num_features,
         "num_labels": num_labels,
@@ -544,6 +833,8 @@ def run_shape(kind, cfg, methods, isolate, args):
         "popular_labels": first["popular_labels"],
         "methods": runs,
     }
+    report["systems"] = systems(report)
+    return report
 
 
 def run_subprocess(spec):
@@ -570,14 +861,15 @@ def p1_at(curve, seconds):
     return curve[-1]["P@1"] if abs(seconds - curve[-1]["train_s"]) < 1e-9 else None
 
 
-def compare(shape_report, kind):
+def compare(shape_report):
+    """tf-lsh against each other method trained by `fit`."""
     runs = shape_report["methods"]
     out = {}
     if "tf_lsh" not in runs:
         return out
     lsh = runs["tf_lsh"]
     for other, run in runs.items():
-        if other == "tf_lsh":
+        if other == "tf_lsh" or not isinstance(METHODS[other], KerasMethod):
             continue
         entry = {
             "speedup_per_step": run["median_step_s"] / lsh["median_step_s"],
@@ -585,7 +877,7 @@ def compare(shape_report, kind):
             "multiplications_ratio": lsh["multiplications_per_step"]["total"]
             / run["multiplications_per_step"]["total"],
         }
-        if kind == "small":
+        if "epochs" in shape_report["settings"]:
             entry["speedup_per_epoch_measured"] = statistics.fmean(
                 run["measured_epoch_s"]
             ) / statistics.fmean(lsh["measured_epoch_s"])
@@ -641,35 +933,83 @@ def targets(report):
     return out
 
 
-def plot(report, directory):
+def systems(shape_report):
+    """Per method: training seconds, P@1/3/5 at the end, top-5 prediction seconds per test
+    example for each inference mode, peak RSS."""
+    out = {}
+    for name, run in shape_report["methods"].items():
+        out[name] = {
+            "train_s": run["final"]["train_s"],
+            **{f"P@{k}": run["final"][f"P@{k}"] for k in TOP_K},
+            "predict_s_per_example": {
+                mode: scores["s_per_example"] for mode, scores in run["prediction"].items()
+            },
+            "peak_rss_bytes": run["peak_rss_bytes"],
+        }
+        if "steps" in run:  # trained by fit: maybe not to the end of its epochs
+            out[name]["epochs_trained"] = run["steps"] / run["steps_per_epoch"]
+        for mode, scores in run["prediction"].items():
+            if mode not in ("dense", "tree"):  # P@k of the inexact inference modes
+                out[name][f"{mode}_inference"] = {f"P@{k}": scores[f"P@{k}"] for k in TOP_K}
+    return out
+
+
+def draw_curves(ax, shape, k, ylabel):
+    """P@k against training time of every method on `shape`: curves for those trained by
+    `fit`, points for the libraries (trained once, to the end); the popular-labels baseline."""
+    for run in shape["methods"].values():
+        times = [p["train_s"] for p in run["curve"]]
+        scores = [p[f"P@{k}"] for p in run["curve"]]
+        if isinstance(METHODS[run["method"]], KerasMethod):
+            ax.plot(times, scores, marker="o", markersize=3, label=run["label"])
+        else:
+            ax.plot(times, scores, marker="*", markersize=12, linestyle="", label=run["label"])
+    ax.axhline(
+        shape["popular_labels"][f"P@{k}"], color="gray", linestyle="--", label="popular labels"
+    )
+    ax.set_xlabel("training wall time (s)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(
+        f"{shape['shape']}: {shape['num_features']:,} features, {shape['num_labels']:,} labels"
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def save_figure(fig, directory, name):
+    import matplotlib.pyplot as plt
+
+    os.makedirs(directory, exist_ok=True)
+    fig.tight_layout()
+    path = os.path.join(directory, name)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def subplots(rows, columns, size):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    os.makedirs(directory, exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-    for ax, kind in zip(axes, ("small", "large"), strict=True):
-        shape = report[kind]
-        for run in shape["methods"].values():
-            times = [p["train_s"] for p in run["curve"]]
-            p1 = [p["P@1"] for p in run["curve"]]
-            ax.plot(times, p1, marker="o", markersize=3, label=run["label"])
-        ax.axhline(
-            shape["popular_labels"]["P@1"], color="gray", linestyle="--", label="popular labels"
-        )
-        ax.set_xlabel("training wall time (s)")
-        ax.set_ylabel("test P@1 (exact inference)")
-        ax.set_title(
-            f"{shape['shape']}: {shape['num_features']:,} features, {shape['num_labels']:,} labels"
-        )
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(directory, "bench_extreme_p1_vs_time.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return plt.subplots(rows, columns, figsize=size, squeeze=False)
+
+
+def plot_systems(report, kinds, directory):
+    """P@1 and P@5 against training time, every method, a column per shape."""
+    fig, axes = subplots(2, len(kinds), (6.5 * len(kinds), 8.5))
+    for column, kind in enumerate(kinds):
+        for row, k in enumerate((1, 5)):
+            draw_curves(axes[row][column], report[kind], k, f"test P@{k}")
+    return save_figure(fig, directory, "bench_extreme_systems.png")
+
+
+def plot(report, directory):
+    fig, axes = subplots(1, 2, (13, 4.8))
+    for ax, kind in zip(axes[0], ("small", "large"), strict=True):
+        draw_curves(ax, report[kind], 1, "test P@1 (exact inference)")
+    return save_figure(fig, directory, "bench_extreme_p1_vs_time.png")
 
 
 def load_average():
@@ -686,17 +1026,34 @@ def main(argv=None):
         "--methods",
         nargs="+",
         default=list(DEFAULT_METHODS),
-        choices=ALL_METHODS,
-        help="methods to run",
+        choices=list(METHODS),
+        help="methods to run (the libraries' need benchmarks/requirements.txt)",
     )
     parser.add_argument("--num-tables", type=int, default=16, help="tf-lsh hash tables")
-    parser.add_argument("--only", choices=("small", "large"), help="run one shape only")
+    parser.add_argument("--only", choices=KINDS, help="run one shape only")
+    parser.add_argument(
+        "--data", help="also run on this training file (Extreme Classification Repository format)"
+    )
+    parser.add_argument("--test", help="the test file that goes with --data")
+    parser.add_argument("--epochs", type=int, help="epochs on --data (default: the mode's)")
+    parser.add_argument(
+        "--test-examples", type=int, help="evaluate on the first N of --test (default: the mode's)"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one subprocess run
     args = parser.parse_args(argv)
     if args.worker:
         report = run_worker(json.loads(args.worker))
         sys.stdout.write(json.dumps(report) + "\n")
         return report
+    if (args.data is None) != (args.test is None):
+        parser.error("--data and --test go together")
+    if args.only == "file" and args.data is None:
+        parser.error("--only file needs --data and --test")
+    for method in args.methods:
+        try:
+            METHODS[method].check()
+        except ModuleNotFoundError as error:
+            parser.error(str(error))
     _common.configure_threads(args.threads)
     tf.get_logger().setLevel("ERROR")
     settings = MODES[args.mode]
@@ -717,16 +1074,18 @@ def main(argv=None):
             "methods": args.methods,
         },
     }
-    for kind in ("small", "large"):
-        if args.only and args.only != kind:
+    for kind in KINDS:
+        if (args.only and args.only != kind) or (kind == "file" and args.data is None):
             continue
-        report[kind] = run_shape(kind, settings[kind], args.methods, settings["isolate"], args)
-    report["comparisons"] = {
-        kind: compare(report[kind], kind) for kind in ("small", "large") if kind in report
-    }
+        cfg = file_settings(args, settings[kind]) if kind == "file" else settings[kind]
+        report[kind] = run_shape(kind, cfg, args.methods, settings["isolate"], args)
+    kinds = [kind for kind in KINDS if kind in report]
+    report["comparisons"] = {kind: compare(report[kind]) for kind in kinds}
     if "small" in report and "large" in report:
         report["targets"] = targets(report)
         report["plot"] = plot(report, args.plots)
+    if kinds:
+        report["plot_systems"] = plot_systems(report, kinds, args.plots)
     report["machine"]["load_average_at_end"] = load_average()
     report["total_wall_s"] = time.perf_counter() - start
     json.dump(report, sys.stdout, indent=2)

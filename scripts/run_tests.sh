@@ -6,6 +6,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 export PYTHON_BIN_PATH="$PWD/.venv/bin/python"
 
+# The libraries bench_extreme.py compares with (benchmark-only; tests/test_benchmarks.py).
+.venv/bin/pip install -q --disable-pip-version-check --no-deps -r benchmarks/requirements.txt
+
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 bazel test //... 

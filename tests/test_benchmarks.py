@@ -6,15 +6,29 @@ commits: its active set was smaller than a batch's labels). No timing is asserte
 `benchmarks/` folder is not a Bazel package (tests/BUILD leaves this file out).
 """
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import tempfile
 
+import numpy as np
 import pytest
 
+from keras_layers import datasets
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def benchmark_module(name):
+    """`benchmarks/<name>.py`, imported (the folder is not a package of the install)."""
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(ROOT, "benchmarks", f"{name}.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_quick(script, *args):
@@ -56,3 +70,35 @@ def test_bench_quick(script, tmp_path):
 def test_profile_step_quick():
     report = run_quick("profile_step.py")
     assert report["ops_in_step"]["step_wall_ms"] > 0
+
+
+@pytest.mark.parametrize("name", ["pecos_xr_linear", "omikuji", "napkinxc_plt"])
+def test_xmc_library_learns_the_labels(name):
+    """Each library bench_extreme.py compares with learns generated data: its P@1, counted here
+    from its top-5 ids, far above always predicting the most frequent label."""
+    library = benchmark_module("xmc_libraries").LIBRARIES[name]
+    if not library.available():
+        pytest.skip(
+            f"{library.package} is not installed (benchmark-only: "
+            "pip install --no-deps -r benchmarks/requirements.txt)"
+        )
+    train, test = datasets.synthetic_extreme_classification((500, 200, 2000, 400), seed=0)
+    top = library.predict_top_k(library.train(train, threads=2), test, 5, threads=2)
+    assert top.shape == (len(test), 5)
+    assert ((top >= 0) & (top < test.num_labels)).all()
+    labels = np.split(test.label_ids, test.label_offsets[1:-1])
+    p1 = np.mean([top[i, 0] in labels[i] for i in range(len(test))])
+    popular = test.popular_labels_precision(train, 1)
+    assert popular < 0.2
+    assert p1 >= 0.9, f"{name}: P@1 {p1} (the most frequent label: {popular})"
+
+
+def test_xmc_library_missing_says_how_to_install():
+    xmc_libraries = benchmark_module("xmc_libraries")
+
+    class Missing(xmc_libraries.Library):
+        name, package, module = "missing", "no-such-package", "no_such_module_for_tf_lsh"
+
+    assert not Missing().available()
+    with pytest.raises(ModuleNotFoundError, match=r"missing: .*no-such-package.*pip install"):
+        Missing().load()
