@@ -484,7 +484,7 @@ class TfLsh(KerasMethod):
 
     def output_costs(self, model, data, active, distinct_rows, rehashed_units):
         head, h = model.head, example.HIDDEN
-        bits = head.num_tables * head.num_hashes_used
+        bits = head.table_config.num_tables * head.tables.num_hashes
         steps_per_epoch = math.ceil(len(data) / BATCH)
         return {
             "output": 3 * BATCH * h * active,
@@ -510,9 +510,9 @@ class TfLsh(KerasMethod):
         if not times:  # a short run: time one event here
             start = time.perf_counter()
             if REBUILD["rehash"] == "changed":
-                rehashed.append(int(model.head.refresh_tables()))
+                rehashed.append(int(model.head.tables.refresh()))
             else:
-                model.head.rebuild_tables()
+                model.head.tables.rebuild()
                 rehashed.append(model.head.units)
             times.append(time.perf_counter() - start)
         return len(rebuild.events), times, rehashed
@@ -526,10 +526,10 @@ class TfLsh(KerasMethod):
         return {
             "lsh": {
                 "active": head.num_active,
-                "num_tables": head.num_tables,
-                "num_hashes": head.num_hashes_used,
-                "bucket_capacity": head.bucket_capacity,
-                "table_bytes": head.table_bytes,
+                "num_tables": head.table_config.num_tables,
+                "num_hashes": head.tables.num_hashes,
+                "bucket_capacity": head.table_config.bucket_capacity,
+                "table_bytes": head.selector.memory_bytes,
                 "rebuilds_during_training": during_training,
                 "rebuild_mean_s": event_mean,
                 "rebuilds_per_epoch": rebuilds_per_epoch(steps_per_epoch),

@@ -17,7 +17,7 @@ Parts of the report:
   weights) and `update_s` (`update_tables`). Called eagerly, `update_tables` cannot update its
   inputs in place (Python still holds them), so it copies the tables first: `update_empty_s`
   (the same call with no neurons) is that copy, and `update_incremental_s` the difference;
-  `fingerprints_s` (`row_fingerprints` of the [N, D] weights) is what `LSHDense.refresh_tables`
+  `fingerprints_s` (`row_fingerprints` of the [N, D] weights) is what `HashTables.refresh`
   reads to find the neurons that moved, so a refresh costs about fingerprints_s + rehash_s +
   update_s against hash_s + build_s for a full rebuild. Also:
   the first (cold) build time, the build time with `overflow="reservoir"`, the fraction of
