@@ -101,7 +101,8 @@ class LSHDense(keras.layers.Layer):
         latest inserted; a full rebuild inserts units in id order, so FIFO keeps high ids).
       batch_wide: one active set per batch (as Mongoose) instead of per example. It holds
         the batch's labels first; a batch whose distinct labels outnumber `active` gets a set
-        of exactly its labels (each the others' negative), wider than `active`.
+        of exactly its labels (each the others' negative), wider than `active`. Training
+        only: LSH inference chooses each example's own units.
       sparse_outputs: in training (and LSH inference), return the active units' activations
         as a `tf.SparseTensor` `[batch, units]` (each example's active ids and values) instead
         of a dense tensor with zeros elsewhere. A following `LSHDense` reads it sparsely
@@ -309,32 +310,41 @@ class LSHDense(keras.layers.Layer):
             trainable=False,
         )
 
-    def active_ids(self, inputs, labels=None):
+    def active_ids(self, inputs, labels=None, per_example=False):
         """The units each example computes, chosen by the selector: int32 `[batch, k]`
-        (`[1, k]` if batch-wide).
+        (`[1, k]` for a batch-wide layer's shared set).
 
         `labels` (int32 `[batch, max_labels]`, -1 padded) are always included, first (beyond
         k labels, the first k; batch-wide, a batch whose labels outnumber k gets them all).
+        `per_example`: a batch-wide layer too chooses each example's own units, as
+        inference does (a set shared by a batch of unrelated examples predicts poorly).
         """
-        return self.selector.select(inputs, labels)
+        return self.selector.select(inputs, labels, shared=self._shares(per_example))
 
-    def active_outputs(self, inputs, labels=None, shared_ids=False):
+    def active_outputs(self, inputs, labels=None, shared_ids=False, per_example=False):
         """`(ids, values)`: the active units and their activations, both `[batch, k]`.
 
         Padding ids (-1) have value 0. Gradients of `values` reach the weights as
         `tf.IndexedSlices` over the active rows. With `shared_ids`, a batch-wide layer on
-        dense inputs returns its ids as `[1, k]` (one row for the batch), not tiled.
+        dense inputs returns its shared ids as `[1, k]` (one row for the batch), not tiled.
+        `per_example` as for `active_ids`.
         """
-        ids = self.active_ids(inputs, labels)
+        ids = self.active_ids(inputs, labels, per_example)
+        shared = self._shares(per_example)
         if isinstance(inputs, tf.SparseTensor):
-            ids = self._per_example(ids, inputs.dense_shape[0])
+            if shared:
+                ids = _tile_rows(ids, inputs.dense_shape[0])
             values = tf_lsh_ops.sparse_input_gather_matmul(inputs, self.kernel, self.bias, ids)
         else:
-            # A batch-wide set stays [1, k]: the op then multiplies dense blocks.
+            # A shared set stays [1, k]: the op then multiplies dense blocks.
             values = tf_lsh_ops.sparse_gather_matmul(inputs, self.kernel, self.bias, ids)
-            if not shared_ids:
-                ids = self._per_example(ids, tf.shape(inputs, out_type=tf.int64)[0])
+            if shared and not shared_ids:
+                ids = _tile_rows(ids, tf.shape(inputs, out_type=tf.int64)[0])
         return ids, self.activate(ids, values)
+
+    def _shares(self, per_example):
+        """Whether the batch shares one set of units."""
+        return self.batch_wide and not per_example
 
     def fused_update(self, optimizer):
         """A `FusedOutputUpdate` of this layer by `optimizer`, or None where it cannot apply:
@@ -356,9 +366,6 @@ class LSHDense(keras.layers.Layer):
         """Counts a training step (the refresh schedule and the random fill follow it);
         `call(training=True)` does, and so must a training step that bypasses `call`."""
         self.step.assign_add(1)
-
-    def _per_example(self, ids, batch):
-        return tf.tile(ids, tf.stack([batch, 1])) if self.batch_wide else ids
 
     def activate(self, ids, values):
         """The activation of the active units' `values` (padding ids -1 give 0)."""
@@ -390,7 +397,7 @@ class LSHDense(keras.layers.Layer):
             return self._all_units(inputs, keep_top_k=self.inference == "top_k")
         if training and self.refresh_period is not None:
             self._refresh_if_due(inputs)
-        ids, values = self.active_outputs(inputs)
+        ids, values = self.active_outputs(inputs, per_example=not training)
         if training:
             if self.track_selection:
                 self.coverage.update_state(ids)
@@ -540,6 +547,11 @@ def _active_count(active, units):
     if not 1 <= active <= units:
         raise ValueError(f"LSHDense: active = {active} units must be in [1, units = {units}]")
     return active
+
+
+def _tile_rows(ids, batch):
+    """A shared `[1, k]` set of ids as `[batch, k]`."""
+    return tf.tile(ids, tf.stack([batch, 1]))
 
 
 def _sparse_rows(ids, values, units):

@@ -237,7 +237,7 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
         else:
             # One query: the metrics rank what it retrieved; the loss also takes the labels
             # it missed.
-            retrieved, logits = head.active_outputs(features)
+            retrieved, logits = head.active_outputs(features, per_example=True)
             top_ids = _top_ids(retrieved, logits, self.top_k)
             loss = active_softmax_cross_entropy(
                 *_with_missed_labels(head, features, retrieved, logits, labels), labels
@@ -245,7 +245,7 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
         if self.lsh_recall is not None:
             exact = logits if retrieved is None else head.selector.products(features) + head.bias
             if retrieved is None:
-                retrieved = head.active_ids(features)
+                retrieved = head.active_ids(features, per_example=True)
             self.lsh_recall.update_state(tf.math.top_k(exact, self.lsh_recall.k).indices, retrieved)
         self._loss_tracker.update_state(loss, sample_weight=tf.shape(labels)[0])
         return self.compute_metrics(x, labels, top_ids)
@@ -254,7 +254,7 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
         """`(ids, scores)` `[batch, k]`: the k best labels, exact or LSH per `head.inference`."""
         features = self._features(x, training=False)
         if self.head.inference == "lsh":
-            ids, logits = self.head.active_outputs(features)
+            ids, logits = self.head.active_outputs(features, per_example=True)
             logits = tf.where(ids >= 0, logits, logits.dtype.min)
             top = tf.math.top_k(logits, k)
             return tf.gather(ids, top.indices, batch_dims=1), top.values

@@ -112,9 +112,9 @@ class UnitSelector(tf.Module):
         self.kernel, self.bias = kernel, bias
         self.step = add_step()
 
-    def select(self, inputs, labels=None):
-        """int32 `[batch, num_active]` unit ids (`[1, ...]` for one set per batch); `labels`
-        (int32 `[batch, max_labels]`, -1 padded) first."""
+    def select(self, inputs, labels=None, shared=False):
+        """int32 `[batch, num_active]` unit ids; `labels` (int32 `[batch, max_labels]`, -1
+        padded) first. `shared`: one set for the batch, `[1, ...]` (hash tables only)."""
         raise NotImplementedError
 
     def refresh(self, inputs, products):
@@ -137,7 +137,7 @@ class ExactSelector(UnitSelector):
 
     rule = "exact"
 
-    def select(self, inputs, labels=None):
+    def select(self, inputs, labels=None, shared=False):
         return top_units(self.products(inputs) + self.bias, self.num_active, labels)
 
 
@@ -164,7 +164,7 @@ class LowRankSelector(UnitSelector):
             # A first sketch, before any input was seen: fitted to random inputs.
             self.fit(tf.random.stateless_normal([4 * self.rank, kernel.shape[1]], [self.seed, 7]))
 
-    def select(self, inputs, labels=None):
+    def select(self, inputs, labels=None, shared=False):
         return top_units(self.sketch_products(inputs) + self.bias, self.num_active, labels)
 
     def sketch_products(self, inputs):
@@ -279,7 +279,7 @@ class HashTables(UnitSelector):
             max_norm=self.max_norm,
         )
 
-    def select(self, inputs, labels=None):
+    def select(self, inputs, labels=None, shared=False):
         self.ensure_built()
         config = self.config
         seed = self.seed + 1_000_003 * tf.cast(self.step, tf.int64) + _replica_seed_offset()
@@ -296,11 +296,11 @@ class HashTables(UnitSelector):
                 min_count=config.min_count,
                 fill_random=config.fill_random,
                 labels=labels,
-                batch_wide=config.batch_wide,
+                batch_wide=shared,
                 seed=seed,
             )
 
-        if not (config.batch_wide and labels is not None):
+        if not (shared and labels is not None):
             return query(self.num_active)
         # A batch's labels may outnumber the set (say 200 examples of 5 labels for 500 units):
         # the set then holds them all, and nothing else (each label is the others' negative).

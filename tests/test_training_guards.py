@@ -1,6 +1,7 @@
-"""What keeps a long `LSHClassifier` run from stopping or silently slowing down: a batch whose
-labels outnumber the batch-wide set, an optimizer that densifies sparse updates, and the
-evaluation step's single table query."""
+"""What keeps a long `LSHClassifier` run from stopping or silently slowing down, and its
+predictions sound: a batch whose labels outnumber the batch-wide set, an optimizer that
+densifies sparse updates, the evaluation step's single table query, and per-example sets in
+LSH inference."""
 
 import sys
 import warnings
@@ -38,6 +39,24 @@ def test_batch_wide_set_grows_to_hold_every_label_of_the_batch():
     ids = layer.active_ids(x[:2], few).numpy()
     assert ids.shape == (1, 8)
     assert set(ids[0, : np.unique(few).size]) == set(few.ravel())
+
+
+def test_lsh_inference_of_a_batch_wide_layer_chooses_per_example():
+    layer = LSHDense(200, active=8, batch_wide=True, num_tables=4, inference="lsh")
+    layer.build((None, DIM))
+    x, _ = _multi_label_data(6, 1, 200)
+    shared = layer.active_ids(x).numpy()
+    own = layer.active_ids(x, per_example=True).numpy()
+    assert shared.shape == (1, 8) and own.shape == (6, 8)
+    assert len({tuple(row) for row in own}) > 1  # the examples' own sets differ
+    outputs = layer(x, training=False).numpy()
+    kernel, bias = layer.kernel.numpy(), layer.bias.numpy()
+    for row in range(6):
+        computed = np.flatnonzero(outputs[row])
+        assert set(computed) <= set(own[row])
+        np.testing.assert_allclose(
+            outputs[row, computed], x[row] @ kernel[computed].T + bias[computed], rtol=1e-5
+        )
 
 
 def test_a_batch_with_more_labels_than_the_set_trains():
