@@ -434,13 +434,13 @@ def fuzz_gather(rng):
             args[name] = args[name].astype(np.int64 if name == "indices" else np.float64)
         if mutation in ("grad-shape", "grouping"):  # the raw gradient op
             idx[0, 0] = 0
-            grouping = [t.numpy() for t in ops.sparse_gather_matmul(x, w, b, idx)[1:]]
+            grouping = [t.numpy() for t in ops.tf_lsh_sparse_gather_matmul(x, w, b, idx)[1:]]
             if mutation == "grad-shape":
                 wrong = [wrong_rank(rng, g), np.zeros((batch + 1, active), np.float32)]
                 g = wrong[int(rng.integers(2))]
             else:
                 corrupt_grouping(rng, *grouping, num_neurons, batch * active)
-            rejects(lambda: ops.sparse_gather_matmul_grad(x, w, *grouping, g, idx))
+            rejects(lambda: ops.tf_lsh_sparse_gather_matmul_grad(x, w, *grouping, g, idx))
             return mutation
         weights, biases = args["weights"], args["biases"]
         if use_variables and weights.dtype == biases.dtype:
@@ -728,7 +728,7 @@ def fuzz_lsh_hash(rng):
         vectors = tf.Variable(vectors)  # rows read in place (the Resource* ops)
 
     if raw is not None:
-        hash_op = ops.lsh_srp_hash_sparse if simhash else ops.lsh_wta_hash_sparse
+        hash_op = ops.tf_lsh_lsh_srp_hash_sparse if simhash else ops.tf_lsh_lsh_wta_hash_sparse
         extra = [np.float32(1)] if simhash else []
         call = lambda: hash_op(  # noqa: E731
             *raw, params, *extra, num_tables=num_tables, num_hashes=num_hashes
@@ -1236,7 +1236,7 @@ def fuzz_sparse_input_matmul(rng):
             kernel = kernel.astype(np.float64)
         if mutation == "grad-shape":  # the raw gradient op
             wrong = [wrong_rank(rng, g), np.zeros((batch + 1, units), np.float32)]
-            call = lambda: ops.sparse_input_matmul_grad(  # noqa: E731
+            call = lambda: ops.tf_lsh_sparse_input_matmul_grad(  # noqa: E731
                 at, values, shape, kernel, wrong[int(rng.integers(2))]
             )
         elif mutation == "dtype":  # the public function checks dtypes (the raw op would cast)
@@ -1245,7 +1245,7 @@ def fuzz_sparse_input_matmul(rng):
             )
         else:  # the raw op, so that its own checks meet the malformed parts
             call = lambda: maybe_graph(  # noqa: E731
-                rng, lambda: ops.sparse_input_matmul(at, values, shape, kernel)
+                rng, lambda: ops.tf_lsh_sparse_input_matmul(at, values, shape, kernel)
             )
         rejects(call)
         return mutation

@@ -40,7 +40,7 @@ class ActiveSoftmaxCrossEntropyOp : public OpKernel {
   }
 };
 
-REGISTER_KERNEL_BUILDER(Name("ActiveSoftmaxCrossEntropy").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>ActiveSoftmaxCrossEntropy").Device(tensorflow::DEVICE_CPU),
                         ActiveSoftmaxCrossEntropyOp);
 
 }  // namespace tf_lsh

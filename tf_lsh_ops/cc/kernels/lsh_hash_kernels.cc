@@ -218,13 +218,13 @@ class LshWtaHashSparseOp : public WtaHashOpBase {
 
 }  // namespace
 
-REGISTER_KERNEL_BUILDER(Name("LshSrpHash").Device(tensorflow::DEVICE_CPU), LshSrpHashOp);
-REGISTER_KERNEL_BUILDER(Name("LshSrpHashSparse").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>LshSrpHash").Device(tensorflow::DEVICE_CPU), LshSrpHashOp);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>LshSrpHashSparse").Device(tensorflow::DEVICE_CPU),
                         LshSrpHashSparseOp);
-REGISTER_KERNEL_BUILDER(Name("LshWtaHash").Device(tensorflow::DEVICE_CPU), LshWtaHashOp);
-REGISTER_KERNEL_BUILDER(Name("ResourceLshSrpHash").Device(tensorflow::DEVICE_CPU), LshSrpHashOp);
-REGISTER_KERNEL_BUILDER(Name("ResourceLshWtaHash").Device(tensorflow::DEVICE_CPU), LshWtaHashOp);
-REGISTER_KERNEL_BUILDER(Name("LshWtaHashSparse").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>LshWtaHash").Device(tensorflow::DEVICE_CPU), LshWtaHashOp);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>ResourceLshSrpHash").Device(tensorflow::DEVICE_CPU), LshSrpHashOp);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>ResourceLshWtaHash").Device(tensorflow::DEVICE_CPU), LshWtaHashOp);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>LshWtaHashSparse").Device(tensorflow::DEVICE_CPU),
                         LshWtaHashSparseOp);
 
 }  // namespace tf_lsh

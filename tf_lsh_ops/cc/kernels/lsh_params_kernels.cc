@@ -67,8 +67,8 @@ class LshWtaBinsOp : public OpKernel {
   int64_t dim_, total_hashes_, bin_size_;
 };
 
-REGISTER_KERNEL_BUILDER(Name("LshSrpProjections").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>LshSrpProjections").Device(tensorflow::DEVICE_CPU),
                         LshSrpProjectionsOp);
-REGISTER_KERNEL_BUILDER(Name("LshWtaBins").Device(tensorflow::DEVICE_CPU), LshWtaBinsOp);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>LshWtaBins").Device(tensorflow::DEVICE_CPU), LshWtaBinsOp);
 
 }  // namespace tf_lsh

@@ -258,12 +258,12 @@ class LshRowFingerprintsOp : public OpKernel {
   }
 };
 
-REGISTER_KERNEL_BUILDER(Name("LshBuildTables").Device(tensorflow::DEVICE_CPU), LshBuildTablesOp);
-REGISTER_KERNEL_BUILDER(Name("LshUpdateTables").Device(tensorflow::DEVICE_CPU), LshUpdateTablesOp);
-REGISTER_KERNEL_BUILDER(Name("LshQuery").Device(tensorflow::DEVICE_CPU), LshQueryOp);
-REGISTER_KERNEL_BUILDER(Name("LshRowFingerprints").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>LshBuildTables").Device(tensorflow::DEVICE_CPU), LshBuildTablesOp);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>LshUpdateTables").Device(tensorflow::DEVICE_CPU), LshUpdateTablesOp);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>LshQuery").Device(tensorflow::DEVICE_CPU), LshQueryOp);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>LshRowFingerprints").Device(tensorflow::DEVICE_CPU),
                         LshRowFingerprintsOp);
-REGISTER_KERNEL_BUILDER(Name("ResourceLshRowFingerprints").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>ResourceLshRowFingerprints").Device(tensorflow::DEVICE_CPU),
                         LshRowFingerprintsOp);
 
 }  // namespace tf_lsh

@@ -64,7 +64,7 @@ class MultiLabelBatchOp : public OpKernel {
   int64_t max_labels_ = 0;
 };
 
-REGISTER_KERNEL_BUILDER(Name("MultiLabelBatch").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>MultiLabelBatch").Device(tensorflow::DEVICE_CPU),
                         MultiLabelBatchOp);
 
 }  // namespace tf_lsh

@@ -274,16 +274,16 @@ class SparseGatherMatmulGradAdamOp : public OpKernel {
   }
 };
 
-REGISTER_KERNEL_BUILDER(Name("SparseGatherMatmul").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseGatherMatmul").Device(tensorflow::DEVICE_CPU),
                         SparseGatherMatmulOp);
-REGISTER_KERNEL_BUILDER(Name("SparseGatherMatmulGrad").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseGatherMatmulGrad").Device(tensorflow::DEVICE_CPU),
                         SparseGatherMatmulGradOp);
-REGISTER_KERNEL_BUILDER(Name("ResourceSparseGatherMatmul").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>ResourceSparseGatherMatmul").Device(tensorflow::DEVICE_CPU),
                         SparseGatherMatmulOp);
-REGISTER_KERNEL_BUILDER(Name("ResourceSparseGatherMatmulGrad").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>ResourceSparseGatherMatmulGrad").Device(tensorflow::DEVICE_CPU),
                         SparseGatherMatmulGradOp);
 REGISTER_KERNEL_BUILDER(
-    Name("ResourceSparseGatherMatmulGradAdam").Device(tensorflow::DEVICE_CPU),
+    Name("TfLsh>ResourceSparseGatherMatmulGradAdam").Device(tensorflow::DEVICE_CPU),
     SparseGatherMatmulGradAdamOp);
 
 }  // namespace tf_lsh

@@ -252,20 +252,20 @@ class SparseInputMatmulGradAdamOp : public OpKernel {
   }
 };
 
-REGISTER_KERNEL_BUILDER(Name("SparseInputGatherMatmul").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseInputGatherMatmul").Device(tensorflow::DEVICE_CPU),
                         SparseInputGatherMatmulOp);
-REGISTER_KERNEL_BUILDER(Name("SparseInputGatherMatmulGrad").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseInputGatherMatmulGrad").Device(tensorflow::DEVICE_CPU),
                         SparseInputGatherMatmulGradOp);
-REGISTER_KERNEL_BUILDER(Name("SparseInputMatmul").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseInputMatmul").Device(tensorflow::DEVICE_CPU),
                         SparseInputMatmulOp);
-REGISTER_KERNEL_BUILDER(Name("SparseInputMatmulGrad").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseInputMatmulGrad").Device(tensorflow::DEVICE_CPU),
                         SparseInputMatmulGradOp);
-REGISTER_KERNEL_BUILDER(Name("ResourceSparseInputMatmul").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>ResourceSparseInputMatmul").Device(tensorflow::DEVICE_CPU),
                         SparseInputMatmulOp);
-REGISTER_KERNEL_BUILDER(Name("ResourceSparseInputMatmulGrad").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>ResourceSparseInputMatmulGrad").Device(tensorflow::DEVICE_CPU),
                         SparseInputMatmulGradOp);
 REGISTER_KERNEL_BUILDER(
-    Name("ResourceSparseInputMatmulGradAdam").Device(tensorflow::DEVICE_CPU),
+    Name("TfLsh>ResourceSparseInputMatmulGradAdam").Device(tensorflow::DEVICE_CPU),
     SparseInputMatmulGradAdamOp);
 
 }  // namespace tf_lsh
