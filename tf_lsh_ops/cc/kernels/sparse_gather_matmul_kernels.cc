@@ -2,6 +2,8 @@
 #include <string>
 
 #include "tensorflow/core/framework/op_kernel.h"
+#include "tf_lsh_ops/cc/core/row_groups.h"
+#include "tf_lsh_ops/cc/core/shared_gather_matmul.h"
 #include "tf_lsh_ops/cc/core/sparse_adam.h"
 #include "tf_lsh_ops/cc/core/sparse_gather_matmul.h"
 #include "tf_lsh_ops/cc/kernels/adam_inputs.h"

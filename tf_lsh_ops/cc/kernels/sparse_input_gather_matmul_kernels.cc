@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "tensorflow/core/framework/op_kernel.h"
+#include "tf_lsh_ops/cc/core/row_groups.h"
 #include "tf_lsh_ops/cc/core/sparse_gather_matmul.h"
 #include "tf_lsh_ops/cc/core/sparse_input_gather_matmul.h"
 #include "tf_lsh_ops/cc/kernels/adam_inputs.h"

@@ -1,7 +1,7 @@
 // Op registrations and shape functions for the sparse gather-matmul and its gradient.
 //
 // The forward op also outputs how it grouped `indices` by neuron (rows, row_splits,
-// positions: see RowGroups in core/sparse_gather_matmul.h), so that the gradient does not
+// positions: see RowGroups in core/row_groups.h), so that the gradient does not
 // sort them again. The Python wrapper returns only `output`.
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
