@@ -2,7 +2,7 @@
 
 Contracts under test:
   - Every op the library registers is named `TfLsh>...`; none of the bare names it used before
-    (`LEGACY_OP_TYPES`) is registered.
+    (`LEGACY_OP_TYPES`) is registered. Error messages name the op without the namespace.
   - A SavedModel with the bare op types (made here from a current LSH-inference export by the
     inverse rename) fails `tf.saved_model.load`; `tf_lsh_ops.upgrade_saved_model` (and
     `python -m tf_lsh_ops.upgrade_saved_model`) renames them, after which it loads and serves
@@ -60,6 +60,15 @@ def test_every_op_is_in_the_namespace_and_no_legacy_name_is_registered():
     for name in LEGACY_OP_TYPES:
         assert op_def_registry.get(op_type(name)) is not None, name
         assert op_def_registry.get(name) is None, name
+
+
+def test_errors_name_the_op_without_the_namespace():
+    # One kernel serves LshRowFingerprints and ResourceLshRowFingerprints: it names the op it runs.
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        tf_lsh_ops.row_fingerprints(tf.Variable(tf.zeros([5])))
+    message = str(error.value)
+    assert "ResourceLshRowFingerprints: weights must have rank 2" in message, message
+    assert f"{OP_NAMESPACE}ResourceLshRowFingerprints: weights" not in message, message
 
 
 def _read(directory):

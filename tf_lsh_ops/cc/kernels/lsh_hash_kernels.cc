@@ -37,7 +37,7 @@ class LshHashOpBase : public OpKernel {
     // Checked before anything multiplies them (the op def only asks for >= 1).
     OP_REQUIRES(ctx, num_tables_ <= std::numeric_limits<int32_t>::max() / num_hashes_,
                 absl::InvalidArgumentError(absl::StrCat(
-                    name(), ": num_tables * num_hashes must be at most 2^31 - 1, got ",
+                    OpName(*this), ": num_tables * num_hashes must be at most 2^31 - 1, got ",
                     num_tables_, " * ", num_hashes_)));
   }
 
@@ -49,7 +49,7 @@ class LshHashOpBase : public OpKernel {
   int32_t* AllocateCodes(OpKernelContext* ctx, int64_t batch) {
     Tensor* codes = nullptr;
     const absl::Status status =
-        AllocateOutput(ctx, type_string().c_str(), 0, {batch, num_tables_}, &codes);
+        AllocateOutput(ctx, OpName(*this), 0, {batch, num_tables_}, &codes);
     if (!status.ok()) {
       ctx->SetStatus(status);
       return nullptr;
@@ -66,7 +66,7 @@ class SrpHashOpBase : public LshHashOpBase {
     OP_REQUIRES_OK(ctx, ParseMips(ctx, &mips_));
     OP_REQUIRES(ctx, num_hashes_ <= 30,
                 absl::InvalidArgumentError(absl::StrCat(
-                    name(), ": num_hashes (bits per table) must be in [1, 30], got ",
+                    OpName(*this), ": num_hashes (bits per table) must be in [1, 30], got ",
                     num_hashes_)));
   }
 
@@ -108,7 +108,7 @@ class LshSrpHashOp : public SrpHashOpBase {
   using SrpHashOpBase::SrpHashOpBase;
 
   void Compute(OpKernelContext* ctx) override {
-    const char* kOp = type_string().c_str();
+    const char* kOp = OpName(*this);
     InputTensor input;
     OP_REQUIRES_OK(ctx, input.Init(ctx, kOp, "inputs", 0));
     const Tensor& inputs = input.tensor();
@@ -183,7 +183,7 @@ class LshWtaHashOp : public WtaHashOpBase {
   using WtaHashOpBase::WtaHashOpBase;
 
   void Compute(OpKernelContext* ctx) override {
-    const char* kOp = type_string().c_str();
+    const char* kOp = OpName(*this);
     InputTensor input;
     OP_REQUIRES_OK(ctx, input.Init(ctx, kOp, "inputs", 0));
     const Tensor& inputs = input.tensor();
@@ -222,8 +222,10 @@ REGISTER_KERNEL_BUILDER(Name("TfLsh>LshSrpHash").Device(tensorflow::DEVICE_CPU),
 REGISTER_KERNEL_BUILDER(Name("TfLsh>LshSrpHashSparse").Device(tensorflow::DEVICE_CPU),
                         LshSrpHashSparseOp);
 REGISTER_KERNEL_BUILDER(Name("TfLsh>LshWtaHash").Device(tensorflow::DEVICE_CPU), LshWtaHashOp);
-REGISTER_KERNEL_BUILDER(Name("TfLsh>ResourceLshSrpHash").Device(tensorflow::DEVICE_CPU), LshSrpHashOp);
-REGISTER_KERNEL_BUILDER(Name("TfLsh>ResourceLshWtaHash").Device(tensorflow::DEVICE_CPU), LshWtaHashOp);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>ResourceLshSrpHash").Device(tensorflow::DEVICE_CPU),
+                        LshSrpHashOp);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>ResourceLshWtaHash").Device(tensorflow::DEVICE_CPU),
+                        LshWtaHashOp);
 REGISTER_KERNEL_BUILDER(Name("TfLsh>LshWtaHashSparse").Device(tensorflow::DEVICE_CPU),
                         LshWtaHashSparseOp);
 

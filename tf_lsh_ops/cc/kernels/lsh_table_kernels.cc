@@ -244,7 +244,7 @@ class LshRowFingerprintsOp : public OpKernel {
   using OpKernel::OpKernel;
 
   void Compute(OpKernelContext* ctx) override {
-    const char* op = type_string().c_str();
+    const char* op = OpName(*this);
     InputTensor weights_input;
     OP_REQUIRES_OK(ctx, weights_input.Init(ctx, op, "weights", 0));
     const Tensor& weights = weights_input.tensor();
@@ -258,8 +258,10 @@ class LshRowFingerprintsOp : public OpKernel {
   }
 };
 
-REGISTER_KERNEL_BUILDER(Name("TfLsh>LshBuildTables").Device(tensorflow::DEVICE_CPU), LshBuildTablesOp);
-REGISTER_KERNEL_BUILDER(Name("TfLsh>LshUpdateTables").Device(tensorflow::DEVICE_CPU), LshUpdateTablesOp);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>LshBuildTables").Device(tensorflow::DEVICE_CPU),
+                        LshBuildTablesOp);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>LshUpdateTables").Device(tensorflow::DEVICE_CPU),
+                        LshUpdateTablesOp);
 REGISTER_KERNEL_BUILDER(Name("TfLsh>LshQuery").Device(tensorflow::DEVICE_CPU), LshQueryOp);
 REGISTER_KERNEL_BUILDER(Name("TfLsh>LshRowFingerprints").Device(tensorflow::DEVICE_CPU),
                         LshRowFingerprintsOp);

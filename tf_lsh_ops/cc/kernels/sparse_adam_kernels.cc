@@ -77,11 +77,13 @@ class SparseAdamApplyOp : public OpKernel {
   }
 };
 
-REGISTER_KERNEL_BUILDER(
-    Name("TfLsh>SparseAdamApply").Device(tensorflow::DEVICE_CPU).TypeConstraint<int32_t>("Tindices"),
-    SparseAdamApplyOp<int32_t>);
-REGISTER_KERNEL_BUILDER(
-    Name("TfLsh>SparseAdamApply").Device(tensorflow::DEVICE_CPU).TypeConstraint<int64_t>("Tindices"),
-    SparseAdamApplyOp<int64_t>);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseAdamApply")
+                            .Device(tensorflow::DEVICE_CPU)
+                            .TypeConstraint<int32_t>("Tindices"),
+                        SparseAdamApplyOp<int32_t>);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseAdamApply")
+                            .Device(tensorflow::DEVICE_CPU)
+                            .TypeConstraint<int64_t>("Tindices"),
+                        SparseAdamApplyOp<int64_t>);
 
 }  // namespace tf_lsh

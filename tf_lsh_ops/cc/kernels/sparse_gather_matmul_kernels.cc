@@ -91,7 +91,7 @@ class SparseGatherMatmulOp : public OpKernel {
   explicit SparseGatherMatmulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
-    const char* kOp = type_string().c_str();
+    const char* kOp = OpName(*this);
     InputTensor weights_input, biases_input;
     OP_REQUIRES_OK(ctx, weights_input.Init(ctx, kOp, "weights", 1));
     OP_REQUIRES_OK(ctx, biases_input.Init(ctx, kOp, "biases", 2));
@@ -159,7 +159,7 @@ class SparseGatherMatmulGradOp : public OpKernel {
   explicit SparseGatherMatmulGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
-    const char* kOp = type_string().c_str();
+    const char* kOp = OpName(*this);
     InputTensor weights_input;
     OP_REQUIRES_OK(ctx, weights_input.Init(ctx, kOp, "weights", 1));
     const Tensor& inputs = ctx->input(0);

@@ -169,7 +169,7 @@ class SparseInputMatmulOp : public OpKernel {
   explicit SparseInputMatmulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
-    const char* kOp = type_string().c_str();
+    const char* kOp = OpName(*this);
     SparseRows rows;
     InputTensor kernel_input;
     OP_REQUIRES_OK(ctx, ReadSparseInputsAndKernel(ctx, kOp, &rows, &kernel_input));
@@ -190,7 +190,7 @@ class SparseInputMatmulGradOp : public OpKernel {
   }
 
   void Compute(OpKernelContext* ctx) override {
-    const char* kOp = type_string().c_str();
+    const char* kOp = OpName(*this);
     SparseRows rows;
     InputTensor kernel_input;
     OP_REQUIRES_OK(ctx, ReadSparseInputsAndKernel(ctx, kOp, &rows, &kernel_input));
