@@ -18,7 +18,7 @@ workers on localhost):
 A third one hits `LSHClassifier` under any strategy (`MirroredStrategy` included): Keras'
 symbolic build, which only runs under a strategy, builds the model inside a scratch graph and a
 stateless scope, where `LSHDense.build` computes its hash parameters in that graph and the
-variable they initialise is created later, outside it: "... LshSrpProjections:0 ... is out of
+variable they initialise is created later, outside it: "... TfLsh>LshSrpProjections:0 ... is out of
 scope and cannot be used here". Nor could the first hash tables be made eagerly there.
 
 `DistributedFitMixin`, a base of `LSHClassifier`, fixes these in the model class only,

@@ -264,7 +264,7 @@ def fuzz_lsh_hash(rng):
         vectors = tf.Variable(vectors)  # rows read in place (the Resource* ops)
 
     if raw is not None:
-        hash_op = ops.lsh_srp_hash_sparse if simhash else ops.lsh_wta_hash_sparse
+        hash_op = ops.tf_lsh_lsh_srp_hash_sparse if simhash else ops.tf_lsh_lsh_wta_hash_sparse
         extra = [np.float32(1)] if simhash else []
         call = lambda: hash_op(  # noqa: E731
             *raw, params, *extra, num_tables=num_tables, num_hashes=num_hashes

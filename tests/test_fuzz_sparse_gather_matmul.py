@@ -67,13 +67,13 @@ def fuzz_gather(rng):
             args[name] = args[name].astype(np.int64 if name == "indices" else np.float64)
         if mutation in ("grad-shape", "grouping"):  # the raw gradient op
             idx[0, 0] = 0
-            grouping = [t.numpy() for t in ops.sparse_gather_matmul(x, w, b, idx)[1:]]
+            grouping = [t.numpy() for t in ops.tf_lsh_sparse_gather_matmul(x, w, b, idx)[1:]]
             if mutation == "grad-shape":
                 wrong = [wrong_rank(rng, g), np.zeros((batch + 1, active), np.float32)]
                 g = wrong[int(rng.integers(2))]
             else:
                 corrupt_grouping(rng, *grouping, num_neurons, batch * active)
-            rejects(lambda: ops.sparse_gather_matmul_grad(x, w, *grouping, g, idx))
+            rejects(lambda: ops.tf_lsh_sparse_gather_matmul_grad(x, w, *grouping, g, idx))
             return mutation
         weights, biases = args["weights"], args["biases"]
         if use_variables and weights.dtype == biases.dtype:

@@ -65,7 +65,7 @@ def fuzz_sparse_input_matmul(rng):
             kernel = kernel.astype(np.float64)
         if mutation == "grad-shape":  # the raw gradient op
             wrong = [wrong_rank(rng, g), np.zeros((batch + 1, units), np.float32)]
-            call = lambda: ops.sparse_input_matmul_grad(  # noqa: E731
+            call = lambda: ops.tf_lsh_sparse_input_matmul_grad(  # noqa: E731
                 at, values, shape, kernel, wrong[int(rng.integers(2))]
             )
         elif mutation == "dtype":  # the public function checks dtypes (the raw op would cast)
@@ -74,7 +74,7 @@ def fuzz_sparse_input_matmul(rng):
             )
         else:  # the raw op, so that its own checks meet the malformed parts
             call = lambda: maybe_graph(  # noqa: E731
-                rng, lambda: ops.sparse_input_matmul(at, values, shape, kernel)
+                rng, lambda: ops.tf_lsh_sparse_input_matmul(at, values, shape, kernel)
             )
         rejects(call)
         return mutation

@@ -42,6 +42,7 @@ from keras_layers import (  # noqa: E402
     SparseInputDense,
     set_inference,
 )
+from tf_lsh_ops._loader import OP_NAMESPACE, op_type  # noqa: E402
 
 
 def classification_data(seed, count, dim, classes):
@@ -401,13 +402,9 @@ def _saved_op_types(directory):
     return types
 
 
-def _tf_lsh_op_types():
-    ops = tf_lsh_ops._loader.ops
-    return {
-        name
-        for name in dir(ops)
-        if name[:1].isupper() and getattr(getattr(ops, name), "__module__", "") == ops.__name__
-    }
+def _tf_lsh_op_types(op_types):
+    """The tf-lsh ones among `op_types` (all in tf-lsh's op namespace)."""
+    return {name for name in op_types if name.startswith(OP_NAMESPACE)}
 
 
 def test_sparse_input_model_exports_with_standard_ops_only(tmp_path):
@@ -419,14 +416,16 @@ def test_sparse_input_model_exports_with_standard_ops_only(tmp_path):
     x = tf.sparse.from_dense(np.eye(4, 40, dtype=np.float32))
     layer = model.layers[1]
     traced = tf.function(lambda x, training: layer(x, training=training))
+    used = {}
     for training, uses_op in ((True, True), (False, False)):
         graph = traced.get_concrete_function(x, training).graph
-        used = {op.type for op in graph.get_operations()}
-        assert ("ResourceSparseInputMatmul" in used) == uses_op, used  # the variable, in place
+        used[training] = {op.type for op in graph.get_operations()}
+        # The variable, in place.
+        assert (op_type("ResourceSparseInputMatmul") in used[training]) == uses_op, used
     np.testing.assert_allclose(
         layer(x, training=True).numpy(), layer(x, training=False).numpy(), rtol=1e-6
     )
-    assert "ResourceSparseInputMatmul" in _tf_lsh_op_types()
+    assert _tf_lsh_op_types(used[True]) == {op_type("ResourceSparseInputMatmul")}
     directory = str(tmp_path / "plugin_free")
     keras_layers.export_saved_model(
         model,
@@ -434,7 +433,7 @@ def test_sparse_input_model_exports_with_standard_ops_only(tmp_path):
         inference="dense",
         input_signature=[keras.KerasTensor((None, 40), "float32", sparse=True)],
     )
-    assert not _saved_op_types(directory) & _tf_lsh_op_types()
+    assert not _tf_lsh_op_types(_saved_op_types(directory))
     # The check can fail: an LSH-inference export holds tf-lsh ops.
     keras_layers.export_saved_model(
         model,
@@ -442,7 +441,7 @@ def test_sparse_input_model_exports_with_standard_ops_only(tmp_path):
         inference="lsh",
         input_signature=[keras.KerasTensor((None, 40), "float32", sparse=True)],
     )
-    assert _saved_op_types(str(tmp_path / "lsh")) & _tf_lsh_op_types()
+    assert _tf_lsh_op_types(_saved_op_types(str(tmp_path / "lsh")))
 
 
 if __name__ == "__main__":

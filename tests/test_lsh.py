@@ -970,13 +970,15 @@ def test_kernels_check_what_the_wrappers_check():
     """The raw ops reject bad layouts too (a layer may call them directly)."""
     ops = tf_lsh_ops.lsh.ops
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"num_hashes.*\[1, 30\]"):
-        ops.lsh_srp_hash(tf.zeros([2, 4]), tf.zeros([4, 31]), 1.0, num_tables=1, num_hashes=31)
+        ops.tf_lsh_lsh_srp_hash(
+            tf.zeros([2, 4]), tf.zeros([4, 31]), 1.0, num_tables=1, num_hashes=31
+        )
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"LshWtaHash.*30"):
-        ops.lsh_wta_hash(
+        ops.tf_lsh_lsh_wta_hash(
             tf.zeros([2, 64]), tf.zeros([11, 8], tf.int32), num_tables=1, num_hashes=11
         )
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"LshQuery.*k = 9.*num_neurons = 8"):
-        ops.lsh_query(
+        ops.tf_lsh_lsh_query(
             tf.zeros([1, 1], tf.int32),
             tf.zeros([1, 2, 1], tf.int32),
             tf.zeros([1, 2], tf.int32),
@@ -986,7 +988,7 @@ def test_kernels_check_what_the_wrappers_check():
             num_neurons=8,
         )
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"LshSrpHash.*max_norm.*positive"):
-        ops.lsh_srp_hash(
+        ops.tf_lsh_lsh_srp_hash(
             tf.zeros([2, 4]), tf.zeros([5, 3]), 0.0, num_tables=1, num_hashes=3, mips="data"
         )
 

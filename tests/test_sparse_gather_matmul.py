@@ -26,6 +26,8 @@ except ModuleNotFoundError:  # Not installed: use the source tree this file belo
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import tf_lsh_ops  # noqa: E402
 
+from tf_lsh_ops._loader import op_type  # noqa: E402
+
 sparse_gather_matmul = tf_lsh_ops.sparse_gather_matmul
 
 OP = "SparseGatherMatmul"
@@ -593,7 +595,7 @@ def test_raw_gradient_op_checks_the_grouping(rows, row_splits, positions, messag
     w = tf.reshape(tf.range(12, dtype=tf.float32), [4, 3])
     grad = tf.ones([2, 2])
     indices = tf.zeros([2, 2], tf.int32)  # only its shape matters here: per-example
-    call = lambda: ops.sparse_gather_matmul_grad(  # noqa: E731
+    call = lambda: ops.tf_lsh_sparse_gather_matmul_grad(  # noqa: E731
         x, w, tf.constant(rows), tf.constant(row_splits), tf.constant(positions), grad, indices
     )
     if message is None:
@@ -783,7 +785,9 @@ def test_sparse_input_matmul_skips_the_values_gradient_of_data():
     for watch_values in (False, True):
         graph = tf.function(lambda w=watch_values: kernel_gradient(w)).get_concrete_function()
         (grad_op,) = [
-            op for op in graph.graph.get_operations() if op.type == "ResourceSparseInputMatmulGrad"
+            op
+            for op in graph.graph.get_operations()
+            if op.type == op_type("ResourceSparseInputMatmulGrad")
         ]
         assert grad_op.get_attr("values_gradient") == watch_values
         assert grad_op.outputs[0].shape.as_list() == ([values.shape[0]] if watch_values else [0])
@@ -834,7 +838,7 @@ def test_sparse_input_matmul_grad_checks_grad_output():
     with pytest.raises(
         tf.errors.InvalidArgumentError, match="SparseInputMatmulGrad: grad_output has shape"
     ):
-        tf_lsh_ops._loader.ops.sparse_input_matmul_grad(
+        tf_lsh_ops._loader.ops.tf_lsh_sparse_input_matmul_grad(
             sparse.indices, sparse.values, sparse.dense_shape, kernel, tf.zeros([6, 6])
         )
 

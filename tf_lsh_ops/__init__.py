@@ -1,10 +1,12 @@
 """TensorFlow ops for hashing-based sparse training (tf-lsh).
 
 `import tf_lsh_ops` loads the compiled op library once; import it before loading a SavedModel
-that uses these ops.
+that uses these ops. Their types are namespaced (`TfLsh>LshQuery`); `upgrade_saved_model`
+renames the bare ones of SavedModels exported before.
 """
 
 from tf_lsh_ops._loader import LIBRARY_PATH
+from tf_lsh_ops._saved_model_upgrade import upgrade_saved_model
 from tf_lsh_ops.lsh import (
     HASH_FAMILIES,
     OVERFLOW_POLICIES,
@@ -50,4 +52,5 @@ __all__ = [
     "sparse_input_matmul",
     "sparse_input_matmul_adam",
     "update_tables",
+    "upgrade_saved_model",
 ]

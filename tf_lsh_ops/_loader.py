@@ -7,6 +7,10 @@ import tensorflow as tf
 
 LIBRARY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_lsh_ops.so")
 REBUILD_COMMAND = "pip install --no-build-isolation --force-reinstall <your tf-lsh checkout>"
+# Every tf-lsh op type starts with this: TensorFlow's op registry is one per process, and a
+# namespace keeps another plugin's op of the same name from clashing with ours (tensorflow/addons
+# does the same with "Addons>"). The generated Python wrappers are then `ops.tf_lsh_<op>`.
+OP_NAMESPACE = "TfLsh>"
 
 
 def _built_against_tf_version():
@@ -14,6 +18,11 @@ def _built_against_tf_version():
     with open(LIBRARY_PATH, "rb") as library:
         match = re.search(rb"tf-lsh-built-against-tensorflow=([^;]+);", library.read())
     return match.group(1).decode() if match else "an unknown version"
+
+
+def op_type(name):
+    """The registered type of the tf-lsh op `name`: "LshQuery" is "TfLsh>LshQuery"."""
+    return OP_NAMESPACE + name
 
 
 def load_op_library():

@@ -134,7 +134,7 @@ def hash_params(
     if family in ("srp", "sparse_srp"):
         if family == "sparse_srp":
             _require(0 < density <= 1, f"{op_name}: density must be in (0, 1], got {density}")
-        return ops.lsh_srp_projections(
+        return ops.tf_lsh_lsh_srp_projections(
             seed,
             dim=dim + int(bool(mips)),
             total_hashes=total,
@@ -142,7 +142,7 @@ def hash_params(
         )
     _require(mips is False, f"{op_name}: mips applies to SimHash families, not {family!r}")
     _require(bin_size <= dim, f"{op_name}: bin_size {bin_size} is larger than dim {dim}")
-    return ops.lsh_wta_bins(seed, dim=dim, total_hashes=total, bin_size=bin_size)
+    return ops.tf_lsh_lsh_wta_bins(seed, dim=dim, total_hashes=total, bin_size=bin_size)
 
 
 def lsh_hash(
@@ -185,7 +185,7 @@ def lsh_hash(
         params = as_tensor(op_name, "projections", params, tf.float32)
         norm = tf.constant(1.0) if max_norm is None else tf.cast(max_norm, tf.float32)
         if sparse:
-            return ops.lsh_srp_hash_sparse(
+            return ops.tf_lsh_lsh_srp_hash_sparse(
                 vectors.indices,
                 as_tensor(op_name, "vectors.values", vectors.values, tf.float32),
                 vectors.dense_shape,
@@ -195,13 +195,15 @@ def lsh_hash(
                 **attrs,
             )
         if variable is not None:
-            return ops.resource_lsh_srp_hash(variable.handle, params, norm, mips=mips, **attrs)
-        return ops.lsh_srp_hash(vectors, params, norm, mips=mips, **attrs)
+            return ops.tf_lsh_resource_lsh_srp_hash(
+                variable.handle, params, norm, mips=mips, **attrs
+            )
+        return ops.tf_lsh_lsh_srp_hash(vectors, params, norm, mips=mips, **attrs)
     _require(mips == "none", f"{op_name}: mips applies to SimHash families, not {family!r}")
     params = as_tensor(op_name, "bins", params, tf.int32)
     densified = family == "dwta"
     if sparse:
-        return ops.lsh_wta_hash_sparse(
+        return ops.tf_lsh_lsh_wta_hash_sparse(
             vectors.indices,
             as_tensor(op_name, "vectors.values", vectors.values, tf.float32),
             vectors.dense_shape,
@@ -210,8 +212,10 @@ def lsh_hash(
             **attrs,
         )
     if variable is not None:
-        return ops.resource_lsh_wta_hash(variable.handle, params, densified=densified, **attrs)
-    return ops.lsh_wta_hash(vectors, params, densified=densified, **attrs)
+        return ops.tf_lsh_resource_lsh_wta_hash(
+            variable.handle, params, densified=densified, **attrs
+        )
+    return ops.tf_lsh_lsh_wta_hash(vectors, params, densified=densified, **attrs)
 
 
 def build_tables(codes, *, bucket_bits, capacity=128, overflow="fifo", seed=0, name=None):
@@ -240,7 +244,7 @@ def build_tables(codes, *, bucket_bits, capacity=128, overflow="fifo", seed=0, n
     )
     _require(overflow in OVERFLOW_POLICIES, f"{op_name}: unknown overflow policy {overflow!r}")
     codes = as_tensor(op_name, "codes", codes, tf.int32)
-    return ops.lsh_build_tables(
+    return ops.tf_lsh_lsh_build_tables(
         codes,
         tf.cast(_seed(op_name, seed), tf.int64),
         bucket_bits=bucket_bits,
@@ -273,7 +277,7 @@ def update_tables(
     """
     op_name = "update_tables"
     _require(overflow in OVERFLOW_POLICIES, f"{op_name}: unknown overflow policy {overflow!r}")
-    return ops.lsh_update_tables(
+    return ops.tf_lsh_lsh_update_tables(
         as_tensor(op_name, "table_ids", table_ids, tf.int32),
         as_tensor(op_name, "table_counts", table_counts, tf.int32),
         as_tensor(op_name, "neuron_ids", neuron_ids, tf.int32),
@@ -291,7 +295,7 @@ def row_fingerprints(weights, name=None):
     Each row's bytes are hashed: two rows with the same bytes have the same fingerprint, and a
     row changed in any bit gets another one except with probability about 2^-64. Comparing
     them with the fingerprints taken when the neurons were hashed tells which neurons a table
-    refresh must re-hash, whatever changed the weights (`LSHDense.refresh_tables`). The values
+    refresh must re-hash, whatever changed the weights (`HashTables.refresh`). The values
     are the same on every machine and build.
 
     Args:
@@ -314,8 +318,10 @@ def row_fingerprints(weights, name=None):
     variable = as_resource_variable(weights)
     if variable is not None:
         require_dtype(op_name, "weights", variable, tf.float32)
-        return ops.resource_lsh_row_fingerprints(variable.handle, name=name)
-    return ops.lsh_row_fingerprints(as_tensor(op_name, "weights", weights, tf.float32), name=name)
+        return ops.tf_lsh_resource_lsh_row_fingerprints(variable.handle, name=name)
+    return ops.tf_lsh_lsh_row_fingerprints(
+        as_tensor(op_name, "weights", weights, tf.float32), name=name
+    )
 
 
 def query_tables(
@@ -368,7 +374,7 @@ def query_tables(
     codes = as_tensor(op_name, "codes", codes, tf.int32)
     if labels is None:
         labels = tf.zeros([tf.shape(codes)[0], 0], tf.int32)
-    return ops.lsh_query(
+    return ops.tf_lsh_lsh_query(
         codes,
         as_tensor(op_name, "table_ids", table_ids, tf.int32),
         as_tensor(op_name, "table_counts", table_counts, tf.int32),

@@ -51,7 +51,7 @@ def multi_label_batch(
       `(x, labels)`: a `tf.SparseTensor` `[batch, num_features]` (each example's features in
       stored order) and int32 `[batch, max_labels]`, -1 padded.
     """
-    indices, values, dense_shape, labels = ops.multi_label_batch(
+    indices, values, dense_shape, labels = ops.tf_lsh_multi_label_batch(
         as_tensor(_OP, "feature_splits", feature_splits, tf.int64),
         as_tensor(_OP, "feature_ids", feature_ids, tf.int64),
         as_tensor(_OP, "feature_values", feature_values, tf.float32),

@@ -3,7 +3,7 @@
 import tensorflow as tf
 
 from tf_lsh_ops._checks import as_tensor
-from tf_lsh_ops._loader import ops
+from tf_lsh_ops._loader import op_type, ops
 
 _OP = "ActiveSoftmaxCrossEntropy"
 
@@ -38,9 +38,9 @@ def active_softmax_cross_entropy(ids, logits, labels, name=None):
     if labels.dtype == tf.int64:
         labels = tf.cast(labels, tf.int32)
     labels = as_tensor(_OP, "labels", labels, tf.int32)
-    return ops.active_softmax_cross_entropy(ids, logits, labels, name=name).loss
+    return ops.tf_lsh_active_softmax_cross_entropy(ids, logits, labels, name=name).loss
 
 
-@tf.RegisterGradient(_OP)
+@tf.RegisterGradient(op_type(_OP))
 def _active_softmax_cross_entropy_grad(op, grad_loss, unused_grad_grad_logits):
     return [None, grad_loss * op.outputs[1], None]

@@ -29,7 +29,7 @@ def sparse_adam_apply(
     Returns:
       The op (in graph mode), or None eagerly.
     """
-    return ops.sparse_adam_apply(
+    return ops.tf_lsh_sparse_adam_apply(
         variable_handle(_OP, "variable", variable),
         variable_handle(_OP, "m", m),
         variable_handle(_OP, "v", v),

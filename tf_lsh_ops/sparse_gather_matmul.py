@@ -4,7 +4,7 @@ import tensorflow as tf
 from tensorflow.python.ops import resource_variable_ops
 
 from tf_lsh_ops._checks import as_resource_variable, as_tensor, require_dtype, variable_handle
-from tf_lsh_ops._loader import ops
+from tf_lsh_ops._loader import op_type, ops
 from tf_lsh_ops.sparse_adam import adam_inputs
 
 _OP = "SparseGatherMatmul"
@@ -57,12 +57,12 @@ def sparse_gather_matmul(inputs, weights, biases, indices, name=None):
         # Lets GradientTape and tf.function see the variables read through their handles.
         resource_variable_ops.variable_accessed(weight_variable)
         resource_variable_ops.variable_accessed(bias_variable)
-        return ops.resource_sparse_gather_matmul(
+        return ops.tf_lsh_resource_sparse_gather_matmul(
             inputs, weight_variable.handle, bias_variable.handle, indices, name=name
         ).output
     weights = as_tensor(_OP, "weights", weights, tf.float32)
     biases = as_tensor(_OP, "biases", biases, tf.float32)
-    return ops.sparse_gather_matmul(inputs, weights, biases, indices, name=name).output
+    return ops.tf_lsh_sparse_gather_matmul(inputs, weights, biases, indices, name=name).output
 
 
 def sparse_gather_matmul_grouped(inputs, weights, biases, indices, name=None):
@@ -80,7 +80,7 @@ def sparse_gather_matmul_grouped(inputs, weights, biases, indices, name=None):
         raise ValueError(f"{_OP}: the grouped form takes weights and biases as variables")
     resource_variable_ops.variable_accessed(weight_variable)
     resource_variable_ops.variable_accessed(bias_variable)
-    result = ops.resource_sparse_gather_matmul(
+    result = ops.tf_lsh_resource_sparse_gather_matmul(
         as_tensor(_OP, "inputs", inputs, tf.float32),
         weight_variable.handle,
         bias_variable.handle,
@@ -129,7 +129,7 @@ def sparse_gather_matmul_adam(
     names = ("weights", "biases", "weights_m", "weights_v", "biases_m", "biases_v")
     variables = (weights, biases, *tuple(moments))
     handles = [variable_handle(_OP, n, v) for n, v in zip(names, variables, strict=True)]
-    return ops.resource_sparse_gather_matmul_grad_adam(
+    return ops.tf_lsh_resource_sparse_gather_matmul_grad_adam(
         as_tensor(_OP, "inputs", inputs, tf.float32),
         *handles,
         *grouping,
@@ -170,7 +170,7 @@ def sparse_input_gather_matmul(inputs, weights, biases, indices, name=None):
       float32 `[B, K]`.
     """
     op_name = "SparseInputGatherMatmul"
-    return ops.sparse_input_gather_matmul(
+    return ops.tf_lsh_sparse_input_gather_matmul(
         *_sparse_parts(op_name, inputs),
         as_tensor(op_name, "weights", weights, tf.float32),
         as_tensor(op_name, "biases", biases, tf.float32),
@@ -179,11 +179,13 @@ def sparse_input_gather_matmul(inputs, weights, biases, indices, name=None):
     )
 
 
-@tf.RegisterGradient("SparseInputGatherMatmul")
+@tf.RegisterGradient(op_type("SparseInputGatherMatmul"))
 def _sparse_input_gather_matmul_grad(op, grad_output):
     sparse_indices, sparse_values, dense_shape, weights, biases, indices = op.inputs
-    grad_values, rows, grad_weight_rows, grad_bias_rows = ops.sparse_input_gather_matmul_grad(
-        sparse_indices, sparse_values, dense_shape, weights, indices, grad_output
+    grad_values, rows, grad_weight_rows, grad_bias_rows = (
+        ops.tf_lsh_sparse_input_gather_matmul_grad(
+            sparse_indices, sparse_values, dense_shape, weights, indices, grad_output
+        )
     )
     return [
         None,
@@ -228,9 +230,9 @@ def sparse_input_matmul(inputs, kernel, name=None):
         require_dtype(op_name, "kernel", variable, tf.float32)
         # Lets GradientTape and tf.function see the variable read through its handle.
         resource_variable_ops.variable_accessed(variable)
-        return ops.resource_sparse_input_matmul(*parts, variable.handle, name=name)
+        return ops.tf_lsh_resource_sparse_input_matmul(*parts, variable.handle, name=name)
     kernel = as_tensor(op_name, "kernel", kernel, tf.float32)
-    return ops.sparse_input_matmul(*parts, kernel, name=name)
+    return ops.tf_lsh_sparse_input_matmul(*parts, kernel, name=name)
 
 
 def sparse_input_matmul_adam(
@@ -262,7 +264,7 @@ def sparse_input_matmul_adam(
         variable_handle(op_name, n, v)
         for n, v in zip(("kernel", "kernel_m", "kernel_v"), variables, strict=True)
     ]
-    return ops.resource_sparse_input_matmul_grad_adam(
+    return ops.tf_lsh_resource_sparse_input_matmul_grad_adam(
         *_sparse_parts(op_name, inputs),
         *handles,
         as_tensor(op_name, "grad_output", grad_output, tf.float32),
@@ -292,17 +294,17 @@ def _sparse_input_matmul_gradients(grad_op, op, grad_output, kernel_shape):
     ]
 
 
-@tf.RegisterGradient("SparseInputMatmul")
+@tf.RegisterGradient(op_type("SparseInputMatmul"))
 def _sparse_input_matmul_grad(op, grad_output):
     return _sparse_input_matmul_gradients(
-        ops.sparse_input_matmul_grad, op, grad_output, tf.shape(op.inputs[3])
+        ops.tf_lsh_sparse_input_matmul_grad, op, grad_output, tf.shape(op.inputs[3])
     )
 
 
-@tf.RegisterGradient("ResourceSparseInputMatmul")
+@tf.RegisterGradient(op_type("ResourceSparseInputMatmul"))
 def _resource_sparse_input_matmul_grad(op, grad_output):
     return _sparse_input_matmul_gradients(
-        ops.resource_sparse_input_matmul_grad,
+        ops.tf_lsh_resource_sparse_input_matmul_grad,
         op,
         grad_output,
         resource_variable_ops.variable_shape(op.inputs[3]),
@@ -325,10 +327,10 @@ def _gradients(grad_op, op, grad_output, weights_shape, biases_shape):
 
 
 # Only `output` is differentiable: the other outputs describe the indices.
-@tf.RegisterGradient(_OP)
+@tf.RegisterGradient(op_type(_OP))
 def _sparse_gather_matmul_grad(op, grad_output, *unused_grads):
     return _gradients(
-        ops.sparse_gather_matmul_grad,
+        ops.tf_lsh_sparse_gather_matmul_grad,
         op,
         grad_output,
         tf.shape(op.inputs[1]),
@@ -336,10 +338,10 @@ def _sparse_gather_matmul_grad(op, grad_output, *unused_grads):
     )
 
 
-@tf.RegisterGradient("Resource" + _OP)
+@tf.RegisterGradient(op_type("Resource" + _OP))
 def _resource_sparse_gather_matmul_grad(op, grad_output, *unused_grads):
     return _gradients(
-        ops.resource_sparse_gather_matmul_grad,
+        ops.tf_lsh_resource_sparse_gather_matmul_grad,
         op,
         grad_output,
         resource_variable_ops.variable_shape(op.inputs[1]),

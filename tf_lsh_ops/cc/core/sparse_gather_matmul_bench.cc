@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "tf_lsh_ops/cc/core/bench_util.h"
+#include "tf_lsh_ops/cc/core/row_groups.h"
+#include "tf_lsh_ops/cc/core/shared_gather_matmul.h"
 #include "tf_lsh_ops/cc/core/sparse_gather_matmul.h"
 #include "tf_lsh_ops/cc/core/vector_kernels.h"
 #include "tf_lsh_ops/cc/core/vector_ops.h"

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "tf_lsh_ops/cc/core/parallel.h"
+#include "tf_lsh_ops/cc/core/row_groups.h"
 #include "tf_lsh_ops/cc/core/sparse_adam.h"
 #include "tf_lsh_ops/cc/core/sparse_gather_matmul.h"
 

@@ -12,15 +12,24 @@ using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
 using tensorflow::TensorShape;
 
+namespace {
+
+// Input indices, in the order of the op's registration.
+struct ActiveSoftmaxCrossEntropyInput {
+  enum : int { kIds, kLogits, kLabels };
+};
+
+}  // namespace
+
 class ActiveSoftmaxCrossEntropyOp : public OpKernel {
  public:
   explicit ActiveSoftmaxCrossEntropyOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
     constexpr char kOp[] = "ActiveSoftmaxCrossEntropy";
-    const Tensor& ids = ctx->input(0);
-    const Tensor& logits = ctx->input(1);
-    const Tensor& labels = ctx->input(2);
+    const Tensor& ids = ctx->input(ActiveSoftmaxCrossEntropyInput::kIds);
+    const Tensor& logits = ctx->input(ActiveSoftmaxCrossEntropyInput::kLogits);
+    const Tensor& labels = ctx->input(ActiveSoftmaxCrossEntropyInput::kLabels);
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "ids", ids, 2));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "logits", logits, 2));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "labels", labels, 2));
@@ -40,7 +49,7 @@ class ActiveSoftmaxCrossEntropyOp : public OpKernel {
   }
 };
 
-REGISTER_KERNEL_BUILDER(Name("ActiveSoftmaxCrossEntropy").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>ActiveSoftmaxCrossEntropy").Device(tensorflow::DEVICE_CPU),
                         ActiveSoftmaxCrossEntropyOp);
 
 }  // namespace tf_lsh

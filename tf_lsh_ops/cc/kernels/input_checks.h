@@ -6,10 +6,21 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 
 namespace tf_lsh {
+
+// The namespace of every tf-lsh op type (REGISTER_OP("TfLsh>LshQuery")).
+constexpr char kOpNamespace[] = "TfLsh>";
+
+// The op's name in error messages, its type without the namespace ("LshQuery: ..."), for
+// kernels that serve several ops. A suffix of the kernel's type_string(): NUL-terminated, and
+// valid as long as the kernel.
+inline const char* OpName(const tensorflow::OpKernel& kernel) {
+  return absl::StripPrefix(kernel.type_string(), kOpNamespace).data();
+}
 
 inline absl::Status CheckRank(const char* op, const char* name, const tensorflow::Tensor& t,
                               int rank) {

@@ -21,6 +21,21 @@ using tensorflow::TensorShape;
 
 namespace {
 
+// Input indices, in the order of the ops' registrations (ops/lsh_ops.cc). The resource twins
+// (ResourceLshSrpHash, ResourceLshWtaHash) take theirs in the same order.
+struct SrpHashInput {
+  enum : int { kInputs, kProjections, kMaxNorm };
+};
+struct SrpHashSparseInput {
+  enum : int { kProjections = SparseTensorInput::kNext, kMaxNorm };
+};
+struct WtaHashInput {
+  enum : int { kInputs, kBins };
+};
+struct WtaHashSparseInput {
+  enum : int { kBins = SparseTensorInput::kNext };
+};
+
 absl::Status ParseMips(OpKernelConstruction* ctx, MipsSide* mips) {
   std::string side;
   TF_RETURN_IF_ERROR(ctx->GetAttr("mips", &side));
@@ -37,7 +52,7 @@ class LshHashOpBase : public OpKernel {
     // Checked before anything multiplies them (the op def only asks for >= 1).
     OP_REQUIRES(ctx, num_tables_ <= std::numeric_limits<int32_t>::max() / num_hashes_,
                 absl::InvalidArgumentError(absl::StrCat(
-                    name(), ": num_tables * num_hashes must be at most 2^31 - 1, got ",
+                    OpName(*this), ": num_tables * num_hashes must be at most 2^31 - 1, got ",
                     num_tables_, " * ", num_hashes_)));
   }
 
@@ -49,7 +64,7 @@ class LshHashOpBase : public OpKernel {
   int32_t* AllocateCodes(OpKernelContext* ctx, int64_t batch) {
     Tensor* codes = nullptr;
     const absl::Status status =
-        AllocateOutput(ctx, type_string().c_str(), 0, {batch, num_tables_}, &codes);
+        AllocateOutput(ctx, OpName(*this), 0, {batch, num_tables_}, &codes);
     if (!status.ok()) {
       ctx->SetStatus(status);
       return nullptr;
@@ -66,7 +81,7 @@ class SrpHashOpBase : public LshHashOpBase {
     OP_REQUIRES_OK(ctx, ParseMips(ctx, &mips_));
     OP_REQUIRES(ctx, num_hashes_ <= 30,
                 absl::InvalidArgumentError(absl::StrCat(
-                    name(), ": num_hashes (bits per table) must be in [1, 30], got ",
+                    OpName(*this), ": num_hashes (bits per table) must be in [1, 30], got ",
                     num_hashes_)));
   }
 
@@ -108,17 +123,19 @@ class LshSrpHashOp : public SrpHashOpBase {
   using SrpHashOpBase::SrpHashOpBase;
 
   void Compute(OpKernelContext* ctx) override {
-    const char* kOp = type_string().c_str();
+    const char* kOp = OpName(*this);
     InputTensor input;
-    OP_REQUIRES_OK(ctx, input.Init(ctx, kOp, "inputs", 0));
+    OP_REQUIRES_OK(ctx, input.Init(ctx, kOp, "inputs", SrpHashInput::kInputs));
     const Tensor& inputs = input.tensor();
+    const Tensor& projections = ctx->input(SrpHashInput::kProjections);
+    const Tensor& max_norm = ctx->input(SrpHashInput::kMaxNorm);
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "inputs", inputs, 2));
-    OP_REQUIRES_OK(ctx, CheckParams(kOp, ctx->input(1), ctx->input(2), inputs.dim_size(1)));
+    OP_REQUIRES_OK(ctx, CheckParams(kOp, projections, max_norm, inputs.dim_size(1)));
     const LshShape shape = Shape(inputs.dim_size(0), inputs.dim_size(1));
     int32_t* codes = AllocateCodes(ctx, shape.batch);
     if (codes == nullptr) return;
-    SrpHashDense(shape, inputs.flat<float>().data(), ctx->input(1).flat<float>().data(), mips_,
-                 ctx->input(2).flat<float>()(0), codes, TfParallelFor(ctx));
+    SrpHashDense(shape, inputs.flat<float>().data(), projections.flat<float>().data(), mips_,
+                 max_norm.flat<float>()(0), codes, TfParallelFor(ctx));
   }
 };
 
@@ -130,13 +147,15 @@ class LshSrpHashSparseOp : public SrpHashOpBase {
     constexpr char kOp[] = "LshSrpHashSparse";
     SparseRows rows;
     OP_REQUIRES_OK(ctx, CheckSparseInputs(kOp, ctx, &rows));
-    OP_REQUIRES_OK(ctx, CheckParams(kOp, ctx->input(3), ctx->input(4), rows.dim));
+    const Tensor& projections = ctx->input(SrpHashSparseInput::kProjections);
+    const Tensor& max_norm = ctx->input(SrpHashSparseInput::kMaxNorm);
+    OP_REQUIRES_OK(ctx, CheckParams(kOp, projections, max_norm, rows.dim));
     const LshShape shape = Shape(rows.batch, rows.dim);
     int32_t* codes = AllocateCodes(ctx, shape.batch);
     if (codes == nullptr) return;
     OP_REQUIRES_OK(ctx, GroupSparseRows(ctx, &rows));
     SrpHashSparse(shape, rows.offsets(), rows.feature_ids.data(), rows.values.data(),
-                  ctx->input(3).flat<float>().data(), mips_, ctx->input(4).flat<float>()(0), codes,
+                  projections.flat<float>().data(), mips_, max_norm.flat<float>()(0), codes,
                   TfParallelFor(ctx));
   }
 };
@@ -183,17 +202,18 @@ class LshWtaHashOp : public WtaHashOpBase {
   using WtaHashOpBase::WtaHashOpBase;
 
   void Compute(OpKernelContext* ctx) override {
-    const char* kOp = type_string().c_str();
+    const char* kOp = OpName(*this);
     InputTensor input;
-    OP_REQUIRES_OK(ctx, input.Init(ctx, kOp, "inputs", 0));
+    OP_REQUIRES_OK(ctx, input.Init(ctx, kOp, "inputs", WtaHashInput::kInputs));
     const Tensor& inputs = input.tensor();
+    const Tensor& bins = ctx->input(WtaHashInput::kBins);
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "inputs", inputs, 2));
-    OP_REQUIRES_OK(ctx, CheckBins(kOp, ctx->input(1), inputs.dim_size(1)));
+    OP_REQUIRES_OK(ctx, CheckBins(kOp, bins, inputs.dim_size(1)));
     const LshShape shape = Shape(inputs.dim_size(0), inputs.dim_size(1));
     int32_t* codes = AllocateCodes(ctx, shape.batch);
     if (codes == nullptr) return;
-    WtaHashDense(shape, inputs.flat<float>().data(), ctx->input(1).flat<int32_t>().data(),
-                 ctx->input(1).dim_size(1), densified_, codes, TfParallelFor(ctx));
+    WtaHashDense(shape, inputs.flat<float>().data(), bins.flat<int32_t>().data(),
+                 bins.dim_size(1), densified_, codes, TfParallelFor(ctx));
   }
 };
 
@@ -205,26 +225,29 @@ class LshWtaHashSparseOp : public WtaHashOpBase {
     constexpr char kOp[] = "LshWtaHashSparse";
     SparseRows rows;
     OP_REQUIRES_OK(ctx, CheckSparseInputs(kOp, ctx, &rows));
-    OP_REQUIRES_OK(ctx, CheckBins(kOp, ctx->input(3), rows.dim));
+    const Tensor& bins = ctx->input(WtaHashSparseInput::kBins);
+    OP_REQUIRES_OK(ctx, CheckBins(kOp, bins, rows.dim));
     const LshShape shape = Shape(rows.batch, rows.dim);
     int32_t* codes = AllocateCodes(ctx, shape.batch);
     if (codes == nullptr) return;
     OP_REQUIRES_OK(ctx, GroupSparseRows(ctx, &rows));
     WtaHashSparse(shape, rows.offsets(), rows.feature_ids.data(), rows.values.data(),
-                  ctx->input(3).flat<int32_t>().data(), ctx->input(3).dim_size(1), densified_, codes,
+                  bins.flat<int32_t>().data(), bins.dim_size(1), densified_, codes,
                   TfParallelFor(ctx));
   }
 };
 
 }  // namespace
 
-REGISTER_KERNEL_BUILDER(Name("LshSrpHash").Device(tensorflow::DEVICE_CPU), LshSrpHashOp);
-REGISTER_KERNEL_BUILDER(Name("LshSrpHashSparse").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>LshSrpHash").Device(tensorflow::DEVICE_CPU), LshSrpHashOp);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>LshSrpHashSparse").Device(tensorflow::DEVICE_CPU),
                         LshSrpHashSparseOp);
-REGISTER_KERNEL_BUILDER(Name("LshWtaHash").Device(tensorflow::DEVICE_CPU), LshWtaHashOp);
-REGISTER_KERNEL_BUILDER(Name("ResourceLshSrpHash").Device(tensorflow::DEVICE_CPU), LshSrpHashOp);
-REGISTER_KERNEL_BUILDER(Name("ResourceLshWtaHash").Device(tensorflow::DEVICE_CPU), LshWtaHashOp);
-REGISTER_KERNEL_BUILDER(Name("LshWtaHashSparse").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>LshWtaHash").Device(tensorflow::DEVICE_CPU), LshWtaHashOp);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>ResourceLshSrpHash").Device(tensorflow::DEVICE_CPU),
+                        LshSrpHashOp);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>ResourceLshWtaHash").Device(tensorflow::DEVICE_CPU),
+                        LshWtaHashOp);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>LshWtaHashSparse").Device(tensorflow::DEVICE_CPU),
                         LshWtaHashSparseOp);
 
 }  // namespace tf_lsh

@@ -14,6 +14,15 @@ using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
 using tensorflow::TensorShape;
 
+namespace {
+
+// LshSrpProjections and LshWtaBins take one input.
+struct ParamsInput {
+  enum : int { kSeed };
+};
+
+}  // namespace
+
 class LshSrpProjectionsOp : public OpKernel {
  public:
   explicit LshSrpProjectionsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -27,7 +36,8 @@ class LshSrpProjectionsOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     int64_t seed;
-    OP_REQUIRES_OK(ctx, ReadScalar("LshSrpProjections", "seed", ctx->input(0), &seed));
+    OP_REQUIRES_OK(ctx,
+                   ReadScalar("LshSrpProjections", "seed", ctx->input(ParamsInput::kSeed), &seed));
     Tensor* projections = nullptr;
     OP_REQUIRES_OK(ctx, AllocateOutput(ctx, "LshSrpProjections", 0, {dim_, total_hashes_},
                                        &projections));
@@ -57,7 +67,7 @@ class LshWtaBinsOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     int64_t seed;
-    OP_REQUIRES_OK(ctx, ReadScalar("LshWtaBins", "seed", ctx->input(0), &seed));
+    OP_REQUIRES_OK(ctx, ReadScalar("LshWtaBins", "seed", ctx->input(ParamsInput::kSeed), &seed));
     Tensor* bins = nullptr;
     OP_REQUIRES_OK(ctx, AllocateOutput(ctx, "LshWtaBins", 0, {total_hashes_, bin_size_}, &bins));
     MakeWtaBins(dim_, total_hashes_, bin_size_, seed, bins->flat<int32_t>().data());
@@ -67,8 +77,8 @@ class LshWtaBinsOp : public OpKernel {
   int64_t dim_, total_hashes_, bin_size_;
 };
 
-REGISTER_KERNEL_BUILDER(Name("LshSrpProjections").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>LshSrpProjections").Device(tensorflow::DEVICE_CPU),
                         LshSrpProjectionsOp);
-REGISTER_KERNEL_BUILDER(Name("LshWtaBins").Device(tensorflow::DEVICE_CPU), LshWtaBinsOp);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>LshWtaBins").Device(tensorflow::DEVICE_CPU), LshWtaBinsOp);
 
 }  // namespace tf_lsh

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -23,6 +24,21 @@ using tensorflow::Tensor;
 using tensorflow::TensorShape;
 
 namespace {
+
+// Input indices, in the order of the ops' registrations (ops/lsh_ops.cc).
+struct BuildTablesInput {
+  enum : int { kCodes, kSeed };
+};
+struct UpdateTablesInput {
+  enum : int { kTableIds, kTableCounts, kNeuronIds, kOldCodes, kNewCodes, kSeed };
+};
+struct QueryInput {
+  enum : int { kCodes, kTableIds, kTableCounts, kLabels, kSeed };
+};
+// LshRowFingerprints and ResourceLshRowFingerprints.
+struct RowFingerprintsInput {
+  enum : int { kWeights };
+};
 
 absl::Status ParseOverflow(OpKernelConstruction* ctx, Overflow* overflow) {
   std::string policy;
@@ -75,7 +91,7 @@ class LshBuildTablesOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     constexpr char kOp[] = "LshBuildTables";
-    const Tensor& codes = ctx->input(0);
+    const Tensor& codes = ctx->input(BuildTablesInput::kCodes);
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "codes", codes, 2));
     OP_REQUIRES(ctx, codes.dim_size(1) >= 1,
                 absl::InvalidArgumentError(absl::StrCat(
@@ -83,7 +99,7 @@ class LshBuildTablesOp : public OpKernel {
                     codes.shape().DebugString())));
     OP_REQUIRES_OK(ctx, CheckCodes(kOp, "codes", codes, num_buckets_));
     int64_t seed;
-    OP_REQUIRES_OK(ctx, ReadScalar(kOp, "seed", ctx->input(1), &seed));
+    OP_REQUIRES_OK(ctx, ReadScalar(kOp, "seed", ctx->input(BuildTablesInput::kSeed), &seed));
     const TableShape shape{codes.dim_size(1), num_buckets_, capacity_};
     Tensor *ids = nullptr, *counts = nullptr;
     OP_REQUIRES_OK(ctx, AllocateOutput(ctx, kOp, 0, {shape.num_tables, num_buckets_, capacity_},
@@ -106,26 +122,26 @@ class LshUpdateTablesOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     constexpr char kOp[] = "LshUpdateTables";
+    const Tensor& table_ids = ctx->input(UpdateTablesInput::kTableIds);
+    const Tensor& table_counts = ctx->input(UpdateTablesInput::kTableCounts);
     TableShape shape;
-    OP_REQUIRES_OK(ctx, CheckTables(kOp, ctx->input(0), ctx->input(1), &shape));
-    const Tensor& neuron_ids = ctx->input(2);
-    const Tensor& old_codes = ctx->input(3);
-    const Tensor& new_codes = ctx->input(4);
+    OP_REQUIRES_OK(ctx, CheckTables(kOp, table_ids, table_counts, &shape));
+    const Tensor& neuron_ids = ctx->input(UpdateTablesInput::kNeuronIds);
+    const Tensor& old_codes = ctx->input(UpdateTablesInput::kOldCodes);
+    const Tensor& new_codes = ctx->input(UpdateTablesInput::kNewCodes);
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "neuron_ids", neuron_ids, 1));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "old_codes", old_codes, 2));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "new_codes", new_codes, 2));
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "old_codes", old_codes, 0, "neuron_ids", neuron_ids, 0));
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "new_codes", new_codes, 0, "neuron_ids", neuron_ids, 0));
-    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "old_codes", old_codes, 1, "table_ids", ctx->input(0),
-                                     0));
-    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "new_codes", new_codes, 1, "table_ids", ctx->input(0),
-                                     0));
+    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "old_codes", old_codes, 1, "table_ids", table_ids, 0));
+    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "new_codes", new_codes, 1, "table_ids", table_ids, 0));
     OP_REQUIRES_OK(ctx, CheckCodes(kOp, "old_codes", old_codes, shape.num_buckets));
     OP_REQUIRES_OK(ctx, CheckCodes(kOp, "new_codes", new_codes, shape.num_buckets));
     int64_t seed;
-    OP_REQUIRES_OK(ctx, ReadScalar(kOp, "seed", ctx->input(5), &seed));
+    OP_REQUIRES_OK(ctx, ReadScalar(kOp, "seed", ctx->input(UpdateTablesInput::kSeed), &seed));
     // A negative count would make an insertion write before its bucket.
-    const auto count = ctx->input(1).flat<int32_t>();
+    const auto count = table_counts.flat<int32_t>();
     for (int64_t i = 0; i < count.size(); ++i) {
       OP_REQUIRES(ctx, count(i) >= 0,
                   absl::InvalidArgumentError(absl::StrCat(
@@ -146,12 +162,14 @@ class LshUpdateTablesOp : public OpKernel {
     // Updates in place when the inputs are not shared (no copy of the tables); else copies.
     Tensor* ids = nullptr;
     Tensor* counts = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, ctx->input(0).shape(), &ids));
-    OP_REQUIRES_OK(ctx,
-                   ctx->forward_input_or_allocate_output({1}, 1, ctx->input(1).shape(), &counts));
-    for (int i : {0, 1}) {
-      int32_t* out = (i == 0 ? ids : counts)->flat<int32_t>().data();
-      const auto in = ctx->input(i).flat<int32_t>();
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({UpdateTablesInput::kTableIds}, 0,
+                                                              table_ids.shape(), &ids));
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({UpdateTablesInput::kTableCounts},
+                                                              1, table_counts.shape(), &counts));
+    for (const auto& [in_tensor, out_tensor] :
+         {std::pair<const Tensor*, Tensor*>{&table_ids, ids}, {&table_counts, counts}}) {
+      int32_t* out = out_tensor->flat<int32_t>().data();
+      const auto in = in_tensor->flat<int32_t>();
       if (out != in.data()) std::copy(in.data(), in.data() + in.size(), out);
     }
     UpdateTables(shape, neurons.size(), neurons.data(), old_codes.flat<int32_t>().data(),
@@ -188,13 +206,15 @@ class LshQueryOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     constexpr char kOp[] = "LshQuery";
-    const Tensor& codes = ctx->input(0);
-    const Tensor& labels = ctx->input(3);
+    const Tensor& codes = ctx->input(QueryInput::kCodes);
+    const Tensor& table_ids = ctx->input(QueryInput::kTableIds);
+    const Tensor& table_counts = ctx->input(QueryInput::kTableCounts);
+    const Tensor& labels = ctx->input(QueryInput::kLabels);
     TableShape shape;
-    OP_REQUIRES_OK(ctx, CheckTables(kOp, ctx->input(1), ctx->input(2), &shape));
+    OP_REQUIRES_OK(ctx, CheckTables(kOp, table_ids, table_counts, &shape));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "codes", codes, 2));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "labels", labels, 2));
-    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "codes", codes, 1, "table_ids", ctx->input(1), 0));
+    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "codes", codes, 1, "table_ids", table_ids, 0));
     OP_REQUIRES_OK(ctx, CheckCodes(kOp, "codes", codes, shape.num_buckets));
     const int64_t batch = codes.dim_size(0);
     if (labels.dim_size(1) > 0) {
@@ -210,15 +230,15 @@ class LshQueryOp : public OpKernel {
     }
     QueryOptions options = options_;
     int64_t seed;
-    OP_REQUIRES_OK(ctx, ReadScalar(kOp, "seed", ctx->input(4), &seed));
+    OP_REQUIRES_OK(ctx, ReadScalar(kOp, "seed", ctx->input(QueryInput::kSeed), &seed));
     options.seed = seed;
     Tensor* active = nullptr;
     OP_REQUIRES_OK(ctx, AllocateOutput(ctx, kOp, 0, {options.batch_wide ? 1 : batch, options.k},
                                        &active));
     const auto query = [&](BatchQueryScratch* scratch) {
       return QueryTables(shape, batch, codes.flat<int32_t>().data(),
-                         ctx->input(1).flat<int32_t>().data(),
-                         ctx->input(2).flat<int32_t>().data(), label.data(), labels.dim_size(1),
+                         table_ids.flat<int32_t>().data(),
+                         table_counts.flat<int32_t>().data(), label.data(), labels.dim_size(1),
                          options, active->flat<int32_t>().data(), TfParallelFor(ctx), scratch);
     };
     std::string error;
@@ -244,9 +264,9 @@ class LshRowFingerprintsOp : public OpKernel {
   using OpKernel::OpKernel;
 
   void Compute(OpKernelContext* ctx) override {
-    const char* op = type_string().c_str();
+    const char* op = OpName(*this);
     InputTensor weights_input;
-    OP_REQUIRES_OK(ctx, weights_input.Init(ctx, op, "weights", 0));
+    OP_REQUIRES_OK(ctx, weights_input.Init(ctx, op, "weights", RowFingerprintsInput::kWeights));
     const Tensor& weights = weights_input.tensor();
     OP_REQUIRES_OK(ctx, CheckRank(op, "weights", weights, 2));
     Tensor* fingerprints = nullptr;
@@ -258,12 +278,14 @@ class LshRowFingerprintsOp : public OpKernel {
   }
 };
 
-REGISTER_KERNEL_BUILDER(Name("LshBuildTables").Device(tensorflow::DEVICE_CPU), LshBuildTablesOp);
-REGISTER_KERNEL_BUILDER(Name("LshUpdateTables").Device(tensorflow::DEVICE_CPU), LshUpdateTablesOp);
-REGISTER_KERNEL_BUILDER(Name("LshQuery").Device(tensorflow::DEVICE_CPU), LshQueryOp);
-REGISTER_KERNEL_BUILDER(Name("LshRowFingerprints").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>LshBuildTables").Device(tensorflow::DEVICE_CPU),
+                        LshBuildTablesOp);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>LshUpdateTables").Device(tensorflow::DEVICE_CPU),
+                        LshUpdateTablesOp);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>LshQuery").Device(tensorflow::DEVICE_CPU), LshQueryOp);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>LshRowFingerprints").Device(tensorflow::DEVICE_CPU),
                         LshRowFingerprintsOp);
-REGISTER_KERNEL_BUILDER(Name("ResourceLshRowFingerprints").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>ResourceLshRowFingerprints").Device(tensorflow::DEVICE_CPU),
                         LshRowFingerprintsOp);
 
 }  // namespace tf_lsh

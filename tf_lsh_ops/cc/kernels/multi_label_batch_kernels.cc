@@ -11,6 +11,23 @@ using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
 
+namespace {
+
+// Input indices, in the order of the op's registration.
+struct MultiLabelBatchInput {
+  enum : int {
+    kFeatureSplits,
+    kFeatureIds,
+    kFeatureValues,
+    kLabelSplits,
+    kLabelIds,
+    kRows,
+    kCount
+  };
+};
+
+}  // namespace
+
 class MultiLabelBatchOp : public OpKernel {
  public:
   explicit MultiLabelBatchOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -20,13 +37,18 @@ class MultiLabelBatchOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     constexpr char kOp[] = "MultiLabelBatch";
-    const char* names[6] = {"feature_splits", "feature_ids", "feature_values",
-                            "label_splits",   "label_ids",   "rows"};
-    for (int i = 0; i < 6; ++i) OP_REQUIRES_OK(ctx, CheckRank(kOp, names[i], ctx->input(i), 1));
-    const Tensor& feature_splits = ctx->input(0);
-    const Tensor& label_splits = ctx->input(3);
-    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "feature_ids", ctx->input(1), 0, "feature_values",
-                                     ctx->input(2), 0));
+    const char* names[MultiLabelBatchInput::kCount] = {
+        "feature_splits", "feature_ids", "feature_values", "label_splits", "label_ids", "rows"};
+    for (int i = 0; i < MultiLabelBatchInput::kCount; ++i) {
+      OP_REQUIRES_OK(ctx, CheckRank(kOp, names[i], ctx->input(i), 1));
+    }
+    const Tensor& feature_splits = ctx->input(MultiLabelBatchInput::kFeatureSplits);
+    const Tensor& feature_ids = ctx->input(MultiLabelBatchInput::kFeatureIds);
+    const Tensor& feature_values = ctx->input(MultiLabelBatchInput::kFeatureValues);
+    const Tensor& label_splits = ctx->input(MultiLabelBatchInput::kLabelSplits);
+    const Tensor& label_ids = ctx->input(MultiLabelBatchInput::kLabelIds);
+    OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "feature_ids", feature_ids, 0, "feature_values",
+                                     feature_values, 0));
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "feature_splits", feature_splits, 0, "label_splits",
                                      label_splits, 0));
     OP_REQUIRES(ctx, feature_splits.dim_size(0) >= 1,
@@ -34,14 +56,14 @@ class MultiLabelBatchOp : public OpKernel {
                     kOp, ": feature_splits must hold num_examples + 1 >= 1 offsets, got shape ",
                     feature_splits.shape().DebugString())));
     const MultiLabelArrays data{feature_splits.flat<int64_t>().data(),
-                                ctx->input(1).flat<int64_t>().data(),
-                                ctx->input(2).flat<float>().data(),
+                                feature_ids.flat<int64_t>().data(),
+                                feature_values.flat<float>().data(),
                                 label_splits.flat<int64_t>().data(),
-                                ctx->input(4).flat<int32_t>().data(),
+                                label_ids.flat<int32_t>().data(),
                                 feature_splits.dim_size(0) - 1,
-                                ctx->input(1).dim_size(0),
-                                ctx->input(4).dim_size(0)};
-    const Tensor& rows = ctx->input(5);
+                                feature_ids.dim_size(0),
+                                label_ids.dim_size(0)};
+    const Tensor& rows = ctx->input(MultiLabelBatchInput::kRows);
     const int64_t num_rows = rows.dim_size(0);
     int64_t num_entries = 0;
     const std::string error = CheckMultiLabelBatch(data, rows.flat<int64_t>().data(), num_rows,
@@ -64,7 +86,7 @@ class MultiLabelBatchOp : public OpKernel {
   int64_t max_labels_ = 0;
 };
 
-REGISTER_KERNEL_BUILDER(Name("MultiLabelBatch").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>MultiLabelBatch").Device(tensorflow::DEVICE_CPU),
                         MultiLabelBatchOp);
 
 }  // namespace tf_lsh

@@ -20,6 +20,11 @@ namespace {
 
 constexpr char kOp[] = "SparseAdamApply";
 
+// Input indices, in the order of the op's registration; Adam's scalars (adam_inputs.h) from kLr.
+struct SparseAdamApplyInput {
+  enum : int { kVar, kM, kV, kIndices, kGrad, kLr };
+};
+
 }  // namespace
 
 template <typename Index>
@@ -29,9 +34,12 @@ class SparseAdamApplyOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     AdamHyperparameters hyper;
-    OP_REQUIRES_OK(ctx, ReadAdamInputs(ctx, kOp, 5, &hyper));
+    OP_REQUIRES_OK(ctx, ReadAdamInputs(ctx, kOp, SparseAdamApplyInput::kLr, &hyper));
     UpdatableVariables vars;
-    OP_REQUIRES_OK(ctx, vars.Init(ctx, kOp, {{"var", 0}, {"m", 1}, {"v", 2}}));
+    OP_REQUIRES_OK(ctx, vars.Init(ctx, kOp,
+                                  {{"var", SparseAdamApplyInput::kVar},
+                                   {"m", SparseAdamApplyInput::kM},
+                                   {"v", SparseAdamApplyInput::kV}}));
     const char* names[3] = {"var", "m", "v"};
     const Tensor& var = *vars.tensor(0);
     for (int i = 0; i < 3; ++i) {
@@ -42,8 +50,8 @@ class SparseAdamApplyOp : public OpKernel {
                       "; var, m and v must share one shape of rank >= 1, var has ",
                       var.shape().DebugString())));
     }
-    const Tensor& indices = ctx->input(3);
-    const Tensor& grad = ctx->input(4);
+    const Tensor& indices = ctx->input(SparseAdamApplyInput::kIndices);
+    const Tensor& grad = ctx->input(SparseAdamApplyInput::kGrad);
     const int64_t num_rows = var.dim_size(0);
     const int64_t dim = num_rows > 0 ? var.NumElements() / num_rows : 0;
     OP_REQUIRES(ctx, indices.dims() == 1,
@@ -77,11 +85,13 @@ class SparseAdamApplyOp : public OpKernel {
   }
 };
 
-REGISTER_KERNEL_BUILDER(
-    Name("SparseAdamApply").Device(tensorflow::DEVICE_CPU).TypeConstraint<int32_t>("Tindices"),
-    SparseAdamApplyOp<int32_t>);
-REGISTER_KERNEL_BUILDER(
-    Name("SparseAdamApply").Device(tensorflow::DEVICE_CPU).TypeConstraint<int64_t>("Tindices"),
-    SparseAdamApplyOp<int64_t>);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseAdamApply")
+                            .Device(tensorflow::DEVICE_CPU)
+                            .TypeConstraint<int32_t>("Tindices"),
+                        SparseAdamApplyOp<int32_t>);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseAdamApply")
+                            .Device(tensorflow::DEVICE_CPU)
+                            .TypeConstraint<int64_t>("Tindices"),
+                        SparseAdamApplyOp<int64_t>);
 
 }  // namespace tf_lsh

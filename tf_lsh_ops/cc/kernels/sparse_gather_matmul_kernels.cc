@@ -2,6 +2,8 @@
 #include <string>
 
 #include "tensorflow/core/framework/op_kernel.h"
+#include "tf_lsh_ops/cc/core/row_groups.h"
+#include "tf_lsh_ops/cc/core/shared_gather_matmul.h"
 #include "tf_lsh_ops/cc/core/sparse_adam.h"
 #include "tf_lsh_ops/cc/core/sparse_gather_matmul.h"
 #include "tf_lsh_ops/cc/kernels/adam_inputs.h"
@@ -18,6 +20,37 @@ using tensorflow::Tensor;
 using tensorflow::TensorShape;
 
 namespace {
+
+// Input indices, in the order of the ops' registrations (ops/sparse_gather_matmul_ops.cc); the
+// resource twins take theirs in the same order. The gradients take the forward op's grouping
+// as three consecutive inputs, from kRows on (GroupingInput).
+struct ForwardInput {
+  enum : int { kInputs, kWeights, kBiases, kIndices };
+};
+struct GradInput {
+  enum : int { kInputs, kWeights, kRows, kRowSplits, kPositions, kGradOutput, kIndices };
+};
+// ResourceSparseGatherMatmulGradAdam; Adam's scalars (adam_inputs.h) from kLr.
+struct GradAdamInput {
+  enum : int {
+    kInputs,
+    kWeights,
+    kBiases,
+    kWeightsM,
+    kWeightsV,
+    kBiasesM,
+    kBiasesV,
+    kRows,
+    kRowSplits,
+    kPositions,
+    kGradOutput,
+    kIndices,
+    kLr
+  };
+};
+struct GroupingInput {
+  enum : int { kRows, kRowSplits, kPositions };
+};
 
 absl::Status CheckIndices(const char* op, const Tensor& indices, int64_t num_neurons) {
   if (indices.NumElements() > ActiveRows::kMaxPositions) {
@@ -58,9 +91,9 @@ bool SharedIndices(const Tensor& inputs, const Tensor& indices) {
 // checked against the layer (num_neurons) and the index matrix (num_slots entries).
 absl::Status ReadGrouping(OpKernelContext* ctx, const char* op, int first, int64_t num_neurons,
                           int64_t num_slots, RowGroups* groups) {
-  const Tensor& rows = ctx->input(first);
-  const Tensor& row_splits = ctx->input(first + 1);
-  const Tensor& positions = ctx->input(first + 2);
+  const Tensor& rows = ctx->input(first + GroupingInput::kRows);
+  const Tensor& row_splits = ctx->input(first + GroupingInput::kRowSplits);
+  const Tensor& positions = ctx->input(first + GroupingInput::kPositions);
   TF_RETURN_IF_ERROR(CheckRank(op, "rows", rows, 1));
   TF_RETURN_IF_ERROR(CheckRank(op, "row_splits", row_splits, 1));
   TF_RETURN_IF_ERROR(CheckRank(op, "positions", positions, 1));
@@ -89,14 +122,14 @@ class SparseGatherMatmulOp : public OpKernel {
   explicit SparseGatherMatmulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
-    const char* kOp = type_string().c_str();
+    const char* kOp = OpName(*this);
     InputTensor weights_input, biases_input;
-    OP_REQUIRES_OK(ctx, weights_input.Init(ctx, kOp, "weights", 1));
-    OP_REQUIRES_OK(ctx, biases_input.Init(ctx, kOp, "biases", 2));
-    const Tensor& inputs = ctx->input(0);
+    OP_REQUIRES_OK(ctx, weights_input.Init(ctx, kOp, "weights", ForwardInput::kWeights));
+    OP_REQUIRES_OK(ctx, biases_input.Init(ctx, kOp, "biases", ForwardInput::kBiases));
+    const Tensor& inputs = ctx->input(ForwardInput::kInputs);
     const Tensor& weights = weights_input.tensor();
     const Tensor& biases = biases_input.tensor();
-    const Tensor& indices = ctx->input(3);
+    const Tensor& indices = ctx->input(ForwardInput::kIndices);
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "inputs", inputs, 2));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "weights", weights, 2));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "biases", biases, 1));
@@ -157,13 +190,13 @@ class SparseGatherMatmulGradOp : public OpKernel {
   explicit SparseGatherMatmulGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
-    const char* kOp = type_string().c_str();
+    const char* kOp = OpName(*this);
     InputTensor weights_input;
-    OP_REQUIRES_OK(ctx, weights_input.Init(ctx, kOp, "weights", 1));
-    const Tensor& inputs = ctx->input(0);
+    OP_REQUIRES_OK(ctx, weights_input.Init(ctx, kOp, "weights", GradInput::kWeights));
+    const Tensor& inputs = ctx->input(GradInput::kInputs);
     const Tensor& weights = weights_input.tensor();
-    const Tensor& grad_output = ctx->input(5);
-    const Tensor& indices = ctx->input(6);
+    const Tensor& grad_output = ctx->input(GradInput::kGradOutput);
+    const Tensor& indices = ctx->input(GradInput::kIndices);
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "inputs", inputs, 2));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "indices", indices, 2));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "weights", weights, 2));
@@ -174,8 +207,8 @@ class SparseGatherMatmulGradOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckIndicesBatch(kOp, inputs, indices));
     const bool shared = SharedIndices(inputs, indices);
     RowGroups groups;
-    OP_REQUIRES_OK(ctx, ReadGrouping(ctx, kOp, 2, weights.dim_size(0), indices.NumElements(),
-                                     &groups));
+    OP_REQUIRES_OK(ctx, ReadGrouping(ctx, kOp, GradInput::kRows, weights.dim_size(0),
+                                     indices.NumElements(), &groups));
 
     const GatherMatmulShape shape{inputs.dim_size(0), inputs.dim_size(1), weights.dim_size(0),
                                   grad_output.dim_size(1)};
@@ -208,16 +241,20 @@ class SparseGatherMatmulGradAdamOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     constexpr char kOp[] = "ResourceSparseGatherMatmulGradAdam";
     AdamHyperparameters hyper;
-    OP_REQUIRES_OK(ctx, ReadAdamInputs(ctx, kOp, 12, &hyper));
+    OP_REQUIRES_OK(ctx, ReadAdamInputs(ctx, kOp, GradAdamInput::kLr, &hyper));
     UpdatableVariables vars;
     OP_REQUIRES_OK(ctx, vars.Init(ctx, kOp,
-                                  {{"weights", 1}, {"biases", 2}, {"weights_m", 3},
-                                   {"weights_v", 4}, {"biases_m", 5}, {"biases_v", 6}}));
-    const Tensor& inputs = ctx->input(0);
+                                  {{"weights", GradAdamInput::kWeights},
+                                   {"biases", GradAdamInput::kBiases},
+                                   {"weights_m", GradAdamInput::kWeightsM},
+                                   {"weights_v", GradAdamInput::kWeightsV},
+                                   {"biases_m", GradAdamInput::kBiasesM},
+                                   {"biases_v", GradAdamInput::kBiasesV}}));
+    const Tensor& inputs = ctx->input(GradAdamInput::kInputs);
     const Tensor& weights = *vars.tensor(0);
     const Tensor& biases = *vars.tensor(1);
-    const Tensor& grad_output = ctx->input(10);
-    const Tensor& indices = ctx->input(11);
+    const Tensor& grad_output = ctx->input(GradAdamInput::kGradOutput);
+    const Tensor& indices = ctx->input(GradAdamInput::kIndices);
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "inputs", inputs, 2));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "weights", weights, 2));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "biases", biases, 1));
@@ -238,8 +275,8 @@ class SparseGatherMatmulGradAdamOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "grad_output", grad_output, 1, "indices", indices, 1));
     OP_REQUIRES_OK(ctx, CheckIndicesBatch(kOp, inputs, indices));
     RowGroups groups;
-    OP_REQUIRES_OK(ctx, ReadGrouping(ctx, kOp, 7, weights.dim_size(0), indices.NumElements(),
-                                     &groups));
+    OP_REQUIRES_OK(ctx, ReadGrouping(ctx, kOp, GradAdamInput::kRows, weights.dim_size(0),
+                                     indices.NumElements(), &groups));
 
     const GatherMatmulShape shape{inputs.dim_size(0), inputs.dim_size(1), weights.dim_size(0),
                                   grad_output.dim_size(1)};
@@ -274,16 +311,16 @@ class SparseGatherMatmulGradAdamOp : public OpKernel {
   }
 };
 
-REGISTER_KERNEL_BUILDER(Name("SparseGatherMatmul").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseGatherMatmul").Device(tensorflow::DEVICE_CPU),
                         SparseGatherMatmulOp);
-REGISTER_KERNEL_BUILDER(Name("SparseGatherMatmulGrad").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseGatherMatmulGrad").Device(tensorflow::DEVICE_CPU),
                         SparseGatherMatmulGradOp);
-REGISTER_KERNEL_BUILDER(Name("ResourceSparseGatherMatmul").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>ResourceSparseGatherMatmul").Device(tensorflow::DEVICE_CPU),
                         SparseGatherMatmulOp);
-REGISTER_KERNEL_BUILDER(Name("ResourceSparseGatherMatmulGrad").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>ResourceSparseGatherMatmulGrad").Device(tensorflow::DEVICE_CPU),
                         SparseGatherMatmulGradOp);
 REGISTER_KERNEL_BUILDER(
-    Name("ResourceSparseGatherMatmulGradAdam").Device(tensorflow::DEVICE_CPU),
+    Name("TfLsh>ResourceSparseGatherMatmulGradAdam").Device(tensorflow::DEVICE_CPU),
     SparseGatherMatmulGradAdamOp);
 
 }  // namespace tf_lsh

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "tensorflow/core/framework/op_kernel.h"
+#include "tf_lsh_ops/cc/core/row_groups.h"
 #include "tf_lsh_ops/cc/core/sparse_gather_matmul.h"
 #include "tf_lsh_ops/cc/core/sparse_input_gather_matmul.h"
 #include "tf_lsh_ops/cc/kernels/adam_inputs.h"
@@ -19,6 +20,24 @@ using tensorflow::OpKernel;
 using tensorflow::OpKernelConstruction;
 
 namespace {
+
+// Input indices after the SparseTensor's three (sparse_inputs.h), in the order of the ops'
+// registrations (ops/sparse_input_gather_matmul_ops.cc); the resource twins take theirs in the
+// same order.
+struct SparseInputGatherMatmulInput {
+  enum : int { kWeights = SparseTensorInput::kNext, kBiases, kIndices };
+};
+struct SparseInputGatherMatmulGradInput {
+  enum : int { kWeights = SparseTensorInput::kNext, kIndices, kGradOutput };
+};
+// SparseInputMatmul (kernel only) and SparseInputMatmulGrad.
+struct SparseInputMatmulInput {
+  enum : int { kKernel = SparseTensorInput::kNext, kGradOutput };
+};
+// ResourceSparseInputMatmulGradAdam; Adam's scalars (adam_inputs.h) from kLr.
+struct SparseInputMatmulGradAdamInput {
+  enum : int { kKernel = SparseTensorInput::kNext, kKernelM, kKernelV, kGradOutput, kLr };
+};
 
 // Checks weights [N, D], biases [N] (if given), indices [B, K] against the sparse inputs
 // [B, D] and returns the shape.
@@ -57,7 +76,7 @@ absl::Status CheckArguments(const char* op, OpKernelContext* ctx, const SparseRo
 // Checks a kernel [num_features, units] against the sparse inputs [batch, num_features].
 absl::Status CheckKernel(OpKernelContext* ctx, const char* op, const SparseRows& rows,
                          const Tensor& kernel) {
-  const int64_t num_entries = ctx->input(1).NumElements();
+  const int64_t num_entries = ctx->input(SparseTensorInput::kValues).NumElements();
   TF_RETURN_IF_ERROR(CheckRank(op, "kernel", kernel, 2));
   if (kernel.dim_size(0) != rows.dim) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -75,12 +94,12 @@ absl::Status CheckKernel(OpKernelContext* ctx, const char* op, const SparseRows&
 }
 
 // The inputs both SparseInputMatmul kernels start with: the sparse inputs [batch,
-// num_features] (inputs 0-2) and the kernel [num_features, units] (input 3, a tensor or a
-// variable read in place), checked against each other.
+// num_features] and the kernel [num_features, units] (a tensor or a variable read in place),
+// checked against each other.
 absl::Status ReadSparseInputsAndKernel(OpKernelContext* ctx, const char* op, SparseRows* rows,
                                        InputTensor* kernel_input) {
   TF_RETURN_IF_ERROR(CheckSparseInputs(op, ctx, rows));
-  TF_RETURN_IF_ERROR(kernel_input->Init(ctx, op, "kernel", 3));
+  TF_RETURN_IF_ERROR(kernel_input->Init(ctx, op, "kernel", SparseInputMatmulInput::kKernel));
   return CheckKernel(ctx, op, *rows, kernel_input->tensor());
 }
 
@@ -109,15 +128,16 @@ class SparseInputGatherMatmulOp : public OpKernel {
     constexpr char kOp[] = "SparseInputGatherMatmul";
     SparseRows rows;
     OP_REQUIRES_OK(ctx, CheckSparseInputs(kOp, ctx, &rows));
+    const Tensor& weights = ctx->input(SparseInputGatherMatmulInput::kWeights);
+    const Tensor& biases = ctx->input(SparseInputGatherMatmulInput::kBiases);
+    const Tensor& indices = ctx->input(SparseInputGatherMatmulInput::kIndices);
     GatherMatmulShape shape;
-    OP_REQUIRES_OK(ctx, CheckArguments(kOp, ctx, rows, ctx->input(3), &ctx->input(4),
-                                       ctx->input(5), &shape));
+    OP_REQUIRES_OK(ctx, CheckArguments(kOp, ctx, rows, weights, &biases, indices, &shape));
     Tensor* output = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(5).shape(), &output));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, indices.shape(), &output));
     OP_REQUIRES_OK(ctx, GroupSparseRows(ctx, &rows));
-    SparseInputGatherMatmulForward(shape, rows.view(), ctx->input(3).flat<float>().data(),
-                                   ctx->input(4).flat<float>().data(),
-                                   ctx->input(5).flat<int32_t>().data(),
+    SparseInputGatherMatmulForward(shape, rows.view(), weights.flat<float>().data(),
+                                   biases.flat<float>().data(), indices.flat<int32_t>().data(),
                                    output->flat<float>().data(), TfParallelFor(ctx));
   }
 };
@@ -130,9 +150,9 @@ class SparseInputGatherMatmulGradOp : public OpKernel {
     constexpr char kOp[] = "SparseInputGatherMatmulGrad";
     SparseRows rows;
     OP_REQUIRES_OK(ctx, CheckSparseInputs(kOp, ctx, &rows));
-    const Tensor& weights = ctx->input(3);
-    const Tensor& indices = ctx->input(4);
-    const Tensor& grad_output = ctx->input(5);
+    const Tensor& weights = ctx->input(SparseInputGatherMatmulGradInput::kWeights);
+    const Tensor& indices = ctx->input(SparseInputGatherMatmulGradInput::kIndices);
+    const Tensor& grad_output = ctx->input(SparseInputGatherMatmulGradInput::kGradOutput);
     GatherMatmulShape shape;
     OP_REQUIRES_OK(ctx, CheckArguments(kOp, ctx, rows, weights, nullptr, indices, &shape));
     OP_REQUIRES(ctx, grad_output.shape() == indices.shape(),
@@ -144,7 +164,8 @@ class SparseInputGatherMatmulGradOp : public OpKernel {
                             TfParallelFor(ctx), shape.num_neurons);
     Tensor *grad_values = nullptr, *row_ids = nullptr, *grad_weight_rows = nullptr,
            *grad_bias_rows = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(1).shape(), &grad_values));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(SparseTensorInput::kValues).shape(),
+                                             &grad_values));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({active.size()}), &row_ids));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({active.size(), shape.dim}),
                                              &grad_weight_rows));
@@ -168,7 +189,7 @@ class SparseInputMatmulOp : public OpKernel {
   explicit SparseInputMatmulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
-    const char* kOp = type_string().c_str();
+    const char* kOp = OpName(*this);
     SparseRows rows;
     InputTensor kernel_input;
     OP_REQUIRES_OK(ctx, ReadSparseInputsAndKernel(ctx, kOp, &rows, &kernel_input));
@@ -189,19 +210,21 @@ class SparseInputMatmulGradOp : public OpKernel {
   }
 
   void Compute(OpKernelContext* ctx) override {
-    const char* kOp = type_string().c_str();
+    const char* kOp = OpName(*this);
     SparseRows rows;
     InputTensor kernel_input;
     OP_REQUIRES_OK(ctx, ReadSparseInputsAndKernel(ctx, kOp, &rows, &kernel_input));
     const Tensor& kernel = kernel_input.tensor();
-    const Tensor& grad_output = ctx->input(4);
+    const Tensor& grad_output = ctx->input(SparseInputMatmulInput::kGradOutput);
     const int64_t units = kernel.dim_size(1);
     OP_REQUIRES_OK(ctx, CheckGradOutput(kOp, grad_output, rows.batch, units));
     OP_REQUIRES_OK(ctx, GroupSparseRows(ctx, &rows));
     const ActiveRows grouped = GroupByFeature(ctx, rows, kernel.dim_size(0));
     Tensor *grad_values = nullptr, *row_ids = nullptr, *grad_kernel_rows = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(
-                            0, values_gradient_ ? ctx->input(1).shape() : TensorShape({0}),
+                            0,
+                            values_gradient_ ? ctx->input(SparseTensorInput::kValues).shape()
+                                             : TensorShape({0}),
                             &grad_values));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({grouped.size()}), &row_ids));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({grouped.size(), units}),
@@ -227,11 +250,14 @@ class SparseInputMatmulGradAdamOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     constexpr char kOp[] = "ResourceSparseInputMatmulGradAdam";
     AdamHyperparameters hyper;
-    OP_REQUIRES_OK(ctx, ReadAdamInputs(ctx, kOp, 7, &hyper));
+    OP_REQUIRES_OK(ctx, ReadAdamInputs(ctx, kOp, SparseInputMatmulGradAdamInput::kLr, &hyper));
     SparseRows rows;
     OP_REQUIRES_OK(ctx, CheckSparseInputs(kOp, ctx, &rows));
     UpdatableVariables vars;
-    OP_REQUIRES_OK(ctx, vars.Init(ctx, kOp, {{"kernel", 3}, {"kernel_m", 4}, {"kernel_v", 5}}));
+    OP_REQUIRES_OK(ctx, vars.Init(ctx, kOp,
+                                  {{"kernel", SparseInputMatmulGradAdamInput::kKernel},
+                                   {"kernel_m", SparseInputMatmulGradAdamInput::kKernelM},
+                                   {"kernel_v", SparseInputMatmulGradAdamInput::kKernelV}}));
     const Tensor& kernel = *vars.tensor(0);
     OP_REQUIRES_OK(ctx, CheckKernel(ctx, kOp, rows, kernel));
     const char* moments[2] = {"kernel_m", "kernel_v"};
@@ -243,29 +269,30 @@ class SparseInputMatmulGradAdamOp : public OpKernel {
                       kernel.shape().DebugString())));
     }
     const int64_t units = kernel.dim_size(1);
-    OP_REQUIRES_OK(ctx, CheckGradOutput(kOp, ctx->input(6), rows.batch, units));
+    const Tensor& grad_output = ctx->input(SparseInputMatmulGradAdamInput::kGradOutput);
+    OP_REQUIRES_OK(ctx, CheckGradOutput(kOp, grad_output, rows.batch, units));
     OP_REQUIRES_OK(ctx, GroupSparseRows(ctx, &rows));
     const ActiveRows grouped = GroupByFeature(ctx, rows, kernel.dim_size(0));
     SparseInputMatmulBackwardAdam(rows.batch, units, rows.view(),
-                                  ctx->input(6).flat<float>().data(), grouped.view(), hyper,
+                                  grad_output.flat<float>().data(), grouped.view(), hyper,
                                   {vars.data(0), vars.data(1), vars.data(2)}, TfParallelFor(ctx));
   }
 };
 
-REGISTER_KERNEL_BUILDER(Name("SparseInputGatherMatmul").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseInputGatherMatmul").Device(tensorflow::DEVICE_CPU),
                         SparseInputGatherMatmulOp);
-REGISTER_KERNEL_BUILDER(Name("SparseInputGatherMatmulGrad").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseInputGatherMatmulGrad").Device(tensorflow::DEVICE_CPU),
                         SparseInputGatherMatmulGradOp);
-REGISTER_KERNEL_BUILDER(Name("SparseInputMatmul").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseInputMatmul").Device(tensorflow::DEVICE_CPU),
                         SparseInputMatmulOp);
-REGISTER_KERNEL_BUILDER(Name("SparseInputMatmulGrad").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseInputMatmulGrad").Device(tensorflow::DEVICE_CPU),
                         SparseInputMatmulGradOp);
-REGISTER_KERNEL_BUILDER(Name("ResourceSparseInputMatmul").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>ResourceSparseInputMatmul").Device(tensorflow::DEVICE_CPU),
                         SparseInputMatmulOp);
-REGISTER_KERNEL_BUILDER(Name("ResourceSparseInputMatmulGrad").Device(tensorflow::DEVICE_CPU),
+REGISTER_KERNEL_BUILDER(Name("TfLsh>ResourceSparseInputMatmulGrad").Device(tensorflow::DEVICE_CPU),
                         SparseInputMatmulGradOp);
 REGISTER_KERNEL_BUILDER(
-    Name("ResourceSparseInputMatmulGradAdam").Device(tensorflow::DEVICE_CPU),
+    Name("TfLsh>ResourceSparseInputMatmulGradAdam").Device(tensorflow::DEVICE_CPU),
     SparseInputMatmulGradAdamOp);
 
 }  // namespace tf_lsh

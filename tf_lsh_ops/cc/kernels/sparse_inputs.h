@@ -34,11 +34,16 @@ struct SparseRows {
   }
 };
 
+// Ops that take a SparseTensor take it first, as three inputs; their other inputs follow.
+struct SparseTensorInput {
+  enum : int { kIndices, kValues, kDenseShape, kNext };
+};
+
 // Checks the SparseTensor inputs and reads its dense shape, without allocating.
 inline absl::Status CheckSparseInputs(const char* op, OpKernelContext* ctx, SparseRows* rows) {
-  const Tensor& indices = ctx->input(0);
-  const Tensor& values = ctx->input(1);
-  const Tensor& dense_shape = ctx->input(2);
+  const Tensor& indices = ctx->input(SparseTensorInput::kIndices);
+  const Tensor& values = ctx->input(SparseTensorInput::kValues);
+  const Tensor& dense_shape = ctx->input(SparseTensorInput::kDenseShape);
   TF_RETURN_IF_ERROR(CheckRank(op, "sparse_indices", indices, 2));
   TF_RETURN_IF_ERROR(CheckRank(op, "sparse_values", values, 1));
   TF_RETURN_IF_ERROR(CheckRank(op, "dense_shape", dense_shape, 1));
@@ -68,8 +73,8 @@ inline absl::Status CheckSparseInputs(const char* op, OpKernelContext* ctx, Spar
 
 // Regroups the checked entries by row. Called once the output [batch, L] is allocated.
 inline absl::Status GroupSparseRows(OpKernelContext* ctx, SparseRows* rows) {
-  const auto index = ctx->input(0).matrix<int64_t>();
-  const auto value = ctx->input(1).flat<float>();
+  const auto index = ctx->input(SparseTensorInput::kIndices).matrix<int64_t>();
+  const auto value = ctx->input(SparseTensorInput::kValues).flat<float>();
   const int64_t nnz = value.size();
   TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_INT64, TensorShape({rows->batch + 1}),
                                         &rows->row_offsets));

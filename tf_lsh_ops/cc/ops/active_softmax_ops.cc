@@ -9,7 +9,7 @@ using tensorflow::shape_inference::DimensionHandle;
 using tensorflow::shape_inference::InferenceContext;
 using tensorflow::shape_inference::ShapeHandle;
 
-REGISTER_OP("ActiveSoftmaxCrossEntropy")
+REGISTER_OP("TfLsh>ActiveSoftmaxCrossEntropy")
     .Input("ids: int32")
     .Input("logits: float")
     .Input("labels: int32")

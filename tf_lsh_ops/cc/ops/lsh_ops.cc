@@ -42,7 +42,7 @@ absl::Status ResourceHashShape(InferenceContext* c) {
 
 }  // namespace
 
-REGISTER_OP("LshSrpProjections")
+REGISTER_OP("TfLsh>LshSrpProjections")
     .Input("seed: int64")
     .Output("projections: float")
     .Attr("dim: int >= 1")
@@ -57,7 +57,7 @@ REGISTER_OP("LshSrpProjections")
     })
     .Doc("Signed-random-projection matrix [dim, total_hashes] from a seed.");
 
-REGISTER_OP("LshWtaBins")
+REGISTER_OP("TfLsh>LshWtaBins")
     .Input("seed: int64")
     .Output("bins: int32")
     .Attr("dim: int >= 1")
@@ -72,7 +72,7 @@ REGISTER_OP("LshWtaBins")
     })
     .Doc("Winner-take-all bins [total_hashes, bin_size] of coordinates, from a seed.");
 
-REGISTER_OP("LshSrpHash")
+REGISTER_OP("TfLsh>LshSrpHash")
     .Input("inputs: float")
     .Input("projections: float")
     .Input("max_norm: float")
@@ -82,7 +82,7 @@ REGISTER_OP("LshSrpHash")
     .SetShapeFn([](InferenceContext* c) { return HashShape(c, "LshSrpHash", false); })
     .Doc("SimHash bucket ids [batch, num_tables] of dense inputs.");
 
-REGISTER_OP("LshSrpHashSparse")
+REGISTER_OP("TfLsh>LshSrpHashSparse")
     .Input("sparse_indices: int64")
     .Input("sparse_values: float")
     .Input("dense_shape: int64")
@@ -94,7 +94,7 @@ REGISTER_OP("LshSrpHashSparse")
     .SetShapeFn([](InferenceContext* c) { return HashShape(c, "LshSrpHashSparse", true); })
     .Doc("SimHash bucket ids [batch, num_tables] of a 2-D SparseTensor.");
 
-REGISTER_OP("LshWtaHash")
+REGISTER_OP("TfLsh>LshWtaHash")
     .Input("inputs: float")
     .Input("bins: int32")
     .Output("codes: int32")
@@ -103,7 +103,7 @@ REGISTER_OP("LshWtaHash")
     .SetShapeFn([](InferenceContext* c) { return HashShape(c, "LshWtaHash", false); })
     .Doc("(Densified) winner-take-all bucket ids [batch, num_tables] of dense inputs.");
 
-REGISTER_OP("LshWtaHashSparse")
+REGISTER_OP("TfLsh>LshWtaHashSparse")
     .Input("sparse_indices: int64")
     .Input("sparse_values: float")
     .Input("dense_shape: int64")
@@ -116,7 +116,7 @@ REGISTER_OP("LshWtaHashSparse")
 
 // The dense hash ops reading a variable's rows in place (no copy, even in copy-on-read mode):
 // a table rebuild hashes every unit of a weight matrix.
-REGISTER_OP("ResourceLshSrpHash")
+REGISTER_OP("TfLsh>ResourceLshSrpHash")
     .Input("inputs: resource")
     .Input("projections: float")
     .Input("max_norm: float")
@@ -126,7 +126,7 @@ REGISTER_OP("ResourceLshSrpHash")
     .SetShapeFn(ResourceHashShape)
     .Doc("LshSrpHash of the rows of a float32 resource variable, read in place.");
 
-REGISTER_OP("ResourceLshWtaHash")
+REGISTER_OP("TfLsh>ResourceLshWtaHash")
     .Input("inputs: resource")
     .Input("bins: int32")
     .Output("codes: int32")
@@ -135,7 +135,7 @@ REGISTER_OP("ResourceLshWtaHash")
     .SetShapeFn(ResourceHashShape)
     .Doc("LshWtaHash of the rows of a float32 resource variable, read in place.");
 
-REGISTER_OP("LshBuildTables")
+REGISTER_OP("TfLsh>LshBuildTables")
     .Input("codes: int32")
     .Input("seed: int64")
     .Output("table_ids: int32")
@@ -161,7 +161,7 @@ REGISTER_OP("LshBuildTables")
     })
     .Doc("Hash tables of neurons from their codes [num_neurons, num_tables].");
 
-REGISTER_OP("LshUpdateTables")
+REGISTER_OP("TfLsh>LshUpdateTables")
     .Input("table_ids: int32")
     .Input("table_counts: int32")
     .Input("neuron_ids: int32")
@@ -187,7 +187,7 @@ REGISTER_OP("LshUpdateTables")
 
 // Fingerprints of a weight matrix's rows, to find the neurons whose weights changed since
 // they were hashed (core/row_fingerprints.h); the Resource op reads a variable in place.
-REGISTER_OP("LshRowFingerprints")
+REGISTER_OP("TfLsh>LshRowFingerprints")
     .Input("weights: float")
     .Output("fingerprints: int64")
     .SetShapeFn([](InferenceContext* c) -> absl::Status {
@@ -198,7 +198,7 @@ REGISTER_OP("LshRowFingerprints")
     })
     .Doc("A 64-bit fingerprint of each row of weights [rows, dim] (its bytes hashed).");
 
-REGISTER_OP("ResourceLshRowFingerprints")
+REGISTER_OP("TfLsh>ResourceLshRowFingerprints")
     .Input("weights: resource")
     .Output("fingerprints: int64")
     .SetShapeFn([](InferenceContext* c) -> absl::Status {
@@ -207,7 +207,7 @@ REGISTER_OP("ResourceLshRowFingerprints")
     })
     .Doc("LshRowFingerprints of a float32 resource variable, read in place.");
 
-REGISTER_OP("LshQuery")
+REGISTER_OP("TfLsh>LshQuery")
     .Input("codes: int32")
     .Input("table_ids: int32")
     .Input("table_counts: int32")

@@ -8,7 +8,7 @@ namespace tf_lsh {
 using tensorflow::shape_inference::InferenceContext;
 using tensorflow::shape_inference::ShapeHandle;
 
-REGISTER_OP("MultiLabelBatch")
+REGISTER_OP("TfLsh>MultiLabelBatch")
     .Input("feature_splits: int64")
     .Input("feature_ids: int64")
     .Input("feature_values: float")

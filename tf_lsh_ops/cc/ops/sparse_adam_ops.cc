@@ -4,7 +4,7 @@
 
 namespace tf_lsh {
 
-REGISTER_OP("SparseAdamApply")
+REGISTER_OP("TfLsh>SparseAdamApply")
     .Input("var: resource")
     .Input("m: resource")
     .Input("v: resource")

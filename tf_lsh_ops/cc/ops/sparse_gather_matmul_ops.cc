@@ -1,7 +1,7 @@
 // Op registrations and shape functions for the sparse gather-matmul and its gradient.
 //
 // The forward op also outputs how it grouped `indices` by neuron (rows, row_splits,
-// positions: see RowGroups in core/sparse_gather_matmul.h), so that the gradient does not
+// positions: see RowGroups in core/row_groups.h), so that the gradient does not
 // sort them again. The Python wrapper returns only `output`.
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -61,7 +61,7 @@ absl::Status GradShape(InferenceContext* c, const char* op, bool resource) {
 
 }  // namespace
 
-REGISTER_OP("SparseGatherMatmul")
+REGISTER_OP("TfLsh>SparseGatherMatmul")
     .Input("inputs: float")
     .Input("weights: float")
     .Input("biases: float")
@@ -77,7 +77,7 @@ indices [1, K] is one active set for every example. Also outputs the grouping of
 neuron, for the gradient.
 )doc");
 
-REGISTER_OP("SparseGatherMatmulGrad")
+REGISTER_OP("TfLsh>SparseGatherMatmulGrad")
     .Input("inputs: float")
     .Input("weights: float")
     .Input("rows: int32")
@@ -97,7 +97,7 @@ distinct neuron (`rows`, sorted).
 
 // The same ops reading weights and biases from resource variables in place (no copy, even in
 // copy-on-read mode); their gradients are IndexedSlices for the variables.
-REGISTER_OP("ResourceSparseGatherMatmul")
+REGISTER_OP("TfLsh>ResourceSparseGatherMatmul")
     .Input("inputs: float")
     .Input("weights: resource")
     .Input("biases: resource")
@@ -111,7 +111,7 @@ REGISTER_OP("ResourceSparseGatherMatmul")
     })
     .Doc("SparseGatherMatmul with weights and biases read from resource variables.");
 
-REGISTER_OP("ResourceSparseGatherMatmulGrad")
+REGISTER_OP("TfLsh>ResourceSparseGatherMatmulGrad")
     .Input("inputs: float")
     .Input("weights: resource")
     .Input("rows: int32")
@@ -129,7 +129,7 @@ REGISTER_OP("ResourceSparseGatherMatmulGrad")
 
 // The gradient fused with the optimizer: lazy Adam on the touched rows of the variables and of
 // their moments, in place (core SparseGatherMatmulBackwardAdam). Only grad_inputs comes out.
-REGISTER_OP("ResourceSparseGatherMatmulGradAdam")
+REGISTER_OP("TfLsh>ResourceSparseGatherMatmulGradAdam")
     .Input("inputs: float")
     .Input("weights: resource")
     .Input("biases: resource")

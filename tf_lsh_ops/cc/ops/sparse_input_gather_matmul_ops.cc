@@ -8,7 +8,7 @@ namespace tf_lsh {
 using tensorflow::shape_inference::InferenceContext;
 using tensorflow::shape_inference::ShapeHandle;
 
-REGISTER_OP("SparseInputGatherMatmul")
+REGISTER_OP("TfLsh>SparseInputGatherMatmul")
     .Input("sparse_indices: int64")
     .Input("sparse_values: float")
     .Input("dense_shape: int64")
@@ -31,7 +31,7 @@ REGISTER_OP("SparseInputGatherMatmul")
 out[b, k] = sum over row b's entries (f, v) of v * weights[indices[b, k], f] + biases[...].
 )doc");
 
-REGISTER_OP("SparseInputGatherMatmulGrad")
+REGISTER_OP("TfLsh>SparseInputGatherMatmulGrad")
     .Input("sparse_indices: int64")
     .Input("sparse_values: float")
     .Input("dense_shape: int64")
@@ -95,7 +95,7 @@ are data, skipping it saves a pass over the kernel rows), and the kernel rows of
 
 }  // namespace
 
-REGISTER_OP("SparseInputMatmul")
+REGISTER_OP("TfLsh>SparseInputMatmul")
     .Input("sparse_indices: int64")
     .Input("sparse_values: float")
     .Input("dense_shape: int64")
@@ -104,7 +104,7 @@ REGISTER_OP("SparseInputMatmul")
     .SetShapeFn([](InferenceContext* c) { return SparseInputMatmulShape(c, false); })
     .Doc(kSparseInputMatmulDoc);
 
-REGISTER_OP("ResourceSparseInputMatmul")
+REGISTER_OP("TfLsh>ResourceSparseInputMatmul")
     .Input("sparse_indices: int64")
     .Input("sparse_values: float")
     .Input("dense_shape: int64")
@@ -113,7 +113,7 @@ REGISTER_OP("ResourceSparseInputMatmul")
     .SetShapeFn([](InferenceContext* c) { return SparseInputMatmulShape(c, true); })
     .Doc(kSparseInputMatmulDoc);
 
-REGISTER_OP("SparseInputMatmulGrad")
+REGISTER_OP("TfLsh>SparseInputMatmulGrad")
     .Input("sparse_indices: int64")
     .Input("sparse_values: float")
     .Input("dense_shape: int64")
@@ -126,7 +126,7 @@ REGISTER_OP("SparseInputMatmulGrad")
     .SetShapeFn([](InferenceContext* c) { return SparseInputMatmulGradShape(c, false); })
     .Doc(kSparseInputMatmulGradDoc);
 
-REGISTER_OP("ResourceSparseInputMatmulGrad")
+REGISTER_OP("TfLsh>ResourceSparseInputMatmulGrad")
     .Input("sparse_indices: int64")
     .Input("sparse_values: float")
     .Input("dense_shape: int64")
@@ -139,7 +139,7 @@ REGISTER_OP("ResourceSparseInputMatmulGrad")
     .SetShapeFn([](InferenceContext* c) { return SparseInputMatmulGradShape(c, true); })
     .Doc(kSparseInputMatmulGradDoc);
 
-REGISTER_OP("ResourceSparseInputMatmulGradAdam")
+REGISTER_OP("TfLsh>ResourceSparseInputMatmulGradAdam")
     .Input("sparse_indices: int64")
     .Input("sparse_values: float")
     .Input("dense_shape: int64")
