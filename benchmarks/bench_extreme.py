@@ -1,8 +1,9 @@
 """Benchmark of extreme-classification training: full softmax vs sampled softmax vs tf-lsh.
 
-All methods share one network, SparseInputDense(128, relu) over a bag of words and an output
-layer over every label, the same data (`keras_layers.datasets.synthetic_extreme_classification`,
-seed 0), batch size 128, learning rate 1e-3, the same cores and `model.fit`:
+All methods share one network, SparseInputDense(128, relu) over a bag of words, normalised per
+example (`example.build_body`), and an output layer over every label, the same data
+(`keras_layers.datasets.synthetic_extreme_classification`, seed 0), batch size 128, learning
+rate 1e-3, the same cores and `model.fit`:
 
 * `full_softmax` (a): a `keras.layers.Dense` output, softmax over all labels, Keras Adam
   (`examples/extreme_classification.py`'s `build_dense_model` and `full_softmax_loss`).
@@ -185,7 +186,7 @@ class SampledSoftmaxClassifier(keras.Model):
 
     def __init__(self, num_labels, num_sampled, num_true, **kwargs):
         super().__init__(**kwargs)
-        self.body = keras_layers.SparseInputDense(example.HIDDEN, activation="relu", name="hidden")
+        self.body = example.build_body()
         self.num_labels = num_labels
         self.num_sampled = num_sampled
         self.num_true = num_true

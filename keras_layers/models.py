@@ -17,7 +17,11 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
     """A classifier over many labels whose output layer computes only a hashed-for few units.
 
     `body` maps inputs to features (any Keras layer or model, e.g. a `SparseInputDense` on a
-    bag of words); `head` is an `LSHDense` with one unit per label and no activation.
+    bag of words); `head` is an `LSHDense` with one unit per label and no activation. End the
+    body with a per-example normalisation (`keras.layers.LayerNormalization(center=False,
+    scale=False)`): the softmax over an active set ignores a shift shared by the set, and
+    unnormalised ReLU features grow a common component along which labels seldom in an active
+    set drift above the rest, so that accuracy peaks and then falls as epochs go on.
 
     - Training (`fit`): the labels `y` (int `[batch, max_labels]`, -1 padded, multi-label;
       or `[batch]`) go into each example's active set (label inclusion), and the loss is the
