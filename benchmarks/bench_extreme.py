@@ -1026,7 +1026,9 @@ def main(argv=None):
         "--data", help="also run on this training file (Extreme Classification Repository format)"
     )
     parser.add_argument("--test", help="the test file that goes with --data")
-    parser.add_argument("--epochs", type=int, help="epochs on --data (default: the mode's)")
+    parser.add_argument(
+        "--epochs", type=int, help="epochs on the small shape and on --data (default: the mode's)"
+    )
     parser.add_argument(
         "--test-examples", type=int, help="evaluate on the first N of --test (default: the mode's)"
     )
@@ -1068,7 +1070,9 @@ def main(argv=None):
     for kind in KINDS:
         if (args.only and args.only != kind) or (kind == "file" and args.data is None):
             continue
-        cfg = file_settings(args, settings[kind]) if kind == "file" else settings[kind]
+        cfg = file_settings(args, settings[kind]) if kind == "file" else dict(settings[kind])
+        if kind == "small" and args.epochs is not None:
+            cfg["epochs"] = args.epochs
         report[kind] = run_shape(kind, cfg, args.methods, settings["isolate"], args)
     kinds = [kind for kind in KINDS if kind in report]
     report["comparisons"] = {kind: compare(report[kind]) for kind in kinds}
