@@ -50,6 +50,11 @@ def check_keras_version(version=None):
 # ---------------------------------------------------------------------- layers and optimizers
 
 
+def loss_tracker(model):
+    """The `keras.metrics.Mean` a compiled model's train and test steps report the loss in."""
+    return model._loss_tracker
+
+
 def nested_layers(model):
     """Every layer inside `model`, nested models' layers included (not `model` itself)."""
     return list(model._flatten_layers(include_self=False))

@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 import tf_lsh_ops
+from keras_layers import _keras_compat
 from keras_layers.distributed import DistributedFitMixin, scale_loss
 from keras_layers.losses import active_softmax_cross_entropy, dense_softmax_cross_entropy
 from keras_layers.lsh_dense import LSHDense
@@ -156,7 +157,7 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
         else:
             self._apply_gradients(tape, scaled_loss, None, self.trainable_variables, first_update)
         del tape
-        self._loss_tracker.update_state(loss, sample_weight=tf.shape(labels)[0])
+        _keras_compat.loss_tracker(self).update_state(loss, sample_weight=tf.shape(labels)[0])
         # Training metrics rank the active set only (labels included): optimistic, but free.
         logs = self.compute_metrics(x, labels, _top_ids(ids, logits, self.top_k))
         if self.lsh_recall is not None:  # only evaluation measures it: not a training 0.0
@@ -251,7 +252,7 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
             if retrieved is None:
                 retrieved = head.active_ids(features, per_example=True)
             self.lsh_recall.update_state(tf.math.top_k(exact, self.lsh_recall.k).indices, retrieved)
-        self._loss_tracker.update_state(loss, sample_weight=tf.shape(labels)[0])
+        _keras_compat.loss_tracker(self).update_state(loss, sample_weight=tf.shape(labels)[0])
         return self.compute_metrics(x, labels, top_ids)
 
     def predict_top_k(self, x, k=5):
