@@ -1,7 +1,11 @@
 """Keras 3 layers, callbacks, losses, metrics and optimizers for hashing-based sparse training."""
 
 from keras_layers.callbacks import LSHRebuildCallback
-from keras_layers.losses import active_softmax_cross_entropy, dense_softmax_cross_entropy
+from keras_layers.losses import (
+    active_decoupled_softmax_cross_entropy,
+    active_softmax_cross_entropy,
+    dense_softmax_cross_entropy,
+)
 from keras_layers.lsh_dense import (
     INFERENCE_MODES,
     LSHDense,
@@ -37,6 +41,7 @@ __all__ = [
     "SparseAdam",
     "SparseInputDense",
     "UnitCoverage",
+    "active_decoupled_softmax_cross_entropy",
     "active_softmax_cross_entropy",
     "dense_softmax_cross_entropy",
     "export_saved_model",

@@ -36,3 +36,51 @@ def dense_softmax_cross_entropy(logits, labels):
     return tf.reduce_sum(per_example) / tf.maximum(
         tf.reduce_sum(tf.cast(has_label, logits.dtype)), 1.0
     )
+
+
+def active_decoupled_softmax_cross_entropy(ids, logits, labels):
+    """Each label against the active set's negatives: the multi-label loss that keeps an
+    example's labels from competing with each other.
+
+    For every label of an example found in its active set, the softmax cross-entropy of that
+    label over itself and the set's units that are not the example's labels,
+    `softplus(logsumexp(negatives) - logit)`; averaged over the example's labels, then over the
+    examples that have one in their set. `active_softmax_cross_entropy` instead spreads one
+    target distribution over all the labels, which caps how high several labels can rank
+    together (P@5) whatever the sampling (benchmarks/README.md has the figures).
+
+    Args:
+      ids: int32 `[batch, k]` or `[1, k]` (one set for the batch), the active units, -1 padded.
+      logits: float32 `[batch, k]`, their logits.
+      labels: int `[batch, max_labels]`, -1 padded.
+
+    Returns:
+      A float32 scalar.
+    """
+    ids = tf.convert_to_tensor(ids, tf.int32)
+    logits = tf.convert_to_tensor(logits)
+    labels = tf.cast(labels, tf.int32)
+    valid = tf.broadcast_to(ids >= 0, tf.shape(logits))
+    hit = tf.reduce_any(
+        (ids[:, :, None] == labels[:, None, :]) & (labels[:, None, :] >= 0), axis=-1
+    )
+    positive = tf.broadcast_to(hit, tf.shape(logits)) & valid
+    negative = valid & tf.logical_not(positive)
+    # The lowest float rather than -inf: an example without negatives then adds 0, not NaN.
+    negatives = tf.reduce_logsumexp(
+        tf.where(negative, logits, logits.dtype.min), axis=1, keepdims=True
+    )
+    per_label = tf.where(positive, tf.nn.softplus(negatives - logits), tf.zeros_like(logits))
+    num_positive = tf.reduce_sum(tf.cast(positive, logits.dtype), axis=1)
+    has_label = num_positive > 0
+    per_example = tf.reduce_sum(per_label, axis=1) / tf.maximum(num_positive, 1.0)
+    return tf.reduce_sum(tf.where(has_label, per_example, tf.zeros_like(per_example))) / tf.maximum(
+        tf.reduce_sum(tf.cast(has_label, logits.dtype)), 1.0
+    )
+
+
+# The losses `LSHClassifier(active_loss=...)` trains with, by name.
+ACTIVE_LOSSES = {
+    "softmax": active_softmax_cross_entropy,
+    "decoupled_softmax": active_decoupled_softmax_cross_entropy,
+}

@@ -135,5 +135,93 @@ def test_wrong_dtype_is_named():
         loss_op([[1]], tf.constant([[1.0]], tf.float64), [[1]])
 
 
+decoupled = keras_layers.active_decoupled_softmax_cross_entropy
+
+
+def numpy_decoupled(ids, logits, labels):
+    """Each example's labels in its set, each against the set's non-labels, in NumPy."""
+    ids, logits, labels = (np.asarray(t) for t in (ids, logits, labels))
+    ids = np.broadcast_to(ids, logits.shape)
+    per_example = []
+    for row in range(logits.shape[0]):
+        wanted = set(labels[row][labels[row] >= 0])
+        valid = ids[row] >= 0
+        positive = valid & np.isin(ids[row], list(wanted))
+        negative = valid & ~positive
+        if not positive.any():
+            continue
+        scores = logits[row].astype(np.float64)
+        losses = []
+        for logit in scores[positive]:
+            pool = np.concatenate([[logit], scores[negative]])
+            losses.append(np.log(np.exp(pool - pool.max()).sum()) + pool.max() - logit)
+        per_example.append(np.mean(losses))
+    return np.mean(per_example) if per_example else 0.0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_decoupled_loss_matches_numpy(seed):
+    ids, logits, labels = random_case(seed)
+    np.testing.assert_allclose(
+        decoupled(ids, logits, labels), numpy_decoupled(ids, logits, labels), rtol=1e-5
+    )
+
+
+def test_decoupled_loss_gradient_matches_numerical():
+    ids, logits, labels = random_case(11)
+    theoretical, numerical = tf.test.compute_gradient(
+        lambda x: decoupled(ids, x, labels), [tf.cast(logits, tf.float64)]
+    )
+    np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-4)
+
+
+def test_decoupled_loss_keeps_labels_out_of_each_others_denominator():
+    # Two labels with the same large logit: the softmax over the set shares the target between
+    # them (its loss cannot go below log 2); the decoupled loss goes to 0.
+    ids = tf.constant([[0, 1, 2, 3]])
+    logits = tf.constant([[20.0, 20.0, 0.0, 0.0]])
+    labels = tf.constant([[0, 1]])
+    assert float(decoupled(ids, logits, labels)) < 1e-6
+    assert float(loss_op(ids, logits, labels)) == pytest.approx(np.log(2), abs=1e-6)
+
+
+def test_decoupled_loss_of_one_set_for_the_batch_equals_the_set_repeated():
+    ids, logits, labels = random_case(3, batch=5)
+    shared = ids[:1]
+    np.testing.assert_allclose(
+        decoupled(shared, logits, labels),
+        decoupled(tf.tile(shared, [5, 1]), logits, labels),
+        rtol=1e-6,
+    )
+
+
+def test_decoupled_loss_without_labels_or_negatives_is_zero():
+    ids = tf.constant([[0, 1], [2, -1]])
+    logits = tf.constant([[1.0, 2.0], [3.0, 0.0]])
+    assert float(decoupled(ids, logits, tf.constant([[-1], [-1]]))) == 0.0
+    # Every active unit a label: nothing to push against.
+    assert float(decoupled(ids, logits, tf.constant([[0, 1], [2, -1]]))) == pytest.approx(0.0)
+
+
+def test_classifier_trains_with_the_decoupled_loss_and_keeps_it_in_its_config():
+    import keras
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 8)).astype(np.float32)
+    y = rng.integers(0, 40, (64, 3)).astype(np.int32)
+    keras.utils.set_random_seed(0)
+    model = keras_layers.LSHClassifier(
+        keras.Sequential([keras.Input((8,)), keras.layers.Dense(8)]),
+        keras_layers.LSHDense(40, active=10, num_tables=4),
+        active_loss="decoupled_softmax",
+    )
+    model.compile(keras_layers.SparseAdam(1e-2))
+    losses = model.fit(x, y, batch_size=16, epochs=3, verbose=0).history["loss"]
+    assert losses[-1] < losses[0]
+    assert model.get_config()["active_loss"] == "decoupled_softmax"
+    with pytest.raises(ValueError, match="LSHClassifier: unknown active_loss 'bce'"):
+        keras_layers.LSHClassifier(model.body, keras_layers.LSHDense(40), active_loss="bce")
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
