@@ -2,6 +2,7 @@
 
 from keras_layers.callbacks import LSHRebuildCallback
 from keras_layers.losses import (
+    ACTIVE_LOSSES,
     active_decoupled_softmax_cross_entropy,
     active_softmax_cross_entropy,
     dense_softmax_cross_entropy,
@@ -27,6 +28,7 @@ from keras_layers.unit_selectors import (
 )
 
 __all__ = [
+    "ACTIVE_LOSSES",
     "INFERENCE_MODES",
     "ExactSelector",
     "HashTables",

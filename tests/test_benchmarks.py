@@ -67,6 +67,14 @@ def test_bench_quick(script, tmp_path):
         assert report["all_checks_ok"]
 
 
+def test_bench_active_loss_quick():
+    report = run_quick("bench_active_loss.py")
+    assert set(report["losses"]) == {"softmax", "decoupled_softmax"}
+    for result in report["losses"].values():
+        assert len(result["curve"]) == report["settings"]["epochs"]
+        assert result["final"]["P@1"] > 0.3  # the tiny shape's popular label: under 0.1
+
+
 def test_profile_step_quick():
     report = run_quick("profile_step.py")
     assert report["ops_in_step"]["step_wall_ms"] > 0
