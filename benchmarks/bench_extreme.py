@@ -184,9 +184,9 @@ TARGETS = {"speedup_c_over_a": 20.0, "p1_ratio_c_over_a": 0.97, "real_full_softm
 class SampledSoftmaxClassifier(keras.Model):
     """The same network trained with `tf.nn.sampled_softmax_loss`; `call` gives exact logits."""
 
-    def __init__(self, num_labels, num_sampled, num_true, **kwargs):
+    def __init__(self, num_features, num_labels, num_sampled, num_true, **kwargs):
         super().__init__(**kwargs)
-        self.body = example.build_body()
+        self.body = example.build_body(num_features)
         self.num_labels = num_labels
         self.num_sampled = num_sampled
         self.num_true = num_true
@@ -409,7 +409,7 @@ class SampledSoftmax(KerasMethod):
     def build(self, data, active, num_tables):
         keras.utils.set_random_seed(SEED)
         model = SampledSoftmaxClassifier(
-            data.num_labels, self.num_sampled(data.num_labels), data.max_labels
+            data.num_features, data.num_labels, self.num_sampled(data.num_labels), data.max_labels
         )
         model.build((None, data.num_features))
         optimizer = (

@@ -30,9 +30,11 @@ from keras_layers import datasets  # noqa: E402
 HIDDEN = 128
 
 
-def build_body(hidden=HIDDEN):
-    """SparseInputDense(hidden, relu), then each example's features normalised (zero mean and
-    unit variance over the units, no learned offset or scale).
+def build_body(num_features, hidden=HIDDEN):
+    """SparseInputDense(hidden, relu) over `num_features` sparse inputs, then each example's
+    features normalised (zero mean and unit variance over the units, no learned offset or
+    scale). The sparse `keras.Input` keeps the `tf.SparseTensor` sparse: without it,
+    `keras.Sequential` densifies its inputs first (`[batch, num_features]`).
 
     Without the normalisation the ReLU features grow a common component (their norm went from 2
     to 12 in 12 epochs on the amazon-670k-100k shape) along which every label trained in many
@@ -42,6 +44,7 @@ def build_body(hidden=HIDDEN):
     """
     return keras.Sequential(
         [
+            keras.Input((num_features,), sparse=True),
             keras_layers.SparseInputDense(hidden, activation="relu", name="hidden"),
             keras.layers.LayerNormalization(center=False, scale=False, name="normalise"),
         ],
@@ -50,7 +53,7 @@ def build_body(hidden=HIDDEN):
 
 
 def build_lsh_model(num_features, num_labels, active, num_tables=16, batch_wide=False, seed=0):
-    """`build_body()` -> LSHDense(num_labels) trained by LSHClassifier.
+    """`build_body(num_features)` -> LSHDense(num_labels) trained by LSHClassifier.
 
     With `batch_wide`, the batch shares one active set (its labels first, then the units its
     examples' buckets share most), as Mongoose does: a step then touches `active` rows of the
@@ -58,7 +61,7 @@ def build_lsh_model(num_features, num_labels, active, num_tables=16, batch_wide=
     """
     keras.utils.set_random_seed(seed)
     model = keras_layers.LSHClassifier(
-        body=build_body(),
+        body=build_body(num_features),
         head=keras_layers.LSHDense(
             num_labels,
             active=active,
@@ -76,7 +79,7 @@ def build_dense_model(num_features, num_labels, seed=0):
     """The same network with a Dense output over every label and a full softmax."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((num_features,), sparse=True)
-    hidden = build_body()(inputs)
+    hidden = build_body(num_features)(inputs)
     logits = keras.layers.Dense(num_labels, name="output")(hidden)
     return keras.Model(inputs, logits)
 

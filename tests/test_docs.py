@@ -17,7 +17,10 @@ import sys
 
 import pytest
 
+import keras_layers
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGES = os.path.dirname(os.path.dirname(os.path.abspath(keras_layers.__file__)))
 DOCS = ["README.md"] + sorted(
     os.path.join("docs", name)
     for name in os.listdir(os.path.join(ROOT, "docs"))
@@ -83,8 +86,9 @@ def test_python_blocks_run(path, tmp_path):
         env={
             **os.environ,
             "TF_CPP_MIN_LOG_LEVEL": "2",
-            # The checkout's packages when they are not installed (tests run from the source).
-            "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), ROOT) if p),
+            # The packages this test process imported (installed, or the checkout's with its
+            # built library), not whatever else the checkout holds.
+            "PYTHONPATH": os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), PACKAGES) if p),
         },
     )
     assert result.returncode == 0, f"{path}: a block failed\n{result.stderr[-4000:]}"
