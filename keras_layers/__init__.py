@@ -5,6 +5,7 @@ from keras_layers.losses import (
     ACTIVE_LOSSES,
     active_decoupled_softmax_cross_entropy,
     active_softmax_cross_entropy,
+    dense_decoupled_softmax_cross_entropy,
     dense_softmax_cross_entropy,
 )
 from keras_layers.lsh_dense import (
@@ -45,6 +46,7 @@ __all__ = [
     "UnitCoverage",
     "active_decoupled_softmax_cross_entropy",
     "active_softmax_cross_entropy",
+    "dense_decoupled_softmax_cross_entropy",
     "dense_softmax_cross_entropy",
     "export_saved_model",
     "inference_mode",

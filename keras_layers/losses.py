@@ -64,7 +64,25 @@ def active_decoupled_softmax_cross_entropy(ids, logits, labels):
     hit = tf.reduce_any(
         (ids[:, :, None] == labels[:, None, :]) & (labels[:, None, :] >= 0), axis=-1
     )
-    positive = tf.broadcast_to(hit, tf.shape(logits)) & valid
+    return _decoupled_softmax_cross_entropy(logits, tf.broadcast_to(hit, tf.shape(logits)), valid)
+
+
+def dense_decoupled_softmax_cross_entropy(logits, labels):
+    """`active_decoupled_softmax_cross_entropy` with every unit active: logits
+    `[batch, units]`. The labels are scattered into a `[batch, units]` mask, as large as the
+    logits, where comparing every unit with every label would take `max_labels` times more."""
+    logits = tf.convert_to_tensor(logits)
+    labels = tf.cast(labels, tf.int32)
+    positions = label_positions(labels)
+    ones = tf.ones(tf.shape(positions)[:1], tf.int32)
+    positive = tf.scatter_nd(positions, ones, tf.shape(logits))
+    return _decoupled_softmax_cross_entropy(logits, positive > 0, tf.ones_like(positive, tf.bool))
+
+
+def _decoupled_softmax_cross_entropy(logits, positive, valid):
+    """The decoupled loss from boolean `[batch, k]` masks of the labels among the units and of
+    the units that are not padding."""
+    positive = positive & valid
     negative = valid & tf.logical_not(positive)
     # The lowest float rather than -inf: an example without negatives then adds 0, not NaN.
     negatives = tf.reduce_logsumexp(
@@ -79,8 +97,19 @@ def active_decoupled_softmax_cross_entropy(ids, logits, labels):
     )
 
 
-# The losses `LSHClassifier(active_loss=...)` trains with, by name.
+def label_positions(labels):
+    """int32 `[n, 2]` `(row, label)` of every label of int32 `labels` `[batch, max_labels]`
+    (-1 padded): where to scatter into a `[batch, units]` tensor."""
+    rows = tf.broadcast_to(tf.range(tf.shape(labels)[0])[:, None], tf.shape(labels))
+    return tf.boolean_mask(tf.stack([rows, labels], -1), labels >= 0)
+
+
+# The losses `LSHClassifier(active_loss=...)` trains with, by name: (over an active set,
+# over every unit for exact evaluation).
 ACTIVE_LOSSES = {
-    "softmax": active_softmax_cross_entropy,
-    "decoupled_softmax": active_decoupled_softmax_cross_entropy,
+    "softmax": (active_softmax_cross_entropy, dense_softmax_cross_entropy),
+    "decoupled_softmax": (
+        active_decoupled_softmax_cross_entropy,
+        dense_decoupled_softmax_cross_entropy,
+    ),
 }

@@ -6,7 +6,7 @@ import tensorflow as tf
 import tf_lsh_ops
 from keras_layers import _keras_compat
 from keras_layers.distributed import DistributedFitMixin, scale_loss
-from keras_layers.losses import ACTIVE_LOSSES, dense_softmax_cross_entropy
+from keras_layers.losses import ACTIVE_LOSSES
 from keras_layers.lsh_dense import LSHDense
 from keras_layers.metrics import LSHRecall
 from keras_layers.optimizers import warn_if_dense_updates
@@ -176,7 +176,7 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
         return logs
 
     def _loss(self, ids, logits, labels):
-        return ACTIVE_LOSSES[self.active_loss](ids, logits, labels)
+        return ACTIVE_LOSSES[self.active_loss][0](ids, logits, labels)
 
     def _warn_if_dense_updates(self):
         first = self._first_layer()
@@ -250,11 +250,7 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
         head = self.head
         if head.inference == "dense":
             logits = head(features, training=False)
-            loss = (
-                dense_softmax_cross_entropy(logits, labels)
-                if self.active_loss == "softmax"
-                else self._loss(tf.range(head.units)[None, :], logits, labels)  # all active
-            )
+            loss = ACTIVE_LOSSES[self.active_loss][1](logits, labels)
             top_ids = tf.math.top_k(logits, self.top_k).indices
             retrieved = None
         else:

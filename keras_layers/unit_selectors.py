@@ -12,6 +12,7 @@ import math
 import tensorflow as tf
 
 import tf_lsh_ops
+from keras_layers.losses import label_positions
 
 TABLE_RULES = tf_lsh_ops.QUERY_RULES
 _SIMHASH = ("srp", "sparse_srp")
@@ -437,9 +438,7 @@ def times_transposed(inputs, matrix):
 def top_units(scores, k, labels=None):
     """The ids of each row's k largest `scores`, `labels` (-1 padded) first: int32 `[batch, k]`."""
     if labels is not None:
-        labels = tf.convert_to_tensor(labels, tf.int32)
-        rows = tf.broadcast_to(tf.range(tf.shape(labels)[0])[:, None], tf.shape(labels))
-        positions = tf.boolean_mask(tf.stack([rows, labels], -1), labels >= 0)
+        positions = label_positions(tf.convert_to_tensor(labels, tf.int32))
         infinity = tf.fill(tf.shape(positions)[:1], tf.constant(float("inf"), scores.dtype))
         scores = tf.tensor_scatter_nd_update(scores, positions, infinity)
     return tf.math.top_k(scores, k).indices

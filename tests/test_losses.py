@@ -195,6 +195,23 @@ def test_decoupled_loss_of_one_set_for_the_batch_equals_the_set_repeated():
     )
 
 
+def test_dense_decoupled_loss_equals_the_loss_with_every_unit_active():
+    rng = np.random.default_rng(5)
+    logits = tf.constant(rng.standard_normal((6, 15)) * 3, tf.float32)
+    labels = tf.constant(rng.integers(-1, 15, (6, 3)), tf.int32)
+    every_unit = tf.range(15)[None, :]
+    np.testing.assert_allclose(
+        keras_layers.dense_decoupled_softmax_cross_entropy(logits, labels),
+        decoupled(every_unit, logits, labels),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        keras_layers.dense_decoupled_softmax_cross_entropy(logits, labels),
+        numpy_decoupled(np.arange(15)[None, :], logits, labels),
+        rtol=1e-5,
+    )
+
+
 def test_decoupled_loss_without_labels_or_negatives_is_zero():
     ids = tf.constant([[0, 1], [2, -1]])
     logits = tf.constant([[1.0, 2.0], [3.0, 0.0]])
