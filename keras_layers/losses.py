@@ -60,6 +60,7 @@ def active_decoupled_softmax_cross_entropy(ids, logits, labels):
     ids = tf.convert_to_tensor(ids, tf.int32)
     logits = tf.convert_to_tensor(logits)
     labels = tf.cast(labels, tf.int32)
+    _check_shapes("active_decoupled_softmax_cross_entropy", ids=ids, logits=logits, labels=labels)
     valid = tf.broadcast_to(ids >= 0, tf.shape(logits))
     hit = tf.reduce_any(
         (ids[:, :, None] == labels[:, None, :]) & (labels[:, None, :] >= 0), axis=-1
@@ -73,6 +74,7 @@ def dense_decoupled_softmax_cross_entropy(logits, labels):
     logits, where comparing every unit with every label would take `max_labels` times more."""
     logits = tf.convert_to_tensor(logits)
     labels = tf.cast(labels, tf.int32)
+    _check_shapes("dense_decoupled_softmax_cross_entropy", logits=logits, labels=labels)
     positions = label_positions(labels)
     ones = tf.ones(tf.shape(positions)[:1], tf.int32)
     positive = tf.scatter_nd(positions, ones, tf.shape(logits))
@@ -95,6 +97,32 @@ def _decoupled_softmax_cross_entropy(logits, positive, valid):
     return tf.reduce_sum(tf.where(has_label, per_example, tf.zeros_like(per_example))) / tf.maximum(
         tf.reduce_sum(tf.cast(has_label, logits.dtype)), 1.0
     )
+
+
+def _check_shapes(function, logits, labels, ids=None):
+    """Rank 2 each; as many rows of labels as of logits; ids `[batch or 1, k]` beside logits
+    `[batch, k]`. Named errors: a broadcast would fail with TensorFlow's own message, or
+    (ids of one row) not at all."""
+    named = {**({"ids": ids} if ids is not None else {}), "logits": logits, "labels": labels}
+    for name, tensor in named.items():
+        if tensor.shape.rank != 2:
+            raise ValueError(f"{function}: {name} must have rank 2, got shape {tensor.shape}")
+    tf.debugging.assert_equal(
+        tf.shape(labels)[0],
+        tf.shape(logits)[0],
+        message=f"{function}: labels and logits must have as many rows",
+    )
+    if ids is not None:
+        tf.debugging.assert_equal(
+            tf.shape(ids)[1],
+            tf.shape(logits)[1],
+            message=f"{function}: ids and logits must have as many columns",
+        )
+        rows = tf.shape(ids)[0]
+        tf.debugging.Assert(
+            (rows == 1) | (rows == tf.shape(logits)[0]),
+            [f"{function}: ids must have 1 row or as many as logits; ids rows:", rows],
+        )
 
 
 def label_positions(labels):

@@ -212,6 +212,32 @@ def test_dense_decoupled_loss_equals_the_loss_with_every_unit_active():
     )
 
 
+@pytest.mark.parametrize(
+    "ids, logits, labels, message",
+    [
+        ([[1, 2]], [[0.0, 0.0, 0.0]], [[1]], "ids and logits must have as many columns"),
+        ([[1, 2]], [[0.0, 0.0]], [[1], [2]], "labels and logits must have as many rows"),
+        ([[1, 2], [3, 4]], [[0.0, 0.0]] * 3, [[1]] * 3, "ids must have 1 row or as many"),
+        ([1, 2], [0.0, 0.0], [[1]], "ids must have rank 2"),
+        ([[1, 2]], [[0.0, 0.0]], [1], "labels must have rank 2"),
+    ],
+)
+def test_decoupled_loss_names_bad_shapes(ids, logits, labels, message):
+    with pytest.raises(
+        (tf.errors.InvalidArgumentError, ValueError),
+        match=f"active_decoupled_softmax_cross_entropy: {message}",
+    ):
+        decoupled(tf.constant(ids), tf.constant(logits), tf.constant(labels))
+    if message.startswith("labels"):
+        with pytest.raises(
+            (tf.errors.InvalidArgumentError, ValueError),
+            match=f"dense_decoupled_softmax_cross_entropy: {message}",
+        ):
+            keras_layers.dense_decoupled_softmax_cross_entropy(
+                tf.constant(logits), tf.constant(labels)
+            )
+
+
 def test_decoupled_loss_without_labels_or_negatives_is_zero():
     ids = tf.constant([[0, 1], [2, -1]])
     logits = tf.constant([[1.0, 2.0], [3.0, 0.0]])
