@@ -102,12 +102,13 @@ def dense_multiplications(hidden=HIDDEN):
     return sum(a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
 
 
-def lsh_multiplications(model, batch_size=128):
+def lsh_multiplications(model, input_dim=INPUT_DIM):
     """Multiplications per example of an LSH MLP (see the module docstring): forward
     `{"selection", "active", "output", "total"}`, plus `"backward"` and `"refresh"` (the
-    refreshes' exact products, spread over the examples between two)."""
+    refreshes' exact products, spread over the examples between two). `input_dim`: the
+    first layer's fan-in (for sparse inputs, the mean nonzeros of an example)."""
     counts = dict.fromkeys(("selection", "active", "output", "backward", "refresh"), 0.0)
-    fan_in = INPUT_DIM
+    fan_in = input_dim
     for index, layer in enumerate(model.layers):
         if not isinstance(layer, keras_layers.LSHDense):
             counts["output"] += fan_in * layer.units
@@ -127,8 +128,8 @@ def lsh_multiplications(model, batch_size=128):
         counts["backward"] += layer.num_active * fan_in * (1 if index == 0 else 2)
         # A refresh computes the batch's exact products for the sketch or the recall metric
         # (a table refresh alone re-hashes the changed units: not counted).
-        if layer.refresh_period and (layer.selection == "low_rank" or layer.track_selection):
-            counts["refresh"] += layer.units * fan_in / layer.refresh_period
+        if layer.refresh_steps and (layer.selection == "low_rank" or layer.track_selection):
+            counts["refresh"] += layer.units * fan_in / layer.refresh_steps
         fan_in = layer.num_active if layer.sparse_outputs else layer.units
     counts["total"] = counts["selection"] + counts["active"] + counts["output"]
     return counts

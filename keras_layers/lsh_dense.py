@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import math
 
 import keras
 import tensorflow as tf
@@ -85,9 +86,12 @@ class LSHDense(keras.layers.Layer):
       refresh_period: every this many training steps the layer refreshes its selector: refits
         the sketch (`"low_rank"`) from the batch's exact pre-activations, or re-hashes the
         units whose weights changed (`layer.tables.refresh()`, table rules;
-        `LSHRebuildCallback` adds full rebuilds and other schedules). None: never (tables
-        then need the callback). `LSHClassifier` trains its head without this schedule: its
-        tables follow the callback.
+        `LSHRebuildCallback` adds full rebuilds and other schedules). `"auto"` (default):
+        `max(20, ceil(units / active))` (`layer.refresh_steps`), so that a unit is updated
+        about as often between two refreshes at any width (a refresh of a wide layer costs
+        about `rank * units * input_dim`, while each unit changes only in the steps it is
+        active). None: never (tables then need the callback). `LSHClassifier` trains its head
+        without this schedule: its tables follow the callback.
       track_selection: record two Keras metrics in training (in the logs, `History` and
         TensorBoard): `<name>_recall`, the fraction of each example's exact top `active` units
         that the selection held, measured on the refresh steps (costs the batch's exact
@@ -150,7 +154,7 @@ class LSHDense(keras.layers.Layer):
         bucket_capacity=128,
         active_rule="auto",
         rank=32,
-        refresh_period=20,
+        refresh_period="auto",
         track_selection=False,
         min_count=1,
         fill_random=True,
@@ -206,9 +210,12 @@ class LSHDense(keras.layers.Layer):
         if not is_int(rank) or rank < 1:
             raise ValueError(f"LSHDense: rank must be an int >= 1, got {rank!r}")
         self.rank = rank
-        if refresh_period is not None and (not is_int(refresh_period) or refresh_period < 1):
+        if refresh_period not in (None, "auto") and (
+            not is_int(refresh_period) or refresh_period < 1
+        ):
             raise ValueError(
-                f"LSHDense: refresh_period must be None or an int >= 1, got {refresh_period!r}"
+                "LSHDense: refresh_period must be None, 'auto' or an int >= 1, "
+                f"got {refresh_period!r}"
             )
         self.refresh_period = refresh_period
         if track_selection and refresh_period is None:
@@ -251,6 +258,14 @@ class LSHDense(keras.layers.Layer):
         return self.selector if isinstance(self.selector, HashTables) else None
 
     @property
+    def refresh_steps(self):
+        """Training steps between two refreshes of the selector (`refresh_period`, resolved),
+        or None."""
+        if self.refresh_period == "auto":
+            return max(20, math.ceil(self.units / self.num_active))
+        return self.refresh_period
+
+    @property
     def batch_wide(self):
         return self.table_config.batch_wide
 
@@ -269,16 +284,10 @@ class LSHDense(keras.layers.Layer):
     def build(self, input_shape):
         input_dim = int(input_shape[-1])
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_dim})
-        initializer = self.kernel_initializer
-
-        def neuron_major(shape, dtype=None):
-            # Fan-in and fan-out as for Dense's [input_dim, units] kernel.
-            return keras.ops.transpose(initializer((shape[1], shape[0]), dtype=dtype))
-
         self.kernel = self.add_weight(
             name="kernel",
             shape=(self.units, input_dim),
-            initializer=neuron_major,
+            initializer=_neuron_major(self.kernel_initializer),
             regularizer=self.kernel_regularizer,
             constraint=self.kernel_constraint,
         )
@@ -374,7 +383,7 @@ class LSHDense(keras.layers.Layer):
         return tf.where(ids >= 0, self.activation(values), 0.0)
 
     def _refresh(self, inputs):
-        """A refresh step (`refresh_period`): with `track_selection`, how many of each
+        """A refresh step (`refresh_steps`): with `track_selection`, how many of each
         example's exact top units the selection holds; then the selector brought up to date."""
         products = None
         if self.track_selection or self.selector.needs_products:
@@ -389,13 +398,13 @@ class LSHDense(keras.layers.Layer):
             self._refresh(inputs)
             return tf.constant(True)
 
-        due = tf.equal(self.step % self.refresh_period, 0)
+        due = tf.equal(self.step % self.refresh_steps, 0)
         tf.cond(due, refresh, lambda: tf.constant(False))
 
     def call(self, inputs, training=None):
         if not training and self.inference != "lsh":
             return self._all_units(inputs, keep_top_k=self.inference == "top_k")
-        if training and self.refresh_period is not None:
+        if training and self.refresh_steps is not None:
             self._refresh_if_due(inputs)
         ids, values = self.active_outputs(inputs, per_example=not training)
         if training:
@@ -547,6 +556,29 @@ def _active_count(active, units):
     if not 1 <= active <= units:
         raise ValueError(f"LSHDense: active = {active} units must be in [1, units = {units}]")
     return active
+
+
+def _neuron_major(initializer):
+    """An initializer of a neuron-major `[units, input_dim]` kernel that draws as `initializer`
+    does for `Dense`'s `[input_dim, units]` (same fan-in and fan-out).
+
+    Variance-scaling initializers (Glorot, He, LeCun: the common ones) draw i.i.d. values, so
+    they are asked for the neuron-major shape with its axes named; others draw the `Dense`
+    shape, then transpose, a second copy of a kernel that can take gigabytes."""
+    if isinstance(initializer, initializers.VarianceScaling) and initializer.input_axes is None:
+        return initializers.VarianceScaling(
+            scale=initializer.scale,
+            mode=initializer.mode,
+            distribution=initializer.distribution,
+            seed=initializer.seed,
+            input_axes=[1],
+            output_axes=[0],
+        )
+
+    def transposed(shape, dtype=None):
+        return keras.ops.transpose(initializer((shape[1], shape[0]), dtype=dtype))
+
+    return transposed
 
 
 def _tile_rows(ids, batch):

@@ -138,6 +138,23 @@ def test_dense_inference_equals_keras_dense(activation, use_bias):
     assert layer.compute_output_shape((None, 24)) == (None, 96)
 
 
+@pytest.mark.parametrize(
+    "initializer",
+    ["glorot_uniform", "he_normal", "lecun_uniform", keras.initializers.RandomNormal(stddev=0.02)],
+)
+def test_kernel_draws_as_dense_kernels_do(initializer):
+    # Neuron-major, but the fan-in is still the input width: for a layer much wider than its
+    # input, He and LeCun scales differ by sqrt(units / input_dim) if the fans are swapped.
+    input_dim, units = 200, 3000
+    lsh = LSHDense(units, kernel_initializer=initializer)
+    dense = keras.layers.Dense(units, kernel_initializer=initializer)
+    lsh.build((None, input_dim))
+    dense.build((None, input_dim))
+    assert lsh.kernel.shape == (units, input_dim)
+    lsh_std, dense_std = np.std(lsh.kernel.numpy()), np.std(dense.kernel.numpy())
+    assert lsh_std == pytest.approx(dense_std, rel=0.03)
+
+
 @pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
 def test_training_output_is_dense_output_on_the_active_units(activation):
     units, dim, active = 96, 24, 10

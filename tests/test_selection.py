@@ -279,7 +279,7 @@ def test_config_round_trip_and_saving_keep_the_sketch(tmp_path):
         ({"active_rule": "exact", "batch_wide": True}, "not 'exact'"),
         ({"rank": 0}, "rank must be an int >= 1, got 0"),
         ({"rank": 2.5}, "rank must be an int >= 1, got 2.5"),
-        ({"refresh_period": 0}, "refresh_period must be None or an int >= 1, got 0"),
+        ({"refresh_period": 0}, "refresh_period must be None, 'auto' or an int >= 1, got 0"),
         ({"track_selection": True, "refresh_period": None}, "refresh_period must be set"),
         ({"inference": "top"}, "unknown inference mode 'top'"),
     ],

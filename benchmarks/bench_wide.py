@@ -1,0 +1,530 @@
+"""Benchmark of wide hidden layers: `Dense` against `LSHDense` as the width W grows.
+
+Two hidden ReLU layers of width W, trained with `model.fit` (batch 128, learning rate 1e-3):
+
+* `dense`: `keras.layers.Dense` x 2, then `Dense(classes, softmax)`; Keras' `Adam`.
+* `lsh_50`: `LSHDense(W, relu, active=50)` x 2 (50 units, 5% of 1k, at every width), each
+  handing its active units on as a `tf.SparseTensor` (`sparse_outputs=True`), then
+  `SparseInputDense(classes, softmax)`, which reads them sparsely; `SparseAdam`.
+* `lsh_5pct`: the same with `active=0.05` (5% of W).
+
+on two inputs:
+
+* `mnist`: the 784 pixels of MNIST (50,000 training, 10,000 test images, 10 classes);
+* `sparse`: a 20,000-wide bag of words (`keras_layers.datasets.synthetic_extreme_classification`
+  with one label per example: ~75 nonzero tf-idf features, 1,000 classes, 40,000 training and
+  5,000 test examples).
+
+Each run is a fresh subprocess (so that its peak RSS is its own). Reported per run: seconds per
+epoch (refreshes of the selection included: they happen inside the steps; the first epoch's
+tracing is left out by timing steps after the first `WARMUP_STEPS`), test accuracy after
+`--epochs` epochs, peak RSS against the state (weights, optimizer moments and the selectors'
+state), and the forward multiplications per example (selection included). A run whose epoch
+would take longer than `--epoch-budget` minutes is stopped after `--timed-steps` timed steps;
+its epoch time is then the median step times the steps in an epoch (`"timed_steps": true`)
+and it has no accuracy. A width whose state cannot fit in this machine's memory is listed in
+`skipped` with the bytes it would need.
+
+`threads`: the median training step of the LSH runs at `--threads-width` on 1 and on 2 threads
+(`speedup` = 1 thread / 2 threads). `targets` checks the issue's: at 16k, LSHDense >= 10x
+faster per epoch than Dense within 1 point of its accuracy; time per step at 50 active units
+growing < 2x from 4k to the widest width run; peak RSS within 1.3x of the state.
+
+Usage: python benchmarks/bench_wide.py [--quick | --full] [--widths W ...] [--inputs ...]
+       [--epochs N] [--plots DIR]
+Prints one JSON document to stdout; progress goes to stderr; a plot goes to --plots.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "examples"))
+try:
+    from benchmarks import _common  # noqa: E402  (first: it finds tf-lsh)
+except ModuleNotFoundError:  # Run as a script: the benchmarks folder is on sys.path.
+    import _common  # noqa: E402
+
+import keras  # noqa: E402
+import mnist_paper  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_layers  # noqa: E402
+from keras_layers import datasets  # noqa: E402
+
+log = _common.make_logger("bench_wide")
+
+BATCH = 128
+LEARNING_RATE = 1e-3
+FIXED_ACTIVE = 50
+WARMUP_STEPS = 5
+KINDS = ("dense", "lsh_50", "lsh_5pct")
+INPUTS = ("mnist", "sparse")
+# The bag-of-words input: (num_features, classes, num_train, num_test), one label each.
+SPARSE_SHAPE = (20_000, 1_000, 40_000, 5_000)
+MODES = {
+    "quick": {
+        "widths": (1024, 4096),
+        "inputs": ("mnist",),
+        "epochs": 1,
+        "train_examples": 5_000,
+        "timed_steps": 20,
+        "epoch_budget_min": 2.0,
+        "threads_width": 4096,
+    },
+    "full": {
+        "widths": (1024, 4096, 16384, 32768, 65536),
+        "inputs": INPUTS,
+        "epochs": 1,
+        "train_examples": None,
+        "timed_steps": 30,
+        "epoch_budget_min": 30.0,
+        "threads_width": 16384,
+    },
+}
+# A run is skipped when the memory it needs (`memory_estimate_bytes`) exceeds this share of
+# the machine's.
+MEMORY_SHARE = 0.7
+
+
+# ------------------------------------------------------------------------------ one run
+
+
+def load_data(input_name, train_examples):
+    """`(x_train, y_train), (x_test, y_test), classes, fan_in`; x a NumPy array (mnist) or a
+    `tf.SparseTensor`-ready CSR triple; `fan_in` the mean nonzeros an example."""
+    if input_name == "mnist":
+        (x_train, y_train), _, test = datasets.load_mnist()
+        if train_examples is not None:
+            x_train, y_train = x_train[:train_examples], y_train[:train_examples]
+        return (x_train, y_train), test, 10, 784
+    train, test = datasets.synthetic_extreme_classification(SPARSE_SHAPE, labels_per_example=1.0)
+    if train_examples is not None:
+        train = train.take(np.arange(min(train_examples, len(train))))
+    fan_in = len(train.feature_ids) / len(train)
+    return (train, None), (test, None), SPARSE_SHAPE[1], fan_in
+
+
+def sparse_dataset(data, batch_size, shuffle):
+    """Batches of (`tf.SparseTensor` features, the example's label) from `MultiLabelData`."""
+
+    def single_label(features, labels):
+        return features, labels[:, 0]
+
+    return data.dataset(batch_size, shuffle=shuffle).map(single_label)
+
+
+def build_model(kind, width, input_name, input_dim, classes, seed=0):
+    keras.utils.set_random_seed(seed)
+    sparse = input_name == "sparse"
+    layers = [keras.Input((input_dim,), sparse=sparse)]
+    if kind == "dense":
+        if sparse:  # Keras' Dense reads a dense batch: the first layer densifies it.
+            layers.append(keras_layers.SparseInputDense(width, activation="relu", name="hidden1"))
+        else:
+            layers.append(keras.layers.Dense(width, activation="relu", name="hidden1"))
+        layers.append(keras.layers.Dense(width, activation="relu", name="hidden2"))
+        layers.append(keras.layers.Dense(classes, activation="softmax", name="output"))
+        return keras.Sequential(layers, name="dense_mlp"), keras.optimizers.Adam(LEARNING_RATE)
+    active = FIXED_ACTIVE if kind == "lsh_50" else 0.05
+    for i in range(2):
+        layers.append(
+            keras_layers.LSHDense(
+                width,
+                activation="relu",
+                active=active,
+                sparse_outputs=True,
+                seed=seed + i,
+                name=f"hidden{i + 1}",
+            )
+        )
+    layers.append(keras_layers.SparseInputDense(classes, activation="softmax", name="output"))
+    return keras.Sequential(layers, name="lsh_mlp"), keras_layers.SparseAdam(LEARNING_RATE)
+
+
+def forward_multiplications(model, fan_in):
+    """Forward multiplications per example: `{"selection", "active", "output", "total"}`."""
+    counts = mnist_paper.lsh_multiplications(model, input_dim=fan_in)
+    return {name: counts[name] for name in ("selection", "active", "output", "total")}
+
+
+def status_bytes(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Times every training step after the first `WARMUP_STEPS`; stops training once
+    `timed_steps` steps show that an epoch would take longer than `budget_s`."""
+
+    def __init__(self, steps_per_epoch, timed_steps, budget_s):
+        super().__init__()
+        self.steps_per_epoch = steps_per_epoch
+        self.timed_steps = timed_steps
+        self.budget_s = budget_s
+        self.step_seconds = []
+        self.seen = 0
+        self.stopped_early = False
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        seconds = time.perf_counter() - self.start
+        self.seen += 1
+        if self.seen <= WARMUP_STEPS:
+            return
+        self.step_seconds.append(seconds)
+        if len(self.step_seconds) == self.timed_steps:
+            epoch_s = float(np.median(self.step_seconds)) * self.steps_per_epoch
+            if epoch_s > self.budget_s:
+                self.stopped_early = True
+                self.model.stop_training = True
+
+
+def run_one(spec):
+    """Trains one (input, width, kind) and returns its measurements (run in a subprocess)."""
+    _common.configure_threads(spec.get("threads"))
+    tf.get_logger().setLevel("ERROR")
+    train, test, classes, fan_in = load_data(spec["input"], spec["train_examples"])
+    # The runtime and the data, before any model: what training adds is measured from here.
+    tf.reduce_sum(tf.ones([8, 8])).numpy()
+    baseline = status_bytes("VmRSS")
+    sparse = spec["input"] == "sparse"
+    input_dim = SPARSE_SHAPE[0] if sparse else 784
+    model, optimizer = build_model(spec["kind"], spec["width"], spec["input"], input_dim, classes)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    if sparse:
+        train_data = sparse_dataset(train[0], BATCH, shuffle=True)
+        steps_per_epoch = -(-len(train[0]) // BATCH)
+        fit_args = dict(x=train_data)
+    else:
+        steps_per_epoch = -(-len(train[0]) // BATCH)
+        fit_args = dict(x=train[0], y=train[1], batch_size=BATCH, shuffle=True)
+    epochs = spec["epochs"]
+    if spec.get("steps_only"):
+        epochs, budget_s = 1, 0.0  # times `timed_steps` steps, then stops
+    else:
+        budget_s = spec["epoch_budget_min"] * 60
+    timer = StepTimer(steps_per_epoch, spec["timed_steps"], budget_s)
+    start = time.perf_counter()
+    history = model.fit(**fit_args, epochs=epochs, verbose=0, callbacks=[timer])
+    train_s = time.perf_counter() - start
+    step_s = float(np.median(timer.step_seconds))
+    result = {
+        **spec,
+        "steps_per_epoch": steps_per_epoch,
+        "median_step_s": step_s,
+        "epoch_s": step_s * steps_per_epoch,
+        "timed_steps": timer.stopped_early or bool(spec.get("steps_only")),
+        "steps_run": timer.seen,
+        "train_s": train_s,
+    }
+    if not result["timed_steps"]:
+        if sparse:
+            scores = model.evaluate(sparse_dataset(test[0], 1000, False), verbose=0)
+        else:
+            scores = model.evaluate(test[0], test[1], batch_size=1000, verbose=0)
+        result["test_accuracy"] = float(scores[1])
+        result["train_loss"] = [float(v) for v in history.history["loss"]]
+    state = sum(
+        int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+        for v in model.weights + optimizer.variables
+    )
+    result.update(
+        baseline_bytes=baseline,
+        peak_bytes=status_bytes("VmHWM"),
+        state_bytes=state,
+        training_over_state=(status_bytes("VmHWM") - baseline) / state,
+        forward_multiplications=(
+            dense_multiplications(spec["width"], fan_in, classes)
+            if spec["kind"] == "dense"
+            else forward_multiplications(model, fan_in)
+        ),
+    )
+    if spec["kind"] != "dense":
+        result["active_units"] = [layer.num_active for layer in keras_layers.lsh_layers(model)]
+    return result
+
+
+def dense_multiplications(width, fan_in, classes):
+    total = fan_in * width + width * width + width * classes
+    return {
+        "selection": 0,
+        "active": fan_in * width + width * width,
+        "output": width * classes,
+        "total": total,
+    }
+
+
+# ------------------------------------------------------------------------------ the grid
+
+
+def memory_estimate_bytes(kind, width, input_dim, classes):
+    """What a run needs, before it starts: weights and Adam moments, plus for `Dense` a
+    gradient and a temporary of Adam's as large as the weights."""
+    weights = 4 * (input_dim * width + width * width + width * classes)
+    return (5 if kind == "dense" else 3) * weights
+
+
+def run_child(spec):
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--run", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
+        },
+    )
+    if out.returncode != 0:
+        tail = out.stderr.strip().splitlines()[-5:]
+        return {**spec, "error": "\n".join(tail)}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def targets(runs):
+    def find(input_name, kind, width):
+        for run in runs:
+            if (run["input"], run["kind"], run["width"]) == (input_name, kind, width):
+                return run if "error" not in run else None
+        return None
+
+    found = {}
+    for input_name in sorted({run["input"] for run in runs}):
+        dense = find(input_name, "dense", 16384)
+        per_input = {}
+        for kind in ("lsh_50", "lsh_5pct"):
+            lsh = find(input_name, kind, 16384)
+            if dense and lsh:
+                entry = {"speedup_per_epoch": dense["epoch_s"] / lsh["epoch_s"]}
+                if "test_accuracy" in dense and "test_accuracy" in lsh:
+                    entry["accuracy_gap"] = dense["test_accuracy"] - lsh["test_accuracy"]
+                    entry["met"] = (
+                        entry["speedup_per_epoch"] >= 10 and entry["accuracy_gap"] <= 0.01
+                    )
+                per_input[f"{kind}_at_16k"] = entry
+        widths = sorted(
+            run["width"]
+            for run in runs
+            if run["input"] == input_name and run["kind"] == "lsh_50" and "error" not in run
+        )
+        if 4096 in widths and widths[-1] > 4096:
+            small, wide = find(input_name, "lsh_50", 4096), find(input_name, "lsh_50", widths[-1])
+            growth = wide["median_step_s"] / small["median_step_s"]
+            per_input["step_growth_50_active"] = {
+                "from": 4096,
+                "to": widths[-1],
+                "growth": growth,
+                "met": growth < 2,
+            }
+        rss = [
+            run["training_over_state"]
+            for run in runs
+            if run["input"] == input_name and "error" not in run
+        ]
+        if rss:
+            per_input["worst_training_over_state"] = max(rss)
+            per_input["rss_met"] = max(rss) <= 1.3
+        found[input_name] = per_input
+    return found
+
+
+def plot(report, directory):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(directory, exist_ok=True)
+    inputs = sorted({run["input"] for run in report["runs"]})
+    fig, axes = plt.subplots(2, len(inputs), figsize=(6.5 * len(inputs), 9), squeeze=False)
+    styles = {
+        "dense": ("s-", "Dense + Adam"),
+        "lsh_50": ("o-", "LSHDense, 50 active"),
+        "lsh_5pct": ("^-", "LSHDense, 5% active"),
+    }
+    for column, input_name in enumerate(inputs):
+        ax_time, ax_acc = axes[0][column], axes[1][column]
+        for kind, (style, label) in styles.items():
+            runs = sorted(
+                (
+                    r
+                    for r in report["runs"]
+                    if r["input"] == input_name and r["kind"] == kind and "error" not in r
+                ),
+                key=lambda r: r["width"],
+            )
+            if not runs:
+                continue
+            (line,) = ax_time.plot(
+                [r["width"] for r in runs], [r["epoch_s"] for r in runs], style, label=label
+            )
+            timed = [r for r in runs if r["timed_steps"]]
+            ax_time.plot(
+                [r["width"] for r in timed],
+                [r["epoch_s"] for r in timed],
+                "x",
+                color=line.get_color(),
+                markersize=12,
+            )
+            trained = [r for r in runs if "test_accuracy" in r]
+            ax_acc.plot(
+                [r["width"] for r in trained],
+                [r["test_accuracy"] for r in trained],
+                style,
+                label=label,
+            )
+        ax_time.set_xscale("log", base=2)
+        ax_time.set_yscale("log")
+        ax_time.set_xlabel("hidden width W")
+        ax_time.set_ylabel("seconds per epoch (x: from timed steps)")
+        ax_time.set_title(f"{input_name}: two hidden layers of W units")
+        ax_acc.set_xscale("log", base=2)
+        ax_acc.set_xlabel("hidden width W")
+        ax_acc.set_ylabel(f"test accuracy after {report['settings']['epochs']} epoch(s)")
+        for axis in (ax_time, ax_acc):
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(directory, "bench_wide.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None):
+    parser = _common.mode_parser(__doc__.splitlines()[0])
+    parser.add_argument("--widths", type=int, nargs="+", help="hidden widths W")
+    parser.add_argument("--inputs", nargs="+", choices=INPUTS)
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--epoch-budget", type=float, help="minutes an epoch may take")
+    parser.add_argument("--plots", default="out/plots", help="folder for the PNG plot")
+    parser.add_argument("--run", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.run:
+        print(json.dumps(run_one(json.loads(args.run))))
+        return None
+    settings = dict(MODES[args.mode])
+    for name, value in (
+        ("widths", args.widths),
+        ("inputs", args.inputs),
+        ("epochs", args.epochs),
+        ("epoch_budget_min", args.epoch_budget),
+    ):
+        if value is not None:
+            settings[name] = tuple(value) if isinstance(value, list) else value
+    report = {
+        "benchmark": "wide",
+        "mode": args.mode,
+        "machine": _common.machine_info(),
+        "settings": {
+            **settings,
+            "batch_size": BATCH,
+            "learning_rate": LEARNING_RATE,
+            "fixed_active": FIXED_ACTIVE,
+            "sparse_shape": SPARSE_SHAPE,
+        },
+        "runs": [],
+        "skipped": [],
+    }
+    memory = _common.meminfo_bytes("MemTotal") or 0
+    start = time.perf_counter()
+    for input_name in settings["inputs"]:
+        input_dim, classes = (784, 10) if input_name == "mnist" else SPARSE_SHAPE[:2]
+        for width in settings["widths"]:
+            for kind in args.kinds:
+                need = memory_estimate_bytes(kind, width, input_dim, classes)
+                if need > MEMORY_SHARE * memory:
+                    report["skipped"].append(
+                        {
+                            "input": input_name,
+                            "width": width,
+                            "kind": kind,
+                            "needs_bytes": need,
+                            "memory_bytes": memory,
+                            "reason": "weights, Adam moments (and Dense's gradient) exceed "
+                            f"{MEMORY_SHARE:.0%} of this machine's memory",
+                        }
+                    )
+                    log(f"{input_name} W={width} {kind}: skipped, needs {need / 2**30:.1f} GiB")
+                    continue
+                spec = {
+                    "input": input_name,
+                    "width": width,
+                    "kind": kind,
+                    "epochs": settings["epochs"],
+                    "train_examples": settings["train_examples"],
+                    "timed_steps": settings["timed_steps"],
+                    "epoch_budget_min": settings["epoch_budget_min"],
+                }
+                log(f"{input_name} W={width} {kind} ...")
+                result = run_child(spec)
+                report["runs"].append(result)
+                log("  " + summary(result))
+    report["threads"] = []
+    for input_name in settings["inputs"][:1]:
+        for kind in ("lsh_50", "lsh_5pct"):
+            if kind not in args.kinds:
+                continue
+            timings = {}
+            for threads in (1, 2):
+                spec = {
+                    "input": input_name,
+                    "width": settings["threads_width"],
+                    "kind": kind,
+                    "epochs": 1,
+                    "train_examples": settings["train_examples"],
+                    "timed_steps": settings["timed_steps"],
+                    "steps_only": True,
+                    "threads": threads,
+                }
+                log(f"threads: {input_name} W={spec['width']} {kind}, {threads} thread(s) ...")
+                timings[threads] = run_child(spec).get("median_step_s")
+            report["threads"].append(
+                {
+                    "input": input_name,
+                    "width": settings["threads_width"],
+                    "kind": kind,
+                    "step_s_1_thread": timings[1],
+                    "step_s_2_threads": timings[2],
+                    "speedup": timings[1] / timings[2] if timings[1] and timings[2] else None,
+                }
+            )
+            log(f"  speedup {report['threads'][-1]['speedup']}")
+    report["targets"] = targets(report["runs"])
+    report["wall_s"] = time.perf_counter() - start
+    if args.plots:
+        report["plot"] = plot(report, args.plots)
+    print(json.dumps(report, indent=1))
+    return report
+
+
+def summary(run):
+    if "error" in run:
+        return f"failed: {run['error']}"
+    text = f"{run['median_step_s'] * 1e3:.1f} ms/step, {run['epoch_s']:.1f} s/epoch"
+    if run["timed_steps"]:
+        text += " (from timed steps)"
+    if "test_accuracy" in run:
+        text += f", accuracy {run['test_accuracy']:.4f}"
+    return (
+        text
+        + f", peak {run['peak_bytes'] / 2**30:.2f} GiB, x{run['training_over_state']:.2f} of state"
+    )
+
+
+if __name__ == "__main__":
+    main()
