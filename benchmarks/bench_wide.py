@@ -79,17 +79,27 @@ MODES = {
         "timed_steps": 20,
         "epoch_budget_min": 2.0,
         "threads_width": 4096,
+        "ablation_width": 4096,
     },
     "full": {
         "widths": (1024, 4096, 16384, 32768, 65536),
         "inputs": INPUTS,
-        "epochs": 1,
+        "epochs": 5,
         "train_examples": None,
         "timed_steps": 30,
-        "epoch_budget_min": 30.0,
+        "epoch_budget_min": 3.0,
         "threads_width": 16384,
+        "ablation_width": 16384,
     },
 }
+# Variants of the LSH networks (see `build_model`) run at `ablation_width` on MNIST: the
+# selector refitted every 20 steps (not "auto"); the second layer's kernel updated by the
+# optimizer's Adam on whole rows (not in the backward pass, per weight).
+ABLATIONS = (
+    ("lsh_50", {"refresh_period": 20}),
+    ("lsh_50", {"backward_adam": False}),
+    ("lsh_5pct", {"backward_adam": False}),
+)
 # A run is skipped when the memory it needs (`memory_estimate_bytes`) exceeds this share of
 # the machine's.
 MEMORY_SHARE = 0.7
@@ -122,7 +132,11 @@ def sparse_dataset(data, batch_size, shuffle):
     return data.dataset(batch_size, shuffle=shuffle).map(single_label)
 
 
-def build_model(kind, width, input_name, input_dim, classes, seed=0):
+def build_model(kind, width, input_name, input_dim, classes, seed=0, variant=None):
+    """The network of `kind` and its optimizer. LSH networks take `variant` options:
+    `refresh_period` (default "auto") and `backward_adam` (default True: the layers that read
+    sparse inputs update their kernels in the backward pass; False: the optimizer does)."""
+    variant = {"refresh_period": "auto", "backward_adam": True, **(variant or {})}
     keras.utils.set_random_seed(seed)
     sparse = input_name == "sparse"
     layers = [keras.Input((input_dim,), sparse=sparse)]
@@ -136,12 +150,18 @@ def build_model(kind, width, input_name, input_dim, classes, seed=0):
         return keras.Sequential(layers, name="dense_mlp"), keras.optimizers.Adam(LEARNING_RATE)
     active = FIXED_ACTIVE if kind == "lsh_50" else 0.05
     for i in range(2):
+        sparse_inputs = i > 0 or sparse
         layers.append(
             keras_layers.LSHDense(
                 width,
                 activation="relu",
                 active=active,
                 sparse_outputs=True,
+                refresh_period=variant["refresh_period"],
+                backward_adam=(
+                    LEARNING_RATE if variant["backward_adam"] and sparse_inputs else None
+                ),
+                track_selection=True,
                 seed=seed + i,
                 name=f"hidden{i + 1}",
             )
@@ -203,7 +223,9 @@ def run_one(spec):
     baseline = status_bytes("VmRSS")
     sparse = spec["input"] == "sparse"
     input_dim = SPARSE_SHAPE[0] if sparse else 784
-    model, optimizer = build_model(spec["kind"], spec["width"], spec["input"], input_dim, classes)
+    model, optimizer = build_model(
+        spec["kind"], spec["width"], spec["input"], input_dim, classes, variant=spec.get("variant")
+    )
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     if sparse:
         train_data = sparse_dataset(train[0], BATCH, shuffle=True)
@@ -237,7 +259,9 @@ def run_one(spec):
         else:
             scores = model.evaluate(test[0], test[1], batch_size=1000, verbose=0)
         result["test_accuracy"] = float(scores[1])
-        result["train_loss"] = [float(v) for v in history.history["loss"]]
+        result["history"] = {
+            name: [float(v) for v in values] for name, values in history.history.items()
+        }
     state = sum(
         int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
         for v in model.weights + optimizer.variables
@@ -474,6 +498,24 @@ def main(argv=None):
                 result = run_child(spec)
                 report["runs"].append(result)
                 log("  " + summary(result))
+    # One change at a time against the runs above, at one width.
+    report["ablations"] = []
+    for kind, variant in ABLATIONS:
+        if kind not in args.kinds:
+            continue
+        spec = {
+            "input": "mnist",
+            "width": settings["ablation_width"],
+            "kind": kind,
+            "variant": variant,
+            "epochs": settings["epochs"],
+            "train_examples": settings["train_examples"],
+            "timed_steps": settings["timed_steps"],
+            "epoch_budget_min": settings["epoch_budget_min"],
+        }
+        log(f"ablation: mnist W={spec['width']} {kind} {variant} ...")
+        report["ablations"].append(run_child(spec))
+        log("  " + summary(report["ablations"][-1]))
     report["threads"] = []
     for input_name in settings["inputs"][:1]:
         for kind in ("lsh_50", "lsh_5pct"):

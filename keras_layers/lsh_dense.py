@@ -112,6 +112,19 @@ class LSHDense(keras.layers.Layer):
         of a dense tensor with zeros elsewhere. A following `LSHDense` reads it sparsely
         (hashing and `sparse_input_gather_matmul`), so neither layer forms `[batch, units]`.
         Exact (dense) inference still returns a dense tensor.
+      backward_adam: None (default), or a learning rate: the layer then updates its kernel
+        itself, inside the backward pass, by Adam (beta_1 0.9, beta_2 0.999, epsilon 1e-7, as
+        Keras') lazily per weight: only the weights of the active units on the input features
+        present in their examples change, with moments the layer keeps (`kernel_m`,
+        `kernel_v`, saved with it), so a step's update costs the batch's (active unit,
+        nonzero input) pairs. With the model's optimizer, each active unit's whole kernel row
+        (as wide as the previous layer) is a gradient row to write and update: on a hidden
+        layer of tens of thousands of units, most of the step. For sparse inputs (a
+        previous `LSHDense` with `sparse_outputs`, or a `tf.SparseTensor`); the kernel is
+        then not trainable for the optimizer, which still updates the bias. Not under a
+        `tf.distribute` strategy with several replicas, nor as `LSHClassifier`'s head. Any
+        gradient computed through the layer in training (`training=True`) applies the
+        update.
       inference: `"dense"` (all units, as `Dense`), `"top_k"` (all units computed, each
         example's `active` largest kept, as in training with exact selection; both with
         standard TF ops only) or `"lsh"` (only the units `active_rule` selects are computed);
@@ -162,6 +175,7 @@ class LSHDense(keras.layers.Layer):
         batch_wide=False,
         sparse_outputs=False,
         inference=None,
+        backward_adam=None,
         seed=0,
         **kwargs,
     ):
@@ -225,6 +239,9 @@ class LSHDense(keras.layers.Layer):
             )
         self.track_selection = bool(track_selection)
         self.sparse_outputs = bool(sparse_outputs)
+        self.backward_adam = _backward_adam(
+            backward_adam, use_bias, kernel_regularizer, kernel_constraint
+        )
         self.seed = int(seed)
         self.selector = self._make_selector(active_rule)
         if inference is None:
@@ -290,6 +307,7 @@ class LSHDense(keras.layers.Layer):
             initializer=_neuron_major(self.kernel_initializer),
             regularizer=self.kernel_regularizer,
             constraint=self.kernel_constraint,
+            trainable=self.backward_adam is None,  # else updated in the backward pass
         )
         self.bias = self.add_weight(
             name="bias",
@@ -300,6 +318,10 @@ class LSHDense(keras.layers.Layer):
             trainable=self.use_bias,
         )
         self.selector.build(self.kernel, self.bias, self._add_state, self._add_step)
+        if self.backward_adam is not None:
+            shape = (self.units, input_dim)
+            self.kernel_m = self._add_state("kernel_m", shape, "float32", 0)
+            self.kernel_v = self._add_state("kernel_v", shape, "float32", 0)
 
     def _add_step(self):
         """Training calls so far: the refresh schedule, and the random fill's seed (so that it
@@ -406,7 +428,10 @@ class LSHDense(keras.layers.Layer):
             return self._all_units(inputs, keep_top_k=self.inference == "top_k")
         if training and self.refresh_steps is not None:
             self._refresh_if_due(inputs)
-        ids, values = self.active_outputs(inputs, per_example=not training)
+        if training and self.backward_adam is not None:
+            ids, values = self._updating_outputs(inputs)
+        else:
+            ids, values = self.active_outputs(inputs, per_example=not training)
         if training:
             if self.track_selection:
                 self.coverage.update_state(ids)
@@ -414,6 +439,52 @@ class LSHDense(keras.layers.Layer):
         if self.sparse_outputs:
             return _sparse_rows(ids, values, self.units)
         return _scatter_rows(ids, values, self.units)
+
+    def _updating_outputs(self, inputs):
+        """`active_outputs(inputs)` whose gradient updates the kernel in place
+        (`backward_adam`) and flows on to the inputs' values and the bias."""
+        if not isinstance(inputs, tf.SparseTensor):
+            raise ValueError(
+                f"LSHDense '{self.name}': backward_adam={self.backward_adam} updates the "
+                "kernel's weights on the features present in sparse inputs; this layer got "
+                f"dense inputs of shape {inputs.shape}. Feed it a tf.SparseTensor (a previous "
+                "LSHDense with sparse_outputs=True), or leave the kernel to the optimizer "
+                "(backward_adam=None): with dense inputs its whole rows are touched anyway."
+            )
+        if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            raise ValueError(
+                f"LSHDense '{self.name}': backward_adam updates the kernel in each replica's "
+                "backward pass, which would let the replicas' kernels diverge; train with "
+                "backward_adam=None under a tf.distribute strategy with several replicas"
+            )
+        ids = self.active_ids(inputs)
+        if self.batch_wide:
+            ids = _tile_rows(ids, inputs.dense_shape[0])
+        kernel, moments = self.kernel, (self.kernel_m, self.kernel_v)
+
+        @tf.custom_gradient
+        def product(values, bias):
+            sparse = tf.SparseTensor(inputs.indices, values, inputs.dense_shape)
+            outputs = tf_lsh_ops.sparse_input_gather_matmul(sparse, kernel, bias, ids)
+
+            def gradient(grad_outputs, variables=None):
+                grad_values, grad_bias = tf_lsh_ops.sparse_input_gather_matmul_lazy_adam(
+                    sparse,
+                    kernel,
+                    ids,
+                    grad_outputs,
+                    moments,
+                    learning_rate=self.backward_adam,
+                    beta_1=0.9,
+                    beta_2=0.999,
+                    epsilon=1e-7,
+                    step=self.step,  # counted by this call: 1 on the first step
+                )
+                return (grad_values, grad_bias), [None] * len(variables or ())
+
+            return outputs, gradient
+
+        return ids, self.activate(ids, product(inputs.values, self.bias))
 
     def _all_units(self, inputs, keep_top_k):
         """Every unit's output (standard TF ops only), or with `keep_top_k` each example's
@@ -450,6 +521,7 @@ class LSHDense(keras.layers.Layer):
             track_selection=self.track_selection,
             sparse_outputs=self.sparse_outputs,
             inference=self.inference,
+            backward_adam=self.backward_adam,
             seed=self.seed,
             **tables,
         )
@@ -579,6 +651,28 @@ def _neuron_major(initializer):
         return keras.ops.transpose(initializer((shape[1], shape[0]), dtype=dtype))
 
     return transposed
+
+
+def _backward_adam(learning_rate, use_bias, kernel_regularizer, kernel_constraint):
+    """`backward_adam`, checked: None or a positive learning rate (a float)."""
+    if learning_rate is None:
+        return None
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)):
+        raise ValueError(
+            f"LSHDense: backward_adam must be None or a learning rate (a float), "
+            f"got {learning_rate!r}"
+        )
+    if not learning_rate > 0:
+        raise ValueError(f"LSHDense: backward_adam must be > 0, got {learning_rate}")
+    # The bias's gradient is what makes TensorFlow run the backward pass of a first layer.
+    if not use_bias:
+        raise ValueError("LSHDense: backward_adam needs use_bias=True")
+    if kernel_regularizer is not None or kernel_constraint is not None:
+        raise ValueError(
+            "LSHDense: backward_adam updates the kernel without the optimizer, so it cannot "
+            "apply a kernel_regularizer or kernel_constraint"
+        )
+    return float(learning_rate)
 
 
 def _tile_rows(ids, batch):

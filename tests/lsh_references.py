@@ -81,6 +81,14 @@ class SplitMix:
         return radius * math.cos(6.283185307179586 * self.uniform_open())
 
 
+def codes_stream(codes):
+    """cc/core/lsh_tables.cc's CodesStream: the random-fill stream of an example's codes."""
+    stream = 0
+    for code in codes:
+        stream = SplitMix(stream, int(code) & 0xFFFFFFFF).next()
+    return stream
+
+
 def probe_hash(h, attempt):
     z = (h * GOLDEN + attempt * 0xBF58476D1CE4E5B9) & _MASK
     z = ((z ^ (z >> 31)) * 0x94D049BB133111EB) & _MASK
@@ -253,7 +261,7 @@ def reference_query(
     capacity = ids.shape[2]
     groups = [range(batch)] if batch_wide else [[b] for b in range(batch)]
     out = []
-    for stream, rows in enumerate(groups):
+    for rows in groups:
         active = []
         for r in rows if labels is not None else ():
             for label in labels[r]:
@@ -279,7 +287,8 @@ def reference_query(
         if rule != "union":
             pool = sorted(pool, key=lambda i: -hits[i])  # stable: ties in the order found
         active += pool[: k - len(active)]
-        random = SplitMix(seed, stream)
+        # Batch-wide: stream 0; per example: a stream of its codes (CodesStream).
+        random = SplitMix(seed, 0 if batch_wide else codes_stream(codes[rows[0]]))
         while fill_random and len(active) < k:
             i = random.uniform(num_neurons)
             if i not in active:

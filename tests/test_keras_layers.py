@@ -194,6 +194,27 @@ def test_lsh_inference_computes_only_the_active_units():
     np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_lsh_inference_of_an_example_does_not_depend_on_its_batch():
+    # One table of 2^10 buckets for 300 units: most buckets are empty, so most of each set is
+    # random fill, seeded by the example's codes rather than its place in the batch.
+    layer = LSHDense(
+        300,
+        activation="relu",
+        active=10,
+        active_rule="frequency",
+        num_tables=1,
+        num_hashes=10,
+        inference="lsh",
+    )
+    x = normal(4, 24, 16)
+    whole = layer(x).numpy()
+    parts = np.concatenate([layer(x[:7]).numpy(), layer(x[7:]).numpy()])
+    alone = np.concatenate([layer(x[i : i + 1]).numpy() for i in (3, 20)])
+    np.testing.assert_array_equal(parts, whole)
+    np.testing.assert_array_equal(alone, whole[[3, 20]])
+    assert len({tuple(np.nonzero(row)[0]) for row in whole}) > 20  # the sets differ
+
+
 @pytest.mark.parametrize(
     "hash_family, mips",
     [("srp", True), ("sparse_srp", False), ("sparse_srp", True), ("wta", False), ("dwta", False)],
@@ -320,6 +341,94 @@ def test_hidden_lsh_dense_learns_as_well_as_dense(blobs, dense_blob_accuracy, de
     # Evaluated with only the retrieved units, it is still far above chance.
     set_inference(model, "lsh")
     assert model.evaluate(xv, yv, verbose=0)[1] > chance + 0.3
+
+
+def _sparse_hidden_stack(backward_adam, seed=5):
+    """Dense 20 -> LSHDense(64, 8 active, sparse outputs) -> LSHDense(48, 6 active) reading
+    them sparsely (its kernel updated in the backward pass if `backward_adam`) -> softmax."""
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((20,)),
+            LSHDense(64, activation="relu", active=8, sparse_outputs=True, seed=1),
+            LSHDense(
+                48,
+                activation="relu",
+                active=6,
+                sparse_outputs=True,
+                backward_adam=backward_adam,
+                seed=2,
+                name="wide",
+            ),
+            SparseInputDense(6, activation="softmax"),
+        ]
+    )
+    model.compile(SparseAdam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_backward_adam_first_step_equals_the_optimizers(blobs):
+    # From zero moments, Adam leaves a weight with a zero gradient where it is: one step of
+    # lazy Adam per weight in the backward pass equals one of SparseAdam on whole rows.
+    (x, y), _ = blobs
+    by_optimizer, in_backward = _sparse_hidden_stack(None), _sparse_hidden_stack(3e-3)
+    wide = in_backward.get_layer("wide")
+    assert all(weight is not wide.kernel for weight in in_backward.trainable_weights)
+    before = wide.kernel.numpy()
+    for model in (by_optimizer, in_backward):
+        model.train_on_batch(x[:32], y[:32])
+    assert not np.array_equal(wide.kernel.numpy(), before)
+    for want_layer, got_layer in zip(by_optimizer.layers, in_backward.layers, strict=True):
+        got = {weight.name: weight for weight in got_layer.weights}
+        for want in want_layer.weights:
+            np.testing.assert_allclose(got[want.name].numpy(), want.numpy(), rtol=1e-5, atol=1e-7)
+    # The second step differs where a touched row's weights had no input: SparseAdam decays
+    # their moments and moves them, the layer's own Adam leaves them alone.
+    for model in (by_optimizer, in_backward):
+        model.train_on_batch(x[32:64], y[32:64])
+    moved = wide.kernel.numpy() != by_optimizer.get_layer("wide").kernel.numpy()
+    assert 0 < moved.sum() < moved.size
+
+
+def test_backward_adam_learns_and_keeps_its_moments(blobs, dense_blob_accuracy, tmp_path):
+    (x, y), (xv, yv) = blobs
+    model = _sparse_hidden_stack(3e-3)
+    model.fit(x, y, batch_size=32, epochs=4, verbose=0, shuffle=False)
+    assert model.evaluate(xv, yv, verbose=0)[1] >= dense_blob_accuracy - HIDDEN_MARGIN
+    wide = model.get_layer("wide")
+    assert wide.get_config()["backward_adam"] == 3e-3
+    assert np.count_nonzero(wide.kernel_v.numpy()) > 0
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path).get_layer("wide")
+    for name in ("kernel", "kernel_m", "kernel_v"):
+        np.testing.assert_array_equal(getattr(loaded, name).numpy(), getattr(wide, name).numpy())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"backward_adam": "fast"}, "backward_adam must be None or a learning rate"),
+        ({"backward_adam": 0.0}, "backward_adam must be > 0, got 0.0"),
+        ({"backward_adam": 1e-3, "use_bias": False}, "backward_adam needs use_bias=True"),
+        (
+            {"backward_adam": 1e-3, "kernel_regularizer": "l2"},
+            "backward_adam updates the kernel without the optimizer",
+        ),
+    ],
+)
+def test_backward_adam_arguments_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=f"LSHDense: {message}"):
+        LSHDense(16, activation="relu", **kwargs)
+
+
+def test_backward_adam_names_dense_inputs_and_classifier_heads():
+    layer = LSHDense(16, activation="relu", active=4, backward_adam=1e-3, name="h")
+    with pytest.raises(ValueError, match="LSHDense 'h': backward_adam=0.001 .* dense inputs"):
+        layer(tf.ones([2, 5]), training=True)
+    assert layer(tf.ones([2, 5])).shape == (2, 16)  # inference reads the kernel as usual
+    with pytest.raises(ValueError, match="LSHClassifier: the head's kernel .* backward_adam"):
+        LSHClassifier(keras.Sequential([keras.layers.Dense(4)]), LSHDense(10, backward_adam=1e-3))
 
 
 # ---------------------------------------------------------------------------------------------

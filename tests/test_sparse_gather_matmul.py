@@ -26,6 +26,8 @@ except ModuleNotFoundError:  # Not installed: use the source tree this file belo
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import tf_lsh_ops  # noqa: E402
 
+from lsh_references import reference_adam  # noqa: E402
+
 from tf_lsh_ops._loader import op_type  # noqa: E402
 
 sparse_gather_matmul = tf_lsh_ops.sparse_gather_matmul
@@ -1100,6 +1102,110 @@ def test_sparse_input_matmul_adam_bad_input_is_named(change, message):
         tf.errors.InvalidArgumentError, match=f"SparseInputMatmulGradAdam.*{message}"
     ):
         tf_lsh_ops.sparse_input_matmul_adam(inputs, kernel, grad_output, (m, v), **hyper)
+
+
+def _lazy_adam_case(seed):
+    x, w, b, idx = _sparse_case(seed, batch=7, dim=40, num_neurons=11, active=4, density=0.2)
+    x[2, 5] = 0.0
+    rng = np.random.default_rng(seed + 1)
+    m = rng.standard_normal(w.shape).astype(np.float32)
+    v = np.abs(rng.standard_normal(w.shape)).astype(np.float32)
+    grad_output = rng.standard_normal(idx.shape).astype(np.float32)
+    return x, w, b, idx, m, v, grad_output
+
+
+def test_sparse_input_gather_lazy_adam_updates_only_the_touched_weights():
+    x, w, b, idx, m, v, grad_output = _lazy_adam_case(5)
+    inputs = tf.sparse.from_dense(x)
+    hyper = dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=3)
+    # The reference: the unfused gradients, then Adam on each weight (unit, feature) whose
+    # feature is present in one of the unit's examples, one at a time.
+    values = tf.Variable(inputs.values)
+    weights, biases = tf.Variable(w), tf.Variable(b)
+    with tf.GradientTape() as tape:
+        sparse = tf.SparseTensor(inputs.indices, values, inputs.dense_shape)
+        out = tf_lsh_ops.sparse_input_gather_matmul(sparse, weights, biases, idx)
+    want_values, grad_w, want_bias = tape.gradient(
+        out, [values, weights, biases], output_gradients=grad_output
+    )
+    grad_w = tf.convert_to_tensor(grad_w).numpy()
+    touched = np.zeros(w.shape, bool)
+    for row, ids in enumerate(idx):
+        for unit in ids[ids >= 0]:
+            touched[unit] |= x[row] != 0
+    assert 10 < touched.sum() < touched.size / 2
+    # Each touched weight as a row of its own for the row-wise reference.
+    cells = reference_adam(
+        w[touched][:, None],
+        m[touched][:, None],
+        v[touched][:, None],
+        np.arange(touched.sum()),
+        grad_w[touched][:, None],
+        **_reference_hyper(hyper),
+    )
+    want = [w.copy(), m.copy(), v.copy()]
+    for array, cell in zip(want, cells, strict=True):
+        array[touched] = cell[:, 0]
+
+    state = [tf.Variable(a) for a in (w, m, v)]
+    got_values, got_bias = tf_lsh_ops.sparse_input_gather_matmul_lazy_adam(
+        inputs, state[0], idx, grad_output, state[1:], **hyper
+    )
+    np.testing.assert_allclose(got_values.numpy(), want_values.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        tf.convert_to_tensor(got_bias).numpy(),
+        tf.convert_to_tensor(want_bias).numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    for got, expected in zip(state, want, strict=True):
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+    # Nothing else moved, bit for bit.
+    for got, before in zip(state, (w, m, v), strict=True):
+        np.testing.assert_array_equal(got.numpy()[~touched], before[~touched])
+
+
+def _reference_hyper(hyper):
+    return dict(
+        lr=hyper["learning_rate"],
+        beta1=hyper["beta_1"],
+        beta2=hyper["beta_2"],
+        eps=hyper["epsilon"],
+        step=hyper["step"],
+    )
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("moment_shape", r"weights_v has shape \[11,39\]; it must match weights"),
+        ("grad_output", "grad_output has shape"),
+        ("index", "indices holds 11"),
+        ("not_a_variable", "weights must be a variable"),
+    ],
+)
+def test_sparse_input_gather_lazy_adam_bad_input_is_named(change, message):
+    x, w, b, idx, m, v, grad_output = _lazy_adam_case(6)
+    if change == "moment_shape":
+        v = v[:, :39]
+    elif change == "grad_output":
+        grad_output = grad_output[:, :3]
+    elif change == "index":
+        idx[1, 1] = 11
+    weights = tf.constant(w) if change == "not_a_variable" else tf.Variable(w)
+    hyper = dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1)
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=f"SparseInputGatherMatmulGradLazyAdam.*{message}",
+    ):
+        tf_lsh_ops.sparse_input_gather_matmul_lazy_adam(
+            tf.sparse.from_dense(x),
+            weights,
+            idx,
+            grad_output,
+            (tf.Variable(m), tf.Variable(v)),
+            **hyper,
+        )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from tf_lsh_ops.sparse_gather_matmul import (
     sparse_gather_matmul_adam,
     sparse_gather_matmul_grouped,
     sparse_input_gather_matmul,
+    sparse_input_gather_matmul_lazy_adam,
     sparse_input_matmul,
     sparse_input_matmul_adam,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "sparse_gather_matmul_adam",
     "sparse_gather_matmul_grouped",
     "sparse_input_gather_matmul",
+    "sparse_input_gather_matmul_lazy_adam",
     "sparse_input_matmul",
     "sparse_input_matmul_adam",
     "update_tables",

@@ -197,6 +197,63 @@ def _sparse_input_gather_matmul_grad(op, grad_output):
     ]
 
 
+def sparse_input_gather_matmul_lazy_adam(
+    inputs,
+    weights,
+    indices,
+    grad_output,
+    moments,
+    *,
+    learning_rate,
+    beta_1,
+    beta_2,
+    epsilon,
+    step,
+    name=None,
+):
+    """The backward pass of `sparse_input_gather_matmul` with lazy Adam per weight on `weights`.
+
+    Each weight `weights[u, f]` of an active unit u on a feature f present in one of u's
+    examples gets its gradient (summed over those examples) and one Adam step, in place, with
+    its moments; every other weight and moment keeps its bits. A step thus costs the batch's
+    (active unit, nonzero input) pairs, where a `tf.IndexedSlices` gradient would carry whole
+    rows of `input_dim` floats for every active unit (and `sparse_adam_apply` update them).
+    Unlike Adam on rows, a weight whose input is zero in the batch keeps its moments (lazy per
+    weight, as rows are in `sparse_adam_apply`). The values' gradient is computed with the
+    weights before the update.
+
+    Args:
+      inputs: float32 `tf.SparseTensor` `[B, D]`, as given to `sparse_input_gather_matmul`.
+      weights: float32 `[N, D]` variable.
+      indices: int32 `[B, K]`, as given to `sparse_input_gather_matmul`.
+      grad_output: float32 `[B, K]`, the gradient of the loss with respect to its output.
+      moments: `(weights_m, weights_v)` variables of the weights' shape.
+      learning_rate, beta_1, beta_2, epsilon: Adam's hyperparameters.
+      step: the 1-based step number.
+      name: optional op name.
+
+    Returns:
+      `(grad_values, bias_gradient)`: float32 `[nnz]`, the gradient of `inputs.values`, and the
+      biases' gradient as a `tf.IndexedSlices` over the distinct active units.
+    """
+    op_name = "ResourceSparseInputGatherMatmulGradLazyAdam"
+    names = ("weights", "weights_m", "weights_v")
+    variables = (weights, *tuple(moments))
+    handles = [variable_handle(op_name, n, v) for n, v in zip(names, variables, strict=True)]
+    grad_values, rows, grad_bias_rows = (
+        ops.tf_lsh_resource_sparse_input_gather_matmul_grad_lazy_adam(
+            *_sparse_parts(op_name, inputs),
+            *handles,
+            as_tensor(op_name, "indices", indices, tf.int32),
+            as_tensor(op_name, "grad_output", grad_output, tf.float32),
+            *adam_inputs(learning_rate, beta_1, beta_2, epsilon, step),
+            name=name,
+        )
+    )
+    num_units = resource_variable_ops.variable_shape(handles[0])[:1]
+    return grad_values, tf.IndexedSlices(grad_bias_rows, rows, num_units)
+
+
 def sparse_input_matmul(inputs, kernel, name=None):
     """`inputs @ kernel` for a 2-D `tf.SparseTensor`, with a sparse gradient for `kernel`.
 

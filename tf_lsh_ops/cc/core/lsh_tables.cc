@@ -87,6 +87,17 @@ class TopByCount {
 };
 
 // Picks the active set of one example (or of a whole batch) into `active[0 .. k)`.
+// The random fill of an example is seeded by its codes, not by its place in the batch, so
+// that the units it computes do not depend on the batch it comes in: inference answers the
+// same for an example alone or batched.
+uint64_t CodesStream(const int32_t* codes, int64_t num_tables) {
+  uint64_t stream = 0;
+  for (int64_t l = 0; l < num_tables; ++l) {
+    stream = Random(stream, static_cast<uint32_t>(codes[l])).Next();
+  }
+  return stream;
+}
+
 class ActiveSetSelector {
  public:
   ActiveSetSelector(const TableShape& shape, const int32_t* ids, const int32_t* counts,
@@ -624,7 +635,9 @@ std::string QueryTables(const TableShape& shape, int64_t batch, const int32_t* c
   parallel_for(batch, per_row * 30 + options.k * 10, [&](int64_t begin, int64_t end) {
     ActiveSetSelector selector(shape, ids, counts, options, per_row + options.k);
     for (int64_t b = begin; b < end; ++b) {
-      selector.Select(b, b + 1, codes, labels, num_labels, /*stream=*/b, active + b * options.k);
+      selector.Select(b, b + 1, codes, labels, num_labels,
+                      CodesStream(codes + b * shape.num_tables, shape.num_tables),
+                      active + b * options.k);
     }
     if (selector.bad_table_id()) bad_table_id = selector.bad_table_id();
   });

@@ -1,6 +1,7 @@
 #include "tf_lsh_ops/cc/core/sparse_input_gather_matmul.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -34,14 +35,14 @@ void SparseInputGatherMatmulForward(const GatherMatmulShape& shape, const Sparse
   });
 }
 
-void SparseInputGatherMatmulBackward(const GatherMatmulShape& shape,
-                                     const SparseRowsView& inputs, const float* weights,
-                                     const int32_t* indices, const float* grad_out,
-                                     const RowGroups& rows, float* grad_values,
-                                     float* grad_weight_rows, float* grad_bias_rows,
-                                     const ParallelFor& parallel_for) {
+namespace {
+
+// grad_values[j] = sum_k grad_out[b, k] * weights[indices[b, k], features[j]] over the entries
+// j of each row b. Each entry is owned by its example, so examples run in parallel.
+void InputValueGradients(const GatherMatmulShape& shape, const SparseRowsView& inputs,
+                         const float* weights, const int32_t* indices, const float* grad_out,
+                         float* grad_values, const ParallelFor& parallel_for) {
   const int64_t dim = shape.dim, active = shape.active;
-  // grad_values: each entry is owned by its example, so examples run in parallel.
   parallel_for(shape.batch, active * 8, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const int64_t first = inputs.row_offsets[b], last = inputs.row_offsets[b + 1];
@@ -55,6 +56,18 @@ void SparseInputGatherMatmulBackward(const GatherMatmulShape& shape,
       }
     }
   });
+}
+
+}  // namespace
+
+void SparseInputGatherMatmulBackward(const GatherMatmulShape& shape,
+                                     const SparseRowsView& inputs, const float* weights,
+                                     const int32_t* indices, const float* grad_out,
+                                     const RowGroups& rows, float* grad_values,
+                                     float* grad_weight_rows, float* grad_bias_rows,
+                                     const ParallelFor& parallel_for) {
+  const int64_t dim = shape.dim, active = shape.active;
+  InputValueGradients(shape, inputs, weights, indices, grad_out, grad_values, parallel_for);
   // One gradient row per neuron, each written by one thread.
   parallel_for(rows.num_rows, 16 * dim, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
@@ -71,6 +84,73 @@ void SparseInputGatherMatmulBackward(const GatherMatmulShape& shape,
         db += g;
       }
       grad_bias_rows[r] = db;
+    }
+  });
+}
+
+void SparseInputGatherMatmulBackwardLazyAdam(const GatherMatmulShape& shape,
+                                             const SparseRowsView& inputs,
+                                             const int32_t* indices, const float* grad_out,
+                                             const RowGroups& rows,
+                                             const AdamHyperparameters& hyper,
+                                             const AdamState& weights, float* grad_values,
+                                             float* grad_bias_rows,
+                                             const ParallelFor& parallel_for) {
+  const int64_t dim = shape.dim, active = shape.active;
+  InputValueGradients(shape, inputs, weights.var, indices, grad_out, grad_values, parallel_for);
+  const int64_t mean_nonzeros =
+      1 + inputs.row_offsets[shape.batch] / std::max<int64_t>(shape.batch, 1);
+  const int64_t mean_positions = 1 + rows.offsets[rows.num_rows] / std::max<int64_t>(rows.num_rows, 1);
+  parallel_for(rows.num_rows, mean_positions * mean_nonzeros * 12, [&](int64_t begin, int64_t end) {
+    // A row's gradient, dense over the features but touched (and reset) only where the row's
+    // examples have entries: O(dim) memory per shard, O(pairs) work per row.
+    std::vector<float> gradient(dim, 0.f);
+    std::vector<uint8_t> seen(dim, 0);
+    std::vector<int64_t> features;
+    std::vector<float> g, w, m, v;
+    for (int64_t r = begin; r < end; ++r) {
+      features.clear();
+      float db = 0.f;
+      for (int32_t p = rows.offsets[r]; p < rows.offsets[r + 1]; ++p) {
+        const int64_t position = rows.positions[p];
+        const int64_t b = position / active;
+        const float go = grad_out[position];
+        for (int64_t j = inputs.row_offsets[b]; j < inputs.row_offsets[b + 1]; ++j) {
+          const int64_t f = inputs.features[j];
+          if (!seen[f]) {
+            seen[f] = 1;
+            features.push_back(f);
+          }
+          gradient[f] += go * inputs.values[j];
+        }
+        db += go;
+      }
+      grad_bias_rows[r] = db;
+      std::sort(features.begin(), features.end());
+      // Gathered into contiguous buffers for the vectorised update, then scattered back.
+      const int64_t n = static_cast<int64_t>(features.size());
+      g.resize(n);
+      w.resize(n);
+      m.resize(n);
+      v.resize(n);
+      const int64_t row = int64_t{rows.ids[r]} * dim;
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t f = features[i];
+        g[i] = gradient[f];
+        w[i] = weights.var[row + f];
+        m[i] = weights.m[row + f];
+        v[i] = weights.v[row + f];
+        gradient[f] = 0.f;
+        seen[f] = 0;
+      }
+      AdamUpdate(hyper.alpha, hyper.beta1, hyper.beta2, hyper.epsilon, g.data(), w.data(),
+                 m.data(), v.data(), n);
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t f = features[i];
+        weights.var[row + f] = w[i];
+        weights.m[row + f] = m[i];
+        weights.v[row + f] = v[i];
+      }
     }
   });
 }

@@ -38,6 +38,25 @@ void SparseInputGatherMatmulBackward(const GatherMatmulShape& shape,
                                      float* grad_weight_rows, float* grad_bias_rows,
                                      const ParallelFor& parallel_for);
 
+// SparseInputGatherMatmulBackward with the weights' gradient going straight into lazy Adam,
+// weight by weight, in place: grad_values and grad_bias_rows as there (grad_values from the
+// weights before the update). Then each weight (ids[r], f) of a row r of `rows` whose feature f
+// is present in one of the row's examples gets
+//   g = sum of grad_out[b, k] * values[j] over the row's positions (b, k) and row b's entries j
+//       of feature f
+// and one Adam step (sparse_adam.h) on it and its moments. All other weights and moments keep
+// their bits: lazy Adam per weight rather than per row, so that a step costs the batch's
+// (active unit, nonzero input) pairs, not active units x dim. Each row is written by one
+// thread, its features in increasing order: deterministic for any thread count.
+void SparseInputGatherMatmulBackwardLazyAdam(const GatherMatmulShape& shape,
+                                             const SparseRowsView& inputs,
+                                             const int32_t* indices, const float* grad_out,
+                                             const RowGroups& rows,
+                                             const AdamHyperparameters& hyper,
+                                             const AdamState& weights, float* grad_values,
+                                             float* grad_bias_rows,
+                                             const ParallelFor& parallel_for);
+
 // The plain product of sparse inputs [batch, num_features] (CSR) and a dense kernel
 // [num_features, units], feature-major (a first layer over a bag of words):
 //   out[b, :] = sum over row b's entries j of values[j] * kernel[features[j], :].

@@ -9,6 +9,7 @@
 #include "tf_lsh_ops/cc/core/row_groups.h"
 #include "tf_lsh_ops/cc/core/sparse_adam.h"
 #include "tf_lsh_ops/cc/core/test_util.h"
+#include "tf_lsh_ops/cc/core/vector_ops.h"
 
 namespace tf_lsh {
 namespace {
@@ -112,12 +113,79 @@ void TestSparseInputBackwardAdamEqualsBackwardThenAdam() {
   CHECK_TRUE(state[1][0] != before);
 }
 
+// The gather-matmul's backward with lazy Adam per weight, against SparseInputGatherMatmulBackward
+// followed by one Adam step on exactly the weights (id, feature) whose feature is in one of the
+// id's examples, bit for bit: padding ids, a unit in several examples, a repeated feature
+// within a row, an entry of value 0 (its weight is touched: it gets a step with g = 0) and an
+// empty row. Everything else keeps its bits, and the result does not depend on the sharding.
+void TestSparseInputGatherBackwardLazyAdam() {
+  std::mt19937 rng(23);
+  std::normal_distribution<float> normal;
+  const int64_t batch = 5, dim = 30, num_neurons = 12, active = 4;
+  const std::vector<int64_t> offsets = {0, 4, 4, 7, 9, 12};
+  const std::vector<int64_t> features = {2, 7, 2, 29, 0, 7, 13, 5, 6, 7, 21, 22};
+  std::vector<float> values(features.size());
+  FillNormal(&normal, &rng, {&values});
+  values[5] = 0.f;
+  const std::vector<int32_t> indices = {3, 0, -1, 11, 3, 5, 6, 7,  //
+                                        0, 3, 9, -1, 1, 2, 3, 4,  //
+                                        8, 10, 3, -1};
+  std::vector<float> grad_out(batch * active);
+  FillNormal(&normal, &rng, {&grad_out});
+  const SparseRowsView inputs{offsets.data(), features.data(), values.data()};
+  const GatherMatmulShape shape{batch, dim, num_neurons, active};
+  const ActiveRows rows(indices.data(), indices.size(), SerialFor(), num_neurons);
+  std::vector<float> state[3];
+  for (int i = 0; i < 3; ++i) {
+    state[i].resize(num_neurons * dim);
+    for (auto& v : state[i]) v = i == 2 ? std::abs(normal(rng)) : normal(rng);
+  }
+  const AdamHyperparameters hyper{0.01f, 0.9f, 0.999f, 1e-7f};
+
+  // The reference: dense gradient rows, then Adam on the touched weights one at a time.
+  std::vector<float> want_values(values.size()), grad_rows(rows.size() * dim),
+      want_bias(rows.size());
+  SparseInputGatherMatmulBackward(shape, inputs, state[0].data(), indices.data(),
+                                  grad_out.data(), rows.view(), want_values.data(),
+                                  grad_rows.data(), want_bias.data(), SerialFor());
+  std::vector<float> want[3] = {state[0], state[1], state[2]};
+  int64_t touched = 0;
+  for (int64_t r = 0; r < rows.size(); ++r) {
+    std::vector<bool> present(dim, false);
+    for (int32_t p = rows.offsets()[r]; p < rows.offsets()[r + 1]; ++p) {
+      const int64_t b = rows.positions()[p] / active;
+      for (int64_t j = offsets[b]; j < offsets[b + 1]; ++j) present[features[j]] = true;
+    }
+    for (int64_t f = 0; f < dim; ++f) {
+      if (!present[f]) continue;
+      const int64_t at = int64_t{rows.ids()[r]} * dim + f;
+      AdamUpdate(hyper.alpha, hyper.beta1, hyper.beta2, hyper.epsilon, &grad_rows[r * dim + f],
+                 &want[0][at], &want[1][at], &want[2][at], 1);
+      ++touched;
+    }
+  }
+  CHECK_TRUE(touched > 20 && touched < num_neurons * dim / 2);
+
+  for (const ParallelFor& parallel_for : {SerialFor(), ReversedShards()}) {
+    std::vector<float> got[3] = {state[0], state[1], state[2]};
+    std::vector<float> got_values(values.size(), 7.f), got_bias(rows.size(), 7.f);
+    SparseInputGatherMatmulBackwardLazyAdam(shape, inputs, indices.data(), grad_out.data(),
+                                            rows.view(), hyper,
+                                            {got[0].data(), got[1].data(), got[2].data()},
+                                            got_values.data(), got_bias.data(), parallel_for);
+    CHECK_TRUE(got_values == want_values);
+    CHECK_TRUE(got_bias == want_bias);
+    for (int i = 0; i < 3; ++i) CHECK_TRUE(got[i] == want[i]);
+  }
+}
+
 }  // namespace
 }  // namespace tf_lsh
 
 int main() {
   tf_lsh::TestSparseInputMatmulAgainstLoops();
   tf_lsh::TestSparseInputBackwardAdamEqualsBackwardThenAdam();
+  tf_lsh::TestSparseInputGatherBackwardLazyAdam();
   std::printf("PASS\n");
   return 0;
 }

@@ -30,6 +30,17 @@ struct SparseInputGatherMatmulInput {
 struct SparseInputGatherMatmulGradInput {
   enum : int { kWeights = SparseTensorInput::kNext, kIndices, kGradOutput };
 };
+// ResourceSparseInputGatherMatmulGradLazyAdam; Adam's scalars (adam_inputs.h) from kLr.
+struct SparseInputGatherMatmulGradLazyAdamInput {
+  enum : int {
+    kWeights = SparseTensorInput::kNext,
+    kWeightsM,
+    kWeightsV,
+    kIndices,
+    kGradOutput,
+    kLr
+  };
+};
 // SparseInputMatmul (kernel only) and SparseInputMatmulGrad.
 struct SparseInputMatmulInput {
   enum : int { kKernel = SparseTensorInput::kNext, kGradOutput };
@@ -182,6 +193,59 @@ class SparseInputGatherMatmulGradOp : public OpKernel {
 };
 
 
+// The weights' gradient goes straight into lazy Adam, weight by weight, on the weights and their
+// moments; the values' and biases' gradients are returned.
+class SparseInputGatherMatmulGradLazyAdamOp : public OpKernel {
+ public:
+  explicit SparseInputGatherMatmulGradLazyAdamOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    constexpr char kOp[] = "ResourceSparseInputGatherMatmulGradLazyAdam";
+    using Input = SparseInputGatherMatmulGradLazyAdamInput;
+    AdamHyperparameters hyper;
+    OP_REQUIRES_OK(ctx, ReadAdamInputs(ctx, kOp, Input::kLr, &hyper));
+    SparseRows rows;
+    OP_REQUIRES_OK(ctx, CheckSparseInputs(kOp, ctx, &rows));
+    UpdatableVariables vars;
+    OP_REQUIRES_OK(ctx, vars.Init(ctx, kOp,
+                                  {{"weights", Input::kWeights},
+                                   {"weights_m", Input::kWeightsM},
+                                   {"weights_v", Input::kWeightsV}}));
+    const Tensor& weights = *vars.tensor(0);
+    const Tensor& indices = ctx->input(Input::kIndices);
+    const Tensor& grad_output = ctx->input(Input::kGradOutput);
+    GatherMatmulShape shape;
+    OP_REQUIRES_OK(ctx, CheckArguments(kOp, ctx, rows, weights, nullptr, indices, &shape));
+    const char* moments[2] = {"weights_m", "weights_v"};
+    for (int i = 0; i < 2; ++i) {
+      OP_REQUIRES(ctx, vars.tensor(1 + i)->shape() == weights.shape(),
+                  absl::InvalidArgumentError(absl::StrCat(
+                      kOp, ": ", moments[i], " has shape ",
+                      vars.tensor(1 + i)->shape().DebugString(), "; it must match weights, ",
+                      weights.shape().DebugString())));
+    }
+    OP_REQUIRES(ctx, grad_output.shape() == indices.shape(),
+                absl::InvalidArgumentError(absl::StrCat(
+                    kOp, ": grad_output has shape ", grad_output.shape().DebugString(),
+                    "; it must match indices, ", indices.shape().DebugString())));
+    OP_REQUIRES_OK(ctx, GroupSparseRows(ctx, &rows));
+    const ActiveRows active(indices.flat<int32_t>().data(), indices.NumElements(),
+                            TfParallelFor(ctx), shape.num_neurons);
+    Tensor *grad_values = nullptr, *row_ids = nullptr, *grad_bias_rows = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(SparseTensorInput::kValues).shape(),
+                                             &grad_values));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({active.size()}), &row_ids));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({active.size()}), &grad_bias_rows));
+    std::copy(active.ids().begin(), active.ids().end(), row_ids->flat<int32_t>().data());
+    std::vector<float> grad_csr(rows.values.size());
+    SparseInputGatherMatmulBackwardLazyAdam(
+        shape, rows.view(), indices.flat<int32_t>().data(), grad_output.flat<float>().data(),
+        active.view(), hyper, {vars.data(0), vars.data(1), vars.data(2)}, grad_csr.data(),
+        grad_bias_rows->flat<float>().data(), TfParallelFor(ctx));
+    rows.ToEntryOrder(grad_csr, grad_values->flat<float>().data());
+  }
+};
+
 // Serves SparseInputMatmul (the kernel as a tensor) and ResourceSparseInputMatmul (as a
 // variable, read in place).
 class SparseInputMatmulOp : public OpKernel {
@@ -283,6 +347,9 @@ REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseInputGatherMatmul").Device(tensorflow:
                         SparseInputGatherMatmulOp);
 REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseInputGatherMatmulGrad").Device(tensorflow::DEVICE_CPU),
                         SparseInputGatherMatmulGradOp);
+REGISTER_KERNEL_BUILDER(
+    Name("TfLsh>ResourceSparseInputGatherMatmulGradLazyAdam").Device(tensorflow::DEVICE_CPU),
+    SparseInputGatherMatmulGradLazyAdamOp);
 REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseInputMatmul").Device(tensorflow::DEVICE_CPU),
                         SparseInputMatmulOp);
 REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseInputMatmulGrad").Device(tensorflow::DEVICE_CPU),

@@ -54,6 +54,42 @@ REGISTER_OP("TfLsh>SparseInputGatherMatmulGrad")
     })
     .Doc("Gradient of SparseInputGatherMatmul: for the values, and rows of weights and biases.");
 
+REGISTER_OP("TfLsh>ResourceSparseInputGatherMatmulGradLazyAdam")
+    .Input("sparse_indices: int64")
+    .Input("sparse_values: float")
+    .Input("dense_shape: int64")
+    .Input("weights: resource")
+    .Input("weights_m: resource")
+    .Input("weights_v: resource")
+    .Input("indices: int32")
+    .Input("grad_output: float")
+    .Input("lr: float")
+    .Input("beta1: float")
+    .Input("beta2: float")
+    .Input("epsilon: float")
+    .Input("beta1_power: float")
+    .Input("beta2_power: float")
+    .Output("grad_values: float")
+    .Output("rows: int32")
+    .Output("grad_bias_rows: float")
+    .SetShapeFn([](InferenceContext* c) -> absl::Status {
+      constexpr char kOp[] = "ResourceSparseInputGatherMatmulGradLazyAdam";
+      ShapeHandle unused;
+      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 0, "sparse_indices", 2, &unused));
+      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 1, "sparse_values", 1, &unused));
+      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 6, "indices", 2, &unused));
+      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 7, "grad_output", 2, &unused));
+      c->set_output(0, c->input(1));
+      c->set_output(1, c->Vector(c->UnknownDim()));
+      c->set_output(2, c->Vector(c->UnknownDim()));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Gradient of SparseInputGatherMatmul with the weights' gradient applied by lazy Adam per weight,
+in place: only the weights of the active units on the features present in their examples, and
+their moments, change. Returns the gradient of the values and the biases' gradient rows.
+)doc");
+
 namespace {
 
 // SparseInputMatmul takes the kernel as a tensor, ResourceSparseInputMatmul as a variable
