@@ -1,6 +1,6 @@
-"""Fuzz of the sparse first-layer input path: sparse_input_matmul (and its gradient),
-sparse_input_matmul_adam and multi_label_batch. fuzz_common.py describes the calls and the
-TF_LSH_FUZZ_* variables."""
+"""Fuzz of the sparse input paths: sparse_input_matmul (and its gradient),
+sparse_input_matmul_adam, sparse_input_gather_matmul_lazy_adam and multi_label_batch.
+fuzz_common.py describes the calls and the TF_LSH_FUZZ_* variables."""
 
 import sys
 
@@ -14,8 +14,10 @@ from fuzz_common import (
     maybe_graph,
     pick,
     rejects,
+    special_rate,
     wrong_rank,
 )
+from lsh_references import reference_adam
 
 import tf_lsh_ops
 from tf_lsh_ops._loader import ops
@@ -155,6 +157,101 @@ def fuzz_sparse_input_adam(rng):
     return None
 
 
+SPARSE_INPUT_LAZY_ADAM_MUTATIONS = (
+    "moment-shape",
+    "grad-shape",
+    "index-outside",
+    "weights-columns",
+    "entry-outside",
+    "dense-shape",
+)
+
+
+def fuzz_sparse_input_gather_lazy_adam(rng):
+    """The gather-matmul's backward with lazy Adam per weight: the unfused gradients of the
+    values and biases, and one Adam step on exactly the weights of active units on features
+    of their examples (NumPy), when valid; rejected (variables untouched) when not."""
+    mutation = pick(rng, SPARSE_INPUT_LAZY_ADAM_MUTATIONS)
+    batch, dim, _, at, values, shape = _sparse_input_case(rng)
+    num_neurons, active = int(rng.integers(1, 9)), int(rng.integers(0, 5))
+    indices = rng.integers(-1, num_neurons, (batch, active)).astype(np.int32)
+    grad = floats(rng, (batch, active), special=special_rate(rng))
+    state = [floats(rng, (num_neurons, dim)), floats(rng, (num_neurons, dim))]
+    state.append(rng.uniform(0, 1, (num_neurons, dim)).astype(np.float32))
+    hyper = dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=3)
+    fused = [tf.Variable(a) for a in state]
+    weights, moments = fused[0], list(fused[1:])
+    if mutation == "moment-shape":
+        moments[int(rng.integers(2))] = tf.Variable(floats(rng, (num_neurons, dim + 1)))
+    elif mutation == "grad-shape":
+        grad = [wrong_rank(rng, grad), floats(rng, (batch, active + 1))][int(rng.integers(2))]
+    elif mutation == "index-outside":
+        indices = np.concatenate([indices, np.full((batch, 1), num_neurons, np.int32)], 1)
+        grad = floats(rng, indices.shape)
+        if batch == 0:  # no index to be outside: make the batch non-empty
+            indices, grad = np.full((1, 1), num_neurons, np.int32), floats(rng, (1, 1))
+            shape = np.array([1, dim], np.int64)
+    elif mutation == "weights-columns":
+        weights = tf.Variable(floats(rng, (num_neurons, dim + 1)))
+        moments = [tf.Variable(floats(rng, (num_neurons, dim + 1))) for _ in range(2)]
+    elif mutation == "entry-outside":
+        at = np.concatenate([at, [[0, dim]]]).astype(np.int64)
+        values = floats(rng, (len(at),))
+        if batch == 0:
+            shape = np.array([1, dim], np.int64)
+            indices, grad = np.zeros((1, active), np.int32), floats(rng, (1, active))
+    elif mutation == "dense-shape":
+        shape = np.array([-1, dim], np.int64)
+    call = lambda: tf_lsh_ops.sparse_input_gather_matmul_lazy_adam(  # noqa: E731
+        tf.SparseTensor(at, values, shape), weights, indices, grad, moments, **hyper
+    )
+    if mutation is not None:
+        rejects(lambda: maybe_graph(rng, call), weights, *moments, *fused)
+        return mutation
+    got_values, got_bias = maybe_graph(rng, call)
+
+    plain_values, plain_weights = tf.Variable(values), tf.Variable(state[0])
+    biases = tf.Variable(np.zeros(num_neurons, np.float32))
+    with tf.GradientTape() as tape:
+        sparse = tf.SparseTensor(at, plain_values, shape)
+        out = tf_lsh_ops.sparse_input_gather_matmul(sparse, plain_weights, biases, indices)
+    want_values, dw, db = tape.gradient(
+        out, [plain_values, plain_weights, biases], output_gradients=grad
+    )
+    if want_values is None:  # no entries or no active unit: nothing reaches the values
+        want_values = np.zeros(len(at), np.float32)
+    scale = np.abs(grad).sum() * (np.abs(state[0]).max(initial=0) + 1) + 1
+    assert_close(got_values.numpy(), np.asarray(want_values, np.float64), scale, "grad_values")
+    want_bias = np.zeros(num_neurons) if db is None else tf.convert_to_tensor(db).numpy()
+    got_bias = tf.math.unsorted_segment_sum(got_bias.values, got_bias.indices, num_neurons)
+    assert_close(got_bias.numpy(), np.asarray(want_bias, np.float64), scale, "grad_bias")
+    touched = np.zeros((num_neurons, dim), bool)
+    for row, ids in enumerate(indices):
+        features = at[at[:, 0] == row, 1]
+        for unit in ids[ids >= 0]:
+            touched[unit, features] = True
+    dw = np.zeros(state[0].shape, np.float32) if dw is None else tf.convert_to_tensor(dw).numpy()
+    cells = reference_adam(
+        *(a[touched][:, None] for a in state),
+        np.arange(touched.sum()),
+        dw[touched][:, None],
+        lr=0.01,
+        beta1=0.9,
+        beta2=0.999,
+        eps=1e-7,
+        step=3,
+    )
+    for name, variable, before, cell in zip(
+        ("weights", "m", "v"), fused, state, cells, strict=True
+    ):
+        want = before.copy()
+        want[touched] = cell[:, 0]
+        got = variable.numpy()
+        assert np.array_equal(got[~touched], before[~touched], equal_nan=True), name
+        assert_close(got, want.astype(np.float64), np.abs(want) + 1, name)
+    return None
+
+
 MULTI_LABEL_BATCH_MUTATIONS = (
     "row-outside",
     "feature-outside",
@@ -240,6 +337,7 @@ test_fuzz = fuzz_test(
     {
         "sparse_input_matmul": fuzz_sparse_input_matmul,
         "sparse_input_matmul_adam": fuzz_sparse_input_adam,
+        "sparse_input_gather_matmul_lazy_adam": fuzz_sparse_input_gather_lazy_adam,
         "multi_label_batch": fuzz_multi_label_batch,
     },
 )
