@@ -5,11 +5,12 @@
 // by decreasing score, ties by increasing id: what tf.math.top_k returns on the same scores.
 // A NaN score ranks as -inf (below every number; among NaN and -inf, lower ids first).
 //
-// Units are scored a chunk at a time (a few hundred keys, transposed, times a block of rows with
-// the register-blocked MatMul) and each row keeps only the candidates that beat its current
-// k-th best score, so memory is O(batch * k) and the scores pass through L2 only. Every score is
-// computed with the same arithmetic (one product per depth step, in order, then the bias), so
-// the result does not depend on how the work is split.
+// Units are scored a chunk at a time (up to 256 keys, read in place, times a block of 16 rows
+// with the register-blocked MatMul, or of 8 with a kernel of the same arithmetic) and each row
+// keeps only the candidates that beat its current k-th best score, so memory is O(batch * k)
+// and the scores pass through L1 only. Every score is computed with the same arithmetic (one
+// product per depth step, in order, then the bias), so the result does not depend on how the
+// work is split, nor on the other rows of the batch.
 //
 // Example: queries {{1, 0}}, keys {{0, 1}, {2, 0}, {1, 0}}, biases {0, 0, 1}, k = 2: the scores
 // are {0, 2, 2}, so ids = {1, 2} (the tie goes to the lower id).
@@ -25,10 +26,11 @@ namespace tf_lsh {
 // How MatmulTopK splits the work. The defaults suit the op; tests shrink them to reach every
 // path (several unit shards merged, chunks that split the first k units) on small inputs.
 struct MatmulTopKSplit {
-  // Units scored per MatMul; 0 picks about 64 KB of transposed keys (a multiple of 16).
+  // Units scored per MatMul; 0 picks about 32 KB of keys (at most 256 units).
   int64_t chunk_units = 0;
-  // The units are split into shards (merged per row at the end) only if each gets at least
-  // max(min_shard_units, 4 * k) of them: splitting is for parallelism when rows are few.
+  // The units are split into shards (merged per row at the end) only when the blocks of 16 rows
+  // are fewer than target_tasks, and only if each shard gets at least max(min_shard_units, 4 * k)
+  // units: splitting is for parallelism when rows are few.
   int64_t min_shard_units = 4096;
   // About this many (row group, unit shard) tasks are made, so that a thread pool of up to this
   // many threads is kept busy both at batch 1 and at batch 128.

@@ -59,12 +59,13 @@ std::vector<int32_t> Run(const Problem& p, int64_t k, const ParallelFor& paralle
   return ids;
 }
 
-// Splits that reach every path: one shard and one chunk, chunks of 16 (the first k units then
-// span several chunks), many shards of few units (merged), and the default.
+// Splits that reach every path: the default; chunks of 16 (the first k units then span several
+// chunks) and shards of few units (merged); odd chunks, many shards and row groups of several
+// blocks; one task and one chunk.
 std::vector<MatmulTopKSplit> Splits() {
   return {MatmulTopKSplit{},
           MatmulTopKSplit{/*chunk_units=*/16, /*min_shard_units=*/1, /*target_tasks=*/8},
-          MatmulTopKSplit{/*chunk_units=*/48, /*min_shard_units=*/1, /*target_tasks=*/3},
+          MatmulTopKSplit{/*chunk_units=*/7, /*min_shard_units=*/1, /*target_tasks=*/64},
           MatmulTopKSplit{/*chunk_units=*/100000, /*min_shard_units=*/1 << 30,
                           /*target_tasks=*/1}};
 }
@@ -124,11 +125,13 @@ void TestRandomAgainstBruteForce() {
       {1, 32, 1000, 50},    // one row: parallel over unit shards only
       {7, 5, 333, 1},       // k = 1, units not a multiple of any chunk
       {5, 3, 37, 37},       // k = units: the full order
-      {30, 32, 1111, 200},  // more rows than one row block (24)
+      {30, 32, 1111, 200},  // more rows than one block (16)
+      {70, 6, 2000, 20},    // blocks of 16 rows and a partial one
       {3, 300, 517, 10},    // depth beyond MatMul's depth block (256)
       {2, 16, 20000, 40},   // default split with several shards
       {4, 8, 9000, 3000},   // large k
       {9, 1, 64, 63},
+      {2, 4, 70000, 300},   // ids past 2^16: an odd number of radix passes
   };
   for (const Case& c : cases) CheckAllSplits(RandomProblem(c.batch, c.dim, c.units, &rng), c.k);
 }
@@ -198,6 +201,11 @@ void TestEmptyDimensions() {
             [&](int32_t a, int32_t b) { return p.biases[a] > p.biases[b]; });
   const std::vector<int32_t> ids = Run(p, 12, SerialFor());
   for (int64_t i = 0; i < 12; ++i) CHECK_TRUE(ids[3 * 12 + i] == order[i]);
+  // -0 ties with +0: lower ids first, as the float comparison has it.
+  for (int64_t u = 0; u < p.units; ++u) p.biases[u] = u % 3 == 1 ? -0.f : 0.f;
+  std::vector<int32_t> in_order(4 * 90);
+  for (int64_t i = 0; i < 4 * 90; ++i) in_order[i] = static_cast<int32_t>(i % 90);
+  CHECK_TRUE(Run(p, 90, SerialFor()) == in_order);
   int32_t untouched = -7;
   MatmulTopK(0, 3, 5, 2, nullptr, p.keys.data(), p.biases.data(), &untouched, SerialFor());
   CHECK_TRUE(untouched == -7);
