@@ -33,7 +33,8 @@ struct MatmulTopKSplit {
   // units: splitting is for parallelism when rows are few.
   int64_t min_shard_units = 4096;
   // About this many (row group, unit shard) tasks are made, so that a thread pool of up to this
-  // many threads is kept busy both at batch 1 and at batch 128.
+  // many threads is kept busy both at batch 1 and at batch 128 (the op passes its pool's size:
+  // every shard more restarts the selection of its rows).
   int64_t target_tasks = 8;
 };
 

@@ -49,9 +49,14 @@ class MatmulTopKOp : public OpKernel {
                     kOp, ": keys has ", units, " units; at most 2^31 - 1 (ids are int32)")));
     Tensor* ids = nullptr;
     OP_REQUIRES_OK(ctx, AllocateOutput(ctx, kOp, 0, {queries.dim_size(0), k_}, &ids));
+    // One task per thread of the pool: a unit shard beyond what the threads need restarts the
+    // selection of its rows (at batch 8 and 64k units on 2 threads, 8 tasks took 1.4x as long
+    // as 2).
+    MatmulTopKSplit split;
+    split.target_tasks = ctx->device()->tensorflow_cpu_worker_threads()->num_threads;
     MatmulTopK(queries.dim_size(0), queries.dim_size(1), units, k_, queries.flat<float>().data(),
                keys.flat<float>().data(), biases.flat<float>().data(),
-               ids->flat<int32_t>().data(), TfParallelFor(ctx));
+               ids->flat<int32_t>().data(), TfParallelFor(ctx), split);
   }
 
  private:
