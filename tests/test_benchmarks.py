@@ -57,13 +57,14 @@ def test_bench_extreme_quick(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "script", ["bench_sparse_gather_matmul.py", "bench_lsh.py", "bench_mnist.py"]
+    "script",
+    ["bench_sparse_gather_matmul.py", "bench_lsh.py", "bench_mnist.py", "bench_matmul_top_k.py"],
 )
 def test_bench_quick(script, tmp_path):
     args = ("--plots", str(tmp_path)) if script == "bench_mnist.py" else ()
     report = run_quick(script, *args)
     assert report["mode"] == "quick"
-    if "all_checks_ok" in report:  # the op against TensorFlow's gather + matmul
+    if "all_checks_ok" in report:  # the ops against their TensorFlow compositions
         assert report["all_checks_ok"]
 
 

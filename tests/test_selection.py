@@ -111,6 +111,34 @@ def test_sparse_inputs_select_as_dense_ones():
     assert _as_sets(exact.active_ids(sparse)) == _as_sets(exact.active_ids(x))
 
 
+def test_low_rank_selection_is_one_fused_op_with_top_k_order():
+    # Small integers: the sketch scores are exact, so the fused op and tf.math.top_k over
+    # sketch_products agree id for id, ties (many here) to the lower id.
+    layer = _built(300, 6, active=20, rank=4)
+    selector, rng = layer.selector, np.random.default_rng(6)
+    selector.sketch_units.assign(rng.integers(-2, 3, (300, 4)).astype(np.float32))
+    selector.sketch_inputs.assign(rng.integers(-2, 3, (4, 6)).astype(np.float32))
+    layer.bias.assign(rng.integers(-2, 3, 300).astype(np.float32))
+    x = tf.constant(rng.integers(-2, 3, (9, 6)).astype(np.float32))
+    want = tf.math.top_k(selector.sketch_products(x) + layer.bias, 20).indices
+    np.testing.assert_array_equal(layer.active_ids(x), want)
+    ops = {
+        op.type
+        for op in tf.function(layer.active_ids).get_concrete_function(x).graph.get_operations()
+    }
+    assert "TfLsh>MatmulTopK" in ops and "TopKV2" not in ops, ops
+    # With labels, the scores are formed (the labels go first), as before.
+    labels = tf.constant([[299, -1]] * 9, tf.int32)
+    ops = {
+        op.type
+        for op in tf.function(layer.active_ids)
+        .get_concrete_function(x, labels)
+        .graph.get_operations()
+    }
+    assert "TopKV2" in ops and "TfLsh>MatmulTopK" not in ops, ops
+    np.testing.assert_array_equal(layer.active_ids(x, labels)[:, 0], [299] * 9)
+
+
 @pytest.mark.parametrize("rule", ["low_rank", "exact"])
 def test_labels_are_selected_first(rule):
     layer = _built(100, 8, active=6, active_rule=rule)

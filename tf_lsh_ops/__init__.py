@@ -19,6 +19,7 @@ from tf_lsh_ops.lsh import (
     row_fingerprints,
     update_tables,
 )
+from tf_lsh_ops.matmul_top_k import matmul_top_k
 from tf_lsh_ops.multi_label_batch import multi_label_batch
 from tf_lsh_ops.softmax_cross_entropy import active_softmax_cross_entropy
 from tf_lsh_ops.sparse_adam import sparse_adam_apply
@@ -42,6 +43,7 @@ __all__ = [
     "build_tables",
     "hash_params",
     "lsh_hash",
+    "matmul_top_k",
     "multi_label_batch",
     "query_tables",
     "row_fingerprints",
