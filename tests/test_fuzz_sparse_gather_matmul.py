@@ -1,6 +1,6 @@
 """Fuzz of sparse_gather_matmul (forward, gradient, tensors and resource variables; the raw
-gradient op with a broken grouping) and of sparse_gather_matmul_adam, the fused backward + Adam.
-fuzz_common.py describes the calls and the TF_LSH_FUZZ_* variables."""
+gradient op with a broken grouping), of sparse_gather_matmul_adam, the fused backward + Adam,
+and of matmul_top_k. fuzz_common.py describes the calls and the TF_LSH_FUZZ_* variables."""
 
 import sys
 
@@ -188,8 +188,56 @@ def fuzz_gather_adam(rng):
     return None
 
 
+TOP_K_MUTATIONS = ("queries-rank", "keys-dim", "biases-length", "k-range", "dtype")
+
+
+def fuzz_matmul_top_k(rng):
+    """matmul_top_k on small-integer data (exact scores, many ties), now and then NaN or
+    +-Inf: ids by decreasing score, ties and NaN (as -inf) to the lower id, as NumPy sorts
+    them; malformed calls rejected."""
+    mutation = pick(rng, TOP_K_MUTATIONS)
+    batch, dim, units = int(rng.integers(0, 6)), int(rng.integers(0, 5)), int(rng.integers(1, 40))
+    k = int(rng.integers(1, units + 1))
+
+    def small_integers(shape):
+        x = rng.integers(-2, 3, shape).astype(np.float32)
+        mask = rng.random(shape) < special_rate(rng) / 4
+        x[mask] = rng.choice(np.array([np.nan, np.inf, -np.inf], np.float32), int(mask.sum()))
+        return x
+
+    queries, keys, biases = small_integers((batch, dim)), small_integers((units, dim)), None
+    biases = small_integers((units,))
+    if mutation == "queries-rank":
+        queries = wrong_rank(rng, queries)
+    elif mutation == "keys-dim":
+        keys = small_integers((units, dim + 1))
+    elif mutation == "biases-length":
+        biases = small_integers((units + 1,))
+    elif mutation == "k-range":
+        k = [0, units + 1, -1][int(rng.integers(3))]
+    elif mutation == "dtype":
+        queries = queries.astype(np.float64)
+    call = lambda: tf_lsh_ops.matmul_top_k(queries, keys, biases, k)  # noqa: E731
+    if mutation is not None:
+        rejects(lambda: maybe_graph(rng, call))
+        return mutation
+    got = maybe_graph(rng, call).numpy()
+    with np.errstate(invalid="ignore"):
+        scores = queries.astype(np.float64) @ keys.astype(np.float64).T + biases
+    scores = np.where(np.isnan(scores), -np.inf, scores)
+    ids = np.arange(units)
+    want = np.array([np.lexsort((ids, -row))[:k] for row in scores], np.int32).reshape(batch, k)
+    assert np.array_equal(got, want), (got, want)
+    return None
+
+
 test_fuzz = fuzz_test(
-    __file__, {"sparse_gather_matmul": fuzz_gather, "sparse_gather_matmul_adam": fuzz_gather_adam}
+    __file__,
+    {
+        "sparse_gather_matmul": fuzz_gather,
+        "sparse_gather_matmul_adam": fuzz_gather_adam,
+        "matmul_top_k": fuzz_matmul_top_k,
+    },
 )
 
 
