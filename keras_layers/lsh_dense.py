@@ -86,11 +86,12 @@ class LSHDense(keras.layers.Layer):
       refresh_period: every this many training steps the layer refreshes its selector: refits
         the sketch (`"low_rank"`) from the batch's exact pre-activations, or re-hashes the
         units whose weights changed (`layer.tables.refresh()`, table rules;
-        `LSHRebuildCallback` adds full rebuilds and other schedules). `"auto"` (default):
-        `max(20, ceil(units / active))` (`layer.refresh_steps`), so that a unit is updated
-        about as often between two refreshes at any width (a refresh of a wide layer costs
-        about `rank * units * input_dim`, while each unit changes only in the steps it is
-        active). None: never (tables then need the callback). `LSHClassifier` trains its head
+        `LSHRebuildCallback` adds full rebuilds and other schedules). A refresh of a wide
+        layer costs about `rank * units * input_dim` multiplications (the sketch's refit):
+        `"auto"` refreshes every `max(20, ceil(units / active))` steps (`layer.refresh_steps`),
+        so that a unit is updated about as often between two refreshes at any width, at the
+        cost of a staler sketch (benchmarks/README.md, "Wide hidden layers"). None: never
+        (tables then need the callback). `LSHClassifier` trains its head
         without this schedule: its tables follow the callback.
       track_selection: record two Keras metrics in training (in the logs, `History` and
         TensorBoard): `<name>_recall`, the fraction of each example's exact top `active` units
@@ -167,7 +168,7 @@ class LSHDense(keras.layers.Layer):
         bucket_capacity=128,
         active_rule="auto",
         rank=32,
-        refresh_period="auto",
+        refresh_period=20,
         track_selection=False,
         min_count=1,
         fill_random=True,

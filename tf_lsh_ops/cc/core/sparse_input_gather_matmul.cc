@@ -126,7 +126,17 @@ void SparseInputGatherMatmulBackwardLazyAdam(const GatherMatmulShape& shape,
         db += go;
       }
       grad_bias_rows[r] = db;
-      std::sort(features.begin(), features.end());
+      // Features in increasing order: sorted when few, else read off the row's flags (a
+      // wide layer's rows with many examples touch much of the row).
+      const int64_t touched = static_cast<int64_t>(features.size());
+      if (touched * 16 < dim) {
+        std::sort(features.begin(), features.end());
+      } else {
+        features.clear();
+        for (int64_t f = 0; f < dim; ++f) {
+          if (seen[f]) features.push_back(f);
+        }
+      }
       // Gathered into contiguous buffers for the vectorised update, then scattered back.
       const int64_t n = static_cast<int64_t>(features.size());
       g.resize(n);

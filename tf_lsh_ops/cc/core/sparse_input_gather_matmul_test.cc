@@ -118,12 +118,15 @@ void TestSparseInputBackwardAdamEqualsBackwardThenAdam() {
 // id's examples, bit for bit: padding ids, a unit in several examples, a repeated feature
 // within a row, an entry of value 0 (its weight is touched: it gets a step with g = 0) and an
 // empty row. Everything else keeps its bits, and the result does not depend on the sharding.
-void TestSparseInputGatherBackwardLazyAdam() {
+// `stride` spreads the features over a wider input: at 1 most of a row's features are touched
+// (read off its flags), at 100 few are (sorted).
+void TestSparseInputGatherBackwardLazyAdam(int64_t stride) {
   std::mt19937 rng(23);
   std::normal_distribution<float> normal;
-  const int64_t batch = 5, dim = 30, num_neurons = 12, active = 4;
+  const int64_t batch = 5, dim = 30 * stride, num_neurons = 12, active = 4;
   const std::vector<int64_t> offsets = {0, 4, 4, 7, 9, 12};
-  const std::vector<int64_t> features = {2, 7, 2, 29, 0, 7, 13, 5, 6, 7, 21, 22};
+  std::vector<int64_t> features = {2, 7, 2, 29, 0, 7, 13, 5, 6, 7, 21, 22};
+  for (int64_t& f : features) f *= stride;
   std::vector<float> values(features.size());
   FillNormal(&normal, &rng, {&values});
   values[5] = 0.f;
@@ -164,7 +167,7 @@ void TestSparseInputGatherBackwardLazyAdam() {
       ++touched;
     }
   }
-  CHECK_TRUE(touched > 20 && touched < num_neurons * dim / 2);
+  CHECK_TRUE(touched > 20 && touched < num_neurons * 30 / 2);
 
   for (const ParallelFor& parallel_for : {SerialFor(), ReversedShards()}) {
     std::vector<float> got[3] = {state[0], state[1], state[2]};
@@ -185,7 +188,8 @@ void TestSparseInputGatherBackwardLazyAdam() {
 int main() {
   tf_lsh::TestSparseInputMatmulAgainstLoops();
   tf_lsh::TestSparseInputBackwardAdamEqualsBackwardThenAdam();
-  tf_lsh::TestSparseInputGatherBackwardLazyAdam();
+  tf_lsh::TestSparseInputGatherBackwardLazyAdam(/*stride=*/1);
+  tf_lsh::TestSparseInputGatherBackwardLazyAdam(/*stride=*/100);
   std::printf("PASS\n");
   return 0;
 }
