@@ -43,3 +43,8 @@ def variable_handle(op_name, arg_name, value):
             f"place; got {type(value).__name__} with shape {getattr(value, 'shape', None)}",
         )
     return variable.handle
+
+
+def variable_handles(op_name, **variables):
+    """The handles of an op's variable arguments (`name=variable`, in the op's order)."""
+    return [variable_handle(op_name, name, value) for name, value in variables.items()]

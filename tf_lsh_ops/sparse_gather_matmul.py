@@ -3,7 +3,7 @@
 import tensorflow as tf
 from tensorflow.python.ops import resource_variable_ops
 
-from tf_lsh_ops._checks import as_resource_variable, as_tensor, require_dtype, variable_handle
+from tf_lsh_ops._checks import as_resource_variable, as_tensor, require_dtype, variable_handles
 from tf_lsh_ops._loader import op_type, ops
 from tf_lsh_ops.sparse_adam import adam_inputs
 
@@ -126,9 +126,16 @@ def sparse_gather_matmul_adam(
     Returns:
       float32 `[B, D]`, the gradient with respect to `inputs`.
     """
-    names = ("weights", "biases", "weights_m", "weights_v", "biases_m", "biases_v")
-    variables = (weights, biases, *tuple(moments))
-    handles = [variable_handle(_OP, n, v) for n, v in zip(names, variables, strict=True)]
+    weights_m, weights_v, biases_m, biases_v = moments
+    handles = variable_handles(
+        _OP,
+        weights=weights,
+        biases=biases,
+        weights_m=weights_m,
+        weights_v=weights_v,
+        biases_m=biases_m,
+        biases_v=biases_v,
+    )
     return ops.tf_lsh_resource_sparse_gather_matmul_grad_adam(
         as_tensor(_OP, "inputs", inputs, tf.float32),
         *handles,
@@ -237,9 +244,8 @@ def sparse_input_gather_matmul_lazy_adam(
       biases' gradient as a `tf.IndexedSlices` over the distinct active units.
     """
     op_name = "ResourceSparseInputGatherMatmulGradLazyAdam"
-    names = ("weights", "weights_m", "weights_v")
-    variables = (weights, *tuple(moments))
-    handles = [variable_handle(op_name, n, v) for n, v in zip(names, variables, strict=True)]
+    weights_m, weights_v = moments
+    handles = variable_handles(op_name, weights=weights, weights_m=weights_m, weights_v=weights_v)
     grad_values, rows, grad_bias_rows = (
         ops.tf_lsh_resource_sparse_input_gather_matmul_grad_lazy_adam(
             *_sparse_parts(op_name, inputs),
@@ -316,11 +322,8 @@ def sparse_input_matmul_adam(
       The op (in graph mode), or None eagerly.
     """
     op_name = "ResourceSparseInputMatmulGradAdam"
-    variables = (kernel, *tuple(moments))
-    handles = [
-        variable_handle(op_name, n, v)
-        for n, v in zip(("kernel", "kernel_m", "kernel_v"), variables, strict=True)
-    ]
+    kernel_m, kernel_v = moments
+    handles = variable_handles(op_name, kernel=kernel, kernel_m=kernel_m, kernel_v=kernel_v)
     return ops.tf_lsh_resource_sparse_input_matmul_grad_adam(
         *_sparse_parts(op_name, inputs),
         *handles,
