@@ -27,7 +27,7 @@ history after `--epochs` epochs, peak RSS against the state (weights, optimizer 
 moments, the selectors' state), and the forward multiplications per example (selection
 included). A run whose epoch would take longer than `--epoch-budget` minutes is stopped after
 `--timed-steps` timed steps; its epoch time is then their mean times the steps in an epoch
-(`"timed_steps": true`) and it has no accuracy. A width whose state cannot fit in this
+(`"epoch_from_steps": true`) and it has no accuracy. A width whose state cannot fit in this
 machine's memory is listed in `skipped` with the bytes it would need.
 
 `ablations`: at `ablation_width`, on MNIST, one change at a time (`ABLATIONS`): the sketch
@@ -273,11 +273,11 @@ def run_one(spec):
         "median_step_s": float(np.median(timer.step_seconds)),
         "epoch_s": epoch_s,
         "epoch_seconds": timer.epoch_seconds,
-        "timed_steps": timed_steps,
+        "epoch_from_steps": timed_steps,
         "steps_run": timer.seen,
         "train_s": train_s,
     }
-    if not result["timed_steps"]:
+    if not result["epoch_from_steps"]:
         if sparse:
             scores = model.evaluate(sparse_dataset(test[0], 1000, False), verbose=0)
         else:
@@ -327,14 +327,12 @@ def memory_estimate_bytes(kind, width, input_dim, classes):
 
 
 def run_child(spec):
+    """Runs one configuration in a fresh process (its own peak RSS), which finds tf-lsh as
+    this one did (`_common`: the installed package, else this checkout)."""
     out = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--run", json.dumps(spec)],
         capture_output=True,
         text=True,
-        env={
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
-        },
     )
     if out.returncode != 0:
         tail = out.stderr.strip().splitlines()[-5:]
@@ -419,7 +417,7 @@ def plot(report, directory):
             (line,) = ax_time.plot(
                 [r["width"] for r in runs], [r["epoch_s"] for r in runs], style, label=label
             )
-            timed = [r for r in runs if r["timed_steps"]]
+            timed = [r for r in runs if r["epoch_from_steps"]]
             ax_time.plot(
                 [r["width"] for r in timed],
                 [r["epoch_s"] for r in timed],
@@ -582,7 +580,7 @@ def summary(run):
     if "error" in run:
         return f"failed: {run['error']}"
     text = f"{run['median_step_s'] * 1e3:.1f} ms/step, {run['epoch_s']:.1f} s/epoch"
-    if run["timed_steps"]:
+    if run["epoch_from_steps"]:
         text += " (from timed steps)"
     if "test_accuracy" in run:
         text += f", accuracy {run['test_accuracy']:.4f}"
