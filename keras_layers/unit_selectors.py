@@ -171,17 +171,19 @@ class LowRankSelector(UnitSelector):
         # One fused op: the [batch, units] sketch scores are never formed, nor sorted (TensorFlow's
         # top_k over them cost 4-17 ms a step at 16k-64k units and batch 128).
         return tf_lsh_ops.matmul_top_k(
-            times_transposed(inputs, self.sketch_inputs),
+            self.sketch_queries(inputs),
             self.sketch_units,
             self.bias,
             self.num_active,
         )
 
+    def sketch_queries(self, inputs):
+        """`inputs` projected on the sketch: `x B^T`, `[batch, rank]`."""
+        return times_transposed(inputs, self.sketch_inputs)
+
     def sketch_products(self, inputs):
         """`products` through the sketch."""
-        return tf.matmul(
-            times_transposed(inputs, self.sketch_inputs), self.sketch_units, transpose_b=True
-        )
+        return tf.matmul(self.sketch_queries(inputs), self.sketch_units, transpose_b=True)
 
     def refresh(self, inputs, products):
         self.fit_products(products)

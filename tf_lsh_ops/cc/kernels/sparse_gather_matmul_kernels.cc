@@ -264,12 +264,8 @@ class SparseGatherMatmulGradAdamOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "weights", weights, 0, "biases", biases, 0));
     const char* moments[4] = {"weights_m", "weights_v", "biases_m", "biases_v"};
     for (int i = 0; i < 4; ++i) {
-      const Tensor& owner = i < 2 ? weights : biases;
-      OP_REQUIRES(ctx, vars.tensor(2 + i)->shape() == owner.shape(),
-                  absl::InvalidArgumentError(absl::StrCat(
-                      kOp, ": ", moments[i], " has shape ",
-                      vars.tensor(2 + i)->shape().DebugString(), "; it must match ",
-                      i < 2 ? "weights" : "biases", ", ", owner.shape().DebugString())));
+      OP_REQUIRES_OK(ctx, vars.CheckSameShape(kOp, 2 + i, moments[i], i < 2 ? 0 : 1,
+                                              i < 2 ? "weights" : "biases"));
     }
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "grad_output", grad_output, 0, "inputs", inputs, 0));
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "grad_output", grad_output, 1, "indices", indices, 1));

@@ -123,20 +123,6 @@ absl::Status CheckGradOutput(const char* op, const Tensor& grad_output, int64_t 
       "; it must be [batch, units] = [", batch, ", ", units, "]"));
 }
 
-// Variables 1 and 2 of `vars` (`<name>_m`, `<name>_v`) must have the shape of variable 0.
-absl::Status CheckMoments(const char* op, const char* name, UpdatableVariables* vars) {
-  const TensorShape& shape = vars->tensor(0)->shape();
-  for (int i = 1; i <= 2; ++i) {
-    if (vars->tensor(i)->shape() != shape) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          op, ": ", name, i == 1 ? "_m" : "_v", " has shape ",
-          vars->tensor(i)->shape().DebugString(), "; it must match ", name, ", ",
-          shape.DebugString()));
-    }
-  }
-  return absl::OkStatus();
-}
-
 // The entries of `rows` grouped by feature: one kernel row per distinct feature.
 ActiveRows GroupByFeature(OpKernelContext* ctx, const SparseRows& rows, int64_t num_features) {
   const std::vector<int32_t> features(rows.feature_ids.begin(), rows.feature_ids.end());
@@ -230,7 +216,8 @@ class SparseInputGatherMatmulGradLazyAdamOp : public OpKernel {
     const Tensor& grad_output = ctx->input(Input::kGradOutput);
     GatherMatmulShape shape;
     OP_REQUIRES_OK(ctx, CheckArguments(kOp, ctx, rows, weights, nullptr, indices, &shape));
-    OP_REQUIRES_OK(ctx, CheckMoments(kOp, "weights", &vars));
+    OP_REQUIRES_OK(ctx, vars.CheckSameShape(kOp, 1, "weights_m", 0, "weights"));
+    OP_REQUIRES_OK(ctx, vars.CheckSameShape(kOp, 2, "weights_v", 0, "weights"));
     OP_REQUIRES(ctx, grad_output.shape() == indices.shape(),
                 absl::InvalidArgumentError(absl::StrCat(
                     kOp, ": grad_output has shape ", grad_output.shape().DebugString(),
@@ -331,7 +318,8 @@ class SparseInputMatmulGradAdamOp : public OpKernel {
                                    {"kernel_v", SparseInputMatmulGradAdamInput::kKernelV}}));
     const Tensor& kernel = *vars.tensor(0);
     OP_REQUIRES_OK(ctx, CheckKernel(ctx, kOp, rows, kernel));
-    OP_REQUIRES_OK(ctx, CheckMoments(kOp, "kernel", &vars));
+    OP_REQUIRES_OK(ctx, vars.CheckSameShape(kOp, 1, "kernel_m", 0, "kernel"));
+    OP_REQUIRES_OK(ctx, vars.CheckSameShape(kOp, 2, "kernel_v", 0, "kernel"));
     const int64_t units = kernel.dim_size(1);
     const Tensor& grad_output = ctx->input(SparseInputMatmulGradAdamInput::kGradOutput);
     OP_REQUIRES_OK(ctx, CheckGradOutput(kOp, grad_output, rows.batch, units));

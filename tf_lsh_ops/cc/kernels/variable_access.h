@@ -91,6 +91,18 @@ class UpdatableVariables {
   tensorflow::Tensor* tensor(int i) { return vars_[i]->tensor(); }
   float* data(int i) { return tensor(i)->flat<float>().data(); }
 
+  // Variable `i` (an Adam moment, `name`) must have the shape of variable `owner`
+  // (`owner_name`).
+  absl::Status CheckSameShape(const char* op, int i, const char* name, int owner,
+                              const char* owner_name) {
+    const tensorflow::TensorShape& shape = tensor(owner)->shape();
+    if (tensor(i)->shape() == shape) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(op, ": ", name, " has shape ",
+                                                   tensor(i)->shape().DebugString(),
+                                                   "; it must match ", owner_name, ", ",
+                                                   shape.DebugString()));
+  }
+
  private:
   static absl::Status PrepareForUpdate(tensorflow::OpKernelContext* ctx, tensorflow::Var* var) {
     tensorflow::Tensor* tensor = var->tensor();
