@@ -302,14 +302,16 @@ class LSHDense(keras.layers.Layer):
     def build(self, input_shape):
         input_dim = int(input_shape[-1])
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_dim})
+        kernel_draw = _KernelDraw(self.kernel_initializer, (self.units, input_dim))
         self.kernel = self.add_weight(
             name="kernel",
             shape=(self.units, input_dim),
-            initializer=_neuron_major(self.kernel_initializer),
+            initializer=kernel_draw.initializer,
             regularizer=self.kernel_regularizer,
             constraint=self.kernel_constraint,
             trainable=self.backward_adam is None,  # else updated in the backward pass
         )
+        kernel_draw.fill(self.kernel)
         self.bias = self.add_weight(
             name="bias",
             shape=(self.units,),
@@ -336,8 +338,9 @@ class LSHDense(keras.layers.Layer):
             name=name,
             shape=shape,
             dtype=dtype,
-            initializer=lambda shape, dtype=None: tf.cast(
-                tf.broadcast_to(value, shape), dtype or "float32"
+            # Cast, then broadcast: the other way round holds two tensors of the whole shape.
+            initializer=lambda shape, dtype=None: tf.broadcast_to(
+                tf.cast(value, dtype or "float32"), shape
             ),
             trainable=False,
         )
@@ -631,27 +634,70 @@ def _active_count(active, units):
     return active
 
 
-def _neuron_major(initializer):
-    """An initializer of a neuron-major `[units, input_dim]` kernel that draws as `initializer`
-    does for `Dense`'s `[input_dim, units]` (same fan-in and fan-out).
+class _KernelDraw:
+    """How a neuron-major `[units, input_dim]` kernel is drawn so that it has the distribution
+    `Dense` gives its `[input_dim, units]` kernel (same fan-in and fan-out).
 
     Variance-scaling initializers (Glorot, He, LeCun: the common ones) draw i.i.d. values, so
-    they are asked for the neuron-major shape with its axes named; others draw the `Dense`
-    shape, then transpose, a second copy of a kernel that can take gigabytes."""
-    if isinstance(initializer, initializers.VarianceScaling) and initializer.input_axes is None:
+    they are asked for the neuron-major shape with its axes named. A kernel above
+    `ROW_BLOCK_ELEMENTS` is created as zeros and then drawn a block of rows at a time into the
+    variable: a whole draw holds three kernel-sized tensors at once (uniform values, scaled,
+    shifted), pages the allocator keeps, 3 GiB for one 16k x 16k layer. Other initializers, and
+    any kernel under a distribution strategy (whose replicas must start from one value), draw
+    the `Dense` shape whole and transpose it.
+    """
+
+    ROW_BLOCK_ELEMENTS = 1 << 22  # 16 MB of float32
+
+    def __init__(self, initializer, shape):
+        self._shape = shape
+        self._block_rows = None
+        if not isinstance(initializer, initializers.VarianceScaling) or initializer.input_axes:
+            self.initializer = self._transposed(initializer)
+            return
+        self._base = initializer
+        self.initializer = self._variance_scaling(shape[0], initializer.seed)
+        units, input_dim = shape
+        if units * input_dim > self.ROW_BLOCK_ELEMENTS and not tf.distribute.has_strategy():
+            self._block_rows = max(1, self.ROW_BLOCK_ELEMENTS // input_dim)
+            self.initializer = "zeros"
+
+    def _variance_scaling(self, rows, seed):
+        """The base initializer for `[rows, input_dim]`, scaled to the whole kernel's fans."""
+        units, input_dim = self._shape
+        fan = {
+            "fan_in": lambda out: input_dim,
+            "fan_out": lambda out: out,
+            "fan_avg": lambda out: (input_dim + out) / 2,
+        }[self._base.mode]
         return initializers.VarianceScaling(
-            scale=initializer.scale,
-            mode=initializer.mode,
-            distribution=initializer.distribution,
-            seed=initializer.seed,
+            scale=self._base.scale * fan(rows) / fan(units),
+            mode=self._base.mode,
+            distribution=self._base.distribution,
+            seed=seed,
             input_axes=[1],
             output_axes=[0],
         )
 
-    def transposed(shape, dtype=None):
-        return keras.ops.transpose(initializer((shape[1], shape[0]), dtype=dtype))
+    @staticmethod
+    def _transposed(initializer):
+        def transposed(shape, dtype=None):
+            return keras.ops.transpose(initializer((shape[1], shape[0]), dtype=dtype))
 
-    return transposed
+        return transposed
+
+    def fill(self, kernel):
+        """Draws `kernel` (created with `self.initializer`) block by block, if it is wide."""
+        if self._block_rows is None:
+            return
+        units, input_dim = self._shape
+        seed = self._base.seed
+        for block, start in enumerate(range(0, units, self._block_rows)):
+            rows = min(self._block_rows, units - start)
+            # A SeedGenerator moves on by itself; an int seed would draw every block alike.
+            block_seed = seed if isinstance(seed, keras.random.SeedGenerator) else seed + block
+            values = self._variance_scaling(rows, block_seed)((rows, input_dim), kernel.dtype)
+            tf_lsh_ops.assign_rows(kernel, start, values)
 
 
 def _backward_adam(learning_rate, use_bias, kernel_regularizer, kernel_constraint):

@@ -129,6 +129,8 @@ class UnitSelector(tf.Module):
 
     def products(self, inputs):
         """`inputs` times every unit's weights, without the bias: `[batch, units]`."""
+        if isinstance(inputs, tf.SparseTensor):
+            return tf_lsh_ops.sparse_input_products(inputs, self.kernel)
         return times_transposed(inputs, self.kernel)
 
 

@@ -1,4 +1,5 @@
-"""Fuzz of sparse_adam_apply (lazy Adam on the rows of an IndexedSlices gradient).
+"""Fuzz of the in-place variable updates: sparse_adam_apply (lazy Adam on the rows of an
+IndexedSlices gradient) and assign_rows.
 fuzz_common.py describes the calls and the TF_LSH_FUZZ_* variables."""
 
 import sys
@@ -113,7 +114,42 @@ def fuzz_sparse_adam(rng):
     return None
 
 
-test_fuzz = fuzz_test(__file__, {"sparse_adam_apply": fuzz_sparse_adam})
+ASSIGN_ROWS_MUTATIONS = ("start", "width", "values-rank", "var-rank", "var-dtype", "not-variable")
+
+
+def fuzz_assign_rows(rng):
+    """Rows written in place: exactly the block changes, bit for bit; a named error otherwise."""
+    mutation = pick(rng, ASSIGN_ROWS_MUTATIONS)
+    num_rows, dim = int(rng.integers(0, 9)), int(rng.integers(0, 6))
+    count = int(rng.integers(0, num_rows + 1))
+    start = int(rng.integers(0, num_rows - count + 1))
+    var0, values = floats(rng, (num_rows, dim)), floats(rng, (count, dim))
+    var = tf.Variable(var0)
+    if mutation is not None:
+        if mutation == "start":
+            start = int(rng.choice([-1, num_rows - count + 1, INT32_MIN, 2**40]))
+        elif mutation == "width":
+            values = floats(rng, (count, dim + int(rng.choice([-1, 1, 3] if dim else [1, 3]))))
+        elif mutation == "values-rank":
+            values = values.reshape(-1)
+        elif mutation == "var-rank":
+            var = tf.Variable(var0.reshape(-1))
+        elif mutation == "var-dtype":
+            var = tf.Variable(var0.astype(np.float64))
+        elif mutation == "not-variable":
+            var = tf.constant(var0)
+        rejects(lambda: maybe_graph(rng, lambda: tf_lsh_ops.assign_rows(var, start, values)), var)
+        return mutation
+    maybe_graph(rng, lambda: tf_lsh_ops.assign_rows(var, start, values))
+    want = var0.copy()
+    want[start : start + count] = values
+    assert np.array_equal(var.numpy(), want, equal_nan=True)
+    return None
+
+
+test_fuzz = fuzz_test(
+    __file__, {"sparse_adam_apply": fuzz_sparse_adam, "assign_rows": fuzz_assign_rows}
+)
 
 
 if __name__ == "__main__":

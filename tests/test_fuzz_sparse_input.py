@@ -1,5 +1,5 @@
 """Fuzz of the sparse input paths: sparse_input_matmul (and its gradient),
-sparse_input_matmul_adam, sparse_input_gather_matmul_lazy_adam and multi_label_batch.
+sparse_input_products, sparse_input_matmul_adam, sparse_input_gather_matmul_lazy_adam and multi_label_batch.
 fuzz_common.py describes the calls and the TF_LSH_FUZZ_* variables."""
 
 import sys
@@ -104,6 +104,60 @@ def fuzz_sparse_input_matmul(rng):
     assert_close(
         grad_kernel, dense.T @ g64, np.abs(dense.T) @ np.abs(g64) + 1, "grad_kernel", rtol=1e-4
     )
+    return None
+
+
+SPARSE_INPUT_PRODUCTS_MUTATIONS = (
+    "weights-rank",
+    "weights-columns",
+    "entry-outside",
+    "dense-shape",
+    "indices-rank",
+    "dtype",
+)
+
+
+def fuzz_sparse_input_products(rng):
+    """Sparse inputs times every unit of a neuron-major kernel: the dense product when valid,
+    a named error otherwise."""
+    mutation = pick(rng, SPARSE_INPUT_PRODUCTS_MUTATIONS)
+    batch, num_features, units, at, values, shape = _sparse_input_case(rng)
+    weights = floats(rng, (units, num_features))
+    if mutation is not None:
+        if mutation == "weights-rank":
+            weights = wrong_rank(rng, weights)
+        elif mutation == "weights-columns":
+            weights = floats(rng, (units, num_features + int(rng.choice([-1, 1, 5]))))
+        elif mutation == "entry-outside":
+            at = np.concatenate([at, [[0, 0]]]).astype(np.int64)
+            at[-1] = rng.choice([[batch, 0], [0, num_features], [-1, 0], [0, -1]])
+            values = floats(rng, (len(at),))
+        elif mutation == "dense-shape":
+            wrong_shapes = [np.array([-1, num_features]), np.array([batch], np.int64)]
+            shape = wrong_shapes[int(rng.integers(2))]
+        elif mutation == "indices-rank":
+            at = wrong_rank(rng, at)
+        if mutation == "dtype":  # the public function checks dtypes (the raw op would cast)
+            call = lambda: tf_lsh_ops.sparse_input_products(  # noqa: E731
+                tf.SparseTensor(at, values, shape), weights.astype(np.float64)
+            )
+        else:  # the raw op, so that its own checks meet the malformed parts
+            call = lambda: maybe_graph(  # noqa: E731
+                rng, lambda: ops.tf_lsh_sparse_input_products(at, values, shape, weights)
+            )
+        rejects(call)
+        return mutation
+
+    weights_t = tf.Variable(weights) if rng.random() < 0.4 else tf.constant(weights)
+    out = maybe_graph(
+        rng,
+        lambda: tf_lsh_ops.sparse_input_products(tf.SparseTensor(at, values, shape), weights_t),
+    ).numpy()
+    dense = np.zeros((batch, num_features))
+    np.add.at(dense, (at[:, 0], at[:, 1]), values.astype(np.float64))
+    w64 = weights.astype(np.float64)
+    assert out.shape == (batch, units)
+    assert_close(out, dense @ w64.T, np.abs(dense) @ np.abs(w64.T) + 1, "output", rtol=1e-4)
     return None
 
 
@@ -336,6 +390,7 @@ test_fuzz = fuzz_test(
     __file__,
     {
         "sparse_input_matmul": fuzz_sparse_input_matmul,
+        "sparse_input_products": fuzz_sparse_input_products,
         "sparse_input_matmul_adam": fuzz_sparse_input_adam,
         "sparse_input_gather_matmul_lazy_adam": fuzz_sparse_input_gather_lazy_adam,
         "multi_label_batch": fuzz_multi_label_batch,

@@ -18,6 +18,7 @@ Contracts under test (see keras_layers/*.py):
 """
 
 import os
+import subprocess
 import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -45,6 +46,7 @@ from keras_layers import (  # noqa: E402
     SparseAdam,
     SparseInputDense,
     set_inference,
+    lsh_dense,
 )
 from tf_lsh_ops._loader import op_type  # noqa: E402
 
@@ -138,21 +140,70 @@ def test_dense_inference_equals_keras_dense(activation, use_bias):
     assert layer.compute_output_shape((None, 24)) == (None, 96)
 
 
+@pytest.mark.parametrize("row_blocks", [False, True])
 @pytest.mark.parametrize(
     "initializer",
-    ["glorot_uniform", "he_normal", "lecun_uniform", keras.initializers.RandomNormal(stddev=0.02)],
+    [
+        "glorot_uniform",
+        "he_normal",
+        "lecun_uniform",
+        keras.initializers.VarianceScaling(2.0, "fan_out", "truncated_normal"),
+        keras.initializers.RandomNormal(stddev=0.02),
+    ],
 )
-def test_kernel_draws_as_dense_kernels_do(initializer):
+def test_kernel_draws_as_dense_kernels_do(initializer, row_blocks, monkeypatch):
     # Neuron-major, but the fan-in is still the input width: for a layer much wider than its
     # input, He and LeCun scales differ by sqrt(units / input_dim) if the fans are swapped.
+    # Drawn in blocks of rows (as wide kernels are), each block keeps the whole kernel's fans.
     input_dim, units = 200, 3000
+    if row_blocks:
+        monkeypatch.setattr(lsh_dense._KernelDraw, "ROW_BLOCK_ELEMENTS", 128 * input_dim)
     lsh = LSHDense(units, kernel_initializer=initializer)
     dense = keras.layers.Dense(units, kernel_initializer=initializer)
     lsh.build((None, input_dim))
     dense.build((None, input_dim))
     assert lsh.kernel.shape == (units, input_dim)
-    lsh_std, dense_std = np.std(lsh.kernel.numpy()), np.std(dense.kernel.numpy())
-    assert lsh_std == pytest.approx(dense_std, rel=0.03)
+    kernel = lsh.kernel.numpy()
+    assert np.std(kernel) == pytest.approx(np.std(dense.kernel.numpy()), rel=0.03)
+    for block in (kernel[:128], kernel[-128:]):
+        assert np.std(block) == pytest.approx(np.std(kernel), rel=0.1)
+    assert not np.array_equal(kernel[:128], kernel[128:256])  # blocks are not one draw repeated
+
+
+def test_row_block_draws_are_reproducible_and_leave_reads_uncopied(monkeypatch):
+    monkeypatch.setattr(lsh_dense._KernelDraw, "ROW_BLOCK_ELEMENTS", 64 * 50)
+
+    def kernel(seed):
+        layer = LSHDense(700, kernel_initializer=keras.initializers.GlorotUniform(seed=seed))
+        layer.build((None, 50))
+        return layer.kernel.numpy()
+
+    np.testing.assert_array_equal(kernel(3), kernel(3))
+    assert not np.array_equal(kernel(3), kernel(4))
+    # Building a wide layer peaks at little more than its kernel: drawn whole, the kernel
+    # takes three kernel-sized tensors; after a sparse write TensorFlow's copy-on-read mode
+    # would copy the whole kernel on the sketch's first read. A fresh process, so that the
+    # peak is this layer's.
+    probe = """
+import os
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+import tensorflow as tf
+from keras_layers import LSHDense
+
+def status(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
+
+tf.ones([2]).numpy()
+before = status("VmRSS")
+layer = LSHDense(8192, active=16, active_rule="low_rank")
+layer.build((None, 8192))  # a 256 MB kernel, drawn in 16 blocks, and its sketch fitted
+print((status("VmHWM") - before) / (4 * 8192 * 8192))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=os.environ
+    )
+    assert float(result.stdout) < 1.5
 
 
 @pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])

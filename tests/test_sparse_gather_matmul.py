@@ -702,6 +702,62 @@ def test_sparse_inputs_bad_input_is_named(change, message):
         tf_lsh_ops.sparse_input_gather_matmul(inputs, w, b, idx)
 
 
+# --- sparse_input_products: sparse inputs times every unit of a neuron-major kernel. --------
+
+
+def test_sparse_input_products_match_sparse_dense_matmul_and_the_gather_over_all_units():
+    x, w, b, _ = _sparse_case(4)
+    x[2] = 0  # an empty row
+    indices, values, dense_shape = _shuffled_sparse(x, seed=4)
+    inputs = tf.SparseTensor(indices, values, dense_shape)
+    doubled = tf.SparseTensor(  # repeated entries add up
+        tf.concat([indices, indices], 0), tf.concat([values, values], 0), dense_shape
+    )
+    out = tf_lsh_ops.sparse_input_products(inputs, w).numpy()
+    want = x @ w.T
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+    assert out.shape == (x.shape[0], w.shape[0]) and not out[2].any()
+    all_units = np.tile(np.arange(w.shape[0], dtype=np.int32), (x.shape[0], 1))
+    gathered = tf_lsh_ops.sparse_input_gather_matmul(inputs, w, np.zeros_like(b), all_units)
+    np.testing.assert_array_equal(out, gathered.numpy())  # the same sums, in the same order
+    np.testing.assert_allclose(
+        tf_lsh_ops.sparse_input_products(doubled, w).numpy(), 2 * want, rtol=1e-5, atol=1e-6
+    )
+    # In a traced function with an unknown batch, and from a variable.
+    spec = tf.SparseTensorSpec([None, x.shape[1]], tf.float32)
+    variable = tf.Variable(w)
+    traced = tf.function(
+        lambda inputs: tf_lsh_ops.sparse_input_products(inputs, variable), input_signature=[spec]
+    )
+    np.testing.assert_array_equal(traced(inputs).numpy(), out)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("weights_width", "must have 13 columns"),
+        ("weights_rank", "weights must have rank 2"),
+        ("not_sparse", "must be a tf.SparseTensor"),
+        ("entry_outside", "outside dense_shape"),
+    ],
+)
+def test_sparse_input_products_bad_input_is_named(change, message):
+    x, w, _, _ = _sparse_case(3)
+    inputs = tf.sparse.from_dense(x)
+    if change == "weights_width":
+        w = w[:, :-1]
+    elif change == "weights_rank":
+        w = w[0]
+    elif change == "not_sparse":
+        inputs = x
+    elif change == "entry_outside":
+        inputs = tf.SparseTensor([[0, 20]], [1.0], [6, 13])
+    with pytest.raises(
+        (tf.errors.InvalidArgumentError, ValueError), match=f"SparseInputProducts.*{message}"
+    ):
+        tf_lsh_ops.sparse_input_products(inputs, w)
+
+
 # --- sparse_input_matmul: sparse inputs [B, F] times a feature-major kernel [F, H]. ---------
 
 

@@ -7,6 +7,7 @@ renames the bare ones of SavedModels exported before.
 
 from tf_lsh_ops._loader import LIBRARY_PATH
 from tf_lsh_ops._saved_model_upgrade import upgrade_saved_model
+from tf_lsh_ops.assign_rows import assign_rows
 from tf_lsh_ops.lsh import (
     HASH_FAMILIES,
     OVERFLOW_POLICIES,
@@ -29,6 +30,7 @@ from tf_lsh_ops.sparse_gather_matmul import (
     sparse_gather_matmul_grouped,
     sparse_input_gather_matmul,
     sparse_input_gather_matmul_lazy_adam,
+    sparse_input_products,
     sparse_input_matmul,
     sparse_input_matmul_adam,
 )
@@ -37,6 +39,7 @@ __all__ = [
     "HASH_FAMILIES",
     "LIBRARY_PATH",
     "active_softmax_cross_entropy",
+    "assign_rows",
     "OVERFLOW_POLICIES",
     "QUERY_RULES",
     "bucket_bits",
@@ -53,6 +56,7 @@ __all__ = [
     "sparse_gather_matmul_grouped",
     "sparse_input_gather_matmul",
     "sparse_input_gather_matmul_lazy_adam",
+    "sparse_input_products",
     "sparse_input_matmul",
     "sparse_input_matmul_adam",
     "update_tables",

@@ -186,6 +186,35 @@ def sparse_input_gather_matmul(inputs, weights, biases, indices, name=None):
     )
 
 
+def sparse_input_products(inputs, weights, name=None):
+    """A 2-D `tf.SparseTensor` of inputs times every unit of a neuron-major kernel.
+
+    `out[b, u] = sum over row b's entries (f, v) of v * weights[u, f]`: the same values as
+    `tf.sparse.sparse_dense_matmul(inputs, weights, adjoint_b=True)`, which transposes the
+    whole kernel first (a gigabyte at 16k x 16k units). Unit by unit, each kernel row is read
+    once for the whole batch, so the cost is `units * nonzeros of the batch` reads from cache.
+    `sparse_input_gather_matmul` with every unit and zero biases gives the same bits, reading
+    the kernel once per example. Not differentiable (an `LSHDense` selector's exact products).
+
+    Args:
+      inputs: float32 `tf.SparseTensor` `[B, D]` (repeated entries add up).
+      weights: float32 `[N, D]`, neuron-major.
+      name: optional op name.
+
+    Returns:
+      float32 `[B, N]`.
+    """
+    op_name = "SparseInputProducts"
+    return ops.tf_lsh_sparse_input_products(
+        *_sparse_parts(op_name, inputs),
+        as_tensor(op_name, "weights", weights, tf.float32),
+        name=name,
+    )
+
+
+tf.no_gradient(op_type("SparseInputProducts"))
+
+
 @tf.RegisterGradient(op_type("SparseInputGatherMatmul"))
 def _sparse_input_gather_matmul_grad(op, grad_output):
     sparse_indices, sparse_values, dense_shape, weights, biases, indices = op.inputs

@@ -35,6 +35,23 @@ void SparseInputGatherMatmulForward(const GatherMatmulShape& shape, const Sparse
   });
 }
 
+void SparseInputProducts(int64_t batch, int64_t units, int64_t dim, const SparseRowsView& inputs,
+                         const float* weights, float* out, const ParallelFor& parallel_for) {
+  const int64_t entries = inputs.row_offsets[batch];
+  parallel_for(units, 2 * entries + 10, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      const float* w = weights + u * dim;
+      for (int64_t b = 0; b < batch; ++b) {
+        float sum = 0.f;
+        for (int64_t j = inputs.row_offsets[b]; j < inputs.row_offsets[b + 1]; ++j) {
+          sum += inputs.values[j] * w[inputs.features[j]];
+        }
+        out[b * units + u] = sum;
+      }
+    }
+  });
+}
+
 namespace {
 
 // grad_values[j] = sum_k grad_out[b, k] * weights[indices[b, k], features[j]] over the entries

@@ -28,6 +28,14 @@ void SparseInputGatherMatmulForward(const GatherMatmulShape& shape, const Sparse
                                     const int32_t* indices, float* out,
                                     const ParallelFor& parallel_for);
 
+// The products of the sparse inputs with every unit of a neuron-major [units, dim] kernel,
+// without bias: out[b, u] = sum_j values[j] * weights[u, features[j]], [batch, units]; the same
+// sums, in the same order, as SparseInputGatherMatmulForward with all units and zero biases.
+// Unit-major: each kernel row is read once for the whole batch, where the example-major loop
+// would stream the kernel from memory once per example.
+void SparseInputProducts(int64_t batch, int64_t units, int64_t dim, const SparseRowsView& inputs,
+                         const float* weights, float* out, const ParallelFor& parallel_for);
+
 // grad_values[j] = sum_k grad_out[b, k] * weights[indices[b, k], features[j]] (CSR order);
 // for each row r of `rows`: grad_weight_rows[r, features[j]] += grad_out[b, k] * values[j] over
 // its positions (b, k) and the entries j of row b, grad_bias_rows[r] = sum of grad_out[b, k].

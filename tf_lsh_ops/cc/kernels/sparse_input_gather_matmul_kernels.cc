@@ -153,6 +153,30 @@ class SparseInputGatherMatmulOp : public OpKernel {
   }
 };
 
+class SparseInputProductsOp : public OpKernel {
+ public:
+  explicit SparseInputProductsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    constexpr char kOp[] = "SparseInputProducts";
+    SparseRows rows;
+    OP_REQUIRES_OK(ctx, CheckSparseInputs(kOp, ctx, &rows));
+    const Tensor& weights = ctx->input(SparseInputGatherMatmulInput::kWeights);
+    OP_REQUIRES_OK(ctx, CheckRank(kOp, "weights", weights, 2));
+    OP_REQUIRES(ctx, weights.dim_size(1) == rows.dim,
+                absl::InvalidArgumentError(absl::StrCat(
+                    kOp, ": the sparse inputs have dense_shape [", rows.batch, ", ", rows.dim,
+                    "]; weights (shape ", weights.shape().DebugString(), ") must have ",
+                    rows.dim, " columns")));
+    const int64_t units = weights.dim_size(0);
+    Tensor* output = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {rows.batch, units}, &output));
+    OP_REQUIRES_OK(ctx, GroupSparseRows(ctx, &rows));
+    SparseInputProducts(rows.batch, units, rows.dim, rows.view(), weights.flat<float>().data(),
+                        output->flat<float>().data(), TfParallelFor(ctx));
+  }
+};
+
 class SparseInputGatherMatmulGradOp : public OpKernel {
  public:
   explicit SparseInputGatherMatmulGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
@@ -333,6 +357,8 @@ class SparseInputMatmulGradAdamOp : public OpKernel {
 
 REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseInputGatherMatmul").Device(tensorflow::DEVICE_CPU),
                         SparseInputGatherMatmulOp);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseInputProducts").Device(tensorflow::DEVICE_CPU),
+                        SparseInputProductsOp);
 REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseInputGatherMatmulGrad").Device(tensorflow::DEVICE_CPU),
                         SparseInputGatherMatmulGradOp);
 REGISTER_KERNEL_BUILDER(

@@ -31,6 +31,25 @@ REGISTER_OP("TfLsh>SparseInputGatherMatmul")
 out[b, k] = sum over row b's entries (f, v) of v * weights[indices[b, k], f] + biases[...].
 )doc");
 
+REGISTER_OP("TfLsh>SparseInputProducts")
+    .Input("sparse_indices: int64")
+    .Input("sparse_values: float")
+    .Input("dense_shape: int64")
+    .Input("weights: float")
+    .Output("output: float")
+    .SetShapeFn([](InferenceContext* c) -> absl::Status {
+      constexpr char kOp[] = "SparseInputProducts";
+      ShapeHandle unused, weights;
+      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 0, "sparse_indices", 2, &unused));
+      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 1, "sparse_values", 1, &unused));
+      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 3, "weights", 2, &weights));
+      c->set_output(0, c->Matrix(c->UnknownDim(), c->Dim(weights, 0)));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+out[b, u] = sum over row b's entries (f, v) of v * weights[u, f], for every unit u: [batch, N].
+)doc");
+
 REGISTER_OP("TfLsh>SparseInputGatherMatmulGrad")
     .Input("sparse_indices: int64")
     .Input("sparse_values: float")
