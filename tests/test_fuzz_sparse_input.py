@@ -1,5 +1,6 @@
 """Fuzz of the sparse input paths: sparse_input_matmul (and its gradient),
-sparse_input_products, sparse_input_matmul_adam, sparse_input_gather_matmul_lazy_adam and multi_label_batch.
+sparse_input_products, sparse_input_matmul_adam, sparse_input_gather_matmul_lazy_adam and
+multi_label_batch.
 fuzz_common.py describes the calls and the TF_LSH_FUZZ_* variables."""
 
 import sys

@@ -45,8 +45,8 @@ from keras_layers import (  # noqa: E402
     PrecisionAtK,
     SparseAdam,
     SparseInputDense,
-    set_inference,
     lsh_dense,
+    set_inference,
 )
 from tf_lsh_ops._loader import op_type  # noqa: E402
 

@@ -30,9 +30,9 @@ from tf_lsh_ops.sparse_gather_matmul import (
     sparse_gather_matmul_grouped,
     sparse_input_gather_matmul,
     sparse_input_gather_matmul_lazy_adam,
-    sparse_input_products,
     sparse_input_matmul,
     sparse_input_matmul_adam,
+    sparse_input_products,
 )
 
 __all__ = [
@@ -56,9 +56,9 @@ __all__ = [
     "sparse_gather_matmul_grouped",
     "sparse_input_gather_matmul",
     "sparse_input_gather_matmul_lazy_adam",
-    "sparse_input_products",
     "sparse_input_matmul",
     "sparse_input_matmul_adam",
+    "sparse_input_products",
     "update_tables",
     "upgrade_saved_model",
 ]
