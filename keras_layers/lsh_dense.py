@@ -642,9 +642,9 @@ class _KernelDraw:
     they are asked for the neuron-major shape with its axes named. A kernel above
     `ROW_BLOCK_ELEMENTS` is created as zeros and then drawn a block of rows at a time into the
     variable: a whole draw holds three kernel-sized tensors at once (uniform values, scaled,
-    shifted), pages the allocator keeps, 3 GiB for one 16k x 16k layer. Other initializers, and
-    any kernel under a distribution strategy (whose replicas must start from one value), draw
-    the `Dense` shape whole and transpose it.
+    shifted), pages the allocator keeps, 3 GiB for one 16k x 16k layer. Under a distribution
+    strategy (whose replicas must start from one value) the kernel is drawn whole. Other
+    initializers draw the `Dense` shape whole and transpose it.
     """
 
     ROW_BLOCK_ELEMENTS = 1 << 22  # 16 MB of float32
