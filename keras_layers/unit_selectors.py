@@ -129,8 +129,6 @@ class UnitSelector(tf.Module):
 
     def products(self, inputs):
         """`inputs` times every unit's weights, without the bias: `[batch, units]`."""
-        if isinstance(inputs, tf.SparseTensor):
-            return tf_lsh_ops.sparse_input_products(inputs, self.kernel)
         return times_transposed(inputs, self.kernel)
 
 
@@ -442,9 +440,11 @@ class HashTables(UnitSelector):
 
 
 def times_transposed(inputs, matrix):
-    """`inputs` (dense or a 2-D `tf.SparseTensor`) times `matrix` transposed."""
+    """`inputs` (dense or a 2-D `tf.SparseTensor`) times `matrix` transposed (not
+    differentiable for sparse inputs: it serves the selection)."""
     if isinstance(inputs, tf.SparseTensor):
-        return tf.sparse.sparse_dense_matmul(inputs, matrix, adjoint_b=True)
+        # Row by row of `matrix`: sparse_dense_matmul with adjoint_b transposes all of it first.
+        return tf_lsh_ops.sparse_input_products(inputs, matrix)
     return tf.matmul(inputs, matrix, transpose_b=True)
 
 
