@@ -476,6 +476,7 @@ class TfLsh(KerasMethod):
             data.num_features,
             data.num_labels,
             active,
+            labels_per_example=data.labels_per_example,
             num_tables=num_tables,
             batch_wide=self.batch_wide,
             seed=SEED,

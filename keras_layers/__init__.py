@@ -3,8 +3,10 @@
 from keras_layers.callbacks import LSHRebuildCallback
 from keras_layers.losses import (
     ACTIVE_LOSSES,
+    active_binary_cross_entropy,
     active_decoupled_softmax_cross_entropy,
     active_softmax_cross_entropy,
+    dense_binary_cross_entropy,
     dense_decoupled_softmax_cross_entropy,
     dense_softmax_cross_entropy,
 )
@@ -44,8 +46,10 @@ __all__ = [
     "SparseAdam",
     "SparseInputDense",
     "UnitCoverage",
+    "active_binary_cross_entropy",
     "active_decoupled_softmax_cross_entropy",
     "active_softmax_cross_entropy",
+    "dense_binary_cross_entropy",
     "dense_decoupled_softmax_cross_entropy",
     "dense_softmax_cross_entropy",
     "export_saved_model",

@@ -102,6 +102,11 @@ class MultiLabelData:
     def max_labels(self):
         return int(np.diff(self.label_offsets).max(initial=0))
 
+    @property
+    def labels_per_example(self):
+        """The mean number of labels an example has."""
+        return len(self.label_ids) / max(len(self), 1)
+
     def take(self, rows):
         """The examples `rows` (an index array), as a new MultiLabelData."""
         rows = np.asarray(rows)

@@ -1,5 +1,7 @@
 """`LSHClassifier`: trains an `LSHDense` output layer over many classes with `model.fit`."""
 
+import warnings
+
 import keras
 import tensorflow as tf
 
@@ -61,9 +63,12 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
       fuse_first_layer_update: fuse the first layer's kernel gradient with its `SparseAdam`
         update when possible (see above).
       active_loss: the training loss over each active set: `"softmax"` (SLIDE's; one
-        softmax over the set, the labels sharing the target, `active_softmax_cross_entropy`)
-        or `"decoupled_softmax"` (each label against the set's negatives only,
-        `active_decoupled_softmax_cross_entropy`: higher P@3/P@5 on multi-label data).
+        softmax over the set, the labels sharing the target, `active_softmax_cross_entropy`),
+        `"decoupled_softmax"` (each label against the set's negatives only,
+        `active_decoupled_softmax_cross_entropy`) or `"binary"` (one-vs-rest: a sigmoid
+        cross-entropy per active unit, `active_binary_cross_entropy`; the highest P@3/P@5 on
+        multi-label data with a wide body, benchmarks/README.md; start the head's bias low,
+        e.g. `bias_initializer=keras.initializers.Constant(-8.0)`, or it warns).
       **kwargs: `keras.Model` arguments (`name`, ...).
 
     Example:
@@ -97,6 +102,16 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
             raise ValueError(
                 f"LSHClassifier: unknown active_loss {active_loss!r}; expected one of "
                 f"{tuple(ACTIVE_LOSSES)}"
+            )
+        if active_loss == "binary" and isinstance(head.bias_initializer, keras.initializers.Zeros):
+            warnings.warn(
+                f"LSHClassifier: active_loss='binary' with the head '{head.name}' biases starting "
+                "at 0: labels that seldom enter an active set keep logits near 0 while training "
+                "pushes the others below, and outrank the true labels at exact inference. "
+                "Start the biases at about log(labels per example / labels), e.g. "
+                "LSHDense(..., bias_initializer=keras.initializers.Constant(-8.0)) for 5 "
+                "labels per example among 20,000.",
+                stacklevel=2,
             )
         self.active_loss = active_loss
         self.body = body

@@ -88,7 +88,7 @@ def test_bench_wide_quick(tmp_path):
 
 def test_bench_active_loss_quick():
     report = run_quick("bench_active_loss.py")
-    assert set(report["losses"]) == {"softmax", "decoupled_softmax"}
+    assert set(report["losses"]) == {"softmax", "decoupled_softmax", "binary"}
     for result in report["losses"].values():
         assert len(result["curve"]) == report["settings"]["epochs"]
         assert result["final"]["P@1"] > 0.3  # the tiny shape's popular label: under 0.1

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import warnings
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -185,33 +186,87 @@ def test_decoupled_loss_keeps_labels_out_of_each_others_denominator():
     assert float(loss_op(ids, logits, labels)) == pytest.approx(np.log(2), abs=1e-6)
 
 
-def test_decoupled_loss_of_one_set_for_the_batch_equals_the_set_repeated():
+binary = keras_layers.active_binary_cross_entropy
+
+
+def numpy_binary(ids, logits, labels):
+    """A sigmoid cross-entropy per active unit, summed per example, over its labels in the set."""
+    ids, logits, labels = (np.asarray(t) for t in (ids, logits, labels))
+    ids = np.broadcast_to(ids, logits.shape)
+    per_example = []
+    for row in range(logits.shape[0]):
+        valid = ids[row] >= 0
+        positive = valid & np.isin(ids[row], labels[row][labels[row] >= 0])
+        if not positive.any():
+            continue
+        z = logits[row].astype(np.float64)
+        # -log sigmoid(z) for the labels, -log(1 - sigmoid(z)) for the rest.
+        losses = np.where(positive, np.logaddexp(0, -z), np.logaddexp(0, z))
+        per_example.append(losses[valid].sum() / positive.sum())
+    return np.mean(per_example) if per_example else 0.0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_binary_loss_matches_numpy(seed):
+    ids, logits, labels = random_case(seed)
+    np.testing.assert_allclose(
+        binary(ids, logits, labels), numpy_binary(ids, logits, labels), rtol=1e-5
+    )
+
+
+def test_binary_loss_gradient_matches_numerical():
+    ids, logits, labels = random_case(12)
+    theoretical, numerical = tf.test.compute_gradient(
+        lambda x: binary(ids, x, labels), [tf.cast(logits, tf.float64)]
+    )
+    np.testing.assert_allclose(theoretical[0], numerical[0], atol=1e-4)
+
+
+def test_binary_loss_scores_each_unit_on_its_own():
+    # Two labels both far above every negative: near 0, as for the decoupled loss (the softmax
+    # over the set cannot go below log 2); a negative's logit alone moves it.
+    ids = tf.constant([[0, 1, 2, 3]])
+    labels = tf.constant([[0, 1]])
+    assert float(binary(ids, tf.constant([[20.0, 20.0, -20.0, -20.0]]), labels)) < 1e-6
+    raised = float(binary(ids, tf.constant([[20.0, 20.0, 0.0, -20.0]]), labels))
+    assert raised == pytest.approx(np.log(2) / 2, rel=1e-5)
+
+
+MULTI_LABEL_LOSSES = {
+    "decoupled_softmax": (decoupled, keras_layers.dense_decoupled_softmax_cross_entropy),
+    "binary": (binary, keras_layers.dense_binary_cross_entropy),
+}
+NUMPY_LOSSES = {"decoupled_softmax": numpy_decoupled, "binary": numpy_binary}
+
+
+@pytest.mark.parametrize("name", MULTI_LABEL_LOSSES)
+def test_loss_of_one_set_for_the_batch_equals_the_set_repeated(name):
+    active, _ = MULTI_LABEL_LOSSES[name]
     ids, logits, labels = random_case(3, batch=5)
     shared = ids[:1]
     np.testing.assert_allclose(
-        decoupled(shared, logits, labels),
-        decoupled(tf.tile(shared, [5, 1]), logits, labels),
+        active(shared, logits, labels),
+        active(tf.tile(shared, [5, 1]), logits, labels),
         rtol=1e-6,
     )
 
 
-def test_dense_decoupled_loss_equals_the_loss_with_every_unit_active():
+@pytest.mark.parametrize("name", MULTI_LABEL_LOSSES)
+def test_dense_loss_equals_the_loss_with_every_unit_active(name):
+    active, dense = MULTI_LABEL_LOSSES[name]
     rng = np.random.default_rng(5)
     logits = tf.constant(rng.standard_normal((6, 15)) * 3, tf.float32)
     labels = tf.constant(rng.integers(-1, 15, (6, 3)), tf.int32)
     every_unit = tf.range(15)[None, :]
+    np.testing.assert_allclose(dense(logits, labels), active(every_unit, logits, labels), rtol=1e-6)
     np.testing.assert_allclose(
-        keras_layers.dense_decoupled_softmax_cross_entropy(logits, labels),
-        decoupled(every_unit, logits, labels),
-        rtol=1e-6,
-    )
-    np.testing.assert_allclose(
-        keras_layers.dense_decoupled_softmax_cross_entropy(logits, labels),
-        numpy_decoupled(np.arange(15)[None, :], logits, labels),
+        dense(logits, labels),
+        NUMPY_LOSSES[name](np.arange(15)[None, :], logits, labels),
         rtol=1e-5,
     )
 
 
+@pytest.mark.parametrize("name", MULTI_LABEL_LOSSES)
 @pytest.mark.parametrize(
     "ids, logits, labels, message",
     [
@@ -222,31 +277,36 @@ def test_dense_decoupled_loss_equals_the_loss_with_every_unit_active():
         ([[1, 2]], [[0.0, 0.0]], [1], "labels must have rank 2"),
     ],
 )
-def test_decoupled_loss_names_bad_shapes(ids, logits, labels, message):
+def test_multi_label_losses_name_bad_shapes(name, ids, logits, labels, message):
+    active, dense = MULTI_LABEL_LOSSES[name]
     with pytest.raises(
-        (tf.errors.InvalidArgumentError, ValueError),
-        match=f"active_decoupled_softmax_cross_entropy: {message}",
+        (tf.errors.InvalidArgumentError, ValueError), match=f"{active.__name__}: {message}"
     ):
-        decoupled(tf.constant(ids), tf.constant(logits), tf.constant(labels))
+        active(tf.constant(ids), tf.constant(logits), tf.constant(labels))
     if message.startswith("labels"):
         with pytest.raises(
-            (tf.errors.InvalidArgumentError, ValueError),
-            match=f"dense_decoupled_softmax_cross_entropy: {message}",
+            (tf.errors.InvalidArgumentError, ValueError), match=f"{dense.__name__}: {message}"
         ):
-            keras_layers.dense_decoupled_softmax_cross_entropy(
-                tf.constant(logits), tf.constant(labels)
-            )
+            dense(tf.constant(logits), tf.constant(labels))
 
 
-def test_decoupled_loss_without_labels_or_negatives_is_zero():
+@pytest.mark.parametrize("name", MULTI_LABEL_LOSSES)
+def test_multi_label_losses_without_labels_are_zero(name):
+    active, _ = MULTI_LABEL_LOSSES[name]
     ids = tf.constant([[0, 1], [2, -1]])
     logits = tf.constant([[1.0, 2.0], [3.0, 0.0]])
-    assert float(decoupled(ids, logits, tf.constant([[-1], [-1]]))) == 0.0
+    assert float(active(ids, logits, tf.constant([[-1], [-1]]))) == 0.0
+
+
+def test_decoupled_loss_without_negatives_is_zero():
+    ids = tf.constant([[0, 1], [2, -1]])
+    logits = tf.constant([[1.0, 2.0], [3.0, 0.0]])
     # Every active unit a label: nothing to push against.
     assert float(decoupled(ids, logits, tf.constant([[0, 1], [2, -1]]))) == pytest.approx(0.0)
 
 
-def test_classifier_trains_with_the_decoupled_loss_and_keeps_it_in_its_config():
+@pytest.mark.parametrize("name", MULTI_LABEL_LOSSES)
+def test_classifier_trains_with_a_multi_label_loss_and_keeps_it_in_its_config(name):
     import keras
 
     rng = np.random.default_rng(0)
@@ -255,15 +315,33 @@ def test_classifier_trains_with_the_decoupled_loss_and_keeps_it_in_its_config():
     keras.utils.set_random_seed(0)
     model = keras_layers.LSHClassifier(
         keras.Sequential([keras.Input((8,)), keras.layers.Dense(8)]),
-        keras_layers.LSHDense(40, active=10, num_tables=4),
-        active_loss="decoupled_softmax",
+        keras_layers.LSHDense(
+            40, active=10, num_tables=4, bias_initializer=keras.initializers.Constant(-3.0)
+        ),
+        active_loss=name,
     )
     model.compile(keras_layers.SparseAdam(1e-2))
     losses = model.fit(x, y, batch_size=16, epochs=3, verbose=0).history["loss"]
     assert losses[-1] < losses[0]
-    assert model.get_config()["active_loss"] == "decoupled_softmax"
+    assert model.get_config()["active_loss"] == name
     with pytest.raises(ValueError, match="LSHClassifier: unknown active_loss 'bce'"):
         keras_layers.LSHClassifier(model.body, keras_layers.LSHDense(40), active_loss="bce")
+
+
+def test_binary_loss_with_zero_head_biases_warns():
+    import keras
+
+    body = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8)])
+    with pytest.warns(UserWarning, match="active_loss='binary' with the head 'out' biases"):
+        keras_layers.LSHClassifier(
+            body, keras_layers.LSHDense(40, name="out"), active_loss="binary"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        low = keras.initializers.Constant(-8.0)
+        head = keras_layers.LSHDense(40, bias_initializer=low)
+        keras_layers.LSHClassifier(body, head, active_loss="binary")
+        keras_layers.LSHClassifier(body, keras_layers.LSHDense(40), active_loss="softmax")
 
 
 if __name__ == "__main__":
