@@ -798,7 +798,7 @@ def run_shape(kind, cfg, methods, isolate, args):
     """Runs every method on one data shape; returns the shape's report."""
     num_features, num_labels, num_train, num_test = data_dims(cfg)
     log(f"{kind} shape {cfg['shape']}: {(num_features, num_labels, num_train, num_test)}")
-    runs = {}
+    runs, failed = {}, []
     data = None if isolate else load_data(cfg)
     for method in methods:
         spec = {
@@ -809,11 +809,18 @@ def run_shape(kind, cfg, methods, isolate, args):
             "num_tables": args.num_tables,
         }
         if isolate:
-            runs[method] = run_subprocess(spec)
+            run = run_subprocess(spec)
+            if run is None:  # e.g. out of memory: the others still run and are reported
+                log(f"  {method}: its worker failed (traceback above); left out")
+                failed.append(method)
+                continue
+            runs[method] = run
         else:
             runs[method] = METHODS[method].run(data, cfg, spec)
             runs[method]["popular_labels"] = popular(data, cfg.get("test_examples"))
         gc.collect()
+    if not runs:
+        raise RuntimeError(f"bench_extreme: every method failed on the {kind} shape: {failed}")
     first = next(iter(runs.values()))
     report = {
         "shape": cfg["shape"],
@@ -824,18 +831,22 @@ def run_shape(kind, cfg, methods, isolate, args):
         "settings": cfg,
         "popular_labels": first["popular_labels"],
         "methods": runs,
+        "failed_methods": failed,
     }
     report["systems"] = systems(report)
     return report
 
 
 def run_subprocess(spec):
+    """The worker's report, or None if it failed (its traceback goes to this stderr)."""
     result = subprocess.run(  # this script finds the packages itself (_common)
         [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
         stdout=subprocess.PIPE,
-        check=True,
+        check=False,
         text=True,
     )
+    if result.returncode != 0:
+        return None
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
