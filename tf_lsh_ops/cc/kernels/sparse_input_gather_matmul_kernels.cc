@@ -50,22 +50,30 @@ struct SparseInputMatmulGradAdamInput {
   enum : int { kKernel = SparseTensorInput::kNext, kKernelM, kKernelV, kGradOutput, kLr };
 };
 
+// Checks neuron-major weights [N, D] against the sparse inputs [B, D].
+absl::Status CheckWeights(const char* op, const SparseRows& rows, const Tensor& weights) {
+  TF_RETURN_IF_ERROR(CheckRank(op, "weights", weights, 2));
+  if (weights.dim_size(1) == rows.dim) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      op, ": the sparse inputs have dense_shape [", rows.batch, ", ", rows.dim,
+      "]; weights (shape ", weights.shape().DebugString(), ") must have ", rows.dim, " columns"));
+}
+
 // Checks weights [N, D], biases [N] (if given), indices [B, K] against the sparse inputs
 // [B, D] and returns the shape.
 absl::Status CheckArguments(const char* op, OpKernelContext* ctx, const SparseRows& rows,
                             const Tensor& weights, const Tensor* biases, const Tensor& indices,
                             GatherMatmulShape* shape) {
-  TF_RETURN_IF_ERROR(CheckRank(op, "weights", weights, 2));
+  TF_RETURN_IF_ERROR(CheckWeights(op, rows, weights));
   TF_RETURN_IF_ERROR(CheckRank(op, "indices", indices, 2));
   if (biases != nullptr) {
     TF_RETURN_IF_ERROR(CheckRank(op, "biases", *biases, 1));
     TF_RETURN_IF_ERROR(CheckSameDim(op, "weights", weights, 0, "biases", *biases, 0));
   }
-  if (weights.dim_size(1) != rows.dim || indices.dim_size(0) != rows.batch) {
+  if (indices.dim_size(0) != rows.batch) {
     return absl::InvalidArgumentError(absl::StrCat(
         op, ": the sparse inputs have dense_shape [", rows.batch, ", ", rows.dim,
-        "]; weights (shape ", weights.shape().DebugString(), ") must have ", rows.dim,
-        " columns and indices (shape ", indices.shape().DebugString(), ") ", rows.batch,
+        "]; indices (shape ", indices.shape().DebugString(), ") must have ", rows.batch,
         " rows"));
   }
   const int64_t num_neurons = weights.dim_size(0);
@@ -162,12 +170,7 @@ class SparseInputProductsOp : public OpKernel {
     SparseRows rows;
     OP_REQUIRES_OK(ctx, CheckSparseInputs(kOp, ctx, &rows));
     const Tensor& weights = ctx->input(SparseInputGatherMatmulInput::kWeights);
-    OP_REQUIRES_OK(ctx, CheckRank(kOp, "weights", weights, 2));
-    OP_REQUIRES(ctx, weights.dim_size(1) == rows.dim,
-                absl::InvalidArgumentError(absl::StrCat(
-                    kOp, ": the sparse inputs have dense_shape [", rows.batch, ", ", rows.dim,
-                    "]; weights (shape ", weights.shape().DebugString(), ") must have ",
-                    rows.dim, " columns")));
+    OP_REQUIRES_OK(ctx, CheckWeights(kOp, rows, weights));
     const int64_t units = weights.dim_size(0);
     Tensor* output = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {rows.batch, units}, &output));
