@@ -45,6 +45,26 @@ def _sparse_input_case(rng):
     return batch, num_features, units, at, values, np.array([batch, num_features], np.int64)
 
 
+# Malformed SparseTensor parts that both sparse-input products meet with the same checks.
+MALFORMED_SPARSE_INPUTS = ("entry-outside", "dense-shape", "indices-rank")
+
+
+def _malformed_sparse_input(rng, mutation, at, values, shape):
+    """`(at, values, shape)` with one part malformed as `mutation` says: an entry outside the
+    dense shape, a dense shape not `[batch >= 0, features]`, or indices not of rank 2."""
+    batch, num_features = (int(n) for n in shape)
+    if mutation == "entry-outside":
+        at = np.concatenate([at, [[int(rng.integers(0, 9)), num_features]]]).astype(np.int64)
+        at[-1] = rng.choice([[batch, 0], [0, num_features], [-1, 0], [0, -1]])
+        values = floats(rng, (len(at),))
+    elif mutation == "dense-shape":
+        wrong_shapes = [np.array([-1, num_features]), np.array([batch], np.int64)]
+        shape = wrong_shapes[int(rng.integers(2))]
+    elif mutation == "indices-rank":
+        at = wrong_rank(rng, at)
+    return at, values, shape
+
+
 def fuzz_sparse_input_matmul(rng):
     mutation = pick(rng, SPARSE_INPUT_MUTATIONS)
     batch, num_features, units, at, values, shape = _sparse_input_case(rng)
@@ -55,15 +75,8 @@ def fuzz_sparse_input_matmul(rng):
             kernel = wrong_rank(rng, kernel)
         elif mutation == "kernel-rows":
             kernel = floats(rng, (num_features + int(rng.choice([-1, 1, 5])), units))
-        elif mutation == "entry-outside":
-            at = np.concatenate([at, [[int(rng.integers(0, 9)), num_features]]]).astype(np.int64)
-            at[-1] = rng.choice([[batch, 0], [0, num_features], [-1, 0], [0, -1]])
-            values = floats(rng, (len(at),))
-        elif mutation == "dense-shape":
-            wrong_shapes = [np.array([-1, num_features]), np.array([batch], np.int64)]
-            shape = wrong_shapes[int(rng.integers(2))]
-        elif mutation == "indices-rank":
-            at = wrong_rank(rng, at)
+        elif mutation in MALFORMED_SPARSE_INPUTS:
+            at, values, shape = _malformed_sparse_input(rng, mutation, at, values, shape)
         elif mutation == "dtype":
             kernel = kernel.astype(np.float64)
         if mutation == "grad-shape":  # the raw gradient op
@@ -129,15 +142,8 @@ def fuzz_sparse_input_products(rng):
             weights = wrong_rank(rng, weights)
         elif mutation == "weights-columns":
             weights = floats(rng, (units, num_features + int(rng.choice([-1, 1, 5]))))
-        elif mutation == "entry-outside":
-            at = np.concatenate([at, [[0, 0]]]).astype(np.int64)
-            at[-1] = rng.choice([[batch, 0], [0, num_features], [-1, 0], [0, -1]])
-            values = floats(rng, (len(at),))
-        elif mutation == "dense-shape":
-            wrong_shapes = [np.array([-1, num_features]), np.array([batch], np.int64)]
-            shape = wrong_shapes[int(rng.integers(2))]
-        elif mutation == "indices-rank":
-            at = wrong_rank(rng, at)
+        elif mutation in MALFORMED_SPARSE_INPUTS:
+            at, values, shape = _malformed_sparse_input(rng, mutation, at, values, shape)
         if mutation == "dtype":  # the public function checks dtypes (the raw op would cast)
             call = lambda: tf_lsh_ops.sparse_input_products(  # noqa: E731
                 tf.SparseTensor(at, values, shape), weights.astype(np.float64)

@@ -139,25 +139,33 @@ def test_wrong_dtype_is_named():
 decoupled = keras_layers.active_decoupled_softmax_cross_entropy
 
 
-def numpy_decoupled(ids, logits, labels):
-    """Each example's labels in its set, each against the set's non-labels, in NumPy."""
+def numpy_multi_label(ids, logits, labels, example_loss):
+    """The mean of `example_loss(scores, positive, negative)` (float64 logits, boolean masks
+    of the example's labels in its set and of the set's other units) over the examples with a
+    label in their set, 0 if none has one, in NumPy."""
     ids, logits, labels = (np.asarray(t) for t in (ids, logits, labels))
     ids = np.broadcast_to(ids, logits.shape)
     per_example = []
     for row in range(logits.shape[0]):
-        wanted = set(labels[row][labels[row] >= 0])
         valid = ids[row] >= 0
-        positive = valid & np.isin(ids[row], list(wanted))
-        negative = valid & ~positive
-        if not positive.any():
-            continue
-        scores = logits[row].astype(np.float64)
+        positive = valid & np.isin(ids[row], labels[row][labels[row] >= 0])
+        if positive.any():
+            scores = logits[row].astype(np.float64)
+            per_example.append(example_loss(scores, positive, valid & ~positive))
+    return np.mean(per_example) if per_example else 0.0
+
+
+def numpy_decoupled(ids, logits, labels):
+    """Each example's labels in its set, each against the set's non-labels, in NumPy."""
+
+    def example_loss(scores, positive, negative):
         losses = []
         for logit in scores[positive]:
             pool = np.concatenate([[logit], scores[negative]])
             losses.append(np.log(np.exp(pool - pool.max()).sum()) + pool.max() - logit)
-        per_example.append(np.mean(losses))
-    return np.mean(per_example) if per_example else 0.0
+        return np.mean(losses)
+
+    return numpy_multi_label(ids, logits, labels, example_loss)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -191,19 +199,13 @@ binary = keras_layers.active_binary_cross_entropy
 
 def numpy_binary(ids, logits, labels):
     """A sigmoid cross-entropy per active unit, summed per example, over its labels in the set."""
-    ids, logits, labels = (np.asarray(t) for t in (ids, logits, labels))
-    ids = np.broadcast_to(ids, logits.shape)
-    per_example = []
-    for row in range(logits.shape[0]):
-        valid = ids[row] >= 0
-        positive = valid & np.isin(ids[row], labels[row][labels[row] >= 0])
-        if not positive.any():
-            continue
-        z = logits[row].astype(np.float64)
-        # -log sigmoid(z) for the labels, -log(1 - sigmoid(z)) for the rest.
-        losses = np.where(positive, np.logaddexp(0, -z), np.logaddexp(0, z))
-        per_example.append(losses[valid].sum() / positive.sum())
-    return np.mean(per_example) if per_example else 0.0
+
+    def example_loss(z, positive, negative):
+        # -log sigmoid(z) for the labels, -log(1 - sigmoid(z)) for the rest of the set.
+        losses = np.logaddexp(0, -z[positive]).sum() + np.logaddexp(0, z[negative]).sum()
+        return losses / positive.sum()
+
+    return numpy_multi_label(ids, logits, labels, example_loss)
 
 
 @pytest.mark.parametrize("seed", range(5))

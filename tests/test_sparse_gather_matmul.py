@@ -625,6 +625,26 @@ def _sparse_case(seed, batch=6, dim=13, num_neurons=9, active=5, density=0.3):
     return x, w, b, idx
 
 
+def _broken_sparse_case(change):
+    """`_sparse_case(3)` as `(inputs, weights, biases, indices)`, inputs a `tf.SparseTensor`,
+    with one argument broken as `change` says."""
+    x, w, b, idx = _sparse_case(3)
+    inputs = tf.sparse.from_dense(x)
+    if change == "weights_width":
+        w = w[:, :-1]
+    elif change == "weights_rank":
+        w = w[0]
+    elif change == "index_high":
+        idx[1, 1] = 9
+    elif change == "batch":
+        idx = idx[:-1]
+    elif change == "not_sparse":
+        inputs = x
+    elif change == "entry_outside":
+        inputs = tf.SparseTensor([[0, 20]], [1.0], [6, 13])
+    return inputs, w, b, idx
+
+
 def test_sparse_inputs_match_dense_inputs_in_values_and_gradients():
     x, w, b, idx = _sparse_case(0)
     dense = tf.sparse.from_dense(x)
@@ -686,18 +706,7 @@ def test_sparse_inputs_repeated_entries_add_up():
     ],
 )
 def test_sparse_inputs_bad_input_is_named(change, message):
-    x, w, b, idx = _sparse_case(3)
-    inputs = tf.sparse.from_dense(x)
-    if change == "weights_width":
-        w = w[:, :-1]
-    elif change == "index_high":
-        idx[1, 1] = 9
-    elif change == "batch":
-        idx = idx[:-1]
-    elif change == "not_sparse":
-        inputs = x
-    elif change == "entry_outside":
-        inputs = tf.SparseTensor([[0, 20]], [1.0], [6, 13])
+    inputs, w, b, idx = _broken_sparse_case(change)
     with pytest.raises(tf.errors.InvalidArgumentError, match=f"SparseInputGatherMatmul.*{message}"):
         tf_lsh_ops.sparse_input_gather_matmul(inputs, w, b, idx)
 
@@ -742,16 +751,7 @@ def test_sparse_input_products_match_sparse_dense_matmul_and_the_gather_over_all
     ],
 )
 def test_sparse_input_products_bad_input_is_named(change, message):
-    x, w, _, _ = _sparse_case(3)
-    inputs = tf.sparse.from_dense(x)
-    if change == "weights_width":
-        w = w[:, :-1]
-    elif change == "weights_rank":
-        w = w[0]
-    elif change == "not_sparse":
-        inputs = x
-    elif change == "entry_outside":
-        inputs = tf.SparseTensor([[0, 20]], [1.0], [6, 13])
+    inputs, w, _, _ = _broken_sparse_case(change)
     with pytest.raises(
         (tf.errors.InvalidArgumentError, ValueError), match=f"SparseInputProducts.*{message}"
     ):
