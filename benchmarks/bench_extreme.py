@@ -63,7 +63,8 @@ the evaluation, timed per example (batches of 256 after one traced batch; the li
 call, Omikuji one example a call as its Python API predicts), with its P@k: `dense` (exact)
 for the models trained by `fit`, and for tf-lsh also `lsh` (`inference_mode(model, "lsh")`,
 `LSHClassifier.predict_top_k`, the tables as training left them, each example its own active
-set even for a batch-wide head);
+set even for a batch-wide head) and `sketch` (the `active` labels of each example's largest
+logits in the head's random sketch of rank `example.INFERENCE_RANK`, then their exact logits);
 `tree` for the libraries (their default beam or search).
 Each shape's `systems` lists per method the training seconds, final P@1/3/5, prediction
 seconds per example and peak RSS; `plot_systems` plots P@1 and P@5 against training time
@@ -544,7 +545,8 @@ class TfLsh(KerasMethod):
         # The tables as training left them (a full rebuild here retrieved worse on the small
         # shape: per-example P@1 0.22 against 0.31 after two epochs).
         # LSH inference chooses each example's labels, even for a batch-wide head.
-        return {mode: self.scored_top_k(model, batches, mode) for mode in ("dense", "lsh")}
+        modes = ("dense", "lsh", "sketch")
+        return {mode: self.scored_top_k(model, batches, mode) for mode in modes}
 
     @staticmethod
     def scored_top_k(model, batches, mode):

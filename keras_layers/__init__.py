@@ -25,6 +25,7 @@ from keras_layers.sparse_input_dense import SparseInputDense
 from keras_layers.unit_selectors import (
     ExactSelector,
     HashTables,
+    InferenceSketch,
     LowRankSelector,
     TableConfig,
     UnitSelector,
@@ -35,6 +36,7 @@ __all__ = [
     "INFERENCE_MODES",
     "ExactSelector",
     "HashTables",
+    "InferenceSketch",
     "LowRankSelector",
     "TableConfig",
     "UnitSelector",

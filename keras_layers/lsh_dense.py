@@ -16,12 +16,13 @@ from keras_layers.unit_selectors import (
     TABLE_RULES,
     ExactSelector,
     HashTables,
+    InferenceSketch,
     LowRankSelector,
     TableConfig,
     is_int,
 )
 
-INFERENCE_MODES = ("dense", "top_k", "lsh")
+INFERENCE_MODES = ("dense", "top_k", "lsh", "sketch")
 ACTIVE_RULES = ("auto", "low_rank", "exact", *TABLE_RULES)
 
 
@@ -128,10 +129,18 @@ class LSHDense(keras.layers.Layer):
         update.
       inference: `"dense"` (all units, as `Dense`), `"top_k"` (all units computed, each
         example's `active` largest kept, as in training with exact selection; both with
-        standard TF ops only) or `"lsh"` (only the units `active_rule` selects are computed);
-        None (default): `"lsh"` with the `"low_rank"` and `"exact"` rules (it computes what
-        training computed; with `"low_rank"` at a fraction of the cost), `"dense"` with
-        tables. Switch it after training with `set_inference(model, mode)`.
+        standard TF ops only), `"lsh"` (only the units `active_rule` selects are computed) or
+        `"sketch"` (only the `active` units with the largest pre-activations in a random
+        sketch of the layer are computed; needs `inference_rank`); None (default): `"lsh"`
+        with the `"low_rank"` and `"exact"` rules (it computes what training computed; with
+        `"low_rank"` at a fraction of the cost), `"dense"` with tables. Switch it after
+        training with `set_inference(model, mode)`.
+      inference_rank: None (default), or the rank of the random sketch behind
+        `inference="sketch"` (`layer.inference_sketch`, an `InferenceSketch`; it keeps
+        `inference_rank * (units + input_dim)` floats). Hash tables built for training pick
+        an output layer's top labels poorly at inference; the sketch finds nearly all of
+        them at about `inference_rank / input_dim` of a dense pass (128 on an
+        extreme-classification head: benchmarks/README.md).
       seed: seeds the hash functions, the tables and the random fill.
       **kwargs: base `Layer` arguments (`name`, `dtype`, ...).
 
@@ -176,6 +185,7 @@ class LSHDense(keras.layers.Layer):
         batch_wide=False,
         sparse_outputs=False,
         inference=None,
+        inference_rank=None,
         backward_adam=None,
         seed=0,
         **kwargs,
@@ -245,6 +255,14 @@ class LSHDense(keras.layers.Layer):
         )
         self.seed = int(seed)
         self.selector = self._make_selector(active_rule)
+        if inference_rank is not None and (not is_int(inference_rank) or inference_rank < 1):
+            raise ValueError(
+                f"LSHDense: inference_rank must be None or an int >= 1, got {inference_rank!r}"
+            )
+        self.inference_rank = inference_rank
+        self.inference_sketch = None
+        if inference_rank is not None:
+            self.inference_sketch = InferenceSketch(self.num_active, inference_rank, self.seed)
         if inference is None:
             inference = "dense" if self.tables is not None else "lsh"
         self.inference = inference  # checked by the property setter
@@ -297,7 +315,17 @@ class LSHDense(keras.layers.Layer):
             raise ValueError(
                 f"LSHDense: unknown inference mode {mode!r}; expected one of {INFERENCE_MODES}"
             )
+        if mode == "sketch" and self.inference_sketch is None:
+            raise ValueError(
+                f"LSHDense '{self.name}': inference='sketch' needs a sketch to query; build the "
+                "layer with inference_rank (an int, e.g. 128), got inference_rank=None"
+            )
         self._inference = mode
+
+    @property
+    def exact_inference(self):
+        """Whether inference computes every unit (`"dense"` and `"top_k"`)."""
+        return self.inference in ("dense", "top_k")
 
     def build(self, input_shape):
         input_dim = int(input_shape[-1])
@@ -325,6 +353,8 @@ class LSHDense(keras.layers.Layer):
             shape = (self.units, input_dim)
             self.kernel_m = self._add_state("kernel_m", shape, "float32", 0)
             self.kernel_v = self._add_state("kernel_v", shape, "float32", 0)
+        if self.inference_sketch is not None:
+            self.inference_sketch.build(self.kernel, self.bias, self.step, self._add_state)
 
     def _add_step(self):
         """Training calls so far: the refresh schedule, and the random fill's seed (so that it
@@ -345,27 +375,30 @@ class LSHDense(keras.layers.Layer):
             trainable=False,
         )
 
-    def active_ids(self, inputs, labels=None, per_example=False):
+    def active_ids(self, inputs, labels=None, inference=False):
         """The units each example computes, chosen by the selector: int32 `[batch, k]`
         (`[1, k]` for a batch-wide layer's shared set).
 
         `labels` (int32 `[batch, max_labels]`, -1 padded) are always included, first (beyond
         k labels, the first k; batch-wide, a batch whose labels outnumber k gets them all).
-        `per_example`: a batch-wide layer too chooses each example's own units, as
-        inference does (a set shared by a batch of unrelated examples predicts poorly).
+        `inference`: the units inference computes instead: each example's own, even for a
+        batch-wide layer (a set shared by a batch of unrelated examples predicts poorly), from
+        the sketch with `inference="sketch"`.
         """
-        return self.selector.select(inputs, labels, shared=self._shares(per_example))
+        if inference and self.inference == "sketch":
+            return self.inference_sketch.select(inputs)
+        return self.selector.select(inputs, labels, shared=self._shares(inference))
 
-    def active_outputs(self, inputs, labels=None, shared_ids=False, per_example=False):
+    def active_outputs(self, inputs, labels=None, shared_ids=False, inference=False):
         """`(ids, values)`: the active units and their activations, both `[batch, k]`.
 
         Padding ids (-1) have value 0. Gradients of `values` reach the weights as
         `tf.IndexedSlices` over the active rows. With `shared_ids`, a batch-wide layer on
         dense inputs returns its shared ids as `[1, k]` (one row for the batch), not tiled.
-        `per_example` as for `active_ids`.
+        `inference` as for `active_ids`.
         """
-        ids = self.active_ids(inputs, labels, per_example)
-        shared = self._shares(per_example)
+        ids = self.active_ids(inputs, labels, inference)
+        shared = self._shares(inference)
         if isinstance(inputs, tf.SparseTensor):
             if shared:
                 ids = _tile_rows(ids, inputs.dense_shape[0])
@@ -377,9 +410,9 @@ class LSHDense(keras.layers.Layer):
                 ids = _tile_rows(ids, tf.shape(inputs, out_type=tf.int64)[0])
         return ids, self.activate(ids, values)
 
-    def _shares(self, per_example):
+    def _shares(self, inference):
         """Whether the batch shares one set of units."""
-        return self.batch_wide and not per_example
+        return self.batch_wide and not inference
 
     def fused_update(self, optimizer):
         """A `FusedOutputUpdate` of this layer by `optimizer`, or None where it cannot apply:
@@ -428,14 +461,14 @@ class LSHDense(keras.layers.Layer):
         tf.cond(due, refresh, lambda: tf.constant(False))
 
     def call(self, inputs, training=None):
-        if not training and self.inference != "lsh":
+        if not training and self.exact_inference:
             return self._all_units(inputs, keep_top_k=self.inference == "top_k")
         if training and self.refresh_steps is not None:
             self._refresh_if_due(inputs)
         if training and self.backward_adam is not None:
             ids, values = self._updating_outputs(inputs)
         else:
-            ids, values = self.active_outputs(inputs, per_example=not training)
+            ids, values = self.active_outputs(inputs, inference=not training)
         if training:
             if self.track_selection:
                 self.coverage.update_state(ids)
@@ -525,6 +558,7 @@ class LSHDense(keras.layers.Layer):
             track_selection=self.track_selection,
             sparse_outputs=self.sparse_outputs,
             inference=self.inference,
+            inference_rank=self.inference_rank,
             backward_adam=self.backward_adam,
             seed=self.seed,
             **tables,
@@ -754,8 +788,8 @@ def export_saved_model(model, path, inference="dense", input_signature=None):
 
     `inference="dense"` (every unit) and `"top_k"` (every unit computed, each example's top
     `active` kept) use standard TensorFlow ops only: the SavedModel loads with no plugin (TF
-    Serving, C++, Java, ...). `inference="lsh"` serves only the selected units; loading it
-    needs `import tf_lsh_ops` first. The model's own modes are restored afterwards.
+    Serving, C++, Java, ...). `inference="lsh"` and `"sketch"` serve only the selected units;
+    loading them needs `import tf_lsh_ops` first. The model's own modes are restored afterwards.
 
     Args:
       model: a built Keras model.

@@ -276,7 +276,7 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
         else:
             # One query: the metrics rank what it retrieved; the loss also takes the labels
             # it missed.
-            retrieved, logits = head.active_outputs(features, per_example=True)
+            retrieved, logits = head.active_outputs(features, inference=True)
             top_ids = _top_ids(retrieved, logits, self.top_k)
             loss = self._loss(
                 *_with_missed_labels(head, features, retrieved, logits, labels), labels
@@ -284,16 +284,17 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
         if self.lsh_recall is not None:
             exact = logits if retrieved is None else head.selector.products(features) + head.bias
             if retrieved is None:
-                retrieved = head.active_ids(features, per_example=True)
+                retrieved = head.active_ids(features, inference=True)
             self.lsh_recall.update_state(tf.math.top_k(exact, self.lsh_recall.k).indices, retrieved)
         _keras_compat.loss_tracker(self).update_state(loss, sample_weight=tf.shape(labels)[0])
         return self.compute_metrics(x, labels, top_ids)
 
     def predict_top_k(self, x, k=5):
-        """`(ids, scores)` `[batch, k]`: the k best labels, exact or LSH per `head.inference`."""
+        """`(ids, scores)` `[batch, k]`: the k best labels, exact or among the units
+        inference selects, per `head.inference`."""
         features = self._features(x, training=False)
-        if self.head.inference == "lsh":
-            ids, logits = self.head.active_outputs(features, per_example=True)
+        if not self.head.exact_inference:
+            ids, logits = self.head.active_outputs(features, inference=True)
             logits = tf.where(ids >= 0, logits, logits.dtype.min)
             top = tf.math.top_k(logits, k)
             return tf.gather(ids, top.indices, batch_dims=1), top.values

@@ -439,6 +439,61 @@ class HashTables(UnitSelector):
         self.counts.assign(counts)
 
 
+class InferenceSketch(tf.Module):
+    """What `inference="sketch"` computes: each example's `num_active` largest pre-activations
+    of a random rank-`rank` sketch of the layer, which the layer then computes exactly.
+
+    The sketch scores `(x P^T) (W P^T)^T + bias`, with P `[rank, input_dim]` Gaussian of
+    variance `1 / rank`: unbiased estimates of the products, with noise of about
+    `|x| |w| / sqrt(rank)` (Johnson-Lindenstrauss). The units an output layer ranks first
+    stand far above that noise, so the top `num_active` of the sketch hold them, and the exact
+    products of those put them in order: `rank * (input_dim + units) + num_active *
+    input_dim` multiplications an example against `units * input_dim`. A low-rank basis fitted
+    to the products (the `"low_rank"` rule) keeps the directions most units share and loses the
+    ones that single out a label: on an extreme-classification head it ranks worse at every
+    rank (benchmarks/README.md).
+
+    `W P^T` is refitted at inference whenever the layer trained since the last fit (its
+    `step` moved on); after changing the weights in another way, call `fit()`.
+    """
+
+    def __init__(self, num_active, rank, seed):
+        super().__init__(name="inference_sketch")
+        self.num_active = num_active
+        self.rank = rank
+        self.seed = seed
+
+    def build(self, kernel, bias, step, add_state):
+        """Creates the projection, the units' sketch and the step it was fitted at, as
+        non-trainable weights of the layer (`add_state(name, shape, dtype, value)`)."""
+        self.kernel, self.bias, self.step = kernel, bias, step
+        units, input_dim = kernel.shape
+        projection = tf.random.stateless_normal([self.rank, input_dim], [self.seed, 11])
+        self.projection = add_state(
+            "inference_projection", (self.rank, input_dim), "float32", projection / self.rank**0.5
+        )
+        self.sketch_units = add_state("inference_sketch", (units, self.rank), "float32", 0)
+        self.fitted_step = add_state("inference_sketch_step", (), "int64", -1)
+
+    def select(self, inputs):
+        """int32 `[batch, num_active]`: the units of each example's largest sketched
+        pre-activations."""
+        tf.cond(tf.not_equal(self.fitted_step, self.step), self.fit, lambda: tf.constant(False))
+        return tf_lsh_ops.matmul_top_k(
+            times_transposed(inputs, self.projection), self.sketch_units, self.bias, self.num_active
+        )
+
+    def fit(self):
+        """Sketches the units' current weights (`W P^T`); returns True."""
+        self.sketch_units.assign(tf.matmul(self.kernel, self.projection, transpose_b=True))
+        self.fitted_step.assign(self.step)
+        return tf.constant(True)
+
+    @property
+    def memory_bytes(self):
+        return 4 * self.rank * sum(int(n) for n in self.kernel.shape)
+
+
 def times_transposed(inputs, matrix):
     """`inputs` (dense or a 2-D `tf.SparseTensor`) times `matrix` transposed (not
     differentiable for sparse inputs: it serves the selection)."""

@@ -94,6 +94,18 @@ def test_bench_active_loss_quick():
         assert result["final"]["P@1"] > 0.3  # the tiny shape's popular label: under 0.1
 
 
+def test_bench_inference_quick():
+    report = run_quick("bench_inference.py")
+    modes = report["head_modes"]
+    assert set(modes) == {"exact", "lsh", "sketch_16", "sketch_32"}
+    for name, scores in modes.items():
+        assert scores["ms_per_example"] > 0 and 0 <= scores["P@5"] <= scores["P@1"] <= 1, name
+        if name != "exact":
+            assert 0 <= scores["recall_of_exact_top5"] <= 1
+    # A higher rank's sketch finds more of the exact top 5 (0.75 against 0.82 when written).
+    assert modes["sketch_32"]["recall_of_exact_top5"] > modes["sketch_16"]["recall_of_exact_top5"]
+
+
 def test_profile_step_quick():
     report = run_quick("profile_step.py")
     assert report["ops_in_step"]["step_wall_ms"] > 0

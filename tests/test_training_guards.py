@@ -46,7 +46,7 @@ def test_lsh_inference_of_a_batch_wide_layer_chooses_per_example():
     layer.build((None, DIM))
     x, _ = _multi_label_data(6, 1, 200)
     shared = layer.active_ids(x).numpy()
-    own = layer.active_ids(x, per_example=True).numpy()
+    own = layer.active_ids(x, inference=True).numpy()
     assert shared.shape == (1, 8) and own.shape == (6, 8)
     assert len({tuple(row) for row in own}) > 1  # the examples' own sets differ
     outputs = layer(x, training=False).numpy()
