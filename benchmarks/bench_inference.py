@@ -7,7 +7,9 @@ Trains the README's model (`bench_extreme`'s `tf_lsh` method: `examples/extreme_
 - `exact`: every label scored (`inference="dense"`, `matmul_top_k` over all of them);
 - `lsh`: the labels the training tables retrieve for each example;
 - `sketch_<rank>`: the `active` labels of the largest logits in a random rank-`rank` sketch of
-  the head (`keras_layers.InferenceSketch`), then their exact logits.
+  the head (`keras_layers.InferenceSketch`), then their exact logits;
+- `low_rank_<rank>`: the same through the hidden layers' sketch instead (`LowRankSelector`, its
+  basis fitted to the exact logits of `4 * rank` training examples).
 Each mode's P@1/3/5, recall of the exact top 5, and speed-up over exact; then each library
 (`benchmarks/xmc_libraries.py`, defaults) trained on the same data and timed on the same
 examples, and each mode's time over the fastest library's. Prints JSON.
@@ -75,15 +77,25 @@ def trained_model(train, cfg, num_tables=16):
     return model, time.perf_counter() - start
 
 
+def add_state(name, shape, dtype, value):
+    """A selector's state as a plain variable (the benchmark swaps selectors on a built head)."""
+    return tf.Variable(tf.broadcast_to(tf.cast(value, dtype), shape), trainable=False, name=name)
+
+
 def with_sketch(head, rank):
-    """Gives `head` a fresh `InferenceSketch` of `rank` (fitted to its weights)."""
+    """Gives `head` a fresh `InferenceSketch` of `rank` (fitted to its weights at first use)."""
     sketch = keras_layers.InferenceSketch(head.num_active, rank, head.seed)
-
-    def add_state(name, shape, dtype, value):
-        return tf.Variable(tf.broadcast_to(tf.cast(value, dtype), shape), trainable=False)
-
     sketch.build(head.kernel, head.bias, head.step, add_state)
     head.inference_sketch = sketch
+
+
+def low_rank_selector(head, rank, features):
+    """A `LowRankSelector` of `rank` on `head`'s weights, fitted to the exact logits of
+    `features`."""
+    selector = keras_layers.LowRankSelector(head.units, head.num_active, head.seed, rank)
+    selector.build(head.kernel, head.bias, add_state, lambda: head.step)
+    selector.fit(features)
+    return selector
 
 
 def timed_top_k(predict, batches):
@@ -107,8 +119,8 @@ def scored(tops, seconds, labels, exact=None):
     return out
 
 
-def head_modes(model, batches, labels, ranks):
-    """{mode: scores} for exact, lsh and a sketch of each rank."""
+def head_modes(model, batches, labels, ranks, train_features):
+    """{mode: scores} for exact, lsh, and a random and a fitted sketch of each rank."""
     head = model.head
 
     def predict(x):
@@ -126,7 +138,16 @@ def head_modes(model, batches, labels, ranks):
         with_sketch(head, rank)
         with keras_layers.inference_mode(model, "sketch"):
             modes[f"sketch_{rank}"] = scored(*timed_top_k(predict, batches), labels, exact)
+        modes[f"sketch_{rank}"]["sketch_bytes"] = head.inference_sketch.memory_bytes
         log(f"sketch {rank}: {modes[f'sketch_{rank}']}")
+        # The "lsh" mode computes what the head's selector picks: swap in the fitted sketch.
+        tables, head.selector = head.selector, low_rank_selector(
+            head, rank, train_features[: 4 * rank]
+        )
+        with keras_layers.inference_mode(model, "lsh"):
+            modes[f"low_rank_{rank}"] = scored(*timed_top_k(predict, batches), labels, exact)
+        head.selector = tables
+        log(f"low rank {rank}: {modes[f'low_rank_{rank}']}")
     return modes
 
 
@@ -170,7 +191,9 @@ def main(argv=None):
     labels = np.concatenate([y for _, y in batches])
 
     model, train_s = trained_model(train, cfg)
-    modes = head_modes(model, batches, labels, cfg["ranks"])
+    train_x = next(iter(train.dataset(4 * max(cfg["ranks"]))))[0]
+    train_features = model.body(train_x, training=False)
+    modes = head_modes(model, batches, labels, cfg["ranks"], train_features)
     libraries = library_modes(cfg["libraries"], train, test, labels)
     exact_ms = modes["exact"]["ms_per_example"]
     fastest = min((lib["ms_per_example"] for lib in libraries.values()), default=None)

@@ -51,7 +51,11 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
       gradient and Adam update run as one op (`tf_lsh_ops.sparse_input_matmul_adam`; with
       any head, one set per batch too); `fuse_first_layer_update=False` turns that off.
     - Prediction: `predict` gives the head's outputs (`[batch, units]` logits when dense);
-      `predict_top_k(x, k)` gives `(ids, scores)` without `[batch, units]` in LSH mode.
+      `predict_top_k(x, k)` gives `(ids, scores)` without forming `[batch, units]`: exact
+      (`head.inference == "dense"`), or among the labels a random sketch of the head ranks
+      first (`LSHDense(..., inference_rank=128)` and `set_inference(model, "sketch")`: the
+      exact top labels at a fraction of the cost on a wide head) or the tables retrieve
+      (`"lsh"`).
 
     Args:
       body: the feature extractor.

@@ -448,10 +448,10 @@ class InferenceSketch(tf.Module):
     `|x| |w| / sqrt(rank)` (Johnson-Lindenstrauss). The units an output layer ranks first
     stand far above that noise, so the top `num_active` of the sketch hold them, and the exact
     products of those put them in order: `rank * (input_dim + units) + num_active *
-    input_dim` multiplications an example against `units * input_dim`. A low-rank basis fitted
-    to the products (the `"low_rank"` rule) keeps the directions most units share and loses the
-    ones that single out a label: on an extreme-classification head it ranks worse at every
-    rank (benchmarks/README.md).
+    input_dim` multiplications an example against `units * input_dim`. A basis fitted to the
+    products instead (the `"low_rank"` rule's) keeps the directions most units share and loses
+    those that single out a label: on an extreme-classification head it put the exact top
+    label first less often at every rank tried (benchmarks/README.md).
 
     `W P^T` is refitted at inference whenever the layer trained since the last fit (its
     `step` moved on); after changing the weights in another way, call `fit()`.

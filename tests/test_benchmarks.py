@@ -97,7 +97,7 @@ def test_bench_active_loss_quick():
 def test_bench_inference_quick():
     report = run_quick("bench_inference.py")
     modes = report["head_modes"]
-    assert set(modes) == {"exact", "lsh", "sketch_16", "sketch_32"}
+    assert set(modes) == {"exact", "lsh", "sketch_16", "sketch_32", "low_rank_16", "low_rank_32"}
     for name, scores in modes.items():
         assert scores["ms_per_example"] > 0 and 0 <= scores["P@5"] <= scores["P@1"] <= 1, name
         if name != "exact":
