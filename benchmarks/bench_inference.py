@@ -141,8 +141,9 @@ def head_modes(model, batches, labels, ranks, train_features):
         modes[f"sketch_{rank}"]["sketch_bytes"] = head.inference_sketch.memory_bytes
         log(f"sketch {rank}: {modes[f'sketch_{rank}']}")
         # The "lsh" mode computes what the head's selector picks: swap in the fitted sketch.
-        tables, head.selector = head.selector, low_rank_selector(
-            head, rank, train_features[: 4 * rank]
+        tables, head.selector = (
+            head.selector,
+            low_rank_selector(head, rank, train_features[: 4 * rank]),
         )
         with keras_layers.inference_mode(model, "lsh"):
             modes[f"low_rank_{rank}"] = scored(*timed_top_k(predict, batches), labels, exact)
