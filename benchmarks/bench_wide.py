@@ -30,11 +30,15 @@ included). A run whose epoch would take longer than `--epoch-budget` minutes is 
 (`"epoch_from_steps": true`) and it has no accuracy. A width whose state cannot fit in this
 machine's memory is listed in `skipped` with the bytes it would need.
 
-`ablations`: at `ablation_width`, on MNIST, one change at a time (`ABLATIONS`): the sketch
-refitted every 20 steps, and the kernels updated by the optimizer's Adam on whole rows.
+`ablations`: one change at a time (`ABLATIONS`), at `ablation_width` on MNIST unless they say:
+the sketch refitted every 20 steps, the kernels updated by the optimizer's Adam on whole rows,
+k-winners boosting (`boost_strength`, also on the bag of words at 1,024 units).
+`--ablations-only` runs just these.
 
 `threads`: the median training step of the LSH runs at `--threads-width` on 1 and on 2 threads
-(`speedup` = 1 thread / 2 threads). `targets` checks the issue's: at 16k, LSHDense >= 10x
+(`speedup` = 1 thread / 2 threads), beside the machine's copy bandwidth on 1 and 2 threads
+measured in the same run (`copy_bandwidth_speedup`): the memory-bound parts of a step (the
+scattered Adam rows) cannot scale beyond it. `targets` checks the issue's: at 16k, LSHDense >= 10x
 faster per epoch than Dense within 1 point of its accuracy; time per step at 50 active units
 growing < 2x from 4k to the widest width run; peak RSS within 1.3x of the state.
 
@@ -104,13 +108,16 @@ MODES = {
         "ablations": None,
     },
 }
-# Variants of the LSH networks (see `build_model`) run at `ablation_width` on MNIST: the
-# selector refitted every 20 steps (not "auto"); the second layer's kernel updated by the
-# optimizer's Adam on whole rows (not in the backward pass, per weight).
+# Variants of the LSH networks (see `build_model`), as (input, kind, width or None for
+# `ablation_width`, variant): the second layer's kernel updated by the optimizer's Adam on whole
+# rows (not in the backward pass, per weight); the selector refitted every 20 steps (not
+# "auto"); k-winners boosting of the selection.
 ABLATIONS = (
-    ("lsh_50", {"backward_adam": False}),
-    ("lsh_5pct", {"backward_adam": False}),
-    ("lsh_50", {"refresh_period": 20}),
+    ("mnist", "lsh_50", None, {"backward_adam": False}),
+    ("mnist", "lsh_5pct", None, {"backward_adam": False}),
+    ("mnist", "lsh_50", None, {"refresh_period": 20}),
+    ("mnist", "lsh_50", None, {"boost_strength": 1.5}),
+    ("sparse", "lsh_50", 1024, {"boost_strength": 1.5}),
 )
 # A run is skipped when the memory it needs (`memory_estimate_bytes`) exceeds this share of
 # the machine's.
@@ -146,9 +153,15 @@ def sparse_dataset(data, batch_size, shuffle):
 
 def build_model(kind, width, input_name, input_dim, classes, seed=0, variant=None):
     """The network of `kind` and its optimizer. LSH networks take `variant` options:
-    `refresh_period` (default "auto") and `backward_adam` (default True: the layers that read
-    sparse inputs update their kernels in the backward pass; False: the optimizer does)."""
-    variant = {"refresh_period": "auto", "backward_adam": True, **(variant or {})}
+    `refresh_period` (default "auto"), `backward_adam` (default True: the layers that read
+    sparse inputs update their kernels in the backward pass; False: the optimizer does) and
+    `boost_strength` (default 0)."""
+    variant = {
+        "refresh_period": "auto",
+        "backward_adam": True,
+        "boost_strength": 0.0,
+        **(variant or {}),
+    }
     keras.utils.set_random_seed(seed)
     sparse = input_name == "sparse"
     layers = [keras.Input((input_dim,), sparse=sparse)]
@@ -170,6 +183,7 @@ def build_model(kind, width, input_name, input_dim, classes, seed=0, variant=Non
                 active=active,
                 sparse_outputs=True,
                 refresh_period=variant["refresh_period"],
+                boost_strength=variant["boost_strength"],
                 backward_adam=(
                     LEARNING_RATE if variant["backward_adam"] and sparse_inputs else None
                 ),
@@ -458,6 +472,9 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--epoch-budget", type=float, help="minutes an epoch may take")
     parser.add_argument("--plots", default="out/plots", help="folder for the PNG plot")
+    parser.add_argument(
+        "--ablations-only", action="store_true", help="run only the ablations (all of them)"
+    )
     parser.add_argument("--run", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run:
@@ -488,6 +505,8 @@ def main(argv=None):
     }
     memory = _common.meminfo_bytes("MemTotal") or 0
     start = time.perf_counter()
+    if args.ablations_only:
+        settings.update(inputs=(), ablations=None, thread_kinds=())
     for input_name in settings["inputs"]:
         input_dim, classes = (784, 10) if input_name == "mnist" else SPARSE_SHAPE[:2]
         for width in settings["widths"]:
@@ -522,12 +541,12 @@ def main(argv=None):
                 log("  " + summary(result))
     # One change at a time against the runs above, at one width.
     report["ablations"] = []
-    for kind, variant in ABLATIONS[: settings["ablations"]]:
+    for input_name, kind, width, variant in ABLATIONS[: settings["ablations"]]:
         if kind not in args.kinds:
             continue
         spec = {
-            "input": "mnist",
-            "width": settings["ablation_width"],
+            "input": input_name,
+            "width": width or settings["ablation_width"],
             "kind": kind,
             "variant": variant,
             "epochs": settings["epochs"],
@@ -535,10 +554,11 @@ def main(argv=None):
             "timed_steps": settings["timed_steps"],
             "epoch_budget_min": settings["epoch_budget_min"],
         }
-        log(f"ablation: mnist W={spec['width']} {kind} {variant} ...")
+        log(f"ablation: {input_name} W={spec['width']} {kind} {variant} ...")
         report["ablations"].append(run_child(spec))
         log("  " + summary(report["ablations"][-1]))
     report["threads"] = []
+    copy_gb_s = {threads: _common.copy_bandwidth_gb_s(threads=threads) for threads in (1, 2)}
     for input_name in settings["inputs"][:1]:
         for kind in settings["thread_kinds"]:
             if kind not in args.kinds:
@@ -565,12 +585,15 @@ def main(argv=None):
                     "step_s_1_thread": timings[1],
                     "step_s_2_threads": timings[2],
                     "speedup": timings[1] / timings[2] if timings[1] and timings[2] else None,
+                    "copy_gb_s_1_thread": copy_gb_s[1],
+                    "copy_gb_s_2_threads": copy_gb_s[2],
+                    "copy_bandwidth_speedup": copy_gb_s[2] / copy_gb_s[1],
                 }
             )
             log(f"  speedup {report['threads'][-1]['speedup']}")
     report["targets"] = targets(report["runs"])
     report["wall_s"] = time.perf_counter() - start
-    if args.plots:
+    if args.plots and report["runs"]:
         report["plot"] = plot(report, args.plots)
     print(json.dumps(report, indent=1))
     return report

@@ -84,6 +84,11 @@ class LSHDense(keras.layers.Layer):
         - `"auto"` (default): `"low_rank"` for a layer with an activation (a hidden layer),
           `"frequency"` for a linear one (an output layer over labels).
       rank: sketch rank for `"low_rank"`.
+      boost_strength: `"low_rank"` only: 0 (default), or how strongly training favours the
+        units selected less often than `active / units` of the time (k-winners boosting,
+        `LowRankSelector`; 1-2 is typical). Without it, a wide layer on sparse inputs trains
+        the same few units every step (benchmarks/README.md, "Wide hidden layers").
+        Inference is not boosted.
       refresh_period: every this many training steps the layer refreshes its selector: refits
         the sketch (`"low_rank"`) from the batch's exact pre-activations, or re-hashes the
         units whose weights changed (`layer.tables.refresh()`, table rules;
@@ -177,6 +182,7 @@ class LSHDense(keras.layers.Layer):
         bucket_capacity=128,
         active_rule="auto",
         rank=32,
+        boost_strength=0.0,
         refresh_period=20,
         track_selection=False,
         min_count=1,
@@ -235,6 +241,14 @@ class LSHDense(keras.layers.Layer):
         if not is_int(rank) or rank < 1:
             raise ValueError(f"LSHDense: rank must be an int >= 1, got {rank!r}")
         self.rank = rank
+        if isinstance(boost_strength, bool) or not isinstance(boost_strength, (int, float)):
+            raise ValueError(f"LSHDense: boost_strength must be a number, got {boost_strength!r}")
+        if boost_strength < 0 or (boost_strength and active_rule != "low_rank"):
+            raise ValueError(
+                "LSHDense: boost_strength must be >= 0, and > 0 only with the 'low_rank' rule; "
+                f"got {boost_strength!r} with active_rule {active_rule!r}"
+            )
+        self.boost_strength = float(boost_strength)
         if refresh_period not in (None, "auto") and (
             not is_int(refresh_period) or refresh_period < 1
         ):
@@ -277,7 +291,9 @@ class LSHDense(keras.layers.Layer):
 
     def _make_selector(self, rule):
         if rule == "low_rank":
-            return LowRankSelector(self.units, self.num_active, self.seed, self.rank)
+            return LowRankSelector(
+                self.units, self.num_active, self.seed, self.rank, self.boost_strength
+            )
         if rule == "exact":
             return ExactSelector(self.units, self.num_active, self.seed)
         return HashTables(self.units, self.num_active, self.seed, self.table_config)
@@ -387,7 +403,9 @@ class LSHDense(keras.layers.Layer):
         """
         if inference and self.inference == "sketch":
             return self.inference_sketch.select(inputs)
-        return self.selector.select(inputs, labels, shared=self._shares(inference))
+        return self.selector.select(
+            inputs, labels, shared=self._shares(inference), training=not inference
+        )
 
     def active_outputs(self, inputs, labels=None, shared_ids=False, inference=False):
         """`(ids, values)`: the active units and their activations, both `[batch, k]`.
@@ -472,6 +490,7 @@ class LSHDense(keras.layers.Layer):
         if training:
             if self.track_selection:
                 self.coverage.update_state(ids)
+            self.selector.observe(ids)
             self.count_training_step()
         if self.sparse_outputs:
             return _sparse_rows(ids, values, self.units)
@@ -554,6 +573,7 @@ class LSHDense(keras.layers.Layer):
             active=self.active,
             active_rule=self.active_rule,
             rank=self.rank,
+            boost_strength=self.boost_strength,
             refresh_period=self.refresh_period,
             track_selection=self.track_selection,
             sparse_outputs=self.sparse_outputs,

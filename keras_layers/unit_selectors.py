@@ -113,10 +113,14 @@ class UnitSelector(tf.Module):
         self.kernel, self.bias = kernel, bias
         self.step = add_step()
 
-    def select(self, inputs, labels=None, shared=False):
+    def select(self, inputs, labels=None, shared=False, training=False):
         """int32 `[batch, num_active]` unit ids; `labels` (int32 `[batch, max_labels]`, -1
-        padded) first. `shared`: one set for the batch, `[1, ...]` (hash tables only)."""
+        padded) first. `shared`: one set for the batch, `[1, ...]` (hash tables only).
+        `training`: a training step's selection (boosted, where the selector boosts)."""
         raise NotImplementedError
+
+    def observe(self, ids):
+        """Records a training step's selected `ids` (`[batch, k]`, -1 padded)."""
 
     def refresh(self, inputs, products):
         """Brings the selector up to date with the weights, given a batch of `inputs` and,
@@ -138,7 +142,7 @@ class ExactSelector(UnitSelector):
 
     rule = "exact"
 
-    def select(self, inputs, labels=None, shared=False):
+    def select(self, inputs, labels=None, shared=False, training=False):
         return top_units(self.products(inputs) + self.bias, self.num_active, labels)
 
 
@@ -148,34 +152,66 @@ class LowRankSelector(UnitSelector):
     `x -> (x B^T) A^T + bias` (`rank * (input_dim + units)` multiplications an example): A
     `[units, rank]` has orthonormal columns spanning the units' main directions of variation
     over recent inputs, B = A^T W. `refresh` refits it to a batch's exact products.
+
+    With `boost_strength` > 0, training selects by boosted scores (k-winners boosting, as
+    Numenta's sparse networks): unit j's sketched pre-activation times
+    `exp(boost_strength * (active / units - duty_j))`, where `duty_j` is the fraction of
+    examples that selected j, averaged over about the last `BOOST_PERIOD` steps. A unit that
+    seldom wins is raised until it does, and learns; without it, the same few units win every
+    step while the rest never train (benchmarks/README.md, "Wide hidden layers").
     """
 
     rule = "low_rank"
     needs_products = True
+    BOOST_PERIOD = 1000
 
-    def __init__(self, units, num_active, seed, rank):
+    def __init__(self, units, num_active, seed, rank, boost_strength=0.0):
         super().__init__(units, num_active, seed)
         self.rank = rank
+        self.boost_strength = boost_strength
 
     def build(self, kernel, bias, add_state, add_step):
         super().build(kernel, bias, add_state, add_step)
         self.sketch_units = add_state("sketch_units", (self.units, self.rank), "float32", 0)
         self.sketch_inputs = add_state("sketch_inputs", (self.rank, kernel.shape[1]), "float32", 0)
+        if self.boost_strength:
+            # Every unit starts at its target duty: no boost until the counts say otherwise.
+            self.duty_cycle = add_state(
+                "duty_cycle", (self.units,), "float32", self.num_active / self.units
+            )
         if tf.executing_eagerly():
             # A first sketch, before any input was seen: fitted to random inputs.
             self.fit(tf.random.stateless_normal([4 * self.rank, kernel.shape[1]], [self.seed, 7]))
 
-    def select(self, inputs, labels=None, shared=False):
+    def select(self, inputs, labels=None, shared=False, training=False):
+        units, bias = self.sketch_units, self.bias
+        if training and self.boost_strength:
+            boost = self.boost_factors()
+            units, bias = units * boost[:, None], bias * boost
         if labels is not None:  # the labels go first: through a [batch, units] score matrix
-            return top_units(self.sketch_products(inputs) + self.bias, self.num_active, labels)
+            scores = tf.matmul(self.sketch_queries(inputs), units, transpose_b=True) + bias
+            return top_units(scores, self.num_active, labels)
         # One fused op: the [batch, units] sketch scores are never formed, nor sorted (TensorFlow's
         # top_k over them cost 4-17 ms a step at 16k-64k units and batch 128).
-        return tf_lsh_ops.matmul_top_k(
-            self.sketch_queries(inputs),
-            self.sketch_units,
-            self.bias,
-            self.num_active,
+        return tf_lsh_ops.matmul_top_k(self.sketch_queries(inputs), units, bias, self.num_active)
+
+    def boost_factors(self):
+        """`[units]`: what training multiplies each unit's sketched pre-activation by."""
+        target = self.num_active / self.units
+        return tf.exp(self.boost_strength * (target - self.duty_cycle))
+
+    def observe(self, ids):
+        if not self.boost_strength:
+            return
+        examples = tf.cast(tf.shape(ids)[0], tf.float32)
+        ids = tf.reshape(ids, [-1])
+        valid = ids >= 0
+        counts = tf.math.unsorted_segment_sum(
+            tf.cast(valid, tf.float32), tf.where(valid, ids, 0), self.units
         )
+        fraction = counts / examples  # of the step's examples that selected each unit
+        rate = 1.0 / self.BOOST_PERIOD
+        self.duty_cycle.assign((1.0 - rate) * self.duty_cycle + rate * fraction)
 
     def sketch_queries(self, inputs):
         """`inputs` projected on the sketch: `x B^T`, `[batch, rank]`."""
@@ -291,7 +327,7 @@ class HashTables(UnitSelector):
             max_norm=self.max_norm,
         )
 
-    def select(self, inputs, labels=None, shared=False):
+    def select(self, inputs, labels=None, shared=False, training=False):
         self.ensure_built()
         config = self.config
         seed = self.seed + 1_000_003 * tf.cast(self.step, tf.int64) + _replica_seed_offset()

@@ -83,6 +83,7 @@ def test_bench_wide_quick(tmp_path):
     assert lsh["forward_multiplications"]["total"] < dense["forward_multiplications"]["total"] / 5
     assert report["ablations"][0]["variant"] == {"backward_adam": False}
     assert report["threads"][0]["speedup"] > 0
+    assert report["threads"][0]["copy_bandwidth_speedup"] > 0
     assert os.path.exists(report["plot"])
 
 

@@ -310,6 +310,9 @@ def test_config_round_trip_and_saving_keep_the_sketch(tmp_path):
         ({"refresh_period": 0}, "refresh_period must be None, 'auto' or an int >= 1, got 0"),
         ({"track_selection": True, "refresh_period": None}, "refresh_period must be set"),
         ({"inference": "top"}, "unknown inference mode 'top'"),
+        ({"boost_strength": -1.0}, "boost_strength must be >= 0.*got -1.0"),
+        ({"boost_strength": "high"}, "boost_strength must be a number, got 'high'"),
+        ({"boost_strength": 1.0, "active_rule": "union"}, "only with the 'low_rank' rule"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, message):
@@ -332,6 +335,75 @@ def test_the_selector_is_the_rule_in_force(kwargs, selector):
     assert layer.selection == layer.selector.rule
     # Only a table rule has tables to rebuild.
     assert (layer.tables is layer.selector) == (selector is HashTables)
+
+
+def _boosted(units=400, dim=24, active=10, strength=2.0):
+    layer = _built(units, dim, active=active, boost_strength=strength, track_selection=False)
+    duty = np.random.default_rng(4).uniform(0, 0.1, units).astype(np.float32)
+    layer.selector.duty_cycle.assign(duty)
+    return layer, duty
+
+
+def test_training_selects_the_top_k_of_the_boosted_sketch_and_inference_does_not():
+    layer, duty = _boosted()
+    x = _inputs(16, 24)
+    selector = layer.selector
+    sketched = (x @ selector.sketch_inputs.numpy().T) @ selector.sketch_units.numpy().T
+    boost = np.exp(2.0 * (10 / 400 - duty))
+    boosted = (sketched + layer.bias.numpy()) * boost
+    np.testing.assert_allclose(selector.boost_factors().numpy(), boost, rtol=1e-6)
+    training = _as_sets(layer.active_ids(tf.constant(x)))
+    inference = _as_sets(layer.active_ids(tf.constant(x), inference=True))
+    assert training == [set(row) for row in np.argsort(-boosted, axis=1)[:, :10]]
+    plain = sketched + layer.bias.numpy()
+    assert inference == [set(row) for row in np.argsort(-plain, axis=1)[:, :10]]
+    assert training != inference
+
+
+def test_boosting_passes_over_the_units_that_won_every_step():
+    layer, _ = _boosted(strength=4.0)
+    x = _inputs(64, 24)
+    usual = np.unique(layer.active_ids(tf.constant(x), inference=True).numpy())
+    duty = np.zeros(400, np.float32)
+    duty[usual] = 1.0  # as if these had won every example
+    layer.selector.duty_cycle.assign(duty)
+    boosted = np.unique(layer.active_ids(tf.constant(x)).numpy())
+    assert len(np.intersect1d(boosted, usual)) < len(usual) / 2
+    layer.selector.duty_cycle.assign(np.zeros(400, np.float32))  # none won: no change in order
+    assert np.array_equal(np.unique(layer.active_ids(tf.constant(x)).numpy()), usual)
+
+
+def test_duty_cycle_averages_each_units_share_of_the_examples():
+    layer, duty = _boosted()
+    ids = np.array([[3, 5, -1], [3, 7, 9]], np.int32)
+    layer.selector.observe(tf.constant(ids))
+    share = np.zeros(400, np.float32)
+    share[[3, 5, 7, 9]] = [1.0, 0.5, 0.5, 0.5]
+    rate = 1 / layer.selector.BOOST_PERIOD
+    np.testing.assert_allclose(
+        layer.selector.duty_cycle.numpy(), (1 - rate) * duty + rate * share, rtol=1e-6
+    )
+
+
+def test_a_training_call_updates_the_duty_cycle_with_its_selection():
+    layer = _built(300, 24, active=12, boost_strength=1.0, track_selection=False)
+    assert np.allclose(layer.selector.duty_cycle.numpy(), 12 / 300)  # starts at the target
+    x = tf.constant(_inputs(8, 24))
+    ids = layer.active_ids(x).numpy()  # the step's selection, before the call records it
+    layer(x, training=True)
+    counts = np.bincount(ids.ravel(), minlength=300) / 8
+    rate = 1 / layer.selector.BOOST_PERIOD
+    expected = (1 - rate) * 12 / 300 + rate * counts
+    np.testing.assert_allclose(layer.selector.duty_cycle.numpy(), expected, rtol=1e-5)
+    layer(x, training=False)  # inference records nothing
+    np.testing.assert_allclose(layer.selector.duty_cycle.numpy(), expected, rtol=1e-5)
+
+
+def test_boost_strength_round_trips_and_defaults_to_off():
+    layer = LSHDense(50, activation="relu", boost_strength=1.5)
+    assert LSHDense.from_config(layer.get_config()).boost_strength == 1.5
+    plain = _built(50, 8)
+    assert plain.boost_strength == 0.0 and not hasattr(plain.selector, "duty_cycle")
 
 
 def test_rebuild_callback_warns_when_no_layer_has_tables():
