@@ -84,11 +84,11 @@ class LSHDense(keras.layers.Layer):
         - `"auto"` (default): `"low_rank"` for a layer with an activation (a hidden layer),
           `"frequency"` for a linear one (an output layer over labels).
       rank: sketch rank for `"low_rank"`.
-      boost_strength: `"low_rank"` only: 0 (default), or how strongly training favours the
-        units selected less often than `active / units` of the time (k-winners boosting,
-        `LowRankSelector`; 1-2 is typical). Without it, a wide layer on sparse inputs trains
-        the same few units every step (benchmarks/README.md, "Wide hidden layers").
-        Inference is not boosted.
+      boost_strength: `"low_rank"` only: 0 (default), or how strongly the selection favours
+        the units that training selected less often than `active / units` of the time
+        (k-winners boosting, `LowRankSelector`; 1.5 is typical). Without it, a wide layer on
+        sparse inputs trains the same few units every step (benchmarks/README.md, "Wide
+        hidden layers"). Inference selects with the same boost.
       refresh_period: every this many training steps the layer refreshes its selector: refits
         the sketch (`"low_rank"`) from the batch's exact pre-activations, or re-hashes the
         units whose weights changed (`layer.tables.refresh()`, table rules;
@@ -403,9 +403,7 @@ class LSHDense(keras.layers.Layer):
         """
         if inference and self.inference == "sketch":
             return self.inference_sketch.select(inputs)
-        return self.selector.select(
-            inputs, labels, shared=self._shares(inference), training=not inference
-        )
+        return self.selector.select(inputs, labels, shared=self._shares(inference))
 
     def active_outputs(self, inputs, labels=None, shared_ids=False, inference=False):
         """`(ids, values)`: the active units and their activations, both `[batch, k]`.

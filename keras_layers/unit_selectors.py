@@ -113,10 +113,9 @@ class UnitSelector(tf.Module):
         self.kernel, self.bias = kernel, bias
         self.step = add_step()
 
-    def select(self, inputs, labels=None, shared=False, training=False):
+    def select(self, inputs, labels=None, shared=False):
         """int32 `[batch, num_active]` unit ids; `labels` (int32 `[batch, max_labels]`, -1
-        padded) first. `shared`: one set for the batch, `[1, ...]` (hash tables only).
-        `training`: a training step's selection (boosted, where the selector boosts)."""
+        padded) first. `shared`: one set for the batch, `[1, ...]` (hash tables only)."""
         raise NotImplementedError
 
     def observe(self, ids):
@@ -142,7 +141,7 @@ class ExactSelector(UnitSelector):
 
     rule = "exact"
 
-    def select(self, inputs, labels=None, shared=False, training=False):
+    def select(self, inputs, labels=None, shared=False):
         return top_units(self.products(inputs) + self.bias, self.num_active, labels)
 
 
@@ -153,17 +152,20 @@ class LowRankSelector(UnitSelector):
     `[units, rank]` has orthonormal columns spanning the units' main directions of variation
     over recent inputs, B = A^T W. `refresh` refits it to a batch's exact products.
 
-    With `boost_strength` > 0, training selects by boosted scores (k-winners boosting, as
-    Numenta's sparse networks): unit j's sketched pre-activation times
+    With `boost_strength` > 0 it selects by boosted scores (k-winners boosting, as Numenta's
+    sparse networks): unit j's sketched pre-activation times
     `exp(boost_strength * (active / units - duty_j))`, where `duty_j` is the fraction of
-    examples that selected j, averaged over about the last `BOOST_PERIOD` steps. A unit that
-    seldom wins is raised until it does, and learns; without it, the same few units win every
-    step while the rest never train (benchmarks/README.md, "Wide hidden layers").
+    training examples that selected j, averaged over about the last `BOOST_PERIOD` of them. A
+    unit that seldom wins is raised until it does, and learns; without it, the same few units
+    win every step while the rest never train (benchmarks/README.md, "Wide hidden layers").
+    Inference ranks by the same boosted scores: the layers after this one were trained on the
+    units they pick (ranked without the boost, the bag-of-words network of bench_wide lost
+    most of its accuracy at test time).
     """
 
     rule = "low_rank"
     needs_products = True
-    BOOST_PERIOD = 1000
+    BOOST_PERIOD = 1000  # training examples
 
     def __init__(self, units, num_active, seed, rank, boost_strength=0.0):
         super().__init__(units, num_active, seed)
@@ -183,9 +185,9 @@ class LowRankSelector(UnitSelector):
             # A first sketch, before any input was seen: fitted to random inputs.
             self.fit(tf.random.stateless_normal([4 * self.rank, kernel.shape[1]], [self.seed, 7]))
 
-    def select(self, inputs, labels=None, shared=False, training=False):
+    def select(self, inputs, labels=None, shared=False):
         units, bias = self.sketch_units, self.bias
-        if training and self.boost_strength:
+        if self.boost_strength:
             boost = self.boost_factors()
             units, bias = units * boost[:, None], bias * boost
         if labels is not None:  # the labels go first: through a [batch, units] score matrix
@@ -196,7 +198,7 @@ class LowRankSelector(UnitSelector):
         return tf_lsh_ops.matmul_top_k(self.sketch_queries(inputs), units, bias, self.num_active)
 
     def boost_factors(self):
-        """`[units]`: what training multiplies each unit's sketched pre-activation by."""
+        """`[units]`: what each unit's sketched pre-activation is multiplied by."""
         target = self.num_active / self.units
         return tf.exp(self.boost_strength * (target - self.duty_cycle))
 
@@ -210,7 +212,7 @@ class LowRankSelector(UnitSelector):
             tf.cast(valid, tf.float32), tf.where(valid, ids, 0), self.units
         )
         fraction = counts / examples  # of the step's examples that selected each unit
-        rate = 1.0 / self.BOOST_PERIOD
+        rate = tf.minimum(examples / self.BOOST_PERIOD, 1.0)
         self.duty_cycle.assign((1.0 - rate) * self.duty_cycle + rate * fraction)
 
     def sketch_queries(self, inputs):
@@ -327,7 +329,7 @@ class HashTables(UnitSelector):
             max_norm=self.max_norm,
         )
 
-    def select(self, inputs, labels=None, shared=False, training=False):
+    def select(self, inputs, labels=None, shared=False):
         self.ensure_built()
         config = self.config
         seed = self.seed + 1_000_003 * tf.cast(self.step, tf.int64) + _replica_seed_offset()

@@ -344,26 +344,25 @@ def _boosted(units=400, dim=24, active=10, strength=2.0):
     return layer, duty
 
 
-def test_training_selects_the_top_k_of_the_boosted_sketch_and_inference_does_not():
+def test_selection_is_the_top_k_of_the_boosted_sketch_in_training_and_inference():
     layer, duty = _boosted()
     x = _inputs(16, 24)
     selector = layer.selector
-    sketched = (x @ selector.sketch_inputs.numpy().T) @ selector.sketch_units.numpy().T
+    plain = (x @ selector.sketch_inputs.numpy().T) @ selector.sketch_units.numpy().T
+    plain += layer.bias.numpy()
     boost = np.exp(2.0 * (10 / 400 - duty))
-    boosted = (sketched + layer.bias.numpy()) * boost
     np.testing.assert_allclose(selector.boost_factors().numpy(), boost, rtol=1e-6)
-    training = _as_sets(layer.active_ids(tf.constant(x)))
-    inference = _as_sets(layer.active_ids(tf.constant(x), inference=True))
-    assert training == [set(row) for row in np.argsort(-boosted, axis=1)[:, :10]]
-    plain = sketched + layer.bias.numpy()
-    assert inference == [set(row) for row in np.argsort(-plain, axis=1)[:, :10]]
-    assert training != inference
+    expected = [set(row) for row in np.argsort(-plain * boost, axis=1)[:, :10]]
+    assert _as_sets(layer.active_ids(tf.constant(x))) == expected
+    assert _as_sets(layer.active_ids(tf.constant(x), inference=True)) == expected
+    assert expected != [set(row) for row in np.argsort(-plain, axis=1)[:, :10]]
 
 
 def test_boosting_passes_over_the_units_that_won_every_step():
     layer, _ = _boosted(strength=4.0)
     x = _inputs(64, 24)
-    usual = np.unique(layer.active_ids(tf.constant(x), inference=True).numpy())
+    layer.selector.duty_cycle.assign(np.full(400, 10 / 400, np.float32))  # every unit on target
+    usual = np.unique(layer.active_ids(tf.constant(x)).numpy())
     duty = np.zeros(400, np.float32)
     duty[usual] = 1.0  # as if these had won every example
     layer.selector.duty_cycle.assign(duty)
@@ -379,7 +378,7 @@ def test_duty_cycle_averages_each_units_share_of_the_examples():
     layer.selector.observe(tf.constant(ids))
     share = np.zeros(400, np.float32)
     share[[3, 5, 7, 9]] = [1.0, 0.5, 0.5, 0.5]
-    rate = 1 / layer.selector.BOOST_PERIOD
+    rate = 2 / layer.selector.BOOST_PERIOD  # an average over the last ~1,000 examples
     np.testing.assert_allclose(
         layer.selector.duty_cycle.numpy(), (1 - rate) * duty + rate * share, rtol=1e-6
     )
@@ -392,7 +391,7 @@ def test_a_training_call_updates_the_duty_cycle_with_its_selection():
     ids = layer.active_ids(x).numpy()  # the step's selection, before the call records it
     layer(x, training=True)
     counts = np.bincount(ids.ravel(), minlength=300) / 8
-    rate = 1 / layer.selector.BOOST_PERIOD
+    rate = 8 / layer.selector.BOOST_PERIOD
     expected = (1 - rate) * 12 / 300 + rate * counts
     np.testing.assert_allclose(layer.selector.duty_cycle.numpy(), expected, rtol=1e-5)
     layer(x, training=False)  # inference records nothing
