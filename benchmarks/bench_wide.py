@@ -33,7 +33,8 @@ machine's memory is listed in `skipped` with the bytes it would need.
 `ablations`: one change at a time (`ABLATIONS`), at `ablation_width` on MNIST unless they say:
 the sketch refitted every 20 steps, the kernels updated by the optimizer's Adam on whole rows,
 k-winners boosting (`boost_strength`, also on the bag of words at 1,024 units).
-`--ablations-only` runs just these.
+
+`--parts` runs some of the three parts only (`runs`, `ablations`, `threads`; default all).
 
 `threads`: the median training step of the LSH runs at `--threads-width` on 1 and on 2 threads
 (`speedup` = 1 thread / 2 threads), beside the machine's copy bandwidth on 1 and 2 threads
@@ -43,7 +44,7 @@ faster per epoch than Dense within 1 point of its accuracy; time per step at 50 
 growing < 2x from 4k to the widest width run; peak RSS within 1.3x of the state.
 
 Usage: python benchmarks/bench_wide.py [--quick | --full] [--widths W ...] [--inputs ...]
-       [--epochs N] [--plots DIR]
+       [--kinds ...] [--parts runs ablations threads] [--epochs N] [--plots DIR]
 Prints one JSON document to stdout; progress goes to stderr; a plot goes to --plots.
 """
 
@@ -79,6 +80,7 @@ LEARNING_RATE = 1e-3
 FIXED_ACTIVE = 50
 WARMUP_STEPS = 5
 KINDS = ("dense", "lsh_50", "lsh_5pct")
+PARTS = ("runs", "ablations", "threads")
 INPUTS = ("mnist", "sparse")
 # The bag-of-words input: (num_features, classes, num_train, num_test), one label each.
 SPARSE_SHAPE = (20_000, 1_000, 40_000, 5_000)
@@ -473,7 +475,7 @@ def main(argv=None):
     parser.add_argument("--epoch-budget", type=float, help="minutes an epoch may take")
     parser.add_argument("--plots", default="out/plots", help="folder for the PNG plot")
     parser.add_argument(
-        "--ablations-only", action="store_true", help="run only the ablations (all of them)"
+        "--parts", nargs="+", choices=PARTS, default=list(PARTS), help="which parts to run"
     )
     parser.add_argument("--run", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -505,9 +507,8 @@ def main(argv=None):
     }
     memory = _common.meminfo_bytes("MemTotal") or 0
     start = time.perf_counter()
-    if args.ablations_only:
-        settings.update(inputs=(), ablations=None, thread_kinds=())
-    for input_name in settings["inputs"]:
+    runs_inputs = settings["inputs"] if "runs" in args.parts else ()
+    for input_name in runs_inputs:
         input_dim, classes = (784, 10) if input_name == "mnist" else SPARSE_SHAPE[:2]
         for width in settings["widths"]:
             for kind in args.kinds:
@@ -541,7 +542,8 @@ def main(argv=None):
                 log("  " + summary(result))
     # One change at a time against the runs above, at one width.
     report["ablations"] = []
-    for input_name, kind, width, variant in ABLATIONS[: settings["ablations"]]:
+    ablations = ABLATIONS[: settings["ablations"]] if "ablations" in args.parts else ()
+    for input_name, kind, width, variant in ablations:
         if kind not in args.kinds:
             continue
         spec = {
@@ -558,8 +560,10 @@ def main(argv=None):
         report["ablations"].append(run_child(spec))
         log("  " + summary(report["ablations"][-1]))
     report["threads"] = []
-    copy_gb_s = {threads: _common.copy_bandwidth_gb_s(threads=threads) for threads in (1, 2)}
-    for input_name in settings["inputs"][:1]:
+    thread_inputs = settings["inputs"][:1] if "threads" in args.parts else ()
+    if thread_inputs:
+        copy_gb_s = {threads: _common.copy_bandwidth_gb_s(threads=threads) for threads in (1, 2)}
+    for input_name in thread_inputs:
         for kind in settings["thread_kinds"]:
             if kind not in args.kinds:
                 continue

@@ -36,9 +36,9 @@ from keras_layers import datasets  # noqa: E402
 HIDDEN = 1024
 DROPOUT = 0.5
 ACTIVE_LOSS = "binary"
-# The rank of the random sketch behind `inference="sketch"`: on the Amazon-670K shape it finds
-# the exact top label of every example and 0.5 points less P@5, about 5x faster than exact
-# inference (benchmarks/README.md); 64 is twice as fast again, 2 points of P@5 below.
+# The rank of the random sketch behind `inference="sketch"`: on the Amazon-670K shape it
+# predicts several times faster than exact inference and faster than PECOS, with nearly exact
+# P@k; a lower rank is faster and loses more of P@5 (benchmarks/README.md, "Prediction").
 INFERENCE_RANK = 128
 
 
