@@ -636,21 +636,29 @@ def dense_top_k(model):
     return lambda x: tf.math.top_k(model(x, training=False), max(TOP_K)).indices
 
 
-def score_top_k(top_k, batches, timed=False):
-    """P@1/3/5 of `top_k` (x -> top-5 ids) over `batches`; with `timed`, also its seconds per
-    example (the first batch run once before, to trace)."""
+def timed_top_k(top_k, batches):
+    """`(tops, seconds per example)`: `top_k` (x -> top-5 ids, traced) of each of `batches`,
+    timed after the first batch is run once, to trace."""
     top_k = tf.function(top_k, reduce_retracing=True)
-    if not timed:
-        return precision_scores((y, top_k(x)) for x, y in batches)
     _common.materialise(top_k(batches[0][0]))
     seconds, tops = 0.0, []
     for x, _ in batches:
         start = time.perf_counter()
         tops.append(_common.materialise(top_k(x)))
         seconds += time.perf_counter() - start
-    examples = sum(len(y) for _, y in batches)
+    return tops, seconds / sum(len(y) for _, y in batches)
+
+
+def score_top_k(top_k, batches, timed=False):
+    """P@1/3/5 of `top_k` (x -> top-5 ids) over `batches`; with `timed`, also its seconds per
+    example (`timed_top_k`)."""
+    if not timed:
+        top_k = tf.function(top_k, reduce_retracing=True)
+        return precision_scores((y, top_k(x)) for x, y in batches)
+    tops, seconds = timed_top_k(top_k, batches)
     scores = precision_scores((y, top) for (_, y), top in zip(batches, tops, strict=True))
-    return {**scores, "s_per_example": seconds / examples, "examples": examples}
+    examples = sum(len(y) for _, y in batches)
+    return {**scores, "s_per_example": seconds, "examples": examples}
 
 
 def precision_at_k(model, batches):

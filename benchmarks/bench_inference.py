@@ -99,15 +99,9 @@ def low_rank_selector(head, rank, features):
 
 
 def timed_top_k(predict, batches):
-    """(top-5 ids of every example, seconds per example), the first batch run once before."""
-    predict = tf.function(predict, reduce_retracing=True)
-    _common.materialise(predict(batches[0][0]))
-    seconds, tops = 0.0, []
-    for x, _ in batches:
-        start = time.perf_counter()
-        tops.append(_common.materialise(predict(x)))
-        seconds += time.perf_counter() - start
-    return np.concatenate(tops), seconds / sum(len(y) for _, y in batches)
+    """(top-5 ids of every example, seconds per example)."""
+    tops, seconds = bench_extreme.timed_top_k(predict, batches)
+    return np.concatenate(tops), seconds
 
 
 def scored(tops, seconds, labels, exact=None):

@@ -446,9 +446,14 @@ class LSHDense(keras.layers.Layer):
         )
         return FusedOutputUpdate(self, optimizer) if eligible else None
 
-    def count_training_step(self):
-        """Counts a training step (the refresh schedule and the random fill follow it);
+    def record_training_step(self, ids):
+        """Records a training step that selected `ids` (`[batch, k]` or a shared `[1, k]`):
+        the coverage metric and the selector's duty cycles take them, and the step is counted
+        (the refresh schedule, the random fill and the inference sketch follow it).
         `call(training=True)` does, and so must a training step that bypasses `call`."""
+        if self.track_selection:
+            self.coverage.update_state(ids)
+        self.selector.observe(ids)
         self.step.assign_add(1)
 
     def activate(self, ids, values):
@@ -486,10 +491,7 @@ class LSHDense(keras.layers.Layer):
         else:
             ids, values = self.active_outputs(inputs, inference=not training)
         if training:
-            if self.track_selection:
-                self.coverage.update_state(ids)
-            self.selector.observe(ids)
-            self.count_training_step()
+            self.record_training_step(ids)
         if self.sparse_outputs:
             return _sparse_rows(ids, values, self.units)
         return _scatter_rows(ids, values, self.units)

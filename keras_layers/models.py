@@ -129,7 +129,8 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
     @property
     def metrics(self):
         # The steps below train the head without its call(), which is where an LSHDense
-        # records its selection metrics (track_selection): they would never be measured.
+        # measures its recall (track_selection): never measured here, it is left out, and the
+        # coverage with it.
         head_metrics = {id(m) for m in (self.head.coverage, self.head.recall) if m is not None}
         return [metric for metric in super().metrics if id(metric) not in head_metrics]
 
@@ -182,7 +183,7 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
                 loss = loss + tf.add_n(self.losses)
             # Under tf.distribute, gradients are summed over replicas: scale to the global mean.
             scaled_loss = scale_loss(loss)
-        self.head.count_training_step()
+        self.head.record_training_step(ids)
         if head_update is not None:
             self._ensure_optimizer_built()
             # The head is updated: the rest of the chain starts from the features' gradient.

@@ -159,6 +159,9 @@ def test_predict_top_k_ranks_as_exact_inference_on_a_trained_head(classifier):
         set_inference(model, mode)
         top[mode] = [t.numpy() for t in model.predict_top_k(x, k=3)]
     set_inference(model, "dense")
+    # Fitted at the first sketch prediction after the 4 x 32 training steps the head counted.
+    head = model.head
+    assert head.inference_sketch.fitted_step.numpy() == head.step.numpy() == 128
     ids, scores = top["sketch"]
     assert np.mean(top["dense"][0][:, 0] == labels[:, 0]) == 1.0
     assert np.mean(ids[:, 0] == top["dense"][0][:, 0]) >= 0.95
