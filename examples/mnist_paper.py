@@ -179,9 +179,13 @@ def fit_and_test(model, optimizer, data, epochs, batch_size, callbacks=(), verbo
 
 
 def inference_accuracies(model, x_test, y_test):
-    """Test accuracy with every `LSHDense` in each inference mode: `{"lsh", "top_k", "dense"}`."""
+    """Test accuracy with every `LSHDense` in each inference mode they all can run:
+    `{"lsh", "top_k", "dense"}` (and `"sketch"` if they have `inference_rank`)."""
+    layers = keras_layers.lsh_layers(model)
     accuracies = {}
     for mode in keras_layers.INFERENCE_MODES:
+        if not all(mode in layer.inference_modes for layer in layers):
+            continue
         with keras_layers.inference_mode(model, mode):
             results = model.evaluate(x_test, y_test, batch_size=1000, verbose=0, return_dict=True)
         accuracies[mode] = float(results["accuracy"])

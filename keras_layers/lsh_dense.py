@@ -339,6 +339,13 @@ class LSHDense(keras.layers.Layer):
         self._inference = mode
 
     @property
+    def inference_modes(self):
+        """The inference modes this layer can run: `INFERENCE_MODES`, `"sketch"` only with
+        `inference_rank`."""
+        has_sketch = self.inference_sketch is not None
+        return tuple(mode for mode in INFERENCE_MODES if mode != "sketch" or has_sketch)
+
+    @property
     def exact_inference(self):
         """Whether inference computes every unit (`"dense"` and `"top_k"`)."""
         return self.inference in ("dense", "top_k")

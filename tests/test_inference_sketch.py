@@ -247,6 +247,8 @@ def test_bad_arguments_are_named(kwargs, message):
 
 def test_switching_a_layer_without_a_sketch_to_sketch_inference_is_named():
     layer = LSHDense(50, name="head")
+    assert "sketch" not in layer.inference_modes
+    assert "sketch" in LSHDense(50, inference_rank=4).inference_modes
     with pytest.raises(ValueError, match="'head': inference='sketch'.*inference_rank=None"):
         layer.inference = "sketch"
     assert layer.inference == "dense"
