@@ -91,6 +91,23 @@ def test_outputs_are_the_exact_products_of_the_selected_units():
     np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_a_hidden_layer_in_a_model_predicts_its_selected_units_activations():
+    kernel, bias, x = _planted(8)
+    layer = LSHDense(UNITS, activation="relu", active=30, inference_rank=64, seed=3)
+    model = keras.Sequential([keras.Input((DIM,)), layer])
+    layer.kernel.assign(kernel)
+    layer.bias.assign(bias + 1.0)  # most planted products positive
+    layer.inference_sketch.fit()
+    set_inference(model, "sketch")
+    outputs = model.predict(x, verbose=0)
+    ids = layer.active_ids(tf.constant(x), inference=True).numpy()
+    for b in range(len(x)):
+        expected = np.zeros(UNITS, np.float32)
+        expected[ids[b]] = np.maximum(x[b] @ kernel[ids[b]].T + bias[ids[b]] + 1.0, 0)
+        np.testing.assert_allclose(outputs[b], expected, rtol=1e-5, atol=1e-5)
+    assert 0 < np.count_nonzero(outputs, axis=1).max() <= 30
+
+
 def test_sparse_inputs_select_as_dense_ones():
     kernel, bias, x = _planted(8)
     x[np.abs(x) < 0.4] = 0
