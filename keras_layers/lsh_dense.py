@@ -273,7 +273,6 @@ class LSHDense(keras.layers.Layer):
             raise ValueError(
                 f"LSHDense: inference_rank must be None or an int >= 1, got {inference_rank!r}"
             )
-        self.inference_rank = inference_rank
         self.inference_sketch = None
         if inference_rank is not None:
             self.inference_sketch = InferenceSketch(self.num_active, inference_rank, self.seed)
@@ -331,12 +330,17 @@ class LSHDense(keras.layers.Layer):
             raise ValueError(
                 f"LSHDense: unknown inference mode {mode!r}; expected one of {INFERENCE_MODES}"
             )
-        if mode == "sketch" and self.inference_sketch is None:
+        if mode not in self.inference_modes:  # "sketch" without a sketch
             raise ValueError(
                 f"LSHDense '{self.name}': inference='sketch' needs a sketch to query; build the "
                 "layer with inference_rank (an int, e.g. 128), got inference_rank=None"
             )
         self._inference = mode
+
+    @property
+    def inference_rank(self):
+        """The rank of the inference sketch, or None without one."""
+        return None if self.inference_sketch is None else self.inference_sketch.rank
 
     @property
     def inference_modes(self):
