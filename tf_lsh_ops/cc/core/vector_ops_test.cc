@@ -29,8 +29,9 @@ void TestDotAndAxpy() {
 void TestMatMulAllBlockShapes() {
   std::mt19937 rng(3);
   std::uniform_real_distribution<float> uniform(-1.f, 1.f);
-  for (int64_t m : {1, 3, 4, 5, 9}) {
-    for (int64_t n : {1, 15, 16, 17, 40}) {
+  // m >= 13 with n = 70 (rows of b 73 floats apart): b is packed into panels.
+  for (int64_t m : {1, 3, 4, 5, 9, 13}) {
+    for (int64_t n : {1, 15, 16, 17, 40, 70}) {
       for (int64_t k : {0, 1, 8, 13, 256, 600}) {  // 256, 600: one and three depth blocks
         const int64_t lda = k + 2, ldb = n + 3, ldc = n + 1;  // strides wider than the blocks
         std::vector<float> a(m * lda), b(k * ldb), c(m * ldc, 99.f);
