@@ -80,6 +80,8 @@ def active_binary_cross_entropy(ids, logits, labels):
     PECOS) and SLIDE's successors train: no label competes with the example's other labels
     for one unit of probability, so several can rank high together (P@3, P@5). Summed over the
     set, divided by the example's labels found in it, averaged over the examples that have one.
+    One fused C++ op (`tf_lsh_ops.active_binary_cross_entropy`) computes the loss and its
+    gradient.
 
     Start the head's bias low, at about `log(labels per example / labels)` (`-8` for 5 labels
     of 20,000): with `bias_initializer="zeros"`, labels that seldom enter an active set keep a
@@ -94,8 +96,7 @@ def active_binary_cross_entropy(ids, logits, labels):
     Returns:
       A float32 scalar.
     """
-    logits, positive, valid = _active_masks("active_binary_cross_entropy", ids, logits, labels)
-    return _binary_cross_entropy(logits, positive, valid)
+    return tf_lsh_ops.active_binary_cross_entropy(ids, logits, labels)
 
 
 def dense_binary_cross_entropy(logits, labels):

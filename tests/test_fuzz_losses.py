@@ -1,6 +1,7 @@
-"""Fuzz of active_softmax_cross_entropy. fuzz_common.py describes the calls and the
+"""Fuzz of the losses over active sets. fuzz_common.py describes the calls and the
 TF_LSH_FUZZ_* variables."""
 
+import functools
 import sys
 
 import numpy as np
@@ -21,7 +22,7 @@ import tf_lsh_ops
 LOSS_MUTATIONS = ("ids-rank", "logits-shape", "labels-batch", "dtype")
 
 
-def fuzz_active_softmax(rng):
+def fuzz_active_loss(loss_op, rng):
     mutation = pick(rng, LOSS_MUTATIONS)
     batch, active = int(rng.integers(0, 6)), int(rng.integers(0, 8))
     num_labels = int(rng.integers(0, 4))
@@ -36,29 +37,33 @@ def fuzz_active_softmax(rng):
         labels = rng.integers(-1, 30, (batch + 1, num_labels)).astype(np.int32)
     elif mutation == "dtype":
         logits = logits.astype(np.float64)
-    call = lambda: tf_lsh_ops.active_softmax_cross_entropy(ids, logits, labels)  # noqa: E731
+    call = lambda: loss_op(ids, logits, labels)  # noqa: E731
     if mutation is not None:
         rejects(lambda: maybe_graph(rng, call))
         return mutation
     logits_t = tf.constant(logits)
     with tf.GradientTape() as tape:
         tape.watch(logits_t)
-        loss = tf_lsh_ops.active_softmax_cross_entropy(ids, logits_t, labels)
+        loss = loss_op(ids, logits_t, labels)
     grad = tape.gradient(loss, logits_t).numpy()
     assert loss.shape == () and grad.shape == logits.shape
     if np.all(np.isfinite(logits)):
         assert np.isfinite(float(loss)) and np.all(np.isfinite(grad))
         assert np.all(grad[ids < 0] == 0)
         if batch > 0 and rng.random() < 0.5:  # one active set for the batch: [1, K] ids
-            shared = tf_lsh_ops.active_softmax_cross_entropy(ids[:1], logits, labels)
-            tiled = tf_lsh_ops.active_softmax_cross_entropy(
-                np.repeat(ids[:1], batch, axis=0), logits, labels
-            )
+            shared = loss_op(ids[:1], logits, labels)
+            tiled = loss_op(np.repeat(ids[:1], batch, axis=0), logits, labels)
             assert float(shared) == float(tiled)
     return None
 
 
-test_fuzz = fuzz_test(__file__, {"active_softmax_cross_entropy": fuzz_active_softmax})
+test_fuzz = fuzz_test(
+    __file__,
+    {
+        name: functools.partial(fuzz_active_loss, getattr(tf_lsh_ops, name))
+        for name in ("active_softmax_cross_entropy", "active_binary_cross_entropy")
+    },
+)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ renames the bare ones of SavedModels exported before.
 
 from tf_lsh_ops._loader import LIBRARY_PATH
 from tf_lsh_ops._saved_model_upgrade import upgrade_saved_model
+from tf_lsh_ops.active_losses import active_binary_cross_entropy, active_softmax_cross_entropy
 from tf_lsh_ops.assign_rows import assign_rows
 from tf_lsh_ops.lsh import (
     HASH_FAMILIES,
@@ -22,7 +23,6 @@ from tf_lsh_ops.lsh import (
 )
 from tf_lsh_ops.matmul_top_k import matmul_top_k
 from tf_lsh_ops.multi_label_batch import multi_label_batch
-from tf_lsh_ops.softmax_cross_entropy import active_softmax_cross_entropy
 from tf_lsh_ops.sparse_adam import sparse_adam_apply
 from tf_lsh_ops.sparse_gather_matmul import (
     sparse_gather_matmul,
@@ -38,6 +38,7 @@ from tf_lsh_ops.sparse_gather_matmul import (
 __all__ = [
     "HASH_FAMILIES",
     "LIBRARY_PATH",
+    "active_binary_cross_entropy",
     "active_softmax_cross_entropy",
     "assign_rows",
     "OVERFLOW_POLICIES",

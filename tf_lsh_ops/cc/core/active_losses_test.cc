@@ -1,4 +1,4 @@
-#include "tf_lsh_ops/cc/core/active_softmax.h"
+#include "tf_lsh_ops/cc/core/active_losses.h"
 
 #include <algorithm>
 #include <cmath>
@@ -115,6 +115,80 @@ void TestAgainstDoubleLoops() {
   CHECK_TRUE(std::isnan(nan_loss));
 }
 
+void TestBinaryExampleFromHeader() {
+  const int32_t ids[2] = {4, 9}, labels[1] = {9};
+  const float logits[2] = {0.f, 0.f};
+  float grad[2];
+  const float loss = ActiveBinaryCrossEntropy(1, 2, 1, 1, ids, logits, labels, grad, SerialFor());
+  CHECK_NEAR(loss, 2 * std::log(2.f), 1e-6);
+  CHECK_NEAR(grad[0], 0.5f, 1e-6);
+  CHECK_NEAR(grad[1], -0.5f, 1e-6);
+}
+
+// The binary loss against double-precision loops, on sets wide enough for the vector code (with
+// a tail): padding anywhere, two labels in a set, an example without a label, logits from -200
+// (softplus underflows) to 120 (its exp would overflow), and a NaN, which must reach the loss.
+void TestBinaryAgainstDoubleLoops() {
+  const int64_t batch = 5, active = 1003, num_labels = 3;
+  std::vector<int32_t> ids(batch * active), labels(batch * num_labels);
+  std::vector<float> logits(batch * active), grad(batch * active);
+  uint32_t state = 777;
+  const auto next = [&state] { return state = state * 1664525u + 1013904223u; };
+  for (int64_t i = 0; i < batch * active; ++i) {
+    ids[i] = next() % 7 == 0 ? -1 : static_cast<int32_t>(i % active);
+    logits[i] = static_cast<float>(next() % 40000) / 1000.f - 20.f;
+    if (i % 97 == 0) logits[i] = -200.f;
+    if (i % 89 == 0) logits[i] = 120.f;
+    if (i % 83 == 0) logits[i] = 1e-9f;
+  }
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t m = 0; m < num_labels; ++m) {
+      labels[b * num_labels + m] = static_cast<int32_t>((b * 31 + m * 17) % active);
+    }
+  }
+  labels[num_labels * 4] = labels[num_labels * 4 + 1] = labels[num_labels * 4 + 2] = -1;
+  const float loss = ActiveBinaryCrossEntropy(batch, active, num_labels, batch, ids.data(),
+                                              logits.data(), labels.data(), grad.data(),
+                                              SerialFor());
+  double want_loss = 0.0;
+  int examples = 0;
+  std::vector<double> want_grad(batch * active, 0.0);
+  for (int64_t b = 0; b < batch; ++b) {
+    const int32_t* id = ids.data() + b * active;
+    std::vector<bool> is_label(active, false);
+    int hits = 0;
+    for (int64_t k = 0; k < active; ++k) {
+      for (int64_t m = 0; m < num_labels; ++m) {
+        if (id[k] >= 0 && id[k] == labels[b * num_labels + m]) is_label[k] = true;
+      }
+      hits += is_label[k];
+    }
+    if (hits == 0) continue;
+    ++examples;
+    for (int64_t k = 0; k < active; ++k) {
+      if (id[k] < 0) continue;
+      const double z = logits[b * active + k], y = is_label[k] ? 1.0 : 0.0;
+      want_loss += (std::max(z, 0.0) - y * z + std::log1p(std::exp(-std::abs(z)))) / hits;
+      want_grad[b * active + k] = (1.0 / (1.0 + std::exp(-z)) - y) / hits;
+    }
+  }
+  CHECK_TRUE(examples == 4);
+  CHECK_NEAR(loss, want_loss / examples, 1e-5 * want_loss / examples);
+  // sigmoid(z) - 1 is computed in float, as TensorFlow's own gradient does: near 1 its
+  // rounding (6e-8) is the error, whatever the gradient's size.
+  for (int64_t i = 0; i < batch * active; ++i) {
+    const double want = want_grad[i] / examples;
+    CHECK_NEAR(grad[i], want, 2e-6 * std::abs(want) + 1e-7);
+  }
+
+  logits[2 * active + 5] = std::nanf("");
+  ids[2 * active + 5] = 5;
+  const float nan_loss = ActiveBinaryCrossEntropy(batch, active, num_labels, batch, ids.data(),
+                                                  logits.data(), labels.data(), grad.data(),
+                                                  SerialFor());
+  CHECK_TRUE(std::isnan(nan_loss));
+}
+
 // One active set for the batch ([1, active] ids) gives what the set repeated per example gives.
 void TestSharedIds() {
   const int64_t batch = 4, active = 37, num_labels = 2;
@@ -123,13 +197,13 @@ void TestSharedIds() {
   for (int64_t k = 0; k < active; ++k) ids[k] = k % 9 == 4 ? -1 : static_cast<int32_t>(k);
   for (int64_t b = 0; b < batch; ++b) tiled.insert(tiled.end(), ids.begin(), ids.end());
   for (int64_t i = 0; i < batch * active; ++i) logits[i] = std::sin(0.7f * i);
-  const float loss = ActiveSoftmaxCrossEntropy(batch, active, num_labels, 1, ids.data(),
-                                               logits.data(), labels.data(), grad.data(),
-                                               SerialFor());
-  const float want = ActiveSoftmaxCrossEntropy(batch, active, num_labels, batch, tiled.data(),
-                                               logits.data(), labels.data(), want_grad.data(),
-                                               SerialFor());
-  CHECK_TRUE(loss == want && grad == want_grad && loss > 0.f);
+  for (const auto& loss_fn : {ActiveSoftmaxCrossEntropy, ActiveBinaryCrossEntropy}) {
+    const float loss = loss_fn(batch, active, num_labels, 1, ids.data(), logits.data(),
+                               labels.data(), grad.data(), SerialFor());
+    const float want = loss_fn(batch, active, num_labels, batch, tiled.data(), logits.data(),
+                               labels.data(), want_grad.data(), SerialFor());
+    CHECK_TRUE(loss == want && grad == want_grad && loss > 0.f);
+  }
 }
 
 }  // namespace
@@ -139,6 +213,8 @@ int main() {
   tf_lsh::TestExampleFromHeader();
   tf_lsh::TestAgainstFiniteDifferences();
   tf_lsh::TestAgainstDoubleLoops();
+  tf_lsh::TestBinaryExampleFromHeader();
+  tf_lsh::TestBinaryAgainstDoubleLoops();
   tf_lsh::TestSharedIds();
   std::printf("PASS\n");
   return 0;

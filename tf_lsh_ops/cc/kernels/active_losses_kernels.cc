@@ -1,6 +1,6 @@
-// CPU kernel of ActiveSoftmaxCrossEntropy: validate, allocate, call the core.
+// CPU kernels of the losses over active sets: validate, allocate, call the core.
 #include "tensorflow/core/framework/op_kernel.h"
-#include "tf_lsh_ops/cc/core/active_softmax.h"
+#include "tf_lsh_ops/cc/core/active_losses.h"
 #include "tf_lsh_ops/cc/kernels/input_checks.h"
 #include "tf_lsh_ops/cc/kernels/thread_pool.h"
 
@@ -14,22 +14,31 @@ using tensorflow::TensorShape;
 
 namespace {
 
-// Input indices, in the order of the op's registration.
-struct ActiveSoftmaxCrossEntropyInput {
+// Input indices, in the order of the ops' registration.
+struct ActiveLossInput {
   enum : int { kIds, kLogits, kLabels };
 };
 
+using ActiveLossFn = float (*)(int64_t batch, int64_t active, int64_t num_labels,
+                               int64_t id_rows, const int32_t* ids, const float* logits,
+                               const int32_t* labels, float* grad,
+                               const ParallelFor& parallel_for);
+
+constexpr char kSoftmaxOp[] = "ActiveSoftmaxCrossEntropy";
+constexpr char kBinaryOp[] = "ActiveBinaryCrossEntropy";
+
 }  // namespace
 
-class ActiveSoftmaxCrossEntropyOp : public OpKernel {
+// The op `kOp`, computing `kLoss` (core/active_losses.h).
+template <const char* kOp, ActiveLossFn kLoss>
+class ActiveLossOp : public OpKernel {
  public:
-  explicit ActiveSoftmaxCrossEntropyOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit ActiveLossOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
-    constexpr char kOp[] = "ActiveSoftmaxCrossEntropy";
-    const Tensor& ids = ctx->input(ActiveSoftmaxCrossEntropyInput::kIds);
-    const Tensor& logits = ctx->input(ActiveSoftmaxCrossEntropyInput::kLogits);
-    const Tensor& labels = ctx->input(ActiveSoftmaxCrossEntropyInput::kLabels);
+    const Tensor& ids = ctx->input(ActiveLossInput::kIds);
+    const Tensor& logits = ctx->input(ActiveLossInput::kLogits);
+    const Tensor& labels = ctx->input(ActiveLossInput::kLabels);
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "ids", ids, 2));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "logits", logits, 2));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "labels", labels, 2));
@@ -42,7 +51,7 @@ class ActiveSoftmaxCrossEntropyOp : public OpKernel {
     Tensor *loss = nullptr, *grad = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &loss));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, logits.shape(), &grad));
-    loss->scalar<float>()() = ActiveSoftmaxCrossEntropy(
+    loss->scalar<float>()() = kLoss(
         logits.dim_size(0), logits.dim_size(1), labels.dim_size(1), ids.dim_size(0),
         ids.flat<int32_t>().data(), logits.flat<float>().data(), labels.flat<int32_t>().data(),
         grad->flat<float>().data(), TfParallelFor(ctx));
@@ -50,6 +59,8 @@ class ActiveSoftmaxCrossEntropyOp : public OpKernel {
 };
 
 REGISTER_KERNEL_BUILDER(Name("TfLsh>ActiveSoftmaxCrossEntropy").Device(tensorflow::DEVICE_CPU),
-                        ActiveSoftmaxCrossEntropyOp);
+                        ActiveLossOp<kSoftmaxOp, ActiveSoftmaxCrossEntropy>);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>ActiveBinaryCrossEntropy").Device(tensorflow::DEVICE_CPU),
+                        ActiveLossOp<kBinaryOp, ActiveBinaryCrossEntropy>);
 
 }  // namespace tf_lsh
