@@ -52,6 +52,7 @@ class SparseAdamApplyOp : public OpKernel {
     }
     const Tensor& indices = ctx->input(SparseAdamApplyInput::kIndices);
     const Tensor& grad = ctx->input(SparseAdamApplyInput::kGrad);
+    vars.AdviseHugePagesFor(indices.NumElements());
     const int64_t num_rows = var.dim_size(0);
     const int64_t dim = num_rows > 0 ? var.NumElements() / num_rows : 0;
     OP_REQUIRES(ctx, indices.dims() == 1,

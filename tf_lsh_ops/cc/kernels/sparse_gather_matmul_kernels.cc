@@ -138,6 +138,7 @@ class SparseGatherMatmulOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "weights", weights, 0, "biases", biases, 0));
     OP_REQUIRES_OK(ctx, CheckIndicesBatch(kOp, inputs, indices));
     OP_REQUIRES_OK(ctx, CheckIndices(kOp, indices, weights.dim_size(0)));
+    weights_input.AdviseHugePagesFor(indices.NumElements());
 
     const GatherMatmulShape shape{inputs.dim_size(0), inputs.dim_size(1), weights.dim_size(0),
                                   indices.dim_size(1)};
@@ -205,6 +206,7 @@ class SparseGatherMatmulGradOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "grad_output", grad_output, 0, "inputs", inputs, 0));
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "grad_output", grad_output, 1, "indices", indices, 1));
     OP_REQUIRES_OK(ctx, CheckIndicesBatch(kOp, inputs, indices));
+    weights_input.AdviseHugePagesFor(indices.NumElements());
     const bool shared = SharedIndices(inputs, indices);
     RowGroups groups;
     OP_REQUIRES_OK(ctx, ReadGrouping(ctx, kOp, GradInput::kRows, weights.dim_size(0),
@@ -270,6 +272,7 @@ class SparseGatherMatmulGradAdamOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "grad_output", grad_output, 0, "inputs", inputs, 0));
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "grad_output", grad_output, 1, "indices", indices, 1));
     OP_REQUIRES_OK(ctx, CheckIndicesBatch(kOp, inputs, indices));
+    vars.AdviseHugePagesFor(indices.NumElements());
     RowGroups groups;
     OP_REQUIRES_OK(ctx, ReadGrouping(ctx, kOp, GradAdamInput::kRows, weights.dim_size(0),
                                      indices.NumElements(), &groups));

@@ -245,6 +245,7 @@ class SparseInputGatherMatmulGradLazyAdamOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckArguments(kOp, ctx, rows, weights, nullptr, indices, &shape));
     OP_REQUIRES_OK(ctx, vars.CheckSameShape(kOp, 1, "weights_m", 0, "weights"));
     OP_REQUIRES_OK(ctx, vars.CheckSameShape(kOp, 2, "weights_v", 0, "weights"));
+    vars.AdviseHugePagesFor(indices.NumElements());
     OP_REQUIRES(ctx, grad_output.shape() == indices.shape(),
                 absl::InvalidArgumentError(absl::StrCat(
                     kOp, ": grad_output has shape ", grad_output.shape().DebugString(),
@@ -279,6 +280,7 @@ class SparseInputMatmulOp : public OpKernel {
     InputTensor kernel_input;
     OP_REQUIRES_OK(ctx, ReadSparseInputsAndKernel(ctx, kOp, &rows, &kernel_input));
     const Tensor& kernel = kernel_input.tensor();
+    kernel_input.AdviseHugePagesFor(rows.feature_ids.size());  // a kernel row per entry
     const int64_t units = kernel.dim_size(1);
     Tensor* output = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({rows.batch, units}), &output));
@@ -300,6 +302,7 @@ class SparseInputMatmulGradOp : public OpKernel {
     InputTensor kernel_input;
     OP_REQUIRES_OK(ctx, ReadSparseInputsAndKernel(ctx, kOp, &rows, &kernel_input));
     const Tensor& kernel = kernel_input.tensor();
+    kernel_input.AdviseHugePagesFor(rows.feature_ids.size());
     const Tensor& grad_output = ctx->input(SparseInputMatmulInput::kGradOutput);
     const int64_t units = kernel.dim_size(1);
     OP_REQUIRES_OK(ctx, CheckGradOutput(kOp, grad_output, rows.batch, units));
@@ -347,6 +350,7 @@ class SparseInputMatmulGradAdamOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckKernel(ctx, kOp, rows, kernel));
     OP_REQUIRES_OK(ctx, vars.CheckSameShape(kOp, 1, "kernel_m", 0, "kernel"));
     OP_REQUIRES_OK(ctx, vars.CheckSameShape(kOp, 2, "kernel_v", 0, "kernel"));
+    vars.AdviseHugePagesFor(rows.feature_ids.size());
     const int64_t units = kernel.dim_size(1);
     const Tensor& grad_output = ctx->input(SparseInputMatmulGradAdamInput::kGradOutput);
     OP_REQUIRES_OK(ctx, CheckGradOutput(kOp, grad_output, rows.batch, units));

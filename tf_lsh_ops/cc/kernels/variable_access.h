@@ -2,8 +2,8 @@
 //
 // A variable is read in place under a shared lock, as ResourceGather does: after a sparse
 // update TensorFlow puts a variable in copy-on-read mode, where every ReadVariableOp copies
-// the whole matrix; reading the handle avoids that copy on every training step. Large
-// variables are backed with huge pages (core/huge_pages.h).
+// the whole matrix; reading the handle avoids that copy on every training step. Ops whose
+// calls touch many pages of a large variable ask for huge pages (core/huge_pages.h).
 #ifndef TF_LSH_OPS_CC_KERNELS_VARIABLE_ACCESS_H_
 #define TF_LSH_OPS_CC_KERNELS_VARIABLE_ACCESS_H_
 
@@ -19,6 +19,15 @@
 #include "tf_lsh_ops/cc/core/huge_pages.h"
 
 namespace tf_lsh {
+
+// Asks for huge pages for `t` if `rows_touched` reads of its rows (its first dimension) touch
+// enough of its pages (core/huge_pages.h).
+inline void AdviseRows(const tensorflow::Tensor& t, int64_t rows_touched) {
+  const int64_t rows = t.dims() > 0 ? t.dim_size(0) : 0;
+  if (rows == 0) return;
+  AdviseHugePages(t.tensor_data().data(), t.TotalBytes(),
+                  PagesTouched(rows_touched, t.TotalBytes() / rows));
+}
 
 class InputTensor {
  public:
@@ -41,12 +50,16 @@ class InputTensor {
                        tensorflow::DataTypeString(var_->tensor()->dtype())));
     }
     tensor_ = var_->tensor();
-    // Variables live long: worth backing with huge pages (rows are read scattered).
-    AdviseHugePages(tensor_->tensor_data().data(), tensor_->TotalBytes());
     return absl::OkStatus();
   }
 
   const tensorflow::Tensor& tensor() const { return *tensor_; }
+
+  // Backs a variable with huge pages if `rows_touched` reads of its rows (scattered) touch
+  // enough of its pages; a plain tensor is short-lived and left alone.
+  void AdviseHugePagesFor(int64_t rows_touched) const {
+    if (var_ != nullptr) AdviseRows(*tensor_, rows_touched);
+  }
 
  private:
   tensorflow::core::RefCountPtr<tensorflow::Var> var_;
@@ -80,12 +93,14 @@ class UpdatableVariables {
             op, ": ", inputs[i].first, " must be an initialized float32 variable"));
       }
     }
-    for (auto& var : vars_) {
-      TF_RETURN_IF_ERROR(PrepareForUpdate(ctx, var.get()));
-      tensorflow::Tensor* t = var->tensor();
-      AdviseHugePages(t->tensor_data().data(), t->TotalBytes());  // rows are scattered
-    }
+    for (auto& var : vars_) TF_RETURN_IF_ERROR(PrepareForUpdate(ctx, var.get()));
     return absl::OkStatus();
+  }
+
+  // Backs the variables with huge pages if `rows_touched` row updates (scattered) touch
+  // enough of their pages.
+  void AdviseHugePagesFor(int64_t rows_touched) {
+    for (auto& var : vars_) AdviseRows(*var->tensor(), rows_touched);
   }
 
   tensorflow::Tensor* tensor(int i) { return vars_[i]->tensor(); }
