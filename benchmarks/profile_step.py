@@ -1,4 +1,6 @@
-"""Where the time of one tf-lsh training step goes, on the Amazon-670K shape.
+"""Where the time of one tf-lsh training step goes, on the Amazon-670K shape (random sparse
+batches) or on the generated small shape (`--shape small`: its own batches, the README model
+with one shared set of 1,000 labels).
 
 Times each stage of `LSHClassifier.train_step` alone (median of several runs, each stage a
 `tf.function`, on one batch), then the whole step over `--batches` distinct batches in turn
@@ -6,7 +8,7 @@ Times each stage of `LSHClassifier.train_step` alone (median of several runs, ea
 and backward, hashing the hidden activations, the table query, the output gather-matmul
 forward and backward, the two SparseAdam updates, and the loss.
 
-    python benchmarks/profile_step.py [--quick]
+    python benchmarks/profile_step.py [--quick] [--shape small] [--batch-wide]
 
 It also runs the compiled step under TensorFlow's profiler and reports the time of each op
 inside the step (`ops_in_step`).
@@ -34,6 +36,7 @@ import extreme_classification  # noqa: E402
 
 import keras_layers  # noqa: E402
 import tf_lsh_ops  # noqa: E402
+from keras_layers import datasets  # noqa: E402
 
 
 def median_seconds(fn, repeats):
@@ -88,6 +91,7 @@ def time_ops_in_step(step, iterator, steps):
         "top_ops_ms": top,
         "other_ops_ms": sum(per_op.values()) - sum(top.values()),
         "other_ops": len(per_op) - len(top),
+        "op_types": sorted({name.rsplit(":", 1)[1] for name in per_op}),
     }
 
 
@@ -107,7 +111,13 @@ def random_batch(num_features, num_labels, batch, rng):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a 100k-label layer, fewer runs")
-    parser.add_argument("--active", type=int, default=3000)
+    parser.add_argument(
+        "--shape",
+        default="amazon670k",
+        choices=["amazon670k", "small"],
+        help="small: the generated small data's batches, batch-wide, 1,000 active labels",
+    )
+    parser.add_argument("--active", type=int, default=None, help="3,000 (Amazon), 1,000 (small)")
     parser.add_argument("--batch-wide", action="store_true", help="one active set per batch")
     parser.add_argument("--threads", type=int, default=None, help="TF intra/inter-op threads")
     parser.add_argument(
@@ -122,17 +132,33 @@ def main(argv=None):
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    num_features, num_labels = (50_000, 100_000) if args.quick else (135_909, 670_091)
     repeats = 3 if args.quick else 7
     rng = np.random.default_rng(0)
+    if args.shape == "small":
+        train, _ = datasets.synthetic_extreme_classification("small")
+        num_features, num_labels = train.num_features, train.num_labels
+        args.active, args.batch_wide = args.active or 1000, True
+        data_batches = list(itertools.islice(iter(train.dataset(128, shuffle=True)), args.batches))
+        labels_per_example = train.labels_per_example
+    else:
+        num_features, num_labels = (50_000, 100_000) if args.quick else (135_909, 670_091)
+        args.active = args.active or 3000
+        data_batches = [
+            random_batch(num_features, num_labels, 128, rng) for _ in range(args.batches)
+        ]
+        labels_per_example = 5.0
     model = extreme_classification.build_lsh_model(
-        num_features, num_labels, args.active, batch_wide=args.batch_wide
+        num_features,
+        num_labels,
+        args.active,
+        labels_per_example=labels_per_example,
+        batch_wide=args.batch_wide,
     )
     model.fuse_output_update = model.fuse_first_layer_update = not args.no_fuse
     optimizer = keras_layers.SparseAdam(1e-3)
     model.compile(optimizer=optimizer)
     optimizer.build(model.trainable_variables)
-    x, labels = random_batch(num_features, num_labels, 128, rng)
+    x, labels = data_batches[0]
     body, head = model.body, model.head
 
     features = body(x)
@@ -155,6 +181,7 @@ def main(argv=None):
         return tape.gradient(out, body.trainable_variables, output_gradients=tf.ones_like(out))
 
     head_grads = tf.function(head_backward)()
+    active_loss = keras_layers.ACTIVE_LOSSES[model.active_loss][0]
     stages = {
         "body_forward_backward": tf.function(body_forward_backward),
         "hash_queries": tf.function(lambda: head.tables.hash(features, "query")),
@@ -174,10 +201,8 @@ def main(argv=None):
             lambda: tf_lsh_ops.sparse_gather_matmul(features, head.kernel, head.bias, op_ids)
         ),
         "gather_matmul_backward": tf.function(head_backward),
-        "loss_and_its_gradient": tf.function(
-            lambda: tf.gradients(
-                keras_layers.active_softmax_cross_entropy(ids, logits, labels), logits
-            )
+        "loss_and_its_gradient": tf.function(  # the model's loss over the active set
+            lambda: tf.gradients(active_loss(ids, logits, labels), logits)
         ),
         "sparse_adam_output_layer": tf.function(
             lambda: optimizer.apply(head_grads[1:], [head.kernel, head.bias])
@@ -186,10 +211,7 @@ def main(argv=None):
     results = {name: median_seconds(fn, repeats) for name, fn in stages.items()}
     # The whole step goes through distinct batches, as fit does: one batch repeated keeps its
     # rows (and their optimizer moments) in cache, which hides the cost of scattered rows.
-    batches = [(x, labels)] + [
-        random_batch(num_features, num_labels, 128, rng) for _ in range(args.batches - 1)
-    ]
-    iterator = itertools.cycle(batches)
+    iterator = itertools.cycle(data_batches)
     model.train_step(next(iterator))  # trace
     step = tf.function(model.train_step)
     results["whole_train_step"] = median_seconds(lambda: step(next(iterator)), repeats)
@@ -200,6 +222,7 @@ def main(argv=None):
             {
                 "threads": args.threads or os.cpu_count(),
                 "shape": {
+                    "name": args.shape,
                     "features": num_features,
                     "labels": num_labels,
                     "active": args.active,

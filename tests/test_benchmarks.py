@@ -107,9 +107,13 @@ def test_bench_inference_quick():
     assert modes["sketch_32"]["recall_of_exact_top5"] > modes["sketch_16"]["recall_of_exact_top5"]
 
 
-def test_profile_step_quick():
-    report = run_quick("profile_step.py")
+@pytest.mark.parametrize("shape", ["amazon670k", "small"])
+def test_profile_step_quick(shape):
+    report = run_quick("profile_step.py", "--shape", shape)
+    assert report["shape"]["name"] == shape
     assert report["ops_in_step"]["step_wall_ms"] > 0
+    if shape == "small":  # the README model: its binary loss is one fused op in the step
+        assert "TfLsh>ActiveBinaryCrossEntropy" in report["ops_in_step"]["op_types"]
 
 
 @pytest.mark.parametrize("name", ["pecos_xr_linear", "omikuji", "napkinxc_plt"])
