@@ -321,11 +321,11 @@ class KerasMethod(Method):
                 for e in range(cfg["epochs"])
                 for j in range(1, evals + 1)
             }
-            clock = TrainingClock(lambda: precision_at_k(model, batches), eval_steps=eval_steps)
+            clock = TrainingClock(precision_at_k(model, batches), eval_steps=eval_steps)
             epochs = cfg["epochs"]
         else:
             clock = TrainingClock(
-                lambda: precision_at_k(model, batches),
+                precision_at_k(model, batches),
                 budget_s=cfg["budget_s"],
                 evals=cfg["evals"],
                 min_steps=cfg["min_steps"],
@@ -662,8 +662,10 @@ def score_top_k(top_k, batches, timed=False):
 
 
 def precision_at_k(model, batches):
-    """Exact P@1/3/5 over `batches` (every label scored)."""
-    return score_top_k(dense_top_k(model), batches)
+    """A function () -> exact P@1/3/5 of `model` over `batches` (every label scored), traced
+    once for every evaluation of a run (a `tf.function` per evaluation retraced each time)."""
+    top_k = tf.function(dense_top_k(model), reduce_retracing=True)
+    return lambda: precision_scores((y, top_k(x)) for x, y in batches)
 
 
 class TrainingClock(keras.callbacks.Callback):
