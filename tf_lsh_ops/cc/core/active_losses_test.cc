@@ -48,26 +48,63 @@ void TestAgainstFiniteDifferences() {
   }
 }
 
+// A batch of sets wide enough for the vector code (with a tail): padding (-1) anywhere, three
+// labels an example (example 4 has none), and `logit(i, random)` as the i-th logit; with each
+// example's labels among its units and their number, as double-precision references need.
+struct WideCase {
+  static constexpr int64_t kBatch = 5, kActive = 1003, kNumLabels = 3;
+  std::vector<int32_t> ids, labels;
+  std::vector<float> logits;
+  std::vector<std::vector<bool>> is_label;
+  std::vector<int> hits;
+};
+
+template <typename Logit>
+WideCase MakeWideCase(uint32_t seed, const Logit& logit) {
+  constexpr int64_t kBatch = WideCase::kBatch, kActive = WideCase::kActive;
+  constexpr int64_t kNumLabels = WideCase::kNumLabels;
+  WideCase c;
+  c.ids.resize(kBatch * kActive);
+  c.logits.resize(kBatch * kActive);
+  c.labels.resize(kBatch * kNumLabels);
+  uint32_t state = seed;
+  const auto next = [&state] { return state = state * 1664525u + 1013904223u; };
+  for (int64_t i = 0; i < kBatch * kActive; ++i) {
+    c.ids[i] = next() % 7 == 0 ? -1 : static_cast<int32_t>(i % kActive);
+    c.logits[i] = logit(i, next());
+  }
+  for (int64_t b = 0; b < kBatch; ++b) {
+    for (int64_t m = 0; m < kNumLabels; ++m) {
+      c.labels[b * kNumLabels + m] = b == 4 ? -1 : static_cast<int32_t>((b * 31 + m * 17) % kActive);
+    }
+  }
+  for (int64_t b = 0; b < kBatch; ++b) {
+    c.is_label.emplace_back(kActive, false);
+    c.hits.push_back(0);
+    for (int64_t k = 0; k < kActive; ++k) {
+      const int32_t id = c.ids[b * kActive + k];
+      for (int64_t m = 0; m < kNumLabels; ++m) {
+        if (id >= 0 && id == c.labels[b * kNumLabels + m]) c.is_label[b][k] = true;
+      }
+      c.hits[b] += c.is_label[b][k];
+    }
+  }
+  return c;
+}
+
 // Against double-precision loops on sets wide enough for the vector code (with a tail), padding
 // anywhere, logits far below the maximum (exp underflows to 0) and a NaN, which must reach the
 // loss.
 void TestAgainstDoubleLoops() {
-  const int64_t batch = 5, active = 1003, num_labels = 3;
-  std::vector<int32_t> ids(batch * active), labels(batch * num_labels);
-  std::vector<float> logits(batch * active), grad(batch * active);
-  uint32_t state = 12345;
-  const auto next = [&state] { return state = state * 1664525u + 1013904223u; };
-  for (int64_t i = 0; i < batch * active; ++i) {
-    ids[i] = next() % 7 == 0 ? -1 : static_cast<int32_t>(i % active);
-    logits[i] = static_cast<float>(next() % 20000) / 1000.f - 10.f;
-    if (i % 97 == 0) logits[i] = -200.f;
-  }
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t m = 0; m < num_labels; ++m) {
-      labels[b * num_labels + m] = static_cast<int32_t>((b * 31 + m * 17) % active);
-    }
-  }
-  labels[num_labels * 4] = labels[num_labels * 4 + 1] = labels[num_labels * 4 + 2] = -1;
+  constexpr int64_t batch = WideCase::kBatch, active = WideCase::kActive;
+  constexpr int64_t num_labels = WideCase::kNumLabels;
+  WideCase c = MakeWideCase(12345, [](int64_t i, uint32_t random) {
+    return i % 97 == 0 ? -200.f : static_cast<float>(random % 20000) / 1000.f - 10.f;
+  });
+  std::vector<int32_t>& ids = c.ids;
+  std::vector<float>& logits = c.logits;
+  const std::vector<int32_t>& labels = c.labels;
+  std::vector<float> grad(batch * active);
   const float loss = ActiveSoftmaxCrossEntropy(batch, active, num_labels, batch, ids.data(),
                                                logits.data(), labels.data(), grad.data(),
                                                SerialFor());
@@ -77,14 +114,8 @@ void TestAgainstDoubleLoops() {
   for (int64_t b = 0; b < batch; ++b) {
     const int32_t* id = ids.data() + b * active;
     const float* logit = logits.data() + b * active;
-    std::vector<bool> is_label(active, false);
-    int hits = 0;
-    for (int64_t k = 0; k < active; ++k) {
-      for (int64_t m = 0; m < num_labels; ++m) {
-        if (id[k] >= 0 && id[k] == labels[b * num_labels + m]) is_label[k] = true;
-      }
-      hits += is_label[k];
-    }
+    const std::vector<bool>& is_label = c.is_label[b];
+    const int hits = c.hits[b];
     if (hits == 0) continue;
     ++examples;
     double max_logit = -1e300, sum = 0.0;
@@ -129,24 +160,18 @@ void TestBinaryExampleFromHeader() {
 // a tail): padding anywhere, two labels in a set, an example without a label, logits from -200
 // (softplus underflows) to 120 (its exp would overflow), and a NaN, which must reach the loss.
 void TestBinaryAgainstDoubleLoops() {
-  const int64_t batch = 5, active = 1003, num_labels = 3;
-  std::vector<int32_t> ids(batch * active), labels(batch * num_labels);
-  std::vector<float> logits(batch * active), grad(batch * active);
-  uint32_t state = 777;
-  const auto next = [&state] { return state = state * 1664525u + 1013904223u; };
-  for (int64_t i = 0; i < batch * active; ++i) {
-    ids[i] = next() % 7 == 0 ? -1 : static_cast<int32_t>(i % active);
-    logits[i] = static_cast<float>(next() % 40000) / 1000.f - 20.f;
-    if (i % 97 == 0) logits[i] = -200.f;
-    if (i % 89 == 0) logits[i] = 120.f;
-    if (i % 83 == 0) logits[i] = 1e-9f;
-  }
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t m = 0; m < num_labels; ++m) {
-      labels[b * num_labels + m] = static_cast<int32_t>((b * 31 + m * 17) % active);
-    }
-  }
-  labels[num_labels * 4] = labels[num_labels * 4 + 1] = labels[num_labels * 4 + 2] = -1;
+  constexpr int64_t batch = WideCase::kBatch, active = WideCase::kActive;
+  constexpr int64_t num_labels = WideCase::kNumLabels;
+  WideCase c = MakeWideCase(777, [](int64_t i, uint32_t random) {
+    if (i % 97 == 0) return -200.f;
+    if (i % 89 == 0) return 120.f;
+    if (i % 83 == 0) return 1e-9f;
+    return static_cast<float>(random % 40000) / 1000.f - 20.f;
+  });
+  std::vector<int32_t>& ids = c.ids;
+  std::vector<float>& logits = c.logits;
+  const std::vector<int32_t>& labels = c.labels;
+  std::vector<float> grad(batch * active);
   const float loss = ActiveBinaryCrossEntropy(batch, active, num_labels, batch, ids.data(),
                                               logits.data(), labels.data(), grad.data(),
                                               SerialFor());
@@ -154,20 +179,12 @@ void TestBinaryAgainstDoubleLoops() {
   int examples = 0;
   std::vector<double> want_grad(batch * active, 0.0);
   for (int64_t b = 0; b < batch; ++b) {
-    const int32_t* id = ids.data() + b * active;
-    std::vector<bool> is_label(active, false);
-    int hits = 0;
-    for (int64_t k = 0; k < active; ++k) {
-      for (int64_t m = 0; m < num_labels; ++m) {
-        if (id[k] >= 0 && id[k] == labels[b * num_labels + m]) is_label[k] = true;
-      }
-      hits += is_label[k];
-    }
+    const int hits = c.hits[b];
     if (hits == 0) continue;
     ++examples;
     for (int64_t k = 0; k < active; ++k) {
-      if (id[k] < 0) continue;
-      const double z = logits[b * active + k], y = is_label[k] ? 1.0 : 0.0;
+      if (ids[b * active + k] < 0) continue;
+      const double z = logits[b * active + k], y = c.is_label[b][k] ? 1.0 : 0.0;
       want_loss += (std::max(z, 0.0) - y * z + std::log1p(std::exp(-std::abs(z)))) / hits;
       want_grad[b * active + k] = (1.0 / (1.0 + std::exp(-z)) - y) / hits;
     }
