@@ -48,11 +48,10 @@ Advised& Recent() {
 
 #if defined(__linux__)
 // Collapses advised ranges into huge pages on one background thread at the lowest CPU
-// priority, kCollapseChunk at a time. Done inline, collapsing the Amazon-670K shape's weights
-// and Adam moments (8 GB) held up the model's build and first training step for 25 s, which
-// the faster steps (5-10%) took about ten epochs to win back. Collapsing changes how memory is
-// backed, never its contents, so a range freed (or reused) meanwhile is harmless: the call
-// fails or collapses the new owner's pages.
+// priority, kCollapseChunk at a time: done inline, collapsing the Amazon-670K shape's weights
+// and Adam moments (8 GB) held up the model's build and first training step for 25 s.
+// Collapsing changes how memory is backed, never its contents, so a range freed (or reused)
+// meanwhile is harmless: the call fails or collapses the new owner's pages.
 class Collapser {
  public:
   static Collapser& Get() {
