@@ -185,7 +185,13 @@ class MultiLabelData:
         # evaluate counts a full last batch twice).
         num_batches = count // batch_size + (count % batch_size > 0 and not drop_remainder)
         data = orders.flat_map(batches).apply(tf.data.experimental.assert_cardinality(num_batches))
-        return data.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+        # Fixed parallelism, tf.data's autotuning off: with it, the first batch of 1 to 5 of 7
+        # epochs came 3-9 s late on the small shape (epochs of 7 s), once 30 s on the
+        # Amazon-670K shape; without it, none of 35 did (benchmarks/README.md).
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        data = data.map(to_model_inputs, num_parallel_calls=2).prefetch(2)
+        return data.with_options(options)
 
 
 def read_extreme_classification(path):
