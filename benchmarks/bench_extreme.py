@@ -302,7 +302,7 @@ class KerasMethod(Method):
 
     def predictions(self, model, batches):
         """{inference mode: P@k and seconds per example} of top-5 prediction on `batches`."""
-        return {"dense": score_top_k(dense_top_k(model), batches, timed=True)}
+        return {"dense": score_top_k(dense_top_k(model), batches)}
 
     def run(self, data, cfg, options):
         train, test = data
@@ -552,7 +552,7 @@ class TfLsh(KerasMethod):
     def scored_top_k(model, batches, mode):
         """`score_top_k` of `model.predict_top_k` in inference `mode`."""
         with keras_layers.inference_mode(model, mode):
-            return score_top_k(lambda x: model.predict_top_k(x, max(TOP_K))[0], batches, timed=True)
+            return score_top_k(lambda x: model.predict_top_k(x, max(TOP_K))[0], batches)
 
 
 @register
@@ -649,12 +649,9 @@ def timed_top_k(top_k, batches):
     return tops, seconds / sum(len(y) for _, y in batches)
 
 
-def score_top_k(top_k, batches, timed=False):
-    """P@1/3/5 of `top_k` (x -> top-5 ids) over `batches`; with `timed`, also its seconds per
-    example (`timed_top_k`)."""
-    if not timed:
-        top_k = tf.function(top_k, reduce_retracing=True)
-        return precision_scores((y, top_k(x)) for x, y in batches)
+def score_top_k(top_k, batches):
+    """P@1/3/5 of `top_k` (x -> top-5 ids) over `batches`, and its seconds per example
+    (`timed_top_k`)."""
     tops, seconds = timed_top_k(top_k, batches)
     scores = precision_scores((y, top) for (_, y), top in zip(batches, tops, strict=True))
     examples = sum(len(y) for _, y in batches)
