@@ -120,10 +120,13 @@ class UnitSelector(tf.Module):
 
     def observe(self, ids):
         """Records a training step's selected `ids` (`[batch, k]`, -1 padded)."""
+        # A body besides the docstring: AutoGraph cannot convert an empty one and warns.
+        del ids
 
     def refresh(self, inputs, products):
         """Brings the selector up to date with the weights, given a batch of `inputs` and,
         if `needs_products`, their exact `products` with the units' weights."""
+        del inputs, products
 
     @property
     def memory_bytes(self):

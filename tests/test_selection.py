@@ -429,3 +429,12 @@ def test_selection_is_not_tracked_unless_asked():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.parametrize("selector", [ExactSelector, HashTables, LowRankSelector])
+@pytest.mark.parametrize("method", ["select", "observe", "refresh"])
+def test_selector_methods_convert_with_autograph(selector, method):
+    # A custom training step (as `LSHClassifier`'s) calls `record_training_step` inside its
+    # `tf.function`, and AutoGraph converts the selector's methods from there; one it cannot
+    # convert (a body that is only a docstring) runs behind a warning asking to report a bug.
+    tf.autograph.to_graph(getattr(selector, method))
