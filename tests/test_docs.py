@@ -1,4 +1,5 @@
-"""Every ```python block of README.md and docs/*.md runs as written, so the docs cannot drift.
+"""Every ```python block of README.md and docs/*.md runs as written, so the docs cannot drift;
+so does every `>>>` example in the packages' docstrings (`test_docstring_examples`).
 
 A file's blocks run in order in one namespace, as a reader pasting them into one Python session
 would, in a fresh process whose working directory is a temporary one (files a block writes go
@@ -10,7 +11,10 @@ a Python script must be one that script defines.
 Pytest only (tests/BUILD leaves this file out): the Markdown files are not in a Bazel package.
 """
 
+import doctest
+import importlib
 import os
+import pkgutil
 import re
 import subprocess
 import sys
@@ -18,6 +22,7 @@ import sys
 import pytest
 
 import keras_layers
+import tf_lsh_ops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = os.path.dirname(os.path.dirname(os.path.abspath(keras_layers.__file__)))
@@ -115,6 +120,45 @@ def test_shell_blocks_name_real_scripts_and_flags(path):
                     source = f.read()
                 for flag in re.findall(r"(?<![\w-])(--[\w-]+)", command[script.end() :]):
                     assert f'"{flag}"' in source, f"{where}: {script.group(1)} has no {flag}"
+
+
+def _modules(package):
+    """The package's Python modules (not its compiled `_lsh_ops`)."""
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("_lsh_ops"):
+            yield importlib.import_module(f"{package.__name__}.{info.name}")
+
+
+@pytest.mark.parametrize(
+    "module",
+    [m for package in (tf_lsh_ops, keras_layers) for m in _modules(package)],
+    ids=lambda m: m.__name__,
+)
+def test_docstring_examples(module):
+    # The examples read as if after `import numpy as np, tensorflow as tf` and the packages'
+    # public names.
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    names = {**vars(tf_lsh_ops), **vars(keras_layers), **vars(module)}
+    names.update(np=np, tf=tf, keras=keras, tf_lsh_ops=tf_lsh_ops, keras_layers=keras_layers)
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    for test in finder.find(module, module.__name__, globs=names):
+        runner.run(test)
+    results = runner.summarize(verbose=False)
+    assert results.failed == 0
+
+
+def test_the_docstrings_have_examples():
+    counted = sum(
+        len(test.examples)
+        for package in (tf_lsh_ops, keras_layers)
+        for module in _modules(package)
+        for test in doctest.DocTestFinder().find(module, module.__name__)
+    )
+    assert counted >= 45
 
 
 if __name__ == "__main__":
