@@ -18,7 +18,8 @@ on two inputs:
 The LSH layers select with their default low-rank sketch (refitted every
 `max(20, W / active)` steps), log their recall of each example's exact top units
 (`track_selection`), and the layers that read sparse inputs update their kernels in the
-backward pass (`backward_adam`).
+backward pass (`backward_adam`; with `--backward sgd`, `backward_sgd`, which keeps no moments:
+the only way a 65,536-wide second layer, 16 GiB of kernel, fits in this machine's memory).
 
 Each run is a fresh subprocess (so that its peak RSS is its own). Reported per run: seconds per
 epoch (the median over the epochs after the first, which traces the step; refreshes of the
@@ -44,7 +45,8 @@ faster per epoch than Dense within 1 point of its accuracy; time per step at 50 
 growing < 2x from 4k to the widest width run; peak RSS within 1.3x of the state.
 
 Usage: python benchmarks/bench_wide.py [--quick | --full] [--widths W ...] [--inputs ...]
-       [--kinds ...] [--parts runs ablations threads] [--epochs N] [--plots DIR]
+       [--kinds ...] [--parts runs ablations threads] [--epochs N] [--backward adam|sgd]
+       [--plots DIR]
 Prints one JSON document to stdout; progress goes to stderr; a plot goes to --plots.
 """
 
@@ -77,6 +79,10 @@ log = _common.make_logger("bench_wide")
 
 BATCH = 128
 LEARNING_RATE = 1e-3
+# `backward_sgd`'s step size: plain SGD needs a larger one than Adam's 1e-3 (the kernel's
+# gradients are small; Adam divides them by their own scale).
+SGD_LEARNING_RATE = 0.05
+BACKWARD_RULES = ("adam", "sgd")
 FIXED_ACTIVE = 50
 WARMUP_STEPS = 5
 KINDS = ("dense", "lsh_50", "lsh_5pct")
@@ -115,15 +121,15 @@ MODES = {
 # rows (not in the backward pass, per weight); the selector refitted every 20 steps (not
 # "auto"); k-winners boosting of the selection.
 ABLATIONS = (
-    ("mnist", "lsh_50", None, {"backward_adam": False}),
-    ("mnist", "lsh_5pct", None, {"backward_adam": False}),
+    ("mnist", "lsh_50", None, {"backward": None}),
+    ("mnist", "lsh_5pct", None, {"backward": None}),
     ("mnist", "lsh_50", None, {"refresh_period": 20}),
     ("mnist", "lsh_50", None, {"boost_strength": 1.5}),
     ("sparse", "lsh_50", 1024, {"boost_strength": 1.5}),
 )
 # A run is skipped when the memory it needs (`memory_estimate_bytes`) exceeds this share of
 # the machine's.
-MEMORY_SHARE = 0.7
+MEMORY_SHARE = 0.8
 
 
 # ------------------------------------------------------------------------------ one run
@@ -155,12 +161,12 @@ def sparse_dataset(data, batch_size, shuffle):
 
 def build_model(kind, width, input_name, input_dim, classes, seed=0, variant=None):
     """The network of `kind` and its optimizer. LSH networks take `variant` options:
-    `refresh_period` (default "auto"), `backward_adam` (default True: the layers that read
-    sparse inputs update their kernels in the backward pass; False: the optimizer does) and
-    `boost_strength` (default 0)."""
+    `refresh_period` (default "auto"), `backward` (default "adam": the layers that read
+    sparse inputs update their kernels in the backward pass, by Adam or by "sgd"; None: the
+    optimizer does) and `boost_strength` (default 0)."""
     variant = {
         "refresh_period": "auto",
-        "backward_adam": True,
+        "backward": "adam",
         "boost_strength": 0.0,
         **(variant or {}),
     }
@@ -178,6 +184,7 @@ def build_model(kind, width, input_name, input_dim, classes, seed=0, variant=Non
     active = FIXED_ACTIVE if kind == "lsh_50" else 0.05
     for i in range(2):
         sparse_inputs = i > 0 or sparse
+        backward = variant["backward"] if sparse_inputs else None
         layers.append(
             keras_layers.LSHDense(
                 width,
@@ -186,9 +193,8 @@ def build_model(kind, width, input_name, input_dim, classes, seed=0, variant=Non
                 sparse_outputs=True,
                 refresh_period=variant["refresh_period"],
                 boost_strength=variant["boost_strength"],
-                backward_adam=(
-                    LEARNING_RATE if variant["backward_adam"] and sparse_inputs else None
-                ),
+                backward_adam=LEARNING_RATE if backward == "adam" else None,
+                backward_sgd=SGD_LEARNING_RATE if backward == "sgd" else None,
                 track_selection=True,
                 seed=seed + i,
                 name=f"hidden{i + 1}",
@@ -335,11 +341,14 @@ def dense_multiplications(width, fan_in, classes):
 # ------------------------------------------------------------------------------ the grid
 
 
-def memory_estimate_bytes(kind, width, input_dim, classes):
+def memory_estimate_bytes(kind, width, input_dim, classes, backward="adam"):
     """What a run needs, before it starts: weights and Adam moments, plus for `Dense` a
-    gradient and a temporary of Adam's as large as the weights."""
+    gradient and a temporary of Adam's as large as the weights; an LSH second layer updated
+    by `backward_sgd` keeps no moments."""
     weights = 4 * (input_dim * width + width * width + width * classes)
-    return (5 if kind == "dense" else 3) * weights
+    if kind == "dense":
+        return 5 * weights
+    return 3 * weights - (8 * width * width if backward == "sgd" else 0)
 
 
 def run_child(spec):
@@ -473,6 +482,12 @@ def main(argv=None):
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--epoch-budget", type=float, help="minutes an epoch may take")
+    parser.add_argument(
+        "--backward",
+        choices=BACKWARD_RULES,
+        default="adam",
+        help="how the LSH layers that read sparse inputs update their kernels (runs part)",
+    )
     parser.add_argument("--plots", default="out/plots", help="folder for the PNG plot")
     parser.add_argument(
         "--parts", nargs="+", choices=PARTS, default=list(PARTS), help="which parts to run"
@@ -499,6 +514,8 @@ def main(argv=None):
             **settings,
             "batch_size": BATCH,
             "learning_rate": LEARNING_RATE,
+            "backward": args.backward,
+            "sgd_learning_rate": SGD_LEARNING_RATE,
             "fixed_active": FIXED_ACTIVE,
             "sparse_shape": SPARSE_SHAPE,
         },
@@ -512,7 +529,7 @@ def main(argv=None):
         input_dim, classes = (784, 10) if input_name == "mnist" else SPARSE_SHAPE[:2]
         for width in settings["widths"]:
             for kind in args.kinds:
-                need = memory_estimate_bytes(kind, width, input_dim, classes)
+                need = memory_estimate_bytes(kind, width, input_dim, classes, args.backward)
                 if need > MEMORY_SHARE * memory:
                     report["skipped"].append(
                         {
@@ -536,6 +553,8 @@ def main(argv=None):
                     "timed_steps": settings["timed_steps"],
                     "epoch_budget_min": settings["epoch_budget_min"],
                 }
+                if kind != "dense" and args.backward != "adam":
+                    spec["variant"] = {"backward": args.backward}
                 log(f"{input_name} W={width} {kind} ...")
                 result = run_child(spec)
                 report["runs"].append(result)

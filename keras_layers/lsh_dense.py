@@ -132,6 +132,10 @@ class LSHDense(keras.layers.Layer):
         `tf.distribute` strategy with several replicas, nor as `LSHClassifier`'s head. Any
         gradient computed through the layer in training (`training=True`) applies the
         update.
+      backward_sgd: None (default), or a learning rate: as `backward_adam`, by plain SGD on
+        the same weights, with no moments. The moments are twice the kernel: a 65,536 x
+        65,536 layer needs 16 GiB with `backward_sgd` and 48 GiB with `backward_adam`. At
+        most one of the two.
       inference: `"dense"` (all units, as `Dense`), `"top_k"` (all units computed, each
         example's `active` largest kept, as in training with exact selection; both with
         standard TF ops only), `"lsh"` (only the units `active_rule` selects are computed) or
@@ -193,6 +197,7 @@ class LSHDense(keras.layers.Layer):
         inference=None,
         inference_rank=None,
         backward_adam=None,
+        backward_sgd=None,
         seed=0,
         **kwargs,
     ):
@@ -264,8 +269,8 @@ class LSHDense(keras.layers.Layer):
             )
         self.track_selection = bool(track_selection)
         self.sparse_outputs = bool(sparse_outputs)
-        self.backward_adam = _backward_adam(
-            backward_adam, use_bias, kernel_regularizer, kernel_constraint
+        self.backward_update = BackwardUpdate.from_arguments(
+            backward_adam, backward_sgd, use_bias, kernel_regularizer, kernel_constraint
         )
         self.seed = int(seed)
         self.selector = self._make_selector(active_rule)
@@ -364,7 +369,7 @@ class LSHDense(keras.layers.Layer):
             initializer=kernel_draw.initializer,
             regularizer=self.kernel_regularizer,
             constraint=self.kernel_constraint,
-            trainable=self.backward_adam is None,  # else updated in the backward pass
+            trainable=self.backward_update is None,  # else updated in the backward pass
         )
         kernel_draw.fill(self.kernel)
         self.bias = self.add_weight(
@@ -376,12 +381,20 @@ class LSHDense(keras.layers.Layer):
             trainable=self.use_bias,
         )
         self.selector.build(self.kernel, self.bias, self._add_state, self._add_step)
-        if self.backward_adam is not None:
-            shape = (self.units, input_dim)
-            self.kernel_m = self._add_state("kernel_m", shape, "float32", 0)
-            self.kernel_v = self._add_state("kernel_v", shape, "float32", 0)
+        if self.backward_update is not None:
+            self.backward_update.build(self.kernel, self._add_state)
         if self.inference_sketch is not None:
             self.inference_sketch.build(self.kernel, self.bias, self.step, self._add_state)
+
+    @property
+    def backward_adam(self):
+        """The learning rate of the kernel's Adam in the backward pass, or None."""
+        return self.backward_update.learning_rate_of("adam") if self.backward_update else None
+
+    @property
+    def backward_sgd(self):
+        """The learning rate of the kernel's SGD in the backward pass, or None."""
+        return self.backward_update.learning_rate_of("sgd") if self.backward_update else None
 
     def _add_step(self):
         """Training calls so far: the refresh schedule, and the random fill's seed (so that it
@@ -497,7 +510,7 @@ class LSHDense(keras.layers.Layer):
             return self._all_units(inputs, keep_top_k=self.inference == "top_k")
         if training and self.refresh_steps is not None:
             self._refresh_if_due(inputs)
-        if training and self.backward_adam is not None:
+        if training and self.backward_update is not None:
             ids, values = self._updating_outputs(inputs)
         else:
             ids, values = self.active_outputs(inputs, inference=not training)
@@ -509,25 +522,28 @@ class LSHDense(keras.layers.Layer):
 
     def _updating_outputs(self, inputs):
         """`active_outputs(inputs)` whose gradient updates the kernel in place
-        (`backward_adam`) and flows on to the inputs' values and the bias."""
+        (`backward_update`) and flows on to the inputs' values and the bias."""
+        update = self.backward_update
         if not isinstance(inputs, tf.SparseTensor):
             raise ValueError(
-                f"LSHDense '{self.name}': backward_adam={self.backward_adam} updates the "
+                f"LSHDense '{self.name}': {update.argument} updates the "
                 "kernel's weights on the features present in sparse inputs; this layer got "
                 f"dense inputs of shape {inputs.shape}. Feed it a tf.SparseTensor (a previous "
                 "LSHDense with sparse_outputs=True), or leave the kernel to the optimizer "
-                "(backward_adam=None): with dense inputs its whole rows are touched anyway."
+                f"(backward_{update.rule}=None): with dense inputs its whole rows are touched "
+                "anyway."
             )
         if tf.distribute.get_strategy().num_replicas_in_sync > 1:
             raise ValueError(
-                f"LSHDense '{self.name}': backward_adam updates the kernel in each replica's "
-                "backward pass, which would let the replicas' kernels diverge; train with "
-                "backward_adam=None under a tf.distribute strategy with several replicas"
+                f"LSHDense '{self.name}': {update.argument} updates the kernel in each "
+                "replica's backward pass, which would let the replicas' kernels diverge; train "
+                f"with backward_{update.rule}=None under a tf.distribute strategy with several "
+                "replicas"
             )
         ids = self.active_ids(inputs)
         if self.batch_wide:
             ids = _tile_rows(ids, inputs.dense_shape[0])
-        kernel, moments = self.kernel, (self.kernel_m, self.kernel_v)
+        kernel = self.kernel
 
         @tf.custom_gradient
         def product(values, bias):
@@ -535,18 +551,8 @@ class LSHDense(keras.layers.Layer):
             outputs = tf_lsh_ops.sparse_input_gather_matmul(sparse, kernel, bias, ids)
 
             def gradient(grad_outputs, variables=None):
-                grad_values, grad_bias = tf_lsh_ops.sparse_input_gather_matmul_lazy_adam(
-                    sparse,
-                    kernel,
-                    ids,
-                    grad_outputs,
-                    moments,
-                    learning_rate=self.backward_adam,
-                    beta_1=0.9,
-                    beta_2=0.999,
-                    epsilon=1e-7,
-                    step=self.step,  # counted by this call: 1 on the first step
-                )
+                # The step was counted by this call: 1 on the first.
+                grad_values, grad_bias = update.apply(sparse, kernel, ids, grad_outputs, self.step)
                 return (grad_values, grad_bias), [None] * len(variables or ())
 
             return outputs, gradient
@@ -591,6 +597,7 @@ class LSHDense(keras.layers.Layer):
             inference=self.inference,
             inference_rank=self.inference_rank,
             backward_adam=self.backward_adam,
+            backward_sgd=self.backward_sgd,
             seed=self.seed,
             **tables,
         )
@@ -765,26 +772,88 @@ class _KernelDraw:
             tf_lsh_ops.assign_rows(kernel, start, values)
 
 
-def _backward_adam(learning_rate, use_bias, kernel_regularizer, kernel_constraint):
-    """`backward_adam`, checked: None or a positive learning rate (a float)."""
-    if learning_rate is None:
-        return None
-    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)):
-        raise ValueError(
-            f"LSHDense: backward_adam must be None or a learning rate (a float), "
-            f"got {learning_rate!r}"
+class BackwardUpdate:
+    """How an `LSHDense` updates its kernel itself in the backward pass (`backward_adam` or
+    `backward_sgd`): the rule and its learning rate, the state the rule keeps, and the op that
+    applies it, lazily per weight (`tf_lsh_ops.sparse_input_gather_matmul_lazy_adam` or
+    `..._lazy_sgd`)."""
+
+    RULES = ("adam", "sgd")
+
+    def __init__(self, rule, learning_rate):
+        self.rule = rule
+        self.learning_rate = learning_rate
+        self.moments = ()
+
+    @classmethod
+    def from_arguments(cls, backward_adam, backward_sgd, use_bias, regularizer, constraint):
+        """The update `LSHDense`'s arguments ask for (None if neither), checked."""
+        given = {
+            rule: rate
+            for rule, rate in zip(cls.RULES, (backward_adam, backward_sgd), strict=True)
+            if rate is not None
+        }
+        if not given:
+            return None
+        if len(given) > 1:
+            raise ValueError(
+                f"LSHDense: give at most one of backward_adam and backward_sgd, got "
+                f"backward_adam={backward_adam} and backward_sgd={backward_sgd}"
+            )
+        ((rule, rate),) = given.items()
+        name = f"backward_{rule}"
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+            raise ValueError(
+                f"LSHDense: {name} must be None or a learning rate (a float), got {rate!r}"
+            )
+        if not rate > 0:
+            raise ValueError(f"LSHDense: {name} must be > 0, got {rate}")
+        # The bias's gradient is what makes TensorFlow run the backward pass of a first layer.
+        if not use_bias:
+            raise ValueError(f"LSHDense: {name} needs use_bias=True")
+        if regularizer is not None or constraint is not None:
+            raise ValueError(
+                f"LSHDense: {name} updates the kernel without the optimizer, so it cannot "
+                "apply a kernel_regularizer or kernel_constraint"
+            )
+        return cls(rule, float(rate))
+
+    @property
+    def argument(self):
+        """The `LSHDense` argument that asked for this update, as given: for messages."""
+        return f"backward_{self.rule}={self.learning_rate}"
+
+    def learning_rate_of(self, rule):
+        return self.learning_rate if rule == self.rule else None
+
+    def build(self, kernel, add_state):
+        """Adds the rule's state for `kernel` with `add_state(name, shape, dtype, value)`:
+        Adam's two moments (`kernel_m`, `kernel_v`), nothing for SGD."""
+        if self.rule == "adam":
+            shape = tuple(kernel.shape)
+            self.moments = tuple(
+                add_state(name, shape, "float32", 0) for name in ("kernel_m", "kernel_v")
+            )
+
+    def apply(self, inputs, kernel, ids, grad_outputs, step):
+        """Updates `kernel` in place from a training step's `grad_outputs`; returns the
+        gradients of `inputs.values` and of the bias."""
+        if self.rule == "sgd":
+            return tf_lsh_ops.sparse_input_gather_matmul_lazy_sgd(
+                inputs, kernel, ids, grad_outputs, learning_rate=self.learning_rate
+            )
+        return tf_lsh_ops.sparse_input_gather_matmul_lazy_adam(
+            inputs,
+            kernel,
+            ids,
+            grad_outputs,
+            self.moments,
+            learning_rate=self.learning_rate,
+            beta_1=0.9,
+            beta_2=0.999,
+            epsilon=1e-7,
+            step=step,
         )
-    if not learning_rate > 0:
-        raise ValueError(f"LSHDense: backward_adam must be > 0, got {learning_rate}")
-    # The bias's gradient is what makes TensorFlow run the backward pass of a first layer.
-    if not use_bias:
-        raise ValueError("LSHDense: backward_adam needs use_bias=True")
-    if kernel_regularizer is not None or kernel_constraint is not None:
-        raise ValueError(
-            "LSHDense: backward_adam updates the kernel without the optimizer, so it cannot "
-            "apply a kernel_regularizer or kernel_constraint"
-        )
-    return float(learning_rate)
 
 
 def _tile_rows(ids, batch):

@@ -97,10 +97,11 @@ class LSHClassifier(DistributedFitMixin, keras.Model):
         super().__init__(**kwargs)
         if not isinstance(head, LSHDense):
             raise ValueError(f"LSHClassifier: head must be an LSHDense, got {type(head).__name__}")
-        if head.backward_adam is not None:
+        if head.backward_update is not None:
             raise ValueError(
                 "LSHClassifier: the head's kernel is updated by the model's training step; "
-                f"construct it with backward_adam=None, got {head.backward_adam}"
+                "construct it without backward_adam or backward_sgd, got "
+                f"{head.backward_update.argument}"
             )
         if active_loss not in ACTIVE_LOSSES:
             raise ValueError(

@@ -66,6 +66,7 @@ OPS = (
     ("multi_label_batch", "test_fuzz_sparse_input", 0.5),
     ("row_fingerprints", "test_fuzz_lsh_hash", 0.5),
     ("sparse_input_gather_matmul_lazy_adam", "test_fuzz_sparse_input", 1),
+    ("sparse_input_gather_matmul_lazy_sgd", "test_fuzz_sparse_input", 0.5),
     ("matmul_top_k", "test_fuzz_sparse_gather_matmul", 1),
     ("sparse_input_products", "test_fuzz_sparse_input", 0.5),
     ("assign_rows", "test_fuzz_sparse_adam", 0.5),

@@ -16,6 +16,7 @@ import tempfile
 import numpy as np
 import pytest
 
+import keras_layers
 from keras_layers import datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,10 +82,25 @@ def test_bench_wide_quick(tmp_path):
     # The LSH networks' forward pass: selection + 50 active units, far below Dense's.
     lsh, dense = runs[(2048, "lsh_50")], runs[(2048, "dense")]
     assert lsh["forward_multiplications"]["total"] < dense["forward_multiplications"]["total"] / 5
-    assert report["ablations"][0]["variant"] == {"backward_adam": False}
+    assert report["ablations"][0]["variant"] == {"backward": None}
     assert report["threads"][0]["speedup"] > 0
     assert report["threads"][0]["copy_bandwidth_speedup"] > 0
     assert os.path.exists(report["plot"])
+
+
+def test_bench_wide_backward_sgd_keeps_no_moments():
+    bench_wide = benchmark_module("bench_wide")
+    model, _ = bench_wide.build_model("lsh_50", 256, "mnist", 784, 10, variant={"backward": "sgd"})
+    first, second = keras_layers.lsh_layers(model)
+    assert first.backward_update is None  # dense inputs: the optimizer updates it
+    assert second.backward_sgd == bench_wide.SGD_LEARNING_RATE
+    # The 64k second layer: 16 GiB of kernel with SGD, 48 GiB with Adam's two moments.
+    adam, sgd = (
+        bench_wide.memory_estimate_bytes("lsh_50", 65536, 784, 10, backward)
+        for backward in ("adam", "sgd")
+    )
+    assert adam - sgd == 8 * 65536**2
+    assert sgd < bench_wide.MEMORY_SHARE * 24 * 2**30 < adam
 
 
 def test_bench_active_loss_quick():

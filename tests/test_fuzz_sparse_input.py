@@ -1,5 +1,6 @@
 """Fuzz of the sparse input paths: sparse_input_matmul (and its gradient),
-sparse_input_products, sparse_input_matmul_adam, sparse_input_gather_matmul_lazy_adam and
+sparse_input_products, sparse_input_matmul_adam, sparse_input_gather_matmul_lazy_adam,
+sparse_input_gather_matmul_lazy_sgd and
 multi_label_batch.
 fuzz_common.py describes the calls and the TF_LSH_FUZZ_* variables."""
 
@@ -232,13 +233,27 @@ def fuzz_sparse_input_gather_lazy_adam(rng):
     """The gather-matmul's backward with lazy Adam per weight: the unfused gradients of the
     values and biases, and one Adam step on exactly the weights of active units on features
     of their examples (NumPy), when valid; rejected (variables untouched) when not."""
-    mutation = pick(rng, SPARSE_INPUT_LAZY_ADAM_MUTATIONS)
+    return _fuzz_sparse_input_gather_lazy(rng, "adam")
+
+
+def fuzz_sparse_input_gather_lazy_sgd(rng):
+    """The same backward with lazy SGD per weight (no moments)."""
+    return _fuzz_sparse_input_gather_lazy(rng, "sgd")
+
+
+def _fuzz_sparse_input_gather_lazy(rng, rule):
+    adam = rule == "adam"
+    mutation = pick(
+        rng, [m for m in SPARSE_INPUT_LAZY_ADAM_MUTATIONS if adam or m != "moment-shape"]
+    )
     batch, dim, _, at, values, shape = _sparse_input_case(rng)
     num_neurons, active = int(rng.integers(1, 9)), int(rng.integers(0, 5))
     indices = rng.integers(-1, num_neurons, (batch, active)).astype(np.int32)
     grad = floats(rng, (batch, active), special=special_rate(rng))
     state = [floats(rng, (num_neurons, dim)), floats(rng, (num_neurons, dim))]
     state.append(rng.uniform(0, 1, (num_neurons, dim)).astype(np.float32))
+    if not adam:
+        state = state[:1]
     hyper = dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=3)
     fused = [tf.Variable(a) for a in state]
     weights, moments = fused[0], list(fused[1:])
@@ -254,7 +269,7 @@ def fuzz_sparse_input_gather_lazy_adam(rng):
             shape = np.array([1, dim], np.int64)
     elif mutation == "weights-columns":
         weights = tf.Variable(floats(rng, (num_neurons, dim + 1)))
-        moments = [tf.Variable(floats(rng, (num_neurons, dim + 1))) for _ in range(2)]
+        moments = [tf.Variable(floats(rng, (num_neurons, dim + 1))) for _ in moments]
     elif mutation == "entry-outside":
         at = np.concatenate([at, [[0, dim]]]).astype(np.int64)
         values = floats(rng, (len(at),))
@@ -263,9 +278,17 @@ def fuzz_sparse_input_gather_lazy_adam(rng):
             indices, grad = np.zeros((1, active), np.int32), floats(rng, (1, active))
     elif mutation == "dense-shape":
         shape = np.array([-1, dim], np.int64)
-    call = lambda: tf_lsh_ops.sparse_input_gather_matmul_lazy_adam(  # noqa: E731
-        tf.SparseTensor(at, values, shape), weights, indices, grad, moments, **hyper
-    )
+
+    def call():
+        sparse = tf.SparseTensor(at, values, shape)
+        if adam:
+            return tf_lsh_ops.sparse_input_gather_matmul_lazy_adam(
+                sparse, weights, indices, grad, moments, **hyper
+            )
+        return tf_lsh_ops.sparse_input_gather_matmul_lazy_sgd(
+            sparse, weights, indices, grad, learning_rate=hyper["learning_rate"]
+        )
+
     if mutation is not None:
         rejects(lambda: maybe_graph(rng, call), weights, *moments, *fused)
         return mutation
@@ -292,21 +315,25 @@ def fuzz_sparse_input_gather_lazy_adam(rng):
         for unit in ids[ids >= 0]:
             touched[unit, features] = True
     dw = np.zeros(state[0].shape, np.float32) if dw is None else tf.convert_to_tensor(dw).numpy()
-    cells = reference_adam(
-        *(a[touched][:, None] for a in state),
-        np.arange(touched.sum()),
-        dw[touched][:, None],
-        lr=0.01,
-        beta1=0.9,
-        beta2=0.999,
-        eps=1e-7,
-        step=3,
-    )
+    if adam:
+        cells = reference_adam(
+            *(a[touched][:, None] for a in state),
+            np.arange(touched.sum()),
+            dw[touched][:, None],
+            lr=0.01,
+            beta1=0.9,
+            beta2=0.999,
+            eps=1e-7,
+            step=3,
+        )
+        cells = [cell[:, 0] for cell in cells]
+    else:
+        cells = [state[0][touched] - np.float32(0.01) * dw[touched]]
     for name, variable, before, cell in zip(
-        ("weights", "m", "v"), fused, state, cells, strict=True
+        ("weights", "m", "v"), fused, state, cells, strict=False
     ):
         want = before.copy()
-        want[touched] = cell[:, 0]
+        want[touched] = cell
         got = variable.numpy()
         assert np.array_equal(got[~touched], before[~touched], equal_nan=True), name
         assert_close(got, want.astype(np.float64), np.abs(want) + 1, name)
@@ -400,6 +427,7 @@ test_fuzz = fuzz_test(
         "sparse_input_products": fuzz_sparse_input_products,
         "sparse_input_matmul_adam": fuzz_sparse_input_adam,
         "sparse_input_gather_matmul_lazy_adam": fuzz_sparse_input_gather_lazy_adam,
+        "sparse_input_gather_matmul_lazy_sgd": fuzz_sparse_input_gather_lazy_sgd,
         "multi_label_batch": fuzz_multi_label_batch,
     },
 )

@@ -400,9 +400,10 @@ def test_hidden_lsh_dense_learns_as_well_as_dense(blobs, dense_blob_accuracy, de
     assert model.evaluate(xv, yv, verbose=0)[1] > chance + 0.3
 
 
-def _sparse_hidden_stack(backward_adam, seed=5):
+def _sparse_hidden_stack(backward_adam=None, seed=5, backward_sgd=None):
     """Dense 20 -> LSHDense(64, 8 active, sparse outputs) -> LSHDense(48, 6 active) reading
-    them sparsely (its kernel updated in the backward pass if `backward_adam`) -> softmax."""
+    them sparsely (its kernel updated in the backward pass if `backward_adam` or
+    `backward_sgd`) -> softmax."""
     keras.utils.set_random_seed(seed)
     model = keras.Sequential(
         [
@@ -414,6 +415,7 @@ def _sparse_hidden_stack(backward_adam, seed=5):
                 active=6,
                 sparse_outputs=True,
                 backward_adam=backward_adam,
+                backward_sgd=backward_sgd,
                 seed=2,
                 name="wide",
             ),
@@ -428,7 +430,7 @@ def test_backward_adam_first_step_equals_the_optimizers(blobs):
     # From zero moments, Adam leaves a weight with a zero gradient where it is: one step of
     # lazy Adam per weight in the backward pass equals one of SparseAdam on whole rows.
     (x, y), _ = blobs
-    by_optimizer, in_backward = _sparse_hidden_stack(None), _sparse_hidden_stack(3e-3)
+    by_optimizer, in_backward = _sparse_hidden_stack(), _sparse_hidden_stack(3e-3)
     wide = in_backward.get_layer("wide")
     assert all(weight is not wide.kernel for weight in in_backward.trainable_weights)
     before = wide.kernel.numpy()
@@ -454,12 +456,53 @@ def test_backward_adam_learns_and_keeps_its_moments(blobs, dense_blob_accuracy, 
     assert model.evaluate(xv, yv, verbose=0)[1] >= dense_blob_accuracy - HIDDEN_MARGIN
     wide = model.get_layer("wide")
     assert wide.get_config()["backward_adam"] == 3e-3
-    assert np.count_nonzero(wide.kernel_v.numpy()) > 0
+    _, kernel_v = wide.backward_update.moments
+    assert np.count_nonzero(kernel_v.numpy()) > 0
+    assert {"kernel_m", "kernel_v"} <= {w.name for w in wide.weights}
     path = str(tmp_path / "model.keras")
     model.save(path)
     loaded = keras.saving.load_model(path).get_layer("wide")
-    for name in ("kernel", "kernel_m", "kernel_v"):
-        np.testing.assert_array_equal(getattr(loaded, name).numpy(), getattr(wide, name).numpy())
+    for got, want in zip(
+        (loaded.kernel, *loaded.backward_update.moments),
+        (wide.kernel, *wide.backward_update.moments),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_backward_sgd_step_is_the_kernels_gradient_times_the_learning_rate(blobs):
+    (x, y), _ = blobs
+    x, y = x[:32], y[:32]
+    by_optimizer, in_backward = _sparse_hidden_stack(), _sparse_hidden_stack(backward_sgd=0.5)
+    with tf.GradientTape() as tape:
+        loss = keras.losses.SparseCategoricalCrossentropy()(y, by_optimizer(x, training=True))
+    want_kernel = by_optimizer.get_layer("wide").kernel
+    gradient = tf.convert_to_tensor(tape.gradient(loss, want_kernel)).numpy()
+    assert np.count_nonzero(gradient) > 10
+    wide = in_backward.get_layer("wide")
+    before = wide.kernel.numpy()
+    np.testing.assert_array_equal(before, want_kernel.numpy())
+    in_backward.train_on_batch(x, y)
+    np.testing.assert_allclose(wide.kernel.numpy(), before - 0.5 * gradient, rtol=1e-5, atol=1e-6)
+    untouched = gradient == 0
+    np.testing.assert_array_equal(wide.kernel.numpy()[untouched], before[untouched])
+
+
+def test_backward_sgd_learns_keeps_no_moments_and_round_trips(blobs, tmp_path):
+    (x, y), (xv, yv) = blobs
+    model = _sparse_hidden_stack(backward_sgd=0.05)
+    model.fit(x, y, batch_size=32, epochs=4, verbose=0, shuffle=False)
+    assert model.evaluate(xv, yv, verbose=0)[1] > 0.6  # six classes: chance is 1/6
+    wide = model.get_layer("wide")
+    names = {w.name for w in wide.weights}
+    assert "kernel" in names and not names & {"kernel_m", "kernel_v"}
+    config = wide.get_config()
+    assert (config["backward_sgd"], config["backward_adam"]) == (0.05, None)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path).get_layer("wide")
+    assert loaded.backward_update.argument == "backward_sgd=0.05"
+    np.testing.assert_array_equal(loaded.kernel.numpy(), wide.kernel.numpy())
 
 
 @pytest.mark.parametrize(
@@ -472,6 +515,12 @@ def test_backward_adam_learns_and_keeps_its_moments(blobs, dense_blob_accuracy, 
             {"backward_adam": 1e-3, "kernel_regularizer": "l2"},
             "backward_adam updates the kernel without the optimizer",
         ),
+        ({"backward_sgd": -1.0}, "backward_sgd must be > 0, got -1.0"),
+        ({"backward_sgd": 0.1, "use_bias": False}, "backward_sgd needs use_bias=True"),
+        (
+            {"backward_adam": 1e-3, "backward_sgd": 0.1},
+            "give at most one of backward_adam and backward_sgd",
+        ),
     ],
 )
 def test_backward_adam_arguments_are_checked(kwargs, message):
@@ -479,13 +528,17 @@ def test_backward_adam_arguments_are_checked(kwargs, message):
         LSHDense(16, activation="relu", **kwargs)
 
 
-def test_backward_adam_names_dense_inputs_and_classifier_heads():
-    layer = LSHDense(16, activation="relu", active=4, backward_adam=1e-3, name="h")
-    with pytest.raises(ValueError, match="LSHDense 'h': backward_adam=0.001 .* dense inputs"):
+@pytest.mark.parametrize("rule", ["adam", "sgd"])
+def test_backward_updates_name_dense_inputs_and_classifier_heads(rule):
+    argument = {f"backward_{rule}": 1e-3}
+    layer = LSHDense(16, activation="relu", active=4, name="h", **argument)
+    with pytest.raises(ValueError, match=f"LSHDense 'h': backward_{rule}=0.001 .* dense inputs"):
         layer(tf.ones([2, 5]), training=True)
     assert layer(tf.ones([2, 5])).shape == (2, 16)  # inference reads the kernel as usual
-    with pytest.raises(ValueError, match="LSHClassifier: the head's kernel .* backward_adam"):
-        LSHClassifier(keras.Sequential([keras.layers.Dense(4)]), LSHDense(10, backward_adam=1e-3))
+    with pytest.raises(
+        ValueError, match=f"LSHClassifier: the head's kernel .* got backward_{rule}=0.001"
+    ):
+        LSHClassifier(keras.Sequential([keras.layers.Dense(4)]), LSHDense(10, **argument))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1271,6 +1271,70 @@ def test_sparse_input_gather_lazy_adam_bad_input_is_named(change, message):
         )
 
 
+def test_sparse_input_gather_lazy_sgd_updates_only_the_touched_weights():
+    x, w, b, idx, _, _, grad_output = _lazy_adam_case(7)
+    inputs = tf.sparse.from_dense(x)
+    values = tf.Variable(inputs.values)
+    weights, biases = tf.Variable(w), tf.Variable(b)
+    with tf.GradientTape() as tape:
+        sparse = tf.SparseTensor(inputs.indices, values, inputs.dense_shape)
+        out = tf_lsh_ops.sparse_input_gather_matmul(sparse, weights, biases, idx)
+    want_values, grad_w, want_bias = tape.gradient(
+        out, [values, weights, biases], output_gradients=grad_output
+    )
+    grad_w = tf.convert_to_tensor(grad_w).numpy()
+    touched = np.zeros(w.shape, bool)
+    for row, ids in enumerate(idx):
+        for unit in ids[ids >= 0]:
+            touched[unit] |= x[row] != 0
+    assert 10 < touched.sum() < touched.size / 2
+    want = w.copy()
+    want[touched] -= 0.05 * grad_w[touched]
+
+    state = tf.Variable(w)
+    got_values, got_bias = tf_lsh_ops.sparse_input_gather_matmul_lazy_sgd(
+        inputs, state, idx, grad_output, learning_rate=0.05
+    )
+    np.testing.assert_allclose(got_values.numpy(), want_values.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        tf.convert_to_tensor(got_bias).numpy(),
+        tf.convert_to_tensor(want_bias).numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(state.numpy(), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(state.numpy()[~touched], w[~touched])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("grad_output", "grad_output has shape"),
+        ("index", "indices holds 11"),
+        ("not_a_variable", "weights must be a variable"),
+        ("learning_rate", "lr must be a scalar"),
+    ],
+)
+@pytest.mark.parametrize("traced", [False, True])
+def test_sparse_input_gather_lazy_sgd_bad_input_is_named(change, message, traced):
+    x, w, b, idx, _, _, grad_output = _lazy_adam_case(6)
+    if change == "grad_output":
+        grad_output = grad_output[:, :3]
+    elif change == "index":
+        idx[1, 1] = 11
+    weights = tf.constant(w) if change == "not_a_variable" else tf.Variable(w)
+    learning_rate = [0.1, 0.2] if change == "learning_rate" else 0.1
+
+    def run():
+        return tf_lsh_ops.sparse_input_gather_matmul_lazy_sgd(
+            tf.sparse.from_dense(x), weights, idx, grad_output, learning_rate=learning_rate
+        )
+
+    errors = (tf.errors.InvalidArgumentError, ValueError, TypeError)
+    with pytest.raises(errors, match=f"SparseInputGatherMatmulGradLazySgd.*{message}"):
+        tf.function(run)() if traced else run()
+
+
 if __name__ == "__main__":
     import sys
 

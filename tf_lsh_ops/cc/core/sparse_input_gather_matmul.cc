@@ -105,16 +105,19 @@ void SparseInputGatherMatmulBackward(const GatherMatmulShape& shape,
   });
 }
 
-void SparseInputGatherMatmulBackwardLazyAdam(const GatherMatmulShape& shape,
-                                             const SparseRowsView& inputs,
-                                             const int32_t* indices, const float* grad_out,
-                                             const RowGroups& rows,
-                                             const AdamHyperparameters& hyper,
-                                             const AdamState& weights, float* grad_values,
-                                             float* grad_bias_rows,
-                                             const ParallelFor& parallel_for) {
+namespace {
+
+// The lazy backward passes' shared loop: grad_values from `weights` (before any update), then
+// for each row r of `rows` its bias gradient and its weights' gradient on the features present
+// in the row's examples, handed to `update(row, features, gradients, n)` (row: the weights'
+// offset of the row; features in increasing order) by the thread that owns the row.
+template <typename Update>
+void LazyRowUpdates(const GatherMatmulShape& shape, const SparseRowsView& inputs,
+                    const float* weights, const int32_t* indices, const float* grad_out,
+                    const RowGroups& rows, float* grad_values, float* grad_bias_rows,
+                    const ParallelFor& parallel_for, const Update& update) {
   const int64_t dim = shape.dim, active = shape.active;
-  InputValueGradients(shape, inputs, weights.var, indices, grad_out, grad_values, parallel_for);
+  InputValueGradients(shape, inputs, weights, indices, grad_out, grad_values, parallel_for);
   const int64_t mean_nonzeros =
       1 + inputs.row_offsets[shape.batch] / std::max<int64_t>(shape.batch, 1);
   const int64_t mean_positions = 1 + rows.offsets[rows.num_rows] / std::max<int64_t>(rows.num_rows, 1);
@@ -124,7 +127,7 @@ void SparseInputGatherMatmulBackwardLazyAdam(const GatherMatmulShape& shape,
     std::vector<float> gradient(dim, 0.f);
     std::vector<uint8_t> seen(dim, 0);
     std::vector<int64_t> features;
-    std::vector<float> g, w, m, v;
+    std::vector<float> g;
     for (int64_t r = begin; r < end; ++r) {
       features.clear();
       float db = 0.f;
@@ -154,32 +157,66 @@ void SparseInputGatherMatmulBackwardLazyAdam(const GatherMatmulShape& shape,
           if (seen[f]) features.push_back(f);
         }
       }
-      // Gathered into contiguous buffers for the vectorised update, then scattered back.
       const int64_t n = static_cast<int64_t>(features.size());
       g.resize(n);
-      w.resize(n);
-      m.resize(n);
-      v.resize(n);
-      const int64_t row = int64_t{rows.ids[r]} * dim;
       for (int64_t i = 0; i < n; ++i) {
         const int64_t f = features[i];
         g[i] = gradient[f];
-        w[i] = weights.var[row + f];
-        m[i] = weights.m[row + f];
-        v[i] = weights.v[row + f];
         gradient[f] = 0.f;
         seen[f] = 0;
       }
-      AdamUpdate(hyper.alpha, hyper.beta1, hyper.beta2, hyper.epsilon, g.data(), w.data(),
-                 m.data(), v.data(), n);
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t f = features[i];
-        weights.var[row + f] = w[i];
-        weights.m[row + f] = m[i];
-        weights.v[row + f] = v[i];
-      }
+      update(int64_t{rows.ids[r]} * dim, features.data(), g.data(), n);
     }
   });
+}
+
+}  // namespace
+
+void SparseInputGatherMatmulBackwardLazyAdam(const GatherMatmulShape& shape,
+                                             const SparseRowsView& inputs,
+                                             const int32_t* indices, const float* grad_out,
+                                             const RowGroups& rows,
+                                             const AdamHyperparameters& hyper,
+                                             const AdamState& weights, float* grad_values,
+                                             float* grad_bias_rows,
+                                             const ParallelFor& parallel_for) {
+  // Gathered into contiguous buffers for the vectorised update, then scattered back; one set
+  // of buffers per calling thread.
+  thread_local std::vector<float> w, m, v;
+  LazyRowUpdates(shape, inputs, weights.var, indices, grad_out, rows, grad_values,
+                 grad_bias_rows, parallel_for,
+                 [&](int64_t row, const int64_t* features, float* g, int64_t n) {
+                   w.resize(n);
+                   m.resize(n);
+                   v.resize(n);
+                   for (int64_t i = 0; i < n; ++i) {
+                     w[i] = weights.var[row + features[i]];
+                     m[i] = weights.m[row + features[i]];
+                     v[i] = weights.v[row + features[i]];
+                   }
+                   AdamUpdate(hyper.alpha, hyper.beta1, hyper.beta2, hyper.epsilon, g, w.data(),
+                              m.data(), v.data(), n);
+                   for (int64_t i = 0; i < n; ++i) {
+                     weights.var[row + features[i]] = w[i];
+                     weights.m[row + features[i]] = m[i];
+                     weights.v[row + features[i]] = v[i];
+                   }
+                 });
+}
+
+void SparseInputGatherMatmulBackwardLazySgd(const GatherMatmulShape& shape,
+                                            const SparseRowsView& inputs, const int32_t* indices,
+                                            const float* grad_out, const RowGroups& rows,
+                                            float learning_rate, float* weights,
+                                            float* grad_values, float* grad_bias_rows,
+                                            const ParallelFor& parallel_for) {
+  LazyRowUpdates(shape, inputs, weights, indices, grad_out, rows, grad_values, grad_bias_rows,
+                 parallel_for, [&](int64_t row, const int64_t* features, const float* g,
+                                   int64_t n) {
+                   for (int64_t i = 0; i < n; ++i) {
+                     weights[row + features[i]] -= learning_rate * g[i];
+                   }
+                 });
 }
 
 namespace {

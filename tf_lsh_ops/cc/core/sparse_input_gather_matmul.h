@@ -65,6 +65,16 @@ void SparseInputGatherMatmulBackwardLazyAdam(const GatherMatmulShape& shape,
                                              float* grad_bias_rows,
                                              const ParallelFor& parallel_for);
 
+// The same backward pass with plain SGD per weight instead of Adam: each weight (ids[r], f)
+// with a gradient g as above gets weights[ids[r], f] -= learning_rate * g, and no state
+// besides the weights is kept (a wide layer's Adam moments are twice its kernel).
+void SparseInputGatherMatmulBackwardLazySgd(const GatherMatmulShape& shape,
+                                            const SparseRowsView& inputs, const int32_t* indices,
+                                            const float* grad_out, const RowGroups& rows,
+                                            float learning_rate, float* weights,
+                                            float* grad_values, float* grad_bias_rows,
+                                            const ParallelFor& parallel_for);
+
 // The plain product of sparse inputs [batch, num_features] (CSR) and a dense kernel
 // [num_features, units], feature-major (a first layer over a bag of words):
 //   out[b, :] = sum over row b's entries j of values[j] * kernel[features[j], :].

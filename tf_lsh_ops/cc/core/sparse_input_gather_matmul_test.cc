@@ -113,14 +113,15 @@ void TestSparseInputBackwardAdamEqualsBackwardThenAdam() {
   CHECK_TRUE(state[1][0] != before);
 }
 
-// The gather-matmul's backward with lazy Adam per weight, against SparseInputGatherMatmulBackward
-// followed by one Adam step on exactly the weights (id, feature) whose feature is in one of the
-// id's examples, bit for bit: padding ids, a unit in several examples, a repeated feature
+// The gather-matmul's backward with lazy Adam per weight (or lazy SGD: `sgd`), against
+// SparseInputGatherMatmulBackward followed by one Adam (SGD) step on exactly the weights (id,
+// feature) whose feature is in one of the id's examples, bit for bit (SGD's weights to a
+// rounding: the compiler may fuse its multiply-add in one place only): padding ids, a unit in several examples, a repeated feature
 // within a row, an entry of value 0 (its weight is touched: it gets a step with g = 0) and an
 // empty row. Everything else keeps its bits, and the result does not depend on the sharding.
 // `stride` spreads the features over a wider input: at 1 most of a row's features are touched
 // (read off its flags), at 100 few are (sorted).
-void TestSparseInputGatherBackwardLazyAdam(int64_t stride) {
+void TestSparseInputGatherBackwardLazy(int64_t stride, bool sgd) {
   std::mt19937 rng(23);
   std::normal_distribution<float> normal;
   const int64_t batch = 5, dim = 30 * stride, num_neurons = 12, active = 4;
@@ -145,7 +146,7 @@ void TestSparseInputGatherBackwardLazyAdam(int64_t stride) {
   }
   const AdamHyperparameters hyper{0.01f, 0.9f, 0.999f, 1e-7f};
 
-  // The reference: dense gradient rows, then Adam on the touched weights one at a time.
+  // The reference: dense gradient rows, then the rule on the touched weights one at a time.
   std::vector<float> want_values(values.size()), grad_rows(rows.size() * dim),
       want_bias(rows.size());
   SparseInputGatherMatmulBackward(shape, inputs, state[0].data(), indices.data(),
@@ -162,8 +163,12 @@ void TestSparseInputGatherBackwardLazyAdam(int64_t stride) {
     for (int64_t f = 0; f < dim; ++f) {
       if (!present[f]) continue;
       const int64_t at = int64_t{rows.ids()[r]} * dim + f;
-      AdamUpdate(hyper.alpha, hyper.beta1, hyper.beta2, hyper.epsilon, &grad_rows[r * dim + f],
-                 &want[0][at], &want[1][at], &want[2][at], 1);
+      if (sgd) {
+        want[0][at] -= hyper.alpha * grad_rows[r * dim + f];
+      } else {
+        AdamUpdate(hyper.alpha, hyper.beta1, hyper.beta2, hyper.epsilon,
+                   &grad_rows[r * dim + f], &want[0][at], &want[1][at], &want[2][at], 1);
+      }
       ++touched;
     }
   }
@@ -172,13 +177,29 @@ void TestSparseInputGatherBackwardLazyAdam(int64_t stride) {
   for (const ParallelFor& parallel_for : {SerialFor(), ReversedShards()}) {
     std::vector<float> got[3] = {state[0], state[1], state[2]};
     std::vector<float> got_values(values.size(), 7.f), got_bias(rows.size(), 7.f);
-    SparseInputGatherMatmulBackwardLazyAdam(shape, inputs, indices.data(), grad_out.data(),
-                                            rows.view(), hyper,
-                                            {got[0].data(), got[1].data(), got[2].data()},
-                                            got_values.data(), got_bias.data(), parallel_for);
+    if (sgd) {
+      SparseInputGatherMatmulBackwardLazySgd(shape, inputs, indices.data(), grad_out.data(),
+                                             rows.view(), hyper.alpha, got[0].data(),
+                                             got_values.data(), got_bias.data(), parallel_for);
+    } else {
+      SparseInputGatherMatmulBackwardLazyAdam(shape, inputs, indices.data(), grad_out.data(),
+                                              rows.view(), hyper,
+                                              {got[0].data(), got[1].data(), got[2].data()},
+                                              got_values.data(), got_bias.data(), parallel_for);
+    }
     CHECK_TRUE(got_values == want_values);
     CHECK_TRUE(got_bias == want_bias);
-    for (int i = 0; i < 3; ++i) CHECK_TRUE(got[i] == want[i]);
+    if (sgd) {
+      for (int64_t i = 0; i < num_neurons * dim; ++i) {
+        CHECK_NEAR(got[0][i], want[0][i], 1e-6 * (1 + std::abs(want[0][i])));
+        // Untouched weights keep their bits.
+        if (want[0][i] == state[0][i]) CHECK_TRUE(got[0][i] == state[0][i]);
+      }
+      CHECK_TRUE(got[0] != state[0]);
+      for (int i = 1; i < 3; ++i) CHECK_TRUE(got[i] == state[i]);  // no moments
+    } else {
+      for (int i = 0; i < 3; ++i) CHECK_TRUE(got[i] == want[i]);
+    }
   }
 }
 
@@ -225,8 +246,10 @@ int main() {
   tf_lsh::TestSparseInputProductsEqualGatherOverAllUnits();
   tf_lsh::TestSparseInputMatmulAgainstLoops();
   tf_lsh::TestSparseInputBackwardAdamEqualsBackwardThenAdam();
-  tf_lsh::TestSparseInputGatherBackwardLazyAdam(/*stride=*/1);
-  tf_lsh::TestSparseInputGatherBackwardLazyAdam(/*stride=*/100);
+  for (const bool sgd : {false, true}) {
+    tf_lsh::TestSparseInputGatherBackwardLazy(/*stride=*/1, sgd);
+    tf_lsh::TestSparseInputGatherBackwardLazy(/*stride=*/100, sgd);
+  }
   std::printf("PASS\n");
   return 0;
 }

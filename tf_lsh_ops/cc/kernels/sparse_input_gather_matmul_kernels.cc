@@ -41,6 +41,10 @@ struct SparseInputGatherMatmulGradLazyAdamInput {
     kLr
   };
 };
+// ResourceSparseInputGatherMatmulGradLazySgd.
+struct SparseInputGatherMatmulGradLazySgdInput {
+  enum : int { kWeights = SparseTensorInput::kNext, kIndices, kGradOutput, kLr };
+};
 // SparseInputMatmul (kernel only) and SparseInputMatmulGrad.
 struct SparseInputMatmulInput {
   enum : int { kKernel = SparseTensorInput::kNext, kGradOutput };
@@ -220,31 +224,86 @@ class SparseInputGatherMatmulGradOp : public OpKernel {
 };
 
 
-// The weights' gradient goes straight into lazy Adam, weight by weight, on the weights and their
-// moments; the values' and biases' gradients are returned.
-class SparseInputGatherMatmulGradLazyAdamOp : public OpKernel {
+// The two rules of the lazy per-weight update: what each reads besides the weights (its
+// variables and scalars) and the core function it calls.
+struct LazyAdamRule {
+  static constexpr char kOp[] = "ResourceSparseInputGatherMatmulGradLazyAdam";
+  using Input = SparseInputGatherMatmulGradLazyAdamInput;
+  static std::vector<std::pair<const char*, int>> Variables() {
+    return {{"weights", Input::kWeights},
+            {"weights_m", Input::kWeightsM},
+            {"weights_v", Input::kWeightsV}};
+  }
+
+  absl::Status Read(OpKernelContext* ctx, UpdatableVariables* vars) {
+    TF_RETURN_IF_ERROR(vars->CheckSameShape(kOp, 1, "weights_m", 0, "weights"));
+    TF_RETURN_IF_ERROR(vars->CheckSameShape(kOp, 2, "weights_v", 0, "weights"));
+    return ReadAdamInputs(ctx, kOp, Input::kLr, &hyper);
+  }
+
+  void Apply(const GatherMatmulShape& shape, const SparseRowsView& inputs,
+             const int32_t* indices, const float* grad_out, const RowGroups& rows,
+             UpdatableVariables* vars, float* grad_values, float* grad_bias_rows,
+             const ParallelFor& parallel_for) const {
+    SparseInputGatherMatmulBackwardLazyAdam(
+        shape, inputs, indices, grad_out, rows, hyper,
+        {vars->data(0), vars->data(1), vars->data(2)}, grad_values, grad_bias_rows,
+        parallel_for);
+  }
+
+  AdamHyperparameters hyper;
+};
+
+struct LazySgdRule {
+  static constexpr char kOp[] = "ResourceSparseInputGatherMatmulGradLazySgd";
+  using Input = SparseInputGatherMatmulGradLazySgdInput;
+  static std::vector<std::pair<const char*, int>> Variables() {
+    return {{"weights", Input::kWeights}};
+  }
+
+  absl::Status Read(OpKernelContext* ctx, UpdatableVariables* vars) {
+    const Tensor& lr = ctx->input(Input::kLr);
+    if (lr.NumElements() != 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kOp, ": lr must be a scalar, got shape ", lr.shape().DebugString()));
+    }
+    learning_rate = lr.flat<float>()(0);
+    return absl::OkStatus();
+  }
+
+  void Apply(const GatherMatmulShape& shape, const SparseRowsView& inputs,
+             const int32_t* indices, const float* grad_out, const RowGroups& rows,
+             UpdatableVariables* vars, float* grad_values, float* grad_bias_rows,
+             const ParallelFor& parallel_for) const {
+    SparseInputGatherMatmulBackwardLazySgd(shape, inputs, indices, grad_out, rows,
+                                           learning_rate, vars->data(0), grad_values,
+                                           grad_bias_rows, parallel_for);
+  }
+
+  float learning_rate;
+};
+
+// The weights' gradient goes straight into a lazy update weight by weight (`Rule`: Adam on the
+// weights and their moments, or SGD), in place; the values' and biases' gradients are returned.
+template <typename Rule>
+class SparseInputGatherMatmulGradLazyOp : public OpKernel {
  public:
-  explicit SparseInputGatherMatmulGradLazyAdamOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit SparseInputGatherMatmulGradLazyOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
-    constexpr char kOp[] = "ResourceSparseInputGatherMatmulGradLazyAdam";
-    using Input = SparseInputGatherMatmulGradLazyAdamInput;
-    AdamHyperparameters hyper;
-    OP_REQUIRES_OK(ctx, ReadAdamInputs(ctx, kOp, Input::kLr, &hyper));
+    constexpr const char* kOp = Rule::kOp;
+    using Input = typename Rule::Input;
     SparseRows rows;
     OP_REQUIRES_OK(ctx, CheckSparseInputs(kOp, ctx, &rows));
     UpdatableVariables vars;
-    OP_REQUIRES_OK(ctx, vars.Init(ctx, kOp,
-                                  {{"weights", Input::kWeights},
-                                   {"weights_m", Input::kWeightsM},
-                                   {"weights_v", Input::kWeightsV}}));
+    OP_REQUIRES_OK(ctx, vars.Init(ctx, kOp, Rule::Variables()));
     const Tensor& weights = *vars.tensor(0);
     const Tensor& indices = ctx->input(Input::kIndices);
     const Tensor& grad_output = ctx->input(Input::kGradOutput);
     GatherMatmulShape shape;
     OP_REQUIRES_OK(ctx, CheckArguments(kOp, ctx, rows, weights, nullptr, indices, &shape));
-    OP_REQUIRES_OK(ctx, vars.CheckSameShape(kOp, 1, "weights_m", 0, "weights"));
-    OP_REQUIRES_OK(ctx, vars.CheckSameShape(kOp, 2, "weights_v", 0, "weights"));
+    Rule rule;
+    OP_REQUIRES_OK(ctx, rule.Read(ctx, &vars));
     vars.AdviseHugePagesFor(indices.NumElements());
     OP_REQUIRES(ctx, grad_output.shape() == indices.shape(),
                 absl::InvalidArgumentError(absl::StrCat(
@@ -260,10 +319,9 @@ class SparseInputGatherMatmulGradLazyAdamOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({active.size()}), &grad_bias_rows));
     std::copy(active.ids().begin(), active.ids().end(), row_ids->flat<int32_t>().data());
     std::vector<float> grad_csr(rows.values.size());
-    SparseInputGatherMatmulBackwardLazyAdam(
-        shape, rows.view(), indices.flat<int32_t>().data(), grad_output.flat<float>().data(),
-        active.view(), hyper, {vars.data(0), vars.data(1), vars.data(2)}, grad_csr.data(),
-        grad_bias_rows->flat<float>().data(), TfParallelFor(ctx));
+    rule.Apply(shape, rows.view(), indices.flat<int32_t>().data(),
+               grad_output.flat<float>().data(), active.view(), &vars, grad_csr.data(),
+               grad_bias_rows->flat<float>().data(), TfParallelFor(ctx));
     rows.ToEntryOrder(grad_csr, grad_values->flat<float>().data());
   }
 };
@@ -370,7 +428,10 @@ REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseInputGatherMatmulGrad").Device(tensorf
                         SparseInputGatherMatmulGradOp);
 REGISTER_KERNEL_BUILDER(
     Name("TfLsh>ResourceSparseInputGatherMatmulGradLazyAdam").Device(tensorflow::DEVICE_CPU),
-    SparseInputGatherMatmulGradLazyAdamOp);
+    SparseInputGatherMatmulGradLazyOp<LazyAdamRule>);
+REGISTER_KERNEL_BUILDER(
+    Name("TfLsh>ResourceSparseInputGatherMatmulGradLazySgd").Device(tensorflow::DEVICE_CPU),
+    SparseInputGatherMatmulGradLazyOp<LazySgdRule>);
 REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseInputMatmul").Device(tensorflow::DEVICE_CPU),
                         SparseInputMatmulOp);
 REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseInputMatmulGrad").Device(tensorflow::DEVICE_CPU),

@@ -73,6 +73,24 @@ REGISTER_OP("TfLsh>SparseInputGatherMatmulGrad")
     })
     .Doc("Gradient of SparseInputGatherMatmul: for the values, and rows of weights and biases.");
 
+namespace {
+
+// The lazy updates' outputs: the values' gradient, the distinct active rows and their biases'
+// gradient; `indices` and `grad_output` are inputs `indices_input` and the next.
+absl::Status LazyUpdateShape(InferenceContext* c, const char* op, int indices_input) {
+  ShapeHandle unused;
+  TF_RETURN_IF_ERROR(WithRankNamed(c, op, 0, "sparse_indices", 2, &unused));
+  TF_RETURN_IF_ERROR(WithRankNamed(c, op, 1, "sparse_values", 1, &unused));
+  TF_RETURN_IF_ERROR(WithRankNamed(c, op, indices_input, "indices", 2, &unused));
+  TF_RETURN_IF_ERROR(WithRankNamed(c, op, indices_input + 1, "grad_output", 2, &unused));
+  c->set_output(0, c->input(1));
+  c->set_output(1, c->Vector(c->UnknownDim()));
+  c->set_output(2, c->Vector(c->UnknownDim()));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 REGISTER_OP("TfLsh>ResourceSparseInputGatherMatmulGradLazyAdam")
     .Input("sparse_indices: int64")
     .Input("sparse_values: float")
@@ -91,22 +109,32 @@ REGISTER_OP("TfLsh>ResourceSparseInputGatherMatmulGradLazyAdam")
     .Output("grad_values: float")
     .Output("rows: int32")
     .Output("grad_bias_rows: float")
-    .SetShapeFn([](InferenceContext* c) -> absl::Status {
-      constexpr char kOp[] = "ResourceSparseInputGatherMatmulGradLazyAdam";
-      ShapeHandle unused;
-      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 0, "sparse_indices", 2, &unused));
-      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 1, "sparse_values", 1, &unused));
-      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 6, "indices", 2, &unused));
-      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 7, "grad_output", 2, &unused));
-      c->set_output(0, c->input(1));
-      c->set_output(1, c->Vector(c->UnknownDim()));
-      c->set_output(2, c->Vector(c->UnknownDim()));
-      return absl::OkStatus();
+    .SetShapeFn([](InferenceContext* c) {
+      return LazyUpdateShape(c, "ResourceSparseInputGatherMatmulGradLazyAdam", 6);
     })
     .Doc(R"doc(
 Gradient of SparseInputGatherMatmul with the weights' gradient applied by lazy Adam per weight,
 in place: only the weights of the active units on the features present in their examples, and
 their moments, change. Returns the gradient of the values and the biases' gradient rows.
+)doc");
+
+REGISTER_OP("TfLsh>ResourceSparseInputGatherMatmulGradLazySgd")
+    .Input("sparse_indices: int64")
+    .Input("sparse_values: float")
+    .Input("dense_shape: int64")
+    .Input("weights: resource")
+    .Input("indices: int32")
+    .Input("grad_output: float")
+    .Input("lr: float")
+    .Output("grad_values: float")
+    .Output("rows: int32")
+    .Output("grad_bias_rows: float")
+    .SetShapeFn([](InferenceContext* c) {
+      return LazyUpdateShape(c, "ResourceSparseInputGatherMatmulGradLazySgd", 4);
+    })
+    .Doc(R"doc(
+ResourceSparseInputGatherMatmulGradLazyAdam with plain SGD per weight: weights -= lr * gradient
+on the same weights, and no other state.
 )doc");
 
 namespace {
