@@ -421,10 +421,12 @@ def plot(report, directory):
     os.makedirs(directory, exist_ok=True)
     inputs = sorted({run["input"] for run in report["runs"]})
     fig, axes = plt.subplots(2, len(inputs), figsize=(6.5 * len(inputs), 9), squeeze=False)
+    backward = report["settings"].get("backward", "adam")
+    second = "" if backward == "adam" else f", layer 2 by backward_{backward}"
     styles = {
         "dense": ("s-", "Dense + Adam"),
-        "lsh_50": ("o-", "LSHDense, 50 active"),
-        "lsh_5pct": ("^-", "LSHDense, 5% active"),
+        "lsh_50": ("o-", f"LSHDense, 50 active{second}"),
+        "lsh_5pct": ("^-", f"LSHDense, 5% active{second}"),
     }
     for column, input_name in enumerate(inputs):
         ax_time, ax_acc = axes[0][column], axes[1][column]
