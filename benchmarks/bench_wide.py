@@ -33,14 +33,17 @@ machine's memory is listed in `skipped` with the bytes it would need.
 
 `ablations`: one change at a time (`ABLATIONS`), at `ablation_width` on MNIST unless they say:
 the sketch refitted every 20 steps, the kernels updated by the optimizer's Adam on whole rows,
-k-winners boosting (`boost_strength`, also on the bag of words at 1,024 units).
+k-winners boosting (`boost_strength`, also on the bag of words at 1,024 units), the second
+layer updated by SGD (`backward_sgd`), grouped and Hogwild (`hogwild=True`).
 
 `--parts` runs some of the three parts only (`runs`, `ablations`, `threads`; default all).
 
-`threads`: the median training step of the LSH runs at `--threads-width` on 1 and on 2 threads
-(`speedup` = 1 thread / 2 threads), beside the machine's copy bandwidth on 1 and 2 threads
-measured in the same run (`copy_bandwidth_speedup`): the memory-bound parts of a step (the
-scattered Adam rows) cannot scale beyond it. `targets` checks the issue's: at 16k, LSHDense >= 10x
+`threads`: the median training step of the LSH runs at `threads_width` on 1 and on 2 threads
+(`speedup` = 1 thread / 2 threads), after `threads_warmup_s` seconds of training, for the
+default layers and, in `--full`, with the second layer by SGD, grouped and Hogwild; beside
+the machine's copy bandwidth on 1 and 2 threads measured in the same run
+(`copy_bandwidth_speedup`): the memory-bound parts of a step (the scattered Adam rows) cannot
+scale beyond it. `targets` checks the issue's: at 16k, LSHDense >= 10x
 faster per epoch than Dense within 1 point of its accuracy; time per step at 50 active units
 growing < 2x from 4k to the widest width run; peak RSS within 1.3x of the state.
 
@@ -99,7 +102,8 @@ MODES = {
         "timed_steps": 5,
         "epoch_budget_min": 2.0,
         "threads_width": 2048,
-        "thread_kinds": ("lsh_50",),
+        "thread_runs": (("lsh_50", None),),
+        "threads_warmup_s": 0.0,
         "ablation_width": 2048,
         "ablations": 1,
     },
@@ -111,7 +115,16 @@ MODES = {
         "timed_steps": 30,
         "epoch_budget_min": 3.0,
         "threads_width": 16384,
-        "thread_kinds": ("lsh_50", "lsh_5pct"),
+        # The default, then the second layer by SGD, grouped and Hogwild (lock-free and racy).
+        "thread_runs": (
+            ("lsh_50", None),
+            ("lsh_50", {"backward": "sgd"}),
+            ("lsh_50", {"backward": "sgd", "hogwild": True}),
+            ("lsh_5pct", None),
+        ),
+        # Steps are timed after this much training: the first epoch's refits and the
+        # background collapse into huge pages slow the early steps (benchmarks/README.md).
+        "threads_warmup_s": 20.0,
         "ablation_width": 16384,
         "ablations": None,
     },
@@ -119,12 +132,14 @@ MODES = {
 # Variants of the LSH networks (see `build_model`), as (input, kind, width or None for
 # `ablation_width`, variant): the second layer's kernel updated by the optimizer's Adam on whole
 # rows (not in the backward pass, per weight); the selector refitted every 20 steps (not
-# "auto"); k-winners boosting of the selection.
+# "auto"); k-winners boosting of the selection; the second layer by SGD, grouped and Hogwild.
 ABLATIONS = (
     ("mnist", "lsh_50", None, {"backward": None}),
     ("mnist", "lsh_5pct", None, {"backward": None}),
     ("mnist", "lsh_50", None, {"refresh_period": 20}),
     ("mnist", "lsh_50", None, {"boost_strength": 1.5}),
+    ("mnist", "lsh_50", None, {"backward": "sgd"}),
+    ("mnist", "lsh_50", None, {"backward": "sgd", "hogwild": True}),
     ("sparse", "lsh_50", 1024, {"boost_strength": 1.5}),
 )
 # A run is skipped when the memory it needs (`memory_estimate_bytes`) exceeds this share of
@@ -163,10 +178,12 @@ def build_model(kind, width, input_name, input_dim, classes, seed=0, variant=Non
     """The network of `kind` and its optimizer. LSH networks take `variant` options:
     `refresh_period` (default "auto"), `backward` (default "adam": the layers that read
     sparse inputs update their kernels in the backward pass, by Adam or by "sgd"; None: the
-    optimizer does) and `boost_strength` (default 0)."""
+    optimizer does), `hogwild` (default False: with "sgd", Hogwild updates) and
+    `boost_strength` (default 0)."""
     variant = {
         "refresh_period": "auto",
         "backward": "adam",
+        "hogwild": False,
         "boost_strength": 0.0,
         **(variant or {}),
     }
@@ -195,6 +212,7 @@ def build_model(kind, width, input_name, input_dim, classes, seed=0, variant=Non
                 boost_strength=variant["boost_strength"],
                 backward_adam=LEARNING_RATE if backward == "adam" else None,
                 backward_sgd=SGD_LEARNING_RATE if backward == "sgd" else None,
+                hogwild=variant["hogwild"] and backward == "sgd",
                 track_selection=True,
                 seed=seed + i,
                 name=f"hidden{i + 1}",
@@ -219,14 +237,17 @@ def status_bytes(field):
 
 
 class StepTimer(keras.callbacks.Callback):
-    """Times every training step after the first `WARMUP_STEPS`; stops training once
-    `timed_steps` steps show that an epoch would take longer than `budget_s`."""
+    """Times every training step after the first `WARMUP_STEPS` and the first `warmup_s`
+    seconds; stops training once `timed_steps` steps show that an epoch would take longer than
+    `budget_s`."""
 
-    def __init__(self, steps_per_epoch, timed_steps, budget_s):
+    def __init__(self, steps_per_epoch, timed_steps, budget_s, warmup_s=0.0):
         super().__init__()
         self.steps_per_epoch = steps_per_epoch
         self.timed_steps = timed_steps
         self.budget_s = budget_s
+        self.warmup_s = warmup_s
+        self.first_step = None
         self.step_seconds = []
         self.epoch_seconds = []
         self.seen = 0
@@ -240,11 +261,13 @@ class StepTimer(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         self.start = time.perf_counter()
+        if self.first_step is None:
+            self.first_step = self.start
 
     def on_train_batch_end(self, batch, logs=None):
         seconds = time.perf_counter() - self.start
         self.seen += 1
-        if self.seen <= WARMUP_STEPS:
+        if self.seen <= WARMUP_STEPS or self.start - self.first_step < self.warmup_s:
             return
         self.step_seconds.append(seconds)
         if len(self.step_seconds) == self.timed_steps:
@@ -277,10 +300,11 @@ def run_one(spec):
         fit_args = dict(x=train[0], y=train[1], batch_size=BATCH, shuffle=True)
     epochs = spec["epochs"]
     if spec.get("steps_only"):
-        epochs, budget_s = 1, 0.0  # times `timed_steps` steps, then stops
+        # Times `timed_steps` steps after `warmup_s` seconds of training, then stops.
+        epochs, budget_s = 1000, 0.0
     else:
         budget_s = spec["epoch_budget_min"] * 60
-    timer = StepTimer(steps_per_epoch, spec["timed_steps"], budget_s)
+    timer = StepTimer(steps_per_epoch, spec["timed_steps"], budget_s, spec.get("warmup_s", 0.0))
     start = time.perf_counter()
     history = model.fit(**fit_args, epochs=epochs, verbose=0, callbacks=[timer])
     train_s = time.perf_counter() - start
@@ -585,7 +609,7 @@ def main(argv=None):
     if thread_inputs:
         copy_gb_s = {threads: _common.copy_bandwidth_gb_s(threads=threads) for threads in (1, 2)}
     for input_name in thread_inputs:
-        for kind in settings["thread_kinds"]:
+        for kind, variant in settings["thread_runs"]:
             if kind not in args.kinds:
                 continue
             timings = {}
@@ -594,19 +618,25 @@ def main(argv=None):
                     "input": input_name,
                     "width": settings["threads_width"],
                     "kind": kind,
+                    "variant": variant,
                     "epochs": 1,
                     "train_examples": settings["train_examples"],
                     "timed_steps": settings["timed_steps"],
                     "steps_only": True,
+                    "warmup_s": settings["threads_warmup_s"],
                     "threads": threads,
                 }
-                log(f"threads: {input_name} W={spec['width']} {kind}, {threads} thread(s) ...")
+                log(
+                    f"threads: {input_name} W={spec['width']} {kind} {variant or ''}, "
+                    f"{threads} thread(s) ..."
+                )
                 timings[threads] = run_child(spec).get("median_step_s")
             report["threads"].append(
                 {
                     "input": input_name,
                     "width": settings["threads_width"],
                     "kind": kind,
+                    "variant": variant,
                     "step_s_1_thread": timings[1],
                     "step_s_2_threads": timings[2],
                     "speedup": timings[1] / timings[2] if timings[1] and timings[2] else None,

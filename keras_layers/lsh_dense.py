@@ -136,6 +136,11 @@ class LSHDense(keras.layers.Layer):
         the same weights, with no moments. The moments are twice the kernel: a 65,536 x
         65,536 layer needs 16 GiB with `backward_sgd` and 48 GiB with `backward_adam`. At
         most one of the two.
+      hogwild: with `backward_sgd`, update as SLIDE does (Hogwild): the batch's examples are
+        split between threads, and each applies its own gradient at once, unsynchronised,
+        in one pass over the weights (the grouped update makes two). Two threads updating
+        one weight at once may lose an update, so training is not repeatable from run to
+        run; `benchmarks/README.md` measures what it gains and costs.
       inference: `"dense"` (all units, as `Dense`), `"top_k"` (all units computed, each
         example's `active` largest kept, as in training with exact selection; both with
         standard TF ops only), `"lsh"` (only the units `active_rule` selects are computed) or
@@ -198,6 +203,7 @@ class LSHDense(keras.layers.Layer):
         inference_rank=None,
         backward_adam=None,
         backward_sgd=None,
+        hogwild=False,
         seed=0,
         **kwargs,
     ):
@@ -270,7 +276,7 @@ class LSHDense(keras.layers.Layer):
         self.track_selection = bool(track_selection)
         self.sparse_outputs = bool(sparse_outputs)
         self.backward_update = BackwardUpdate.from_arguments(
-            backward_adam, backward_sgd, use_bias, kernel_regularizer, kernel_constraint
+            backward_adam, backward_sgd, hogwild, use_bias, kernel_regularizer, kernel_constraint
         )
         self.seed = int(seed)
         self.selector = self._make_selector(active_rule)
@@ -395,6 +401,11 @@ class LSHDense(keras.layers.Layer):
     def backward_sgd(self):
         """The learning rate of the kernel's SGD in the backward pass, or None."""
         return self.backward_update.learning_rate_of("sgd") if self.backward_update else None
+
+    @property
+    def hogwild(self):
+        """Whether `backward_sgd` updates the kernel unsynchronised (Hogwild)."""
+        return bool(self.backward_update and self.backward_update.hogwild)
 
     def _add_step(self):
         """Training calls so far: the refresh schedule, and the random fill's seed (so that it
@@ -598,6 +609,7 @@ class LSHDense(keras.layers.Layer):
             inference_rank=self.inference_rank,
             backward_adam=self.backward_adam,
             backward_sgd=self.backward_sgd,
+            hogwild=self.hogwild,
             seed=self.seed,
             **tables,
         )
@@ -780,14 +792,24 @@ class BackwardUpdate:
 
     RULES = ("adam", "sgd")
 
-    def __init__(self, rule, learning_rate):
+    def __init__(self, rule, learning_rate, hogwild=False):
         self.rule = rule
         self.learning_rate = learning_rate
+        self.hogwild = hogwild
         self.moments = ()
 
     @classmethod
-    def from_arguments(cls, backward_adam, backward_sgd, use_bias, regularizer, constraint):
+    def from_arguments(
+        cls, backward_adam, backward_sgd, hogwild, use_bias, regularizer, constraint
+    ):
         """The update `LSHDense`'s arguments ask for (None if neither), checked."""
+        if not isinstance(hogwild, bool):
+            raise ValueError(f"LSHDense: hogwild must be True or False, got {hogwild!r}")
+        if hogwild and backward_sgd is None:
+            raise ValueError(
+                "LSHDense: hogwild=True is a way of applying backward_sgd; give backward_sgd "
+                f"a learning rate (backward_adam={backward_adam}, backward_sgd=None)"
+            )
         given = {
             rule: rate
             for rule, rate in zip(cls.RULES, (backward_adam, backward_sgd), strict=True)
@@ -816,7 +838,7 @@ class BackwardUpdate:
                 f"LSHDense: {name} updates the kernel without the optimizer, so it cannot "
                 "apply a kernel_regularizer or kernel_constraint"
             )
-        return cls(rule, float(rate))
+        return cls(rule, float(rate), hogwild)
 
     @property
     def argument(self):
@@ -840,7 +862,12 @@ class BackwardUpdate:
         gradients of `inputs.values` and of the bias."""
         if self.rule == "sgd":
             return tf_lsh_ops.sparse_input_gather_matmul_lazy_sgd(
-                inputs, kernel, ids, grad_outputs, learning_rate=self.learning_rate
+                inputs,
+                kernel,
+                ids,
+                grad_outputs,
+                learning_rate=self.learning_rate,
+                hogwild=self.hogwild,
             )
         return tf_lsh_ops.sparse_input_gather_matmul_lazy_adam(
             inputs,

@@ -279,6 +279,8 @@ def _fuzz_sparse_input_gather_lazy(rng, rule):
     elif mutation == "dense-shape":
         shape = np.array([-1, dim], np.int64)
 
+    hogwild = not adam and bool(rng.integers(2))
+
     def call():
         sparse = tf.SparseTensor(at, values, shape)
         if adam:
@@ -286,7 +288,7 @@ def _fuzz_sparse_input_gather_lazy(rng, rule):
                 sparse, weights, indices, grad, moments, **hyper
             )
         return tf_lsh_ops.sparse_input_gather_matmul_lazy_sgd(
-            sparse, weights, indices, grad, learning_rate=hyper["learning_rate"]
+            sparse, weights, indices, grad, learning_rate=hyper["learning_rate"], hogwild=hogwild
         )
 
     if mutation is not None:
@@ -305,7 +307,18 @@ def _fuzz_sparse_input_gather_lazy(rng, rule):
     if want_values is None:  # no entries or no active unit: nothing reaches the values
         want_values = np.zeros(len(at), np.float32)
     scale = np.abs(grad).sum() * (np.abs(state[0]).max(initial=0) + 1) + 1
-    assert_close(got_values.numpy(), np.asarray(want_values, np.float64), scale, "grad_values")
+    # A Hogwild pass equals the grouped one when no weight is updated twice (by two examples,
+    # a unit twice in an example or a feature twice in a row): a later read would see the
+    # earlier update, in whatever order they ran.
+    pairs = [
+        (unit, feature)
+        for row, ids in enumerate(indices)
+        for unit in ids[ids >= 0].tolist()
+        for feature in at[at[:, 0] == row, 1].tolist()
+    ]
+    exact = not hogwild or len(pairs) == len(set(pairs))
+    if exact:
+        assert_close(got_values.numpy(), np.asarray(want_values, np.float64), scale, "grad_values")
     want_bias = np.zeros(num_neurons) if db is None else tf.convert_to_tensor(db).numpy()
     got_bias = tf.math.unsorted_segment_sum(got_bias.values, got_bias.indices, num_neurons)
     assert_close(got_bias.numpy(), np.asarray(want_bias, np.float64), scale, "grad_bias")
@@ -336,7 +349,8 @@ def _fuzz_sparse_input_gather_lazy(rng, rule):
         want[touched] = cell
         got = variable.numpy()
         assert np.array_equal(got[~touched], before[~touched], equal_nan=True), name
-        assert_close(got, want.astype(np.float64), np.abs(want) + 1, name)
+        if exact:
+            assert_close(got, want.astype(np.float64), np.abs(want) + 1, name)
     return None
 
 

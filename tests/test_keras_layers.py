@@ -400,7 +400,7 @@ def test_hidden_lsh_dense_learns_as_well_as_dense(blobs, dense_blob_accuracy, de
     assert model.evaluate(xv, yv, verbose=0)[1] > chance + 0.3
 
 
-def _sparse_hidden_stack(backward_adam=None, seed=5, backward_sgd=None):
+def _sparse_hidden_stack(backward_adam=None, seed=5, backward_sgd=None, hogwild=False):
     """Dense 20 -> LSHDense(64, 8 active, sparse outputs) -> LSHDense(48, 6 active) reading
     them sparsely (its kernel updated in the backward pass if `backward_adam` or
     `backward_sgd`) -> softmax."""
@@ -416,6 +416,7 @@ def _sparse_hidden_stack(backward_adam=None, seed=5, backward_sgd=None):
                 sparse_outputs=True,
                 backward_adam=backward_adam,
                 backward_sgd=backward_sgd,
+                hogwild=hogwild,
                 seed=2,
                 name="wide",
             ),
@@ -488,9 +489,10 @@ def test_backward_sgd_step_is_the_kernels_gradient_times_the_learning_rate(blobs
     np.testing.assert_array_equal(wide.kernel.numpy()[untouched], before[untouched])
 
 
-def test_backward_sgd_learns_keeps_no_moments_and_round_trips(blobs, tmp_path):
+@pytest.mark.parametrize("hogwild", [False, True])
+def test_backward_sgd_learns_keeps_no_moments_and_round_trips(blobs, tmp_path, hogwild):
     (x, y), (xv, yv) = blobs
-    model = _sparse_hidden_stack(backward_sgd=0.05)
+    model = _sparse_hidden_stack(backward_sgd=0.05, hogwild=hogwild)
     model.fit(x, y, batch_size=32, epochs=4, verbose=0, shuffle=False)
     assert model.evaluate(xv, yv, verbose=0)[1] > 0.6  # six classes: chance is 1/6
     wide = model.get_layer("wide")
@@ -498,10 +500,12 @@ def test_backward_sgd_learns_keeps_no_moments_and_round_trips(blobs, tmp_path):
     assert "kernel" in names and not names & {"kernel_m", "kernel_v"}
     config = wide.get_config()
     assert (config["backward_sgd"], config["backward_adam"]) == (0.05, None)
+    assert config["hogwild"] is hogwild
     path = str(tmp_path / "model.keras")
     model.save(path)
     loaded = keras.saving.load_model(path).get_layer("wide")
     assert loaded.backward_update.argument == "backward_sgd=0.05"
+    assert loaded.hogwild is hogwild
     np.testing.assert_array_equal(loaded.kernel.numpy(), wide.kernel.numpy())
 
 
@@ -521,6 +525,8 @@ def test_backward_sgd_learns_keeps_no_moments_and_round_trips(blobs, tmp_path):
             {"backward_adam": 1e-3, "backward_sgd": 0.1},
             "give at most one of backward_adam and backward_sgd",
         ),
+        ({"backward_adam": 1e-3, "hogwild": True}, "hogwild=True is a way of applying backward"),
+        ({"backward_sgd": 0.1, "hogwild": 1}, "hogwild must be True or False, got 1"),
     ],
 )
 def test_backward_adam_arguments_are_checked(kwargs, message):

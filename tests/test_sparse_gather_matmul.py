@@ -1306,6 +1306,28 @@ def test_sparse_input_gather_lazy_sgd_updates_only_the_touched_weights():
     np.testing.assert_array_equal(state.numpy()[~touched], w[~touched])
 
 
+def test_sparse_input_gather_lazy_sgd_hogwild_equals_grouped_when_examples_share_no_unit():
+    # Each example's own units: no weight is updated twice, so no order or race can change the
+    # result, and the one-pass update equals the grouped one.
+    x, w, _, _ = _sparse_case(8, batch=6, dim=40, num_neurons=30, active=4, density=0.2)
+    idx = np.random.default_rng(8).permutation(30)[:24].reshape(6, 4).astype(np.int32)
+    idx[1, 2] = -1
+    rng = np.random.default_rng(9)
+    grad_output = rng.standard_normal(idx.shape).astype(np.float32)
+    inputs = tf.sparse.from_dense(x)
+    results = {}
+    for hogwild in (False, True):
+        weights = tf.Variable(w)
+        values, bias = tf_lsh_ops.sparse_input_gather_matmul_lazy_sgd(
+            inputs, weights, idx, grad_output, learning_rate=0.1, hogwild=hogwild
+        )
+        bias = tf.convert_to_tensor(bias).numpy()
+        results[hogwild] = (weights.numpy(), values.numpy(), bias)
+    assert not np.array_equal(results[True][0], w)
+    for grouped, hogwild in zip(results[False], results[True], strict=True):
+        np.testing.assert_allclose(hogwild, grouped, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

@@ -290,7 +290,7 @@ def sparse_input_gather_matmul_lazy_adam(
 
 
 def sparse_input_gather_matmul_lazy_sgd(
-    inputs, weights, indices, grad_output, *, learning_rate, name=None
+    inputs, weights, indices, grad_output, *, learning_rate, hogwild=False, name=None
 ):
     """`sparse_input_gather_matmul_lazy_adam` with plain SGD per weight, and no moments.
 
@@ -299,12 +299,20 @@ def sparse_input_gather_matmul_lazy_sgd(
     No state besides `weights`: where Adam keeps two moments as large as the kernel, a hidden
     layer of 65,536 x 65,536 units needs 16 GiB instead of 48.
 
+    With `hogwild=True` the update runs as SLIDE's: examples are split between threads, and
+    each applies its own gradient to the weights at once, unsynchronised, reading each weight
+    for its values' gradient as it writes it (one pass over the weights, not two, and no
+    grouping by unit). An example's values' gradient then sees the updates of the examples
+    before it, and two threads updating one weight at once may lose one of the updates:
+    results vary from run to run.
+
     Args:
       inputs: float32 `tf.SparseTensor` `[B, D]`, as given to `sparse_input_gather_matmul`.
       weights: float32 `[N, D]` variable.
       indices: int32 `[B, K]`, as given to `sparse_input_gather_matmul`.
       grad_output: float32 `[B, K]`, the gradient of the loss with respect to its output.
       learning_rate: the step size (a float or float32 scalar).
+      hogwild: update unsynchronised, example by example (see above).
       name: optional op name.
 
     Returns:
@@ -327,6 +335,7 @@ def sparse_input_gather_matmul_lazy_sgd(
             as_tensor(op_name, "indices", indices, tf.int32),
             as_tensor(op_name, "grad_output", grad_output, tf.float32),
             tf.cast(learning_rate, tf.float32),
+            hogwild=bool(hogwild),
             name=name,
         )
     )

@@ -219,6 +219,49 @@ void SparseInputGatherMatmulBackwardLazySgd(const GatherMatmulShape& shape,
                  });
 }
 
+void SparseInputGatherMatmulBackwardHogwildSgd(const GatherMatmulShape& shape,
+                                               const SparseRowsView& inputs,
+                                               const int32_t* indices, const float* grad_out,
+                                               const RowGroups& rows, float learning_rate,
+                                               float* weights, float* grad_values,
+                                               float* grad_bias_rows,
+                                               const ParallelFor& parallel_for) {
+  const int64_t dim = shape.dim, active = shape.active;
+  parallel_for(rows.num_rows, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      float db = 0.f;
+      for (int32_t p = rows.offsets[r]; p < rows.offsets[r + 1]; ++p) {
+        db += grad_out[rows.positions[p]];
+      }
+      grad_bias_rows[r] = db;
+    }
+  });
+  const int64_t mean_nonzeros =
+      1 + inputs.row_offsets[shape.batch] / std::max<int64_t>(shape.batch, 1);
+  parallel_for(shape.batch, active * mean_nonzeros * 8, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t first = inputs.row_offsets[b], last = inputs.row_offsets[b + 1];
+      for (int64_t j = first; j < last; ++j) grad_values[j] = 0.f;
+      for (int64_t k = 0; k < active; ++k) {
+        const int32_t id = indices[b * active + k];
+        if (id < 0) continue;
+        const float go = grad_out[b * active + k], step = learning_rate * go;
+        float* w = weights + int64_t{id} * dim;
+        for (int64_t j = first; j < last; ++j) {
+          // Relaxed atomic loads and stores are plain moves on x86; with them, a race between
+          // two threads loses one update instead of being undefined behaviour.
+          float* weight = w + inputs.features[j];
+          float value;
+          __atomic_load(weight, &value, __ATOMIC_RELAXED);
+          grad_values[j] += go * value;
+          value -= step * inputs.values[j];
+          __atomic_store(weight, &value, __ATOMIC_RELAXED);
+        }
+      }
+    }
+  });
+}
+
 namespace {
 
 // Kernel rows are scattered over the whole matrix (tens of MB for a big vocabulary): each is

@@ -75,6 +75,22 @@ void SparseInputGatherMatmulBackwardLazySgd(const GatherMatmulShape& shape,
                                             float* grad_values, float* grad_bias_rows,
                                             const ParallelFor& parallel_for);
 
+// SparseInputGatherMatmulBackwardLazySgd the Hogwild way (as SLIDE updates): examples are
+// split between threads, and each, position by position, reads a weight for its values'
+// gradient and writes it updated at once, unsynchronised and without grouping by row: one
+// pass over the weights instead of two. An example's values' gradient sees the updates of the
+// examples before it (in its thread) and, racily, of other threads'; two threads updating one
+// weight at once may lose an update. So results depend on the order and vary from run to run;
+// on one thread, examples in order, they are sequential SGD's. grad_bias_rows as in the
+// grouped pass.
+void SparseInputGatherMatmulBackwardHogwildSgd(const GatherMatmulShape& shape,
+                                               const SparseRowsView& inputs,
+                                               const int32_t* indices, const float* grad_out,
+                                               const RowGroups& rows, float learning_rate,
+                                               float* weights, float* grad_values,
+                                               float* grad_bias_rows,
+                                               const ParallelFor& parallel_for);
+
 // The plain product of sparse inputs [batch, num_features] (CSR) and a dense kernel
 // [num_features, units], feature-major (a first layer over a bag of words):
 //   out[b, :] = sum over row b's entries j of values[j] * kernel[features[j], :].

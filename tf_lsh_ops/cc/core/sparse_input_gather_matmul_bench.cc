@@ -1,7 +1,8 @@
 // Times the lazy per-weight backward updates (Adam and SGD) of a wide hidden layer over sparse
 // inputs, without TensorFlow, at bench_wide's 16k shape: a batch of 128, each example's 50
 // active units of the previous layer as inputs, 50 active units here. Beside them, the row
-// grouping and the forward product, whose scattered reads the values' gradient repeats.
+// grouping and the forward product (whose scattered reads the grouped passes' values' gradient
+// repeats, and the Hogwild pass folds into its updates).
 //   bazel run -c opt //tf_lsh_ops:sparse_input_gather_matmul_bench -- [width] [threads]
 #include <algorithm>
 #include <cstdio>
@@ -57,6 +58,11 @@ void Run(int64_t width, int threads) {
                                            rows.view(), 1e-3f, w.data(), grad_values.data(),
                                            grad_bias.data(), parallel_for);
   }, 21);
+  const double hogwild = MedianMs([&] {
+    SparseInputGatherMatmulBackwardHogwildSgd(shape, inputs, indices.data(), grad_out.data(),
+                                              rows.view(), 1e-3f, w.data(), grad_values.data(),
+                                              grad_bias.data(), parallel_for);
+  }, 21);
   std::vector<float> biases(width, 0.f), out(batch * active);
   const double forward = MedianMs([&] {
     SparseInputGatherMatmulForward(shape, inputs, w.data(), biases.data(), indices.data(),
@@ -65,10 +71,10 @@ void Run(int64_t width, int threads) {
   const double grouping = MedianMs([&] {
     const ActiveRows again(indices.data(), indices.size(), parallel_for, width);
   }, 21);
-  std::printf("width %lld, %d thread(s): rows %lld, lazy Adam %.2f ms, lazy SGD %.2f ms, "
+  std::printf("width %lld, %d thread(s): rows %lld, lazy Adam %.2f ms, lazy SGD %.2f ms (Hogwild %.2f ms), "
               "grouping %.2f ms, forward %.2f ms\n",
               static_cast<long long>(width), threads, static_cast<long long>(rows.size()),
-              adam, sgd, grouping, forward);
+              adam, sgd, hogwild, grouping, forward);
 }
 
 }  // namespace

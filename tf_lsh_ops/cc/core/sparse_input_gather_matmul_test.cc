@@ -203,6 +203,60 @@ void TestSparseInputGatherBackwardLazy(int64_t stride, bool sgd) {
   }
 }
 
+// The Hogwild pass against sequential SGD, one example after another, each reading the weights
+// its predecessors left for its values' gradient (on one thread, examples in order; with
+// shards in reverse order when no two examples share a weight), and the biases' gradient as
+// the grouped pass's: padding ids, a unit in several examples, an empty row.
+void TestSparseInputGatherBackwardHogwildSgd() {
+  std::mt19937 rng(29);
+  std::normal_distribution<float> normal;
+  const int64_t batch = 5, dim = 30, num_neurons = 12, active = 4;
+  const std::vector<int64_t> offsets = {0, 4, 4, 7, 9, 12};
+  const std::vector<int64_t> features = {2, 7, 11, 29, 0, 7, 13, 5, 6, 7, 21, 22};
+  std::vector<float> values(features.size()), grad_out(batch * active), start(num_neurons * dim);
+  FillNormal(&normal, &rng, {&values, &grad_out, &start});
+  const SparseRowsView inputs{offsets.data(), features.data(), values.data()};
+  const GatherMatmulShape shape{batch, dim, num_neurons, active};
+  const float lr = 0.1f;
+  // Examples 0 and 2 share unit 3 on feature 7; the second set of ids shares no weight.
+  const std::vector<int32_t> shared = {3, 0, -1, 11, 3, 5, 6, 7, 0, 3, 9, -1,  //
+                                       1, 2, 3, 4, 8, 10, 3, -1};
+  const std::vector<int32_t> disjoint = {3, 0, -1, 11, 3, 5, 6, 7, 8, 9, 10, -1,  //
+                                         1, 2, 4, 5, 6, 10, 1, -1};
+  for (const auto* ids : {&shared, &disjoint}) {
+    const ActiveRows rows(ids->data(), ids->size(), SerialFor(), num_neurons);
+    std::vector<float> want = start, want_values(values.size(), 0.f), grad_rows(rows.size() * dim),
+                       want_bias(rows.size()), unused(values.size());
+    SparseInputGatherMatmulBackward(shape, inputs, start.data(), ids->data(), grad_out.data(),
+                                    rows.view(), unused.data(), grad_rows.data(),
+                                    want_bias.data(), SerialFor());
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t k = 0; k < active; ++k) {
+        const int32_t id = (*ids)[b * active + k];
+        if (id < 0) continue;
+        for (int64_t j = offsets[b]; j < offsets[b + 1]; ++j) {
+          float& w = want[id * dim + features[j]];
+          want_values[j] += grad_out[b * active + k] * w;
+          w -= lr * grad_out[b * active + k] * values[j];
+        }
+      }
+    }
+    // Shards in reverse order change the examples' order, which matters when they share one.
+    std::vector<ParallelFor> orders = {SerialFor()};
+    if (ids == &disjoint) orders.push_back(ReversedShards());
+    for (const ParallelFor& parallel_for : orders) {
+      std::vector<float> got = start, got_values(values.size(), 7.f), got_bias(rows.size(), 7.f);
+      SparseInputGatherMatmulBackwardHogwildSgd(shape, inputs, ids->data(), grad_out.data(),
+                                                rows.view(), lr, got.data(), got_values.data(),
+                                                got_bias.data(), parallel_for);
+      CHECK_TRUE(got_bias == want_bias);
+      for (size_t j = 0; j < values.size(); ++j) CHECK_NEAR(got_values[j], want_values[j], 1e-5);
+      for (size_t i = 0; i < got.size(); ++i) CHECK_NEAR(got[i], want[i], 1e-6);
+      CHECK_TRUE(got != start);
+    }
+  }
+}
+
 // The products with every unit, unit-major, are the example-major gather-matmul's over all
 // units with zero biases, bit for bit (same sums in the same order), and near plain loops; an
 // empty row gives zeros.
@@ -246,6 +300,7 @@ int main() {
   tf_lsh::TestSparseInputProductsEqualGatherOverAllUnits();
   tf_lsh::TestSparseInputMatmulAgainstLoops();
   tf_lsh::TestSparseInputBackwardAdamEqualsBackwardThenAdam();
+  tf_lsh::TestSparseInputGatherBackwardHogwildSgd();
   for (const bool sgd : {false, true}) {
     tf_lsh::TestSparseInputGatherBackwardLazy(/*stride=*/1, sgd);
     tf_lsh::TestSparseInputGatherBackwardLazy(/*stride=*/100, sgd);

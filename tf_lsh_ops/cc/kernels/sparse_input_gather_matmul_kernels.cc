@@ -227,6 +227,8 @@ class SparseInputGatherMatmulGradOp : public OpKernel {
 // The two rules of the lazy per-weight update: what each reads besides the weights (its
 // variables and scalars) and the core function it calls.
 struct LazyAdamRule {
+  explicit LazyAdamRule(OpKernelConstruction*) {}
+
   static constexpr char kOp[] = "ResourceSparseInputGatherMatmulGradLazyAdam";
   using Input = SparseInputGatherMatmulGradLazyAdamInput;
   static std::vector<std::pair<const char*, int>> Variables() {
@@ -255,6 +257,10 @@ struct LazyAdamRule {
 };
 
 struct LazySgdRule {
+  explicit LazySgdRule(OpKernelConstruction* ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("hogwild", &hogwild));
+  }
+
   static constexpr char kOp[] = "ResourceSparseInputGatherMatmulGradLazySgd";
   using Input = SparseInputGatherMatmulGradLazySgdInput;
   static std::vector<std::pair<const char*, int>> Variables() {
@@ -275,11 +281,13 @@ struct LazySgdRule {
              const int32_t* indices, const float* grad_out, const RowGroups& rows,
              UpdatableVariables* vars, float* grad_values, float* grad_bias_rows,
              const ParallelFor& parallel_for) const {
-    SparseInputGatherMatmulBackwardLazySgd(shape, inputs, indices, grad_out, rows,
-                                           learning_rate, vars->data(0), grad_values,
-                                           grad_bias_rows, parallel_for);
+    const auto backward =
+        hogwild ? SparseInputGatherMatmulBackwardHogwildSgd : SparseInputGatherMatmulBackwardLazySgd;
+    backward(shape, inputs, indices, grad_out, rows, learning_rate, vars->data(0), grad_values,
+             grad_bias_rows, parallel_for);
   }
 
+  bool hogwild = false;
   float learning_rate;
 };
 
@@ -288,7 +296,8 @@ struct LazySgdRule {
 template <typename Rule>
 class SparseInputGatherMatmulGradLazyOp : public OpKernel {
  public:
-  explicit SparseInputGatherMatmulGradLazyOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit SparseInputGatherMatmulGradLazyOp(OpKernelConstruction* ctx)
+      : OpKernel(ctx), rule_(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
     constexpr const char* kOp = Rule::kOp;
@@ -302,7 +311,7 @@ class SparseInputGatherMatmulGradLazyOp : public OpKernel {
     const Tensor& grad_output = ctx->input(Input::kGradOutput);
     GatherMatmulShape shape;
     OP_REQUIRES_OK(ctx, CheckArguments(kOp, ctx, rows, weights, nullptr, indices, &shape));
-    Rule rule;
+    Rule rule = rule_;  // the attributes, then this call's scalars
     OP_REQUIRES_OK(ctx, rule.Read(ctx, &vars));
     vars.AdviseHugePagesFor(indices.NumElements());
     OP_REQUIRES(ctx, grad_output.shape() == indices.shape(),
@@ -324,6 +333,9 @@ class SparseInputGatherMatmulGradLazyOp : public OpKernel {
                grad_bias_rows->flat<float>().data(), TfParallelFor(ctx));
     rows.ToEntryOrder(grad_csr, grad_values->flat<float>().data());
   }
+
+ private:
+  const Rule rule_;
 };
 
 // Serves SparseInputMatmul (the kernel as a tensor) and ResourceSparseInputMatmul (as a

@@ -129,12 +129,15 @@ REGISTER_OP("TfLsh>ResourceSparseInputGatherMatmulGradLazySgd")
     .Output("grad_values: float")
     .Output("rows: int32")
     .Output("grad_bias_rows: float")
+    .Attr("hogwild: bool = false")
     .SetShapeFn([](InferenceContext* c) {
       return LazyUpdateShape(c, "ResourceSparseInputGatherMatmulGradLazySgd", 4);
     })
     .Doc(R"doc(
 ResourceSparseInputGatherMatmulGradLazyAdam with plain SGD per weight: weights -= lr * gradient
-on the same weights, and no other state.
+on the same weights, and no other state. hogwild: examples split between threads update the
+weights directly, unsynchronised, each reading them for its values' gradient as it goes (one
+pass; results vary from run to run).
 )doc");
 
 namespace {
