@@ -626,10 +626,8 @@ def main(argv=None):
                     "warmup_s": settings["threads_warmup_s"],
                     "threads": threads,
                 }
-                log(
-                    f"threads: {input_name} W={spec['width']} {kind} {variant or ''}, "
-                    f"{threads} thread(s) ..."
-                )
+                label = f"{kind} {variant}" if variant else kind
+                log(f"threads: {input_name} W={spec['width']} {label}, {threads} thread(s) ...")
                 timings[threads] = run_child(spec).get("median_step_s")
             report["threads"].append(
                 {
