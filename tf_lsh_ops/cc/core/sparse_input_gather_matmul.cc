@@ -120,8 +120,10 @@ void LazyRowUpdates(const GatherMatmulShape& shape, const SparseRowsView& inputs
   InputValueGradients(shape, inputs, weights, indices, grad_out, grad_values, parallel_for);
   const int64_t mean_nonzeros =
       1 + inputs.row_offsets[shape.batch] / std::max<int64_t>(shape.batch, 1);
-  const int64_t mean_positions = 1 + rows.offsets[rows.num_rows] / std::max<int64_t>(rows.num_rows, 1);
-  parallel_for(rows.num_rows, mean_positions * mean_nonzeros * 12, [&](int64_t begin, int64_t end) {
+  const int64_t mean_positions =
+      1 + rows.offsets[rows.num_rows] / std::max<int64_t>(rows.num_rows, 1);
+  const int64_t cost = mean_positions * mean_nonzeros * 12;
+  parallel_for(rows.num_rows, cost, [&](int64_t begin, int64_t end) {
     // A row's gradient, dense over the features but touched (and reset) only where the row's
     // examples have entries: O(dim) memory per shard, O(pairs) work per row.
     std::vector<float> gradient(dim, 0.f);

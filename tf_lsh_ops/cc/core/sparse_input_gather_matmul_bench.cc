@@ -71,7 +71,8 @@ void Run(int64_t width, int threads) {
   const double grouping = MedianMs([&] {
     const ActiveRows again(indices.data(), indices.size(), parallel_for, width);
   }, 21);
-  std::printf("width %lld, %d thread(s): rows %lld, lazy Adam %.2f ms, lazy SGD %.2f ms (Hogwild %.2f ms), "
+  std::printf("width %lld, %d thread(s): rows %lld, lazy Adam %.2f ms, lazy SGD %.2f ms "
+              "(Hogwild %.2f ms), "
               "grouping %.2f ms, forward %.2f ms\n",
               static_cast<long long>(width), threads, static_cast<long long>(rows.size()),
               adam, sgd, hogwild, grouping, forward);

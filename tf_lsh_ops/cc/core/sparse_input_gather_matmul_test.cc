@@ -116,9 +116,10 @@ void TestSparseInputBackwardAdamEqualsBackwardThenAdam() {
 // The gather-matmul's backward with lazy Adam per weight (or lazy SGD: `sgd`), against
 // SparseInputGatherMatmulBackward followed by one Adam (SGD) step on exactly the weights (id,
 // feature) whose feature is in one of the id's examples, bit for bit (SGD's weights to a
-// rounding: the compiler may fuse its multiply-add in one place only): padding ids, a unit in several examples, a repeated feature
-// within a row, an entry of value 0 (its weight is touched: it gets a step with g = 0) and an
-// empty row. Everything else keeps its bits, and the result does not depend on the sharding.
+// rounding: the compiler may fuse its multiply-add in one place only): padding ids, a unit in
+// several examples, a repeated feature within a row, an entry of value 0 (its weight is
+// touched: it gets a step with g = 0) and an empty row. Everything else keeps its bits, and
+// the result does not depend on the sharding.
 // `stride` spreads the features over a wider input: at 1 most of a row's features are touched
 // (read off its flags), at 100 few are (sorted).
 void TestSparseInputGatherBackwardLazy(int64_t stride, bool sgd) {

@@ -281,8 +281,8 @@ struct LazySgdRule {
              const int32_t* indices, const float* grad_out, const RowGroups& rows,
              UpdatableVariables* vars, float* grad_values, float* grad_bias_rows,
              const ParallelFor& parallel_for) const {
-    const auto backward =
-        hogwild ? SparseInputGatherMatmulBackwardHogwildSgd : SparseInputGatherMatmulBackwardLazySgd;
+    const auto backward = hogwild ? SparseInputGatherMatmulBackwardHogwildSgd
+                                  : SparseInputGatherMatmulBackwardLazySgd;
     backward(shape, inputs, indices, grad_out, rows, learning_rate, vars->data(0), grad_values,
              grad_bias_rows, parallel_for);
   }
