@@ -13,6 +13,7 @@ Pytest only (tests/BUILD leaves this file out): the Markdown files are not in a 
 
 import doctest
 import importlib
+import inspect
 import os
 import pkgutil
 import re
@@ -123,10 +124,16 @@ def test_shell_blocks_name_real_scripts_and_flags(path):
 
 
 def _modules(package):
-    """The package's Python modules (not its compiled `_lsh_ops`)."""
+    """The package's Python modules: not its compiled `_lsh_ops`, nor one the package has not
+    imported and that is named as something else it exports (importing
+    `tf_lsh_ops.upgrade_saved_model`, the command, would put the module where the package's
+    function of that name is)."""
     for info in pkgutil.iter_modules(package.__path__):
-        if not info.name.startswith("_lsh_ops"):
-            yield importlib.import_module(f"{package.__name__}.{info.name}")
+        name = f"{package.__name__}.{info.name}"
+        exported = getattr(package, info.name, None)
+        shadows = name not in sys.modules and not (exported is None or inspect.ismodule(exported))
+        if not info.name.startswith("_lsh_ops") and not shadows:
+            yield importlib.import_module(name)
 
 
 @pytest.mark.parametrize(
