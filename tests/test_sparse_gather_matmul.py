@@ -1177,12 +1177,11 @@ def _lazy_adam_case(seed):
     return x, w, b, idx, m, v, grad_output
 
 
-def test_sparse_input_gather_lazy_adam_updates_only_the_touched_weights():
-    x, w, b, idx, m, v, grad_output = _lazy_adam_case(5)
+def _unfused_lazy_reference(x, w, b, idx, grad_output):
+    """The unfused backward of `sparse_input_gather_matmul` (the values', weights' and biases'
+    gradients) and the weights a lazy update touches: each (unit, feature) whose feature is
+    present in one of the unit's examples."""
     inputs = tf.sparse.from_dense(x)
-    hyper = dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=3)
-    # The reference: the unfused gradients, then Adam on each weight (unit, feature) whose
-    # feature is present in one of the unit's examples, one at a time.
     values = tf.Variable(inputs.values)
     weights, biases = tf.Variable(w), tf.Variable(b)
     with tf.GradientTape() as tape:
@@ -1197,6 +1196,16 @@ def test_sparse_input_gather_lazy_adam_updates_only_the_touched_weights():
         for unit in ids[ids >= 0]:
             touched[unit] |= x[row] != 0
     assert 10 < touched.sum() < touched.size / 2
+    return want_values, grad_w, want_bias, touched
+
+
+def test_sparse_input_gather_lazy_adam_updates_only_the_touched_weights():
+    x, w, b, idx, m, v, grad_output = _lazy_adam_case(5)
+    inputs = tf.sparse.from_dense(x)
+    hyper = dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=3)
+    # The reference: the unfused gradients, then Adam on each weight (unit, feature) whose
+    # feature is present in one of the unit's examples, one at a time.
+    want_values, grad_w, want_bias, touched = _unfused_lazy_reference(x, w, b, idx, grad_output)
     # Each touched weight as a row of its own for the row-wise reference.
     cells = reference_adam(
         w[touched][:, None],
@@ -1274,20 +1283,7 @@ def test_sparse_input_gather_lazy_adam_bad_input_is_named(change, message):
 def test_sparse_input_gather_lazy_sgd_updates_only_the_touched_weights():
     x, w, b, idx, _, _, grad_output = _lazy_adam_case(7)
     inputs = tf.sparse.from_dense(x)
-    values = tf.Variable(inputs.values)
-    weights, biases = tf.Variable(w), tf.Variable(b)
-    with tf.GradientTape() as tape:
-        sparse = tf.SparseTensor(inputs.indices, values, inputs.dense_shape)
-        out = tf_lsh_ops.sparse_input_gather_matmul(sparse, weights, biases, idx)
-    want_values, grad_w, want_bias = tape.gradient(
-        out, [values, weights, biases], output_gradients=grad_output
-    )
-    grad_w = tf.convert_to_tensor(grad_w).numpy()
-    touched = np.zeros(w.shape, bool)
-    for row, ids in enumerate(idx):
-        for unit in ids[ids >= 0]:
-            touched[unit] |= x[row] != 0
-    assert 10 < touched.sum() < touched.size / 2
+    want_values, grad_w, want_bias, touched = _unfused_lazy_reference(x, w, b, idx, grad_output)
     want = w.copy()
     want[touched] -= 0.05 * grad_w[touched]
 
