@@ -1331,6 +1331,7 @@ def test_sparse_input_gather_lazy_sgd_hogwild_equals_grouped_when_examples_share
         ("index", "indices holds 11"),
         ("not_a_variable", "weights must be a variable"),
         ("learning_rate", "lr must be a scalar"),
+        ("hogwild", "hogwild must be True or False, got 'yes'"),
     ],
 )
 @pytest.mark.parametrize("traced", [False, True])
@@ -1342,10 +1343,16 @@ def test_sparse_input_gather_lazy_sgd_bad_input_is_named(change, message, traced
         idx[1, 1] = 11
     weights = tf.constant(w) if change == "not_a_variable" else tf.Variable(w)
     learning_rate = [0.1, 0.2] if change == "learning_rate" else 0.1
+    hogwild = "yes" if change == "hogwild" else False
 
     def run():
         return tf_lsh_ops.sparse_input_gather_matmul_lazy_sgd(
-            tf.sparse.from_dense(x), weights, idx, grad_output, learning_rate=learning_rate
+            tf.sparse.from_dense(x),
+            weights,
+            idx,
+            grad_output,
+            learning_rate=learning_rate,
+            hogwild=hogwild,
         )
 
     errors = (tf.errors.InvalidArgumentError, ValueError, TypeError)

@@ -327,6 +327,8 @@ def sparse_input_gather_matmul_lazy_sgd(
       [[1.0, 1.0, 1.0], [1.0, 0.8999999761581421, 1.0]]
     """
     op_name = "ResourceSparseInputGatherMatmulGradLazySgd"
+    if not isinstance(hogwild, bool):
+        raise TypeError(f"{op_name}: hogwild must be True or False, got {hogwild!r}")
     (handle,) = variable_handles(op_name, weights=weights)
     grad_values, rows, grad_bias_rows = (
         ops.tf_lsh_resource_sparse_input_gather_matmul_grad_lazy_sgd(
@@ -335,7 +337,7 @@ def sparse_input_gather_matmul_lazy_sgd(
             as_tensor(op_name, "indices", indices, tf.int32),
             as_tensor(op_name, "grad_output", grad_output, tf.float32),
             tf.cast(learning_rate, tf.float32),
-            hogwild=bool(hogwild),
+            hogwild=hogwild,
             name=name,
         )
     )
