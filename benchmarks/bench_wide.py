@@ -77,6 +77,7 @@ import tensorflow as tf  # noqa: E402
 
 import keras_layers  # noqa: E402
 from keras_layers import datasets  # noqa: E402
+from keras_layers.lsh_dense import BackwardUpdate  # noqa: E402
 
 log = _common.make_logger("bench_wide")
 
@@ -85,7 +86,6 @@ LEARNING_RATE = 1e-3
 # `backward_sgd`'s step size: plain SGD needs a larger one than Adam's 1e-3 (the kernel's
 # gradients are small; Adam divides them by their own scale).
 SGD_LEARNING_RATE = 0.05
-BACKWARD_RULES = ("adam", "sgd")
 FIXED_ACTIVE = 50
 WARMUP_STEPS = 5
 KINDS = ("dense", "lsh_50", "lsh_5pct")
@@ -510,7 +510,7 @@ def main(argv=None):
     parser.add_argument("--epoch-budget", type=float, help="minutes an epoch may take")
     parser.add_argument(
         "--backward",
-        choices=BACKWARD_RULES,
+        choices=BackwardUpdate.RULES,
         default="adam",
         help="how the LSH layers that read sparse inputs update their kernels (runs part)",
     )

@@ -1199,6 +1199,17 @@ def _unfused_lazy_reference(x, w, b, idx, grad_output):
     return want_values, grad_w, want_bias, touched
 
 
+def _assert_gradients_close(got_values, got_bias, want_values, want_bias):
+    """The values' and the biases' gradients of a lazy update against the unfused ones."""
+    np.testing.assert_allclose(got_values.numpy(), want_values.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        tf.convert_to_tensor(got_bias).numpy(),
+        tf.convert_to_tensor(want_bias).numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
 def test_sparse_input_gather_lazy_adam_updates_only_the_touched_weights():
     x, w, b, idx, m, v, grad_output = _lazy_adam_case(5)
     inputs = tf.sparse.from_dense(x)
@@ -1223,13 +1234,7 @@ def test_sparse_input_gather_lazy_adam_updates_only_the_touched_weights():
     got_values, got_bias = tf_lsh_ops.sparse_input_gather_matmul_lazy_adam(
         inputs, state[0], idx, grad_output, state[1:], **hyper
     )
-    np.testing.assert_allclose(got_values.numpy(), want_values.numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(
-        tf.convert_to_tensor(got_bias).numpy(),
-        tf.convert_to_tensor(want_bias).numpy(),
-        rtol=1e-5,
-        atol=1e-6,
-    )
+    _assert_gradients_close(got_values, got_bias, want_values, want_bias)
     for got, expected in zip(state, want, strict=True):
         np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
     # Nothing else moved, bit for bit.
@@ -1291,13 +1296,7 @@ def test_sparse_input_gather_lazy_sgd_updates_only_the_touched_weights():
     got_values, got_bias = tf_lsh_ops.sparse_input_gather_matmul_lazy_sgd(
         inputs, state, idx, grad_output, learning_rate=0.05
     )
-    np.testing.assert_allclose(got_values.numpy(), want_values.numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(
-        tf.convert_to_tensor(got_bias).numpy(),
-        tf.convert_to_tensor(want_bias).numpy(),
-        rtol=1e-5,
-        atol=1e-6,
-    )
+    _assert_gradients_close(got_values, got_bias, want_values, want_bias)
     np.testing.assert_allclose(state.numpy(), want, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(state.numpy()[~touched], w[~touched])
 
