@@ -75,7 +75,8 @@ WideCase MakeWideCase(uint32_t seed, const Logit& logit) {
   }
   for (int64_t b = 0; b < kBatch; ++b) {
     for (int64_t m = 0; m < kNumLabels; ++m) {
-      c.labels[b * kNumLabels + m] = b == 4 ? -1 : static_cast<int32_t>((b * 31 + m * 17) % kActive);
+      c.labels[b * kNumLabels + m] =
+          b == 4 ? -1 : static_cast<int32_t>((b * 31 + m * 17) % kActive);
     }
   }
   for (int64_t b = 0; b < kBatch; ++b) {
