@@ -6,7 +6,7 @@ from keras import activations, initializers, regularizers
 
 import tf_lsh_ops
 from keras_layers import _keras_compat
-from keras_layers.optimizers import can_fuse_adam
+from keras_layers.optimizers import can_fuse_adam, mark_feature_rows
 
 
 @keras.saving.register_keras_serializable(package="tf_lsh")
@@ -75,6 +75,7 @@ class SparseInputDense(keras.layers.Layer):
             initializer=self.kernel_initializer,
             regularizer=self.kernel_regularizer,
         )
+        mark_feature_rows(self.kernel)
         self.bias = (
             self.add_weight(
                 name="bias",
@@ -135,7 +136,8 @@ class SparseInputDense(keras.layers.Layer):
 
 class FusedKernelUpdate:
     """A training step's kernel gradient of a `SparseInputDense` on sparse inputs fused with
-    its `SparseAdam` update (`tf_lsh_ops.sparse_input_matmul_adam`): the gradient rows are
+    its `SparseAdam` update (`tf_lsh_ops.sparse_input_matmul_adam`, or
+    `..._rowwise_rmsprop` under `feature_rows="rowwise_rmsprop"`): the gradient rows are
     never written out. Made by `SparseInputDense.fused_update`.
 
     Use: `forward` inside the step's `tf.GradientTape`; take the loss's gradient for
@@ -162,13 +164,16 @@ class FusedKernelUpdate:
         if self.product is None:
             raise ValueError("FusedKernelUpdate.apply: call forward first")
         kernel, optimizer = self.layer.kernel, self.optimizer
-        tf_lsh_ops.sparse_input_matmul_adam(
-            self._inputs,
-            kernel,
-            product_gradient,
-            optimizer.moments(kernel),
-            **optimizer.step_hyperparameters(),  # read before apply_gradients counts the step
-        )
+        m, v = optimizer.moments(kernel)
+        # The hyperparameters are read before apply_gradients counts the step.
+        if m is None:  # the optimizer keeps a moment per row
+            tf_lsh_ops.sparse_input_matmul_rowwise_rmsprop(
+                self._inputs, kernel, product_gradient, v, **optimizer.rowwise_hyperparameters()
+            )
+        else:
+            tf_lsh_ops.sparse_input_matmul_adam(
+                self._inputs, kernel, product_gradient, (m, v), **optimizer.step_hyperparameters()
+            )
 
 
 def _embedding_bag(inputs, kernel):

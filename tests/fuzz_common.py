@@ -71,6 +71,7 @@ OPS = (
     ("sparse_input_products", "test_fuzz_sparse_input", 0.5),
     ("assign_rows", "test_fuzz_sparse_adam", 0.5),
     ("active_binary_cross_entropy", "test_fuzz_losses", 0.5),
+    ("sparse_rowwise_rmsprop_apply", "test_fuzz_sparse_adam", 0.5),
 )
 _WEIGHTS = np.array([weight for _, _, weight in OPS])
 

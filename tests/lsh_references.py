@@ -315,3 +315,21 @@ def reference_adam(var, m, v, rows, grad, lr, beta1, beta2, eps, step):
             v[r] += (g * g - v[r]) * (f(1) - f(beta2))
             var[r] -= alpha * m[r] / (np.sqrt(v[r]) + f(eps))
     return var, m, v
+
+
+def reference_rowwise_rmsprop(var, v, rows, grad, lr, beta2, eps, step):
+    """Lazy rowwise RMSprop in float32 as documented (`sparse_rowwise_rmsprop_apply`): one
+    second moment per row, from the mean of the row's squared (summed) gradient."""
+    f = np.float32
+    var, v = var.copy(), v.copy()
+    beta2_power = tf.pow(f(beta2), f(step)).numpy()
+    alpha = f(lr) * np.sqrt(f(1) - beta2_power)
+    with np.errstate(all="ignore"):
+        for r in np.unique(rows):
+            g = grad[rows == r][0].copy()
+            for more in grad[rows == r][1:]:
+                g += more
+            mean_square = f(np.mean(g.astype(np.float64) ** 2)) if g.size else f(0)
+            v[r] += (mean_square - v[r]) * (f(1) - f(beta2))
+            var[r] -= alpha * g / (np.sqrt(v[r]) + f(eps))
+    return var, v

@@ -1,5 +1,5 @@
 """Fuzz of the in-place variable updates: sparse_adam_apply (lazy Adam on the rows of an
-IndexedSlices gradient) and assign_rows.
+IndexedSlices gradient), sparse_rowwise_rmsprop_apply (one moment per row) and assign_rows.
 fuzz_common.py describes the calls and the TF_LSH_FUZZ_* variables."""
 
 import sys
@@ -17,7 +17,7 @@ from fuzz_common import (
     rejects,
     special_rate,
 )
-from lsh_references import INT32_MAX, reference_adam
+from lsh_references import INT32_MAX, reference_adam, reference_rowwise_rmsprop
 
 import tf_lsh_ops
 
@@ -114,6 +114,81 @@ def fuzz_sparse_adam(rng):
     return None
 
 
+ROWWISE_MUTATIONS = (
+    "index",
+    "indices-rank",
+    "grad-rows",
+    "grad-row-shape",
+    "moment-shape",
+    "scalar-var",
+    "var-dtype",
+    "hyper-shape",
+)
+
+
+def fuzz_sparse_rowwise_rmsprop(rng):
+    mutation = pick(rng, ROWWISE_MUTATIONS)
+    num_rows = int(rng.integers(1 if mutation == "index" else 0, 9))
+    row_shape = tuple(rng.integers(1 if mutation == "grad-row-shape" else 0, 5, 1))
+    shape = (num_rows, *row_shape)
+    count = int(rng.integers(1 if mutation == "index" else 0, 10)) if num_rows else 0
+    rows = rng.integers(0, max(num_rows, 1), count).astype(rng.choice([np.int32, np.int64]))
+    grad = floats(rng, (count, *row_shape), special_rate(rng) / 3)
+    var0 = floats(rng, shape)
+    v0 = rng.uniform(0, 1, (num_rows, 1) if rng.random() < 0.5 else (num_rows,))
+    v0 = v0.astype(np.float32)
+    hyper = dict(
+        learning_rate=float(rng.choice([1e-3, 0.1, rng.uniform(1e-4, 1)])),
+        beta_2=float(rng.choice([0.0, 0.999, rng.uniform(0, 0.999)])),
+        epsilon=float(rng.choice([1e-7, 1e-3, rng.uniform(1e-8, 1e-3)])),
+        step=int(rng.choice([1, 2, rng.integers(1, 1000)])),
+    )
+    var, v = tf.Variable(var0), tf.Variable(v0)
+    indices, values = rows, grad
+
+    def apply():
+        gradient = tf.IndexedSlices(tf.constant(values), tf.constant(indices))
+        return tf_lsh_ops.sparse_rowwise_rmsprop_apply(var, v, gradient, **hyper)
+
+    if mutation is not None:
+        if mutation == "index":
+            bad = [num_rows, -1, INT32_MAX, INT32_MIN] + ([2**40] if rows.dtype == np.int64 else [])
+            indices = rows.copy()
+            indices[rng.integers(count)] = rng.choice(bad)
+        elif mutation == "indices-rank":
+            indices = rows.reshape(-1, 1) if rng.random() < 0.5 else np.asarray(0, rows.dtype)
+        elif mutation == "grad-rows":
+            values = floats(rng, (count + 1, *row_shape))
+        elif mutation == "grad-row-shape":
+            values = floats(rng, (count, row_shape[0] + 1))
+        elif mutation == "moment-shape":
+            v = tf.Variable(floats(rng, (num_rows + 1,) if rng.random() < 0.5 else shape + (2,)))
+        elif mutation == "scalar-var":
+            var, v = tf.Variable(1.0), tf.Variable(0.0)
+            indices, values = np.zeros(0, np.int32), np.zeros(0, np.float32)
+        elif mutation == "var-dtype":
+            var = tf.Variable(var0.astype(np.float64))
+        elif mutation == "hyper-shape":
+            name = str(rng.choice(["learning_rate", "beta_2", "epsilon"]))
+            hyper[name] = [hyper[name]] * 2
+        rejects(lambda: maybe_graph(rng, apply), var, v)
+        return mutation
+    maybe_graph(rng, apply)
+    want_var, want_v = reference_rowwise_rmsprop(
+        var0, v0.reshape(num_rows), rows, grad, *(hyper[h] for h in ROWWISE_HYPER)
+    )
+    for name, got, expected in (("var", var, want_var), ("v", v, want_v.reshape(v0.shape))):
+        scale = np.abs(expected.astype(np.float64))
+        assert_close(got.numpy(), expected.astype(np.float64), scale, name, rtol=1e-5)
+    untouched = np.setdiff1d(np.arange(num_rows), rows)
+    assert np.array_equal(var.numpy()[untouched], var0[untouched], equal_nan=True)
+    assert np.array_equal(v.numpy()[untouched], v0[untouched], equal_nan=True)
+    return None
+
+
+ROWWISE_HYPER = ("learning_rate", "beta_2", "epsilon", "step")
+
+
 ASSIGN_ROWS_MUTATIONS = ("start", "width", "values-rank", "var-rank", "var-dtype", "not-variable")
 
 
@@ -148,7 +223,12 @@ def fuzz_assign_rows(rng):
 
 
 test_fuzz = fuzz_test(
-    __file__, {"sparse_adam_apply": fuzz_sparse_adam, "assign_rows": fuzz_assign_rows}
+    __file__,
+    {
+        "sparse_adam_apply": fuzz_sparse_adam,
+        "sparse_rowwise_rmsprop_apply": fuzz_sparse_rowwise_rmsprop,
+        "assign_rows": fuzz_assign_rows,
+    },
 )
 
 

@@ -742,7 +742,69 @@ def test_sparse_adam_rejects_amsgrad():
         SparseAdam(amsgrad=True)
 
 
-def _train_unfused_and_fused(make_model, fit, fused_op, steps):
+def _feature_rows_model(sparse_inputs, num_features=30, units=4):
+    """SparseInputDense alone, trained under SparseAdam's rowwise rule for its kernel."""
+    return keras.Sequential(
+        [
+            keras.Input((num_features,), sparse=sparse_inputs),
+            SparseInputDense(units, use_bias=False, name="first"),
+        ]
+    )
+
+
+@pytest.mark.parametrize("sparse_inputs", [True, False], ids=["sparse", "dense"])
+def test_sparse_adam_feature_rows_is_lazy_rowwise_rmsprop(sparse_inputs):
+    lr, beta_2, epsilon = 0.1, 0.9, 1e-7
+    x = (np.random.default_rng(3).random((6, 30)) < 0.2).astype(np.float32) * normal(4, 6, 30)
+    x[:, 7] = 0.0  # a feature no example has
+    y = normal(5, 6, 4)
+    model = _feature_rows_model(sparse_inputs)
+    optimizer = SparseAdam(lr, beta_2=beta_2, epsilon=epsilon, feature_rows="rowwise_rmsprop")
+    model.compile(optimizer=optimizer, loss="mse")
+    kernel0 = model.layers[0].kernel.numpy().copy()
+    inputs = tf.sparse.from_dense(x) if sparse_inputs else x
+    model.train_on_batch(inputs, y)
+    m, v = optimizer.moments(model.layers[0].kernel)
+    assert m is None and tuple(v.shape) == (30, 1)
+    # Keras' mean squared error: the output's gradient is 2 (out - y) / (batch * units).
+    g = x.T @ (2 * (x @ kernel0 - y) / y.size)
+    want_v = (1 - beta_2) * np.mean(g * g, axis=1)
+    want_kernel = kernel0 - lr * np.sqrt(1 - beta_2) * g / (np.sqrt(want_v)[:, None] + epsilon)
+    np.testing.assert_allclose(v.numpy()[:, 0], want_v, rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(model.layers[0].kernel.numpy(), want_kernel, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(model.layers[0].kernel.numpy()[7], kernel0[7])
+
+
+def test_sparse_adam_feature_rows_keeps_adam_for_other_variables_and_round_trips(tmp_path):
+    x = tf.sparse.from_dense((normal(6, 16, 30) > 1).astype(np.float32))
+    model = keras.Sequential(
+        [keras.Input((30,), sparse=True), SparseInputDense(8), keras.layers.Dense(3)]
+    )
+    model.compile(optimizer=SparseAdam(1e-2, feature_rows="rowwise_rmsprop"), loss="mse")
+    model.fit(x, normal(7, 16, 3), batch_size=8, epochs=1, verbose=0)
+    optimizer = model.optimizer
+    shapes = {v.path: tuple(v.shape) for v in optimizer.variables}
+    kernel = model.layers[0].kernel
+    assert optimizer.moments(kernel)[0] is None
+    assert [s for p, s in shapes.items() if "velocity" in p and s[-1] == 1] == [(30, 1)]
+    dense_m, dense_v = optimizer.moments(model.layers[1].kernel)  # plain Adam
+    assert tuple(dense_m.shape) == tuple(dense_v.shape) == (8, 3)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert loaded.optimizer.feature_rows == "rowwise_rmsprop"
+    for a, b in zip(optimizer.variables, loaded.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    assert SparseAdam.from_config(optimizer.get_config()).feature_rows == "rowwise_rmsprop"
+
+
+def test_sparse_adam_rejects_an_unknown_feature_rows_rule():
+    with pytest.raises(
+        ValueError, match="SparseAdam: feature_rows must be one of .* got 'rowwise'"
+    ):
+        SparseAdam(feature_rows="rowwise")
+
+
+def _train_unfused_and_fused(make_model, fit, fused_op, steps, optimizer=lambda: SparseAdam(3e-3)):
     """Trains `make_model(fuse)` with `fit`, unfused then fused, from the same seed; asserts
     that `tf_lsh_ops.<fused_op>` was traced into the step only when fusing and that both end
     with the same weights and optimizer state, bit for bit. Returns the fused model."""
@@ -757,7 +819,7 @@ def _train_unfused_and_fused(make_model, fit, fused_op, steps):
     for fuse in (False, True):
         keras.utils.set_random_seed(0)
         model = make_model(fuse)
-        model.compile(optimizer=SparseAdam(3e-3))
+        model.compile(optimizer=optimizer())
         setattr(tf_lsh_ops, fused_op, counting)
         try:
             fit(model)
@@ -849,6 +911,29 @@ def test_fused_first_layer_update_equals_the_unfused_step_bit_for_bit(body_kind,
     assert op_type("ResourceSparseInputMatmulGradAdam") in op_types
     assert op_type("ResourceSparseInputMatmulGrad") not in op_types
     assert (op_type("ResourceSparseGatherMatmulGradAdam") in op_types) == (not batch_wide)
+
+
+def test_fused_first_layer_rowwise_update_equals_the_unfused_step_bit_for_bit():
+    """Under SparseAdam(feature_rows="rowwise_rmsprop") the first layer's fused update is the
+    rowwise rule's, and gives the unfused step's kernel and moments exactly."""
+    x, labels = _bags_of_features(43)
+    data = tf.data.Dataset.from_tensor_slices((tf.sparse.from_dense(x), labels)).batch(64)
+
+    def make_model(fuse):
+        first = SparseInputDense(24, activation="relu")
+        head = LSHDense(100, active=80, num_tables=4, seed=5, batch_wide=True)
+        return LSHClassifier(first, head, fuse_first_layer_update=fuse)
+
+    fused = _train_unfused_and_fused(
+        make_model,
+        lambda model: model.fit(data, epochs=2, verbose=0),
+        "sparse_input_matmul_rowwise_rmsprop",
+        steps=16,
+        optimizer=lambda: SparseAdam(3e-3, feature_rows="rowwise_rmsprop"),
+    )
+    op_types = _step_op_types(fused, next(iter(data)))
+    assert op_type("ResourceSparseInputMatmulGradRowwiseRmsprop") in op_types
+    assert op_type("ResourceSparseInputMatmulGradAdam") not in op_types
 
 
 def test_first_layer_fusion_stays_off_where_it_would_change_training():

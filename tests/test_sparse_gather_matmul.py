@@ -1167,6 +1167,82 @@ def test_sparse_input_matmul_adam_bad_input_is_named(change, message):
         tf_lsh_ops.sparse_input_matmul_adam(inputs, kernel, grad_output, (m, v), **hyper)
 
 
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
+def test_sparse_input_matmul_rowwise_rmsprop_equals_gradient_then_rowwise_apply_bit_for_bit(graph):
+    x, _ = _bag_of_words(8, batch=9)
+    x[2, 5] = x[4, 5] = 1.5  # a feature in two rows
+    indices, values, dense_shape = _shuffled_sparse(x, 9)
+    inputs = tf.SparseTensor(indices, values, dense_shape)
+    upstream = tf.constant(np.random.default_rng(10).standard_normal((9, 7), dtype=np.float32))
+    hyper = dict(learning_rate=0.01, beta_2=0.999, epsilon=1e-7, step=3)
+    kernel0, _, v0 = _first_layer_state(11)
+    v0 = v0[:, :1]  # a moment per feature row
+
+    plain = [tf.Variable(kernel0), tf.Variable(v0)]
+    with tf.GradientTape() as tape:
+        out = tf_lsh_ops.sparse_input_matmul(inputs, plain[0])
+    grad = tape.gradient(out, plain[0], output_gradients=upstream)
+    tf_lsh_ops.sparse_rowwise_rmsprop_apply(*plain, grad, **hyper)
+    # The rule as documented, row by row, in NumPy.
+    g = np.zeros_like(kernel0)
+    np.add.at(g, indices[:, 1], values[:, None] * upstream.numpy()[indices[:, 0]])
+    touched = np.any(x != 0, axis=0)
+    want_v = v0[:, 0] + (np.mean(g * g, axis=1) - v0[:, 0]) * (1 - 0.999)
+    want_v[~touched] = v0[~touched, 0]
+    alpha = 0.01 * np.sqrt(1 - 0.999**3)
+    want_kernel = kernel0 - alpha * g / (np.sqrt(want_v)[:, None] + 1e-7)
+    np.testing.assert_allclose(plain[1].numpy()[:, 0], want_v, rtol=1e-5)
+    np.testing.assert_allclose(plain[0].numpy(), want_kernel, rtol=1e-5, atol=1e-6)
+
+    fused = [tf.Variable(kernel0), tf.Variable(v0)]
+
+    def update():  # nothing returned: in a tf.function the update must run for its effect
+        tf_lsh_ops.sparse_input_matmul_rowwise_rmsprop(
+            inputs, fused[0], upstream, fused[1], **hyper
+        )
+
+    (tf.function(update) if graph else update)()
+    for a, c in zip(plain, fused, strict=True):
+        np.testing.assert_array_equal(a.numpy(), c.numpy())
+    assert np.all(fused[0].numpy()[touched] != kernel0[touched])  # the rows present moved
+    np.testing.assert_array_equal(fused[0].numpy()[~touched], kernel0[~touched])  # no others
+    np.testing.assert_array_equal(fused[1].numpy()[~touched], v0[~touched])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("grad_output", r"grad_output has shape \[9,6\]; it must be \[batch, units\]"),
+        ("moment_shape", r"kernel_v has shape \[30,2\]; it must hold one value per row"),
+        ("kernel_rows", r"kernel \(shape \[29,7\]\) must have 30 rows"),
+        ("scalar", r"beta2 must be a scalar"),
+        ("not_a_variable", "kernel_v must be a variable"),
+    ],
+)
+def test_sparse_input_matmul_rowwise_rmsprop_bad_input_is_named(change, message):
+    x, _ = _bag_of_words(12, batch=9)
+    inputs = tf.sparse.from_dense(x)
+    kernel, _, v = _first_layer_state(13)
+    v = v[:, :1]
+    grad_output = tf.ones([9, 7])
+    hyper = dict(learning_rate=0.01, beta_2=0.999, epsilon=1e-7, step=1)
+    if change == "grad_output":
+        grad_output = tf.ones([9, 6])
+    elif change == "moment_shape":
+        v = np.ones((30, 2), np.float32)
+    elif change == "kernel_rows":
+        kernel, v = kernel[:-1], v[:-1]
+    elif change == "scalar":
+        hyper["beta_2"] = [0.9, 0.9]
+    v = tf.constant(v) if change == "not_a_variable" else tf.Variable(v)
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=f"SparseInputMatmulGradRowwiseRmsprop.*{message}"
+    ):
+        tf_lsh_ops.sparse_input_matmul_rowwise_rmsprop(
+            inputs, tf.Variable(kernel), grad_output, v, **hyper
+        )
+
+
 def _lazy_adam_case(seed):
     x, w, b, idx = _sparse_case(seed, batch=7, dim=40, num_neurons=11, active=4, density=0.2)
     x[2, 5] = 0.0

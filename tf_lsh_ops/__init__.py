@@ -23,7 +23,7 @@ from tf_lsh_ops.lsh import (
 )
 from tf_lsh_ops.matmul_top_k import matmul_top_k
 from tf_lsh_ops.multi_label_batch import multi_label_batch
-from tf_lsh_ops.sparse_adam import sparse_adam_apply
+from tf_lsh_ops.sparse_adam import sparse_adam_apply, sparse_rowwise_rmsprop_apply
 from tf_lsh_ops.sparse_gather_matmul import (
     sparse_gather_matmul,
     sparse_gather_matmul_adam,
@@ -33,6 +33,7 @@ from tf_lsh_ops.sparse_gather_matmul import (
     sparse_input_gather_matmul_lazy_sgd,
     sparse_input_matmul,
     sparse_input_matmul_adam,
+    sparse_input_matmul_rowwise_rmsprop,
     sparse_input_products,
 )
 
@@ -61,7 +62,9 @@ __all__ = [
     "sparse_input_gather_matmul_lazy_sgd",
     "sparse_input_matmul",
     "sparse_input_matmul_adam",
+    "sparse_input_matmul_rowwise_rmsprop",
     "sparse_input_products",
+    "sparse_rowwise_rmsprop_apply",
     "update_tables",
     "upgrade_saved_model",
 ]

@@ -1,4 +1,5 @@
-"""`sparse_adam_apply`: the fused lazy-Adam update of a variable's touched rows."""
+"""`sparse_adam_apply` and `sparse_rowwise_rmsprop_apply`: fused lazy updates of a variable's
+touched rows."""
 
 import tensorflow as tf
 
@@ -6,6 +7,7 @@ from tf_lsh_ops._checks import as_tensor, variable_handle
 from tf_lsh_ops._loader import ops
 
 _OP = "SparseAdamApply"
+_ROWWISE_OP = "SparseRowwiseRmspropApply"
 
 
 def sparse_adam_apply(
@@ -36,6 +38,47 @@ def sparse_adam_apply(
         gradient.indices,
         as_tensor(_OP, "gradient.values", gradient.values, tf.float32),
         *adam_inputs(learning_rate, beta_1, beta_2, epsilon, step),
+        name=name,
+    )
+
+
+def sparse_rowwise_rmsprop_apply(
+    variable, v, gradient, *, learning_rate, beta_2, epsilon, step, name=None
+):
+    """Applies lazy rowwise RMSprop to the rows of `variable` named by an `IndexedSlices`
+    gradient: one second moment per row, no first moment.
+
+    For rows that stand for input features, as an embedding table's or a `SparseInputDense`
+    kernel's do, this is the state FBGEMM's rowwise optimizers keep: a row's update reads
+    and writes its weights and one number, a third of lazy Adam's memory traffic. Updates
+    `variable` and `v` in place, on the touched rows only, in one multi-threaded pass
+    (duplicate indices are summed first): `alpha = learning_rate * sqrt(1 - beta_2^step)`,
+    `v[r] += (mean(g[r]^2) - v[r]) * (1 - beta_2)`,
+    `variable[r] -= alpha * g[r] / (sqrt(v[r]) + epsilon)`; Adam with `beta_1 = 0` and each
+    row's squared gradients averaged.
+
+    Args:
+      variable: a float32 `tf.Variable` of rank >= 1.
+      v: a float32 `tf.Variable` with one value per row of `variable` (`[rows]` or
+        `[rows, 1]`).
+      gradient: `tf.IndexedSlices` for `variable`.
+      learning_rate, beta_2, epsilon: float scalars.
+      step: the 1-based step number `t` (a scalar).
+      name: optional op name.
+
+    Returns:
+      The op (in graph mode), or None eagerly.
+    """
+    beta_2 = tf.cast(beta_2, tf.float32)
+    return ops.tf_lsh_sparse_rowwise_rmsprop_apply(
+        variable_handle(_ROWWISE_OP, "variable", variable),
+        variable_handle(_ROWWISE_OP, "v", v),
+        gradient.indices,
+        as_tensor(_ROWWISE_OP, "gradient.values", gradient.values, tf.float32),
+        tf.cast(learning_rate, tf.float32),
+        beta_2,
+        tf.cast(epsilon, tf.float32),
+        tf.pow(beta_2, tf.cast(step, tf.float32)),
         name=name,
     )
 

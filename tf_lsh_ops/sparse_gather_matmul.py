@@ -418,6 +418,44 @@ def sparse_input_matmul_adam(
     )
 
 
+def sparse_input_matmul_rowwise_rmsprop(
+    inputs, kernel, grad_output, kernel_v, *, learning_rate, beta_2, epsilon, step, name=None
+):
+    """The kernel's gradient of `sparse_input_matmul` fused with lazy rowwise RMSprop on that
+    kernel (`sparse_rowwise_rmsprop_apply`: one second moment per feature row, no first
+    moment).
+
+    As `sparse_input_matmul_adam`, each feature's gradient row goes from the CPU cache
+    straight into the update of its kernel row and moment, in place: the same result, bit for
+    bit, as the gradient followed by `sparse_rowwise_rmsprop_apply`. `LSHClassifier` trains a
+    `SparseInputDense` first layer this way under `SparseAdam(feature_rows="rowwise_rmsprop")`.
+
+    Args:
+      inputs: float32 `tf.SparseTensor` `[B, F]`, as given to `sparse_input_matmul`.
+      kernel: float32 `[F, H]` variable.
+      grad_output: float32 `[B, H]`, the gradient of the loss with respect to the product.
+      kernel_v: float32 variable with one value per feature (`[F]` or `[F, 1]`).
+      learning_rate, beta_2, epsilon: the rule's hyperparameters.
+      step: the 1-based step number.
+      name: optional op name.
+
+    Returns:
+      The op (in graph mode), or None eagerly.
+    """
+    op_name = "ResourceSparseInputMatmulGradRowwiseRmsprop"
+    beta_2 = tf.cast(beta_2, tf.float32)
+    return ops.tf_lsh_resource_sparse_input_matmul_grad_rowwise_rmsprop(
+        *_sparse_parts(op_name, inputs),
+        *variable_handles(op_name, kernel=kernel, kernel_v=kernel_v),
+        as_tensor(op_name, "grad_output", grad_output, tf.float32),
+        tf.cast(learning_rate, tf.float32),
+        beta_2,
+        tf.cast(epsilon, tf.float32),
+        tf.pow(beta_2, tf.cast(step, tf.float32)),
+        name=name,
+    )
+
+
 def _sparse_input_matmul_gradients(grad_op, op, grad_output, kernel_shape):
     sparse_indices, sparse_values, dense_shape, kernel = op.inputs
     # Under a GradientTape, inputs nobody differentiates are listed: the values are usually

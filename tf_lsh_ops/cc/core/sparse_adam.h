@@ -48,6 +48,30 @@ void SparseAdamApply(const AdamHyperparameters& hyper, int64_t dim, const int32_
                      const float* grad, int64_t count, float* var, float* m, float* v,
                      const ParallelFor& parallel_for);
 
+// Lazy rowwise RMSprop, for rows that stand for input features (a SparseInputDense kernel's,
+// like an embedding table's): one second moment per row and no first moment, the state
+// FBGEMM's rowwise optimizers keep for embedding tables. A third of lazy Adam's memory
+// traffic, and a row's state is its weights alone. For each distinct row r of `indices`
+// (duplicate rows summed first):
+//   v[r] += (mean(g * g) - v[r]) * (1 - beta2)
+//   var[r] -= alpha * g / (sqrt(v[r]) + epsilon),  alpha = lr * sqrt(1 - beta2^t)
+// which is Adam with beta1 = 0 and the row's squared gradients averaged.
+struct RowwiseRmspropHyperparameters {
+  float alpha;  // lr * sqrt(1 - beta2^t)
+  float beta2;
+  float epsilon;
+};
+
+// The update of one row whose summed gradient is g; `v` is the row's second moment.
+void RowwiseRmspropRow(const RowwiseRmspropHyperparameters& hyper, int64_t dim, const float* g,
+                       float* w, float* v);
+
+// var: [num_rows, dim]; v: [num_rows]; indices [count], each in [0, num_rows); grad
+// [count, dim].
+void SparseRowwiseRmspropApply(const RowwiseRmspropHyperparameters& hyper, int64_t dim,
+                               const int32_t* indices, const float* grad, int64_t count,
+                               float* var, float* v, const ParallelFor& parallel_for);
+
 }  // namespace tf_lsh
 
 #endif  // TF_LSH_OPS_CC_CORE_SPARSE_ADAM_H_

@@ -348,23 +348,54 @@ void SparseInputMatmulBackward(int64_t batch, int64_t units, const SparseRowsVie
   });
 }
 
+namespace {
+
+// Calls `update(row, gradient)` with each feature row's kernel gradient (sparse_input_matmul's),
+// computed into a buffer that stays in L1; `prefetch(row)` runs kAdamRowsAhead rows ahead.
+template <typename Prefetch, typename Update>
+void ForEachKernelGradientRow(int64_t batch, int64_t units, const SparseRowsView& inputs,
+                              const float* grad_out, const RowGroups& features,
+                              int64_t cost_per_row, const ParallelFor& parallel_for,
+                              const Prefetch& prefetch, const Update& update) {
+  const std::vector<int32_t> example_of = ExampleOfEntries(batch, inputs, parallel_for);
+  parallel_for(features.num_rows, cost_per_row, [&](int64_t begin, int64_t end) {
+    std::vector<float> row_gradient(units);
+    for (int64_t r = begin; r < end; ++r) {
+      if (r + kAdamRowsAhead < end) prefetch(int64_t{features.ids[r + kAdamRowsAhead]});
+      KernelGradientRow(units, inputs, grad_out, features, example_of, r, row_gradient.data());
+      update(int64_t{features.ids[r]}, row_gradient.data());
+    }
+  });
+}
+
+}  // namespace
+
 void SparseInputMatmulBackwardAdam(int64_t batch, int64_t units, const SparseRowsView& inputs,
                                    const float* grad_out, const RowGroups& features,
                                    const AdamHyperparameters& hyper, const AdamState& kernel,
                                    const ParallelFor& parallel_for) {
-  const std::vector<int32_t> example_of = ExampleOfEntries(batch, inputs, parallel_for);
-  parallel_for(features.num_rows, 12 * units, [&](int64_t begin, int64_t end) {
-    std::vector<float> row_gradient(units);  // stays in L1
-    for (int64_t r = begin; r < end; ++r) {
-      if (r + kAdamRowsAhead < end) {
-        PrefetchAdamRow(kernel, features.ids[r + kAdamRowsAhead], units);
-      }
-      KernelGradientRow(units, inputs, grad_out, features, example_of, r, row_gradient.data());
-      const int64_t row = int64_t{features.ids[r]} * units;
-      AdamUpdate(hyper.alpha, hyper.beta1, hyper.beta2, hyper.epsilon, row_gradient.data(),
-                 kernel.var + row, kernel.m + row, kernel.v + row, units);
-    }
-  });
+  ForEachKernelGradientRow(
+      batch, units, inputs, grad_out, features, 12 * units, parallel_for,
+      [&](int64_t row) { PrefetchAdamRow(kernel, row, units); },
+      [&](int64_t row, const float* g) {
+        const int64_t base = row * units;
+        AdamUpdate(hyper.alpha, hyper.beta1, hyper.beta2, hyper.epsilon, g, kernel.var + base,
+                   kernel.m + base, kernel.v + base, units);
+      });
+}
+
+void SparseInputMatmulBackwardRowwiseRmsprop(int64_t batch, int64_t units,
+                                             const SparseRowsView& inputs, const float* grad_out,
+                                             const RowGroups& features,
+                                             const RowwiseRmspropHyperparameters& hyper,
+                                             float* kernel, float* kernel_v,
+                                             const ParallelFor& parallel_for) {
+  ForEachKernelGradientRow(
+      batch, units, inputs, grad_out, features, 6 * units, parallel_for,
+      [&](int64_t row) { PrefetchRowForWrite(kernel + row * units, units); },
+      [&](int64_t row, const float* g) {
+        RowwiseRmspropRow(hyper, units, g, kernel + row * units, kernel_v + row);
+      });
 }
 
 }  // namespace tf_lsh

@@ -117,6 +117,16 @@ void SparseInputMatmulBackwardAdam(int64_t batch, int64_t units, const SparseRow
                                    const AdamHyperparameters& hyper, const AdamState& kernel,
                                    const ParallelFor& parallel_for);
 
+// The same with lazy rowwise RMSprop (sparse_adam.h) on the kernel's rows, whose second
+// moments are kernel_v [num_features]: bit for bit SparseInputMatmulBackward followed by
+// SparseRowwiseRmspropApply.
+void SparseInputMatmulBackwardRowwiseRmsprop(int64_t batch, int64_t units,
+                                             const SparseRowsView& inputs, const float* grad_out,
+                                             const RowGroups& features,
+                                             const RowwiseRmspropHyperparameters& hyper,
+                                             float* kernel, float* kernel_v,
+                                             const ParallelFor& parallel_for);
+
 }  // namespace tf_lsh
 
 #endif  // TF_LSH_OPS_CC_CORE_SPARSE_INPUT_GATHER_MATMUL_H_

@@ -1,4 +1,5 @@
-// Reads Adam's scalar inputs (lr, beta1, beta2, epsilon, beta1_power, beta2_power).
+// Reads the scalar inputs of the Adam ops (lr, beta1, beta2, epsilon, beta1_power,
+// beta2_power) and of the rowwise RMSprop ops, and checks a rowwise moment's shape.
 #ifndef TF_LSH_OPS_CC_KERNELS_ADAM_INPUTS_H_
 #define TF_LSH_OPS_CC_KERNELS_ADAM_INPUTS_H_
 
@@ -36,6 +37,45 @@ inline absl::Status ReadAdamInputs(tensorflow::OpKernelContext* ctx, const char*
   *hyper = {lr * std::sqrt(1.f - beta2_power) / (1.f - beta1_power),
             value[AdamScalarInput::kBeta1], value[AdamScalarInput::kBeta2],
             value[AdamScalarInput::kEpsilon]};
+  return absl::OkStatus();
+}
+
+// The rowwise RMSprop ops end with lr, beta2, epsilon, beta2_power, from their input `first` on.
+inline absl::Status ReadRowwiseRmspropInputs(tensorflow::OpKernelContext* ctx, const char* op,
+                                             int first, RowwiseRmspropHyperparameters* hyper) {
+  constexpr const char* kNames[4] = {"lr", "beta2", "epsilon", "beta2_power"};
+  float value[4];
+  for (int i = 0; i < 4; ++i) {
+    const tensorflow::Tensor& t = ctx->input(first + i);
+    if (t.NumElements() != 1) {
+      return absl::InvalidArgumentError(absl::StrCat(op, ": ", kNames[i],
+                                                     " must be a scalar, got shape ",
+                                                     t.shape().DebugString()));
+    }
+    value[i] = t.flat<float>()(0);
+  }
+  *hyper = {value[0] * std::sqrt(1.f - value[3]), value[1], value[2]};
+  return absl::OkStatus();
+}
+
+// A rowwise second moment `v` (named `v_name`) must hold one value per row of `var` (rank >= 1):
+// shape [rows] or [rows, 1].
+inline absl::Status CheckRowwiseMoment(const char* op, const char* v_name,
+                                       const tensorflow::Tensor& v, const char* var_name,
+                                       const tensorflow::Tensor& var) {
+  if (var.dims() < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": ", var_name,
+                                                   " must have rank >= 1, got shape ",
+                                                   var.shape().DebugString()));
+  }
+  const bool one_per_row = (v.dims() == 1 || (v.dims() == 2 && v.dim_size(1) == 1)) &&
+                           v.dim_size(0) == var.dim_size(0);
+  if (!one_per_row) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": ", v_name, " has shape ", v.shape().DebugString(),
+        "; it must hold one value per row of ", var_name, " (shape [", var.dim_size(0), "] or [",
+        var.dim_size(0), ", 1]), ", var_name, " has shape ", var.shape().DebugString()));
+  }
   return absl::OkStatus();
 }
 

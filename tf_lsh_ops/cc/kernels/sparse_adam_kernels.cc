@@ -1,4 +1,5 @@
-// Kernel of SparseAdamApply: locks var, m and v, checks the update, calls the core in place.
+// Kernels of SparseAdamApply (var, m, v) and SparseRowwiseRmspropApply (var and a moment per
+// row): lock the variables, check the update, call the core in place.
 #include <vector>
 
 #include "tensorflow/core/framework/op_kernel.h"
@@ -25,7 +26,50 @@ struct SparseAdamApplyInput {
   enum : int { kVar, kM, kV, kIndices, kGrad, kLr };
 };
 
+// The same for SparseRowwiseRmspropApply, whose scalars are lr, beta2, epsilon, beta2_power.
+struct RowwiseInput {
+  enum : int { kVar, kV, kIndices, kGrad, kLr };
+};
+
 }  // namespace
+
+// Checks `indices` and `grad` of a sparse update of `var` (rank >= 1) and returns the rows as
+// int32 in `rows`; `dim` is the size of a row.
+template <typename Index>
+absl::Status ReadSparseRows(const char* op, const Tensor& var, const Tensor& indices,
+                            const Tensor& grad, std::vector<int32_t>* rows, int64_t* dim) {
+  const int64_t num_rows = var.dim_size(0);
+  *dim = num_rows > 0 ? var.NumElements() / num_rows : 0;
+  if (indices.dims() != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": indices must have rank 1, got ", indices.shape().DebugString()));
+  }
+  bool same_rows = grad.dims() == var.dims() && grad.dim_size(0) == indices.dim_size(0);
+  for (int d = 1; same_rows && d < var.dims(); ++d) {
+    same_rows = grad.dim_size(d) == var.dim_size(d);
+  }
+  if (!same_rows) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": grad has shape ", grad.shape().DebugString(), "; expected [",
+        indices.dim_size(0), "] + var's row shape (var has shape ", var.shape().DebugString(),
+        ", indices has shape ", indices.shape().DebugString(), ")"));
+  }
+  if (num_rows >= (int64_t{1} << 31)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": var has ", num_rows, " rows; at most 2^31 - 1 are supported"));
+  }
+  const auto index = indices.flat<Index>();
+  rows->resize(index.size());
+  for (int64_t i = 0; i < index.size(); ++i) {
+    if (index(i) < 0 || index(i) >= num_rows) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          op, ": indices[", i, "] = ", index(i), " is outside [0, ", num_rows,
+          ") (var has shape ", var.shape().DebugString(), ")"));
+    }
+    (*rows)[i] = static_cast<int32_t>(index(i));
+  }
+  return absl::OkStatus();
+}
 
 template <typename Index>
 class SparseAdamApplyOp : public OpKernel {
@@ -51,38 +95,37 @@ class SparseAdamApplyOp : public OpKernel {
                       var.shape().DebugString())));
     }
     const Tensor& indices = ctx->input(SparseAdamApplyInput::kIndices);
-    const Tensor& grad = ctx->input(SparseAdamApplyInput::kGrad);
     vars.AdviseHugePagesFor(indices.NumElements());
-    const int64_t num_rows = var.dim_size(0);
-    const int64_t dim = num_rows > 0 ? var.NumElements() / num_rows : 0;
-    OP_REQUIRES(ctx, indices.dims() == 1,
-                absl::InvalidArgumentError(absl::StrCat(kOp, ": indices must have rank 1, got ",
-                                                        indices.shape().DebugString())));
-    bool same_rows = grad.dims() == var.dims() && grad.dim_size(0) == indices.dim_size(0);
-    for (int d = 1; same_rows && d < var.dims(); ++d) {
-      same_rows = grad.dim_size(d) == var.dim_size(d);
-    }
-    OP_REQUIRES(ctx, same_rows,
-                absl::InvalidArgumentError(absl::StrCat(
-                    kOp, ": grad has shape ", grad.shape().DebugString(), "; expected [",
-                    indices.dim_size(0), "] + var's row shape (var has shape ",
-                    var.shape().DebugString(), ", indices has shape ",
-                    indices.shape().DebugString(), ")")));
-    OP_REQUIRES(ctx, num_rows < (int64_t{1} << 31),
-                absl::InvalidArgumentError(absl::StrCat(kOp, ": var has ", num_rows,
-                                                        " rows; at most 2^31 - 1 are supported")));
-    const auto index = indices.flat<Index>();
-    std::vector<int32_t> rows(index.size());
-    for (int64_t i = 0; i < index.size(); ++i) {
-      OP_REQUIRES(ctx, index(i) >= 0 && index(i) < num_rows,
-                  absl::InvalidArgumentError(absl::StrCat(
-                      kOp, ": indices[", i, "] = ", index(i), " is outside [0, ", num_rows,
-                      ") (var has shape ", var.shape().DebugString(), ")")));
-      rows[i] = static_cast<int32_t>(index(i));
-    }
-
-    SparseAdamApply(hyper, dim, rows.data(), grad.flat<float>().data(), index.size(),
+    const Tensor& grad = ctx->input(SparseAdamApplyInput::kGrad);
+    std::vector<int32_t> rows;
+    int64_t dim;
+    OP_REQUIRES_OK(ctx, ReadSparseRows<Index>(kOp, var, indices, grad, &rows, &dim));
+    SparseAdamApply(hyper, dim, rows.data(), grad.flat<float>().data(), rows.size(),
                     vars.data(0), vars.data(1), vars.data(2), TfParallelFor(ctx));
+  }
+};
+
+template <typename Index>
+class SparseRowwiseRmspropApplyOp : public OpKernel {
+ public:
+  explicit SparseRowwiseRmspropApplyOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    constexpr char kRowwiseOp[] = "SparseRowwiseRmspropApply";
+    RowwiseRmspropHyperparameters hyper;
+    OP_REQUIRES_OK(ctx, ReadRowwiseRmspropInputs(ctx, kRowwiseOp, RowwiseInput::kLr, &hyper));
+    UpdatableVariables vars;
+    OP_REQUIRES_OK(ctx, vars.Init(ctx, kRowwiseOp,
+                                  {{"var", RowwiseInput::kVar}, {"v", RowwiseInput::kV}}));
+    const Tensor& var = *vars.tensor(0);
+    OP_REQUIRES_OK(ctx, CheckRowwiseMoment(kRowwiseOp, "v", *vars.tensor(1), "var", var));
+    const Tensor& indices = ctx->input(RowwiseInput::kIndices);
+    std::vector<int32_t> rows;
+    int64_t dim;
+    const Tensor& grad = ctx->input(RowwiseInput::kGrad);
+    OP_REQUIRES_OK(ctx, ReadSparseRows<Index>(kRowwiseOp, var, indices, grad, &rows, &dim));
+    SparseRowwiseRmspropApply(hyper, dim, rows.data(), grad.flat<float>().data(), rows.size(),
+                              vars.data(0), vars.data(1), TfParallelFor(ctx));
   }
 };
 
@@ -94,5 +137,13 @@ REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseAdamApply")
                             .Device(tensorflow::DEVICE_CPU)
                             .TypeConstraint<int64_t>("Tindices"),
                         SparseAdamApplyOp<int64_t>);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseRowwiseRmspropApply")
+                            .Device(tensorflow::DEVICE_CPU)
+                            .TypeConstraint<int32_t>("Tindices"),
+                        SparseRowwiseRmspropApplyOp<int32_t>);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseRowwiseRmspropApply")
+                            .Device(tensorflow::DEVICE_CPU)
+                            .TypeConstraint<int64_t>("Tindices"),
+                        SparseRowwiseRmspropApplyOp<int64_t>);
 
 }  // namespace tf_lsh

@@ -54,6 +54,10 @@ struct SparseInputMatmulGradAdamInput {
   enum : int { kKernel = SparseTensorInput::kNext, kKernelM, kKernelV, kGradOutput, kLr };
 };
 
+struct SparseInputMatmulGradRowwiseInput {
+  enum : int { kKernel = SparseTensorInput::kNext, kKernelV, kGradOutput, kLr };
+};
+
 // Checks neuron-major weights [N, D] against the sparse inputs [B, D].
 absl::Status CheckWeights(const char* op, const SparseRows& rows, const Tensor& weights) {
   TF_RETURN_IF_ERROR(CheckRank(op, "weights", weights, 2));
@@ -432,6 +436,37 @@ class SparseInputMatmulGradAdamOp : public OpKernel {
   }
 };
 
+// The kernel's gradient rows go straight into lazy rowwise RMSprop on the kernel.
+class SparseInputMatmulGradRowwiseRmspropOp : public OpKernel {
+ public:
+  explicit SparseInputMatmulGradRowwiseRmspropOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    constexpr char kOp[] = "ResourceSparseInputMatmulGradRowwiseRmsprop";
+    using Input = SparseInputMatmulGradRowwiseInput;
+    RowwiseRmspropHyperparameters hyper;
+    OP_REQUIRES_OK(ctx, ReadRowwiseRmspropInputs(ctx, kOp, Input::kLr, &hyper));
+    SparseRows rows;
+    OP_REQUIRES_OK(ctx, CheckSparseInputs(kOp, ctx, &rows));
+    UpdatableVariables vars;
+    OP_REQUIRES_OK(ctx, vars.Init(ctx, kOp,
+                                  {{"kernel", Input::kKernel}, {"kernel_v", Input::kKernelV}}));
+    const Tensor& kernel = *vars.tensor(0);
+    OP_REQUIRES_OK(ctx, CheckKernel(ctx, kOp, rows, kernel));
+    OP_REQUIRES_OK(ctx, CheckRowwiseMoment(kOp, "kernel_v", *vars.tensor(1), "kernel", kernel));
+    vars.AdviseHugePagesFor(rows.feature_ids.size());
+    const int64_t units = kernel.dim_size(1);
+    const Tensor& grad_output = ctx->input(Input::kGradOutput);
+    OP_REQUIRES_OK(ctx, CheckGradOutput(kOp, grad_output, rows.batch, units));
+    OP_REQUIRES_OK(ctx, GroupSparseRows(ctx, &rows));
+    const ActiveRows grouped = GroupByFeature(ctx, rows, kernel.dim_size(0));
+    SparseInputMatmulBackwardRowwiseRmsprop(rows.batch, units, rows.view(),
+                                            grad_output.flat<float>().data(), grouped.view(),
+                                            hyper, vars.data(0), vars.data(1),
+                                            TfParallelFor(ctx));
+  }
+};
+
 REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseInputGatherMatmul").Device(tensorflow::DEVICE_CPU),
                         SparseInputGatherMatmulOp);
 REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseInputProducts").Device(tensorflow::DEVICE_CPU),
@@ -448,6 +483,9 @@ REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseInputMatmul").Device(tensorflow::DEVIC
                         SparseInputMatmulOp);
 REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseInputMatmulGrad").Device(tensorflow::DEVICE_CPU),
                         SparseInputMatmulGradOp);
+REGISTER_KERNEL_BUILDER(
+    Name("TfLsh>ResourceSparseInputMatmulGradRowwiseRmsprop").Device(tensorflow::DEVICE_CPU),
+    SparseInputMatmulGradRowwiseRmspropOp);
 REGISTER_KERNEL_BUILDER(Name("TfLsh>ResourceSparseInputMatmul").Device(tensorflow::DEVICE_CPU),
                         SparseInputMatmulOp);
 REGISTER_KERNEL_BUILDER(Name("TfLsh>ResourceSparseInputMatmulGrad").Device(tensorflow::DEVICE_CPU),

@@ -24,4 +24,22 @@ REGISTER_OP("TfLsh>SparseAdamApply")
 Lazy Adam on the rows `indices` of var and its moments m and v, in place (see core/sparse_adam.h).
 )doc");
 
+REGISTER_OP("TfLsh>SparseRowwiseRmspropApply")
+    .Input("var: resource")
+    .Input("v: resource")
+    .Input("indices: Tindices")
+    .Input("grad: float")
+    .Input("lr: float")
+    .Input("beta2: float")
+    .Input("epsilon: float")
+    .Input("beta2_power: float")
+    .Attr("Tindices: {int32, int64}")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext*) {
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Lazy rowwise RMSprop on the rows `indices` of var, with one second moment per row in v, in
+place (see core/sparse_adam.h).
+)doc");
+
 }  // namespace tf_lsh

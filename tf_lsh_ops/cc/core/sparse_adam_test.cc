@@ -1,0 +1,77 @@
+#include "tf_lsh_ops/cc/core/sparse_adam.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <random>
+#include <vector>
+
+#include "tf_lsh_ops/cc/core/test_util.h"
+
+namespace {
+
+// Lazy rowwise RMSprop in double precision, one distinct row at a time.
+void ReferenceRowwiseRmsprop(const tf_lsh::RowwiseRmspropHyperparameters& hyper, int64_t dim,
+                             const std::vector<int32_t>& indices, const std::vector<float>& grad,
+                             std::vector<double>* var, std::vector<double>* v) {
+  std::map<int32_t, std::vector<double>> summed;
+  for (size_t i = 0; i < indices.size(); ++i) {
+    std::vector<double>& g = summed[indices[i]];
+    g.resize(dim, 0.0);
+    for (int64_t d = 0; d < dim; ++d) g[d] += grad[i * dim + d];
+  }
+  for (const auto& [row, g] : summed) {
+    double mean_square = 0.0;
+    for (double x : g) mean_square += x * x / dim;
+    double& vr = (*v)[row];
+    vr += (mean_square - vr) * (1.0 - hyper.beta2);
+    for (int64_t d = 0; d < dim; ++d) {
+      (*var)[row * dim + d] -= hyper.alpha * g[d] / (std::sqrt(vr) + hyper.epsilon);
+    }
+  }
+}
+
+}  // namespace
+
+int main() {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal;
+  const int64_t rows = 50;
+  const tf_lsh::RowwiseRmspropHyperparameters hyper{0.01f, 0.9f, 1e-7f};
+  for (const int64_t dim : {1, 13, 64}) {
+    // Sorted distinct rows (the fast path), and unsorted rows with duplicates (grouped).
+    for (const std::vector<int32_t>& indices :
+         {std::vector<int32_t>{1, 4, 5, 20, 49}, std::vector<int32_t>{7, 3, 7, 0, 49, 3, 7}}) {
+      for (const bool reversed_shards : {false, true}) {
+        std::vector<float> var(rows * dim), v(rows), grad(indices.size() * dim);
+        tf_lsh::FillNormal(&normal, &rng, {&var, &grad});
+        for (float& x : v) x = std::fabs(normal(rng));
+        std::vector<double> ref_var(var.begin(), var.end()), ref_v(v.begin(), v.end());
+        const std::vector<float> before = var, v_before = v;
+        for (int step = 0; step < 3; ++step) {  // the moment carries over between steps
+          tf_lsh::SparseRowwiseRmspropApply(
+              hyper, dim, indices.data(), grad.data(), indices.size(), var.data(), v.data(),
+              reversed_shards ? tf_lsh::ReversedShards() : tf_lsh::SerialFor());
+          ReferenceRowwiseRmsprop(hyper, dim, indices, grad, &ref_var, &ref_v);
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+          CHECK_NEAR(v[r], ref_v[r], 1e-5 * (1.0 + ref_v[r]));
+          for (int64_t d = 0; d < dim; ++d) {
+            CHECK_NEAR(var[r * dim + d], ref_var[r * dim + d], 1e-5);
+          }
+        }
+        // Rows no index names keep their bits, weights and moment.
+        for (int64_t r = 0; r < rows; ++r) {
+          bool touched = false;
+          for (int32_t i : indices) touched |= i == r;
+          if (touched) continue;
+          CHECK_TRUE(v[r] == v_before[r]);
+          CHECK_TRUE(std::memcmp(&var[r * dim], &before[r * dim], dim * sizeof(float)) == 0);
+        }
+      }
+    }
+  }
+  std::printf("PASS\n");
+  return 0;
+}
