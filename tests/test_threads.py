@@ -3,8 +3,9 @@
 Eager ops release the GIL while their kernels run, so the threads really run the kernels
 concurrently (and each kernel also shards its work over TensorFlow's pool). Every thread runs
 a fixed workload of every op (both gather paths, with shared read-only variables, forward
-and gradient; sparse_input_matmul and its gradient; all hash families, dense and sparse;
-hash_params; build, update and query, per example and batch-wide;
+and gradient; sparse_input_matmul and its gradient, fused with Adam and with the rowwise
+rule; all hash families, dense and sparse; hash_params; build, update and query, per example
+and batch-wide;
 a tf.function traced once and called from every thread); the results must equal, bit for bit,
 those of the same workloads run one after the other. Meanwhile `sparse_adam_apply` updates
 disjoint rows of one shared set of variables from every thread (the updates commute, so the
@@ -130,6 +131,19 @@ def workload(seed):
         step=2,
     )
     out += first_layer
+    # And with the rowwise rule, which keeps one moment per kernel row.
+    rowwise = [tf.Variable(WEIGHTS.T), tf.Variable(np.full([WEIGHTS.shape[1], 1], 0.1, np.float32))]
+    tf_lsh_ops.sparse_input_matmul_rowwise_rmsprop(
+        tf.SparseTensor(sparse_x.indices, values, sparse_x.dense_shape),
+        rowwise[0],
+        2 * y,
+        rowwise[1],
+        learning_rate=0.01,
+        beta_2=0.999,
+        epsilon=1e-7,
+        step=2,
+    )
+    out += rowwise
     for weights, biases in ((WEIGHTS, BIASES), (W_VAR, B_VAR)):
         inputs = tf.constant(x)
         with tf.GradientTape() as tape:
