@@ -21,12 +21,33 @@ from lsh_references import INT32_MAX, reference_adam, reference_rowwise_rmsprop
 
 import tf_lsh_ops
 
+# The malformed rows and gradients both row updates reject.
+ROW_MUTATIONS = ("index", "indices-rank", "grad-rows", "grad-row-shape", "grad-rank")
+
+
+def mutated_rows(rng, mutation, rows, grad, num_rows):
+    """`(indices, gradient values)` of a sparse row update, broken as `mutation` says."""
+    indices, values = rows, grad
+    count, row_shape = len(rows), grad.shape[1:]
+    if mutation == "index":
+        bad = [num_rows, -1, INT32_MAX, INT32_MIN] + ([2**40] if rows.dtype == np.int64 else [])
+        indices = rows.copy()
+        indices[rng.integers(count)] = rng.choice(bad)
+    elif mutation == "indices-rank":
+        indices = rows.reshape(-1, 1) if rng.random() < 0.5 else np.asarray(0, rows.dtype)
+    elif mutation == "grad-rows":
+        values = floats(rng, (count + 1, *row_shape))
+    elif mutation == "grad-row-shape":
+        wrong = list(row_shape)
+        wrong[rng.integers(len(wrong))] += 1
+        values = floats(rng, (count, *wrong))
+    elif mutation == "grad-rank":
+        values = floats(rng, (count, *row_shape, 1))
+    return indices, values
+
+
 ADAM_MUTATIONS = (
-    "index",
-    "indices-rank",
-    "grad-rows",
-    "grad-row-shape",
-    "grad-rank",
+    *ROW_MUTATIONS,
     "slot-shape",
     "scalar-var",
     "var-dtype",
@@ -61,20 +82,8 @@ def fuzz_sparse_adam(rng):
     var, m, v = tf.Variable(var0), tf.Variable(m0), tf.Variable(v0)
     indices, values = rows, grad
     if mutation is not None:
-        if mutation == "index":
-            bad = [num_rows, -1, INT32_MAX, INT32_MIN] + ([2**40] if rows.dtype == np.int64 else [])
-            indices = rows.copy()
-            indices[rng.integers(count)] = rng.choice(bad)
-        elif mutation == "indices-rank":
-            indices = rows.reshape(-1, 1) if rng.random() < 0.5 else np.asarray(0, rows.dtype)
-        elif mutation == "grad-rows":
-            values = floats(rng, (count + 1, *row_shape))
-        elif mutation == "grad-row-shape":
-            wrong = list(row_shape)
-            wrong[rng.integers(len(wrong))] += 1
-            values = floats(rng, (count, *wrong))
-        elif mutation == "grad-rank":
-            values = floats(rng, (count, *row_shape, 1))
+        if mutation in ROW_MUTATIONS:
+            indices, values = mutated_rows(rng, mutation, rows, grad, num_rows)
         elif mutation == "slot-shape":
             other = tf.Variable(floats(rng, (num_rows + 1, *row_shape)))
             m, v = (other, v) if rng.random() < 0.5 else (m, other)
@@ -115,10 +124,7 @@ def fuzz_sparse_adam(rng):
 
 
 ROWWISE_MUTATIONS = (
-    "index",
-    "indices-rank",
-    "grad-rows",
-    "grad-row-shape",
+    *ROW_MUTATIONS,
     "moment-shape",
     "scalar-var",
     "var-dtype",
@@ -151,16 +157,8 @@ def fuzz_sparse_rowwise_rmsprop(rng):
         return tf_lsh_ops.sparse_rowwise_rmsprop_apply(var, v, gradient, **hyper)
 
     if mutation is not None:
-        if mutation == "index":
-            bad = [num_rows, -1, INT32_MAX, INT32_MIN] + ([2**40] if rows.dtype == np.int64 else [])
-            indices = rows.copy()
-            indices[rng.integers(count)] = rng.choice(bad)
-        elif mutation == "indices-rank":
-            indices = rows.reshape(-1, 1) if rng.random() < 0.5 else np.asarray(0, rows.dtype)
-        elif mutation == "grad-rows":
-            values = floats(rng, (count + 1, *row_shape))
-        elif mutation == "grad-row-shape":
-            values = floats(rng, (count, row_shape[0] + 1))
+        if mutation in ROW_MUTATIONS:
+            indices, values = mutated_rows(rng, mutation, rows, grad, num_rows)
         elif mutation == "moment-shape":
             v = tf.Variable(floats(rng, (num_rows + 1,) if rng.random() < 0.5 else shape + (2,)))
         elif mutation == "scalar-var":

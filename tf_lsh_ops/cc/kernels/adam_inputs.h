@@ -16,21 +16,28 @@ struct AdamScalarInput {
   enum : int { kLr, kBeta1, kBeta2, kEpsilon, kBeta1Power, kBeta2Power, kCount };
 };
 
+// Reads `count` float scalars, named `names`, from input `first` on into `values`.
+inline absl::Status ReadFloatScalars(tensorflow::OpKernelContext* ctx, const char* op, int first,
+                                     const char* const* names, int count, float* values) {
+  for (int i = 0; i < count; ++i) {
+    const tensorflow::Tensor& t = ctx->input(first + i);
+    if (t.NumElements() != 1) {
+      return absl::InvalidArgumentError(absl::StrCat(op, ": ", names[i],
+                                                     " must be a scalar, got shape ",
+                                                     t.shape().DebugString()));
+    }
+    values[i] = t.flat<float>()(0);
+  }
+  return absl::OkStatus();
+}
+
 // Reads the scalars; alpha folds in the bias corrections as Keras does.
 inline absl::Status ReadAdamInputs(tensorflow::OpKernelContext* ctx, const char* op, int first,
                                    AdamHyperparameters* hyper) {
   constexpr const char* kNames[AdamScalarInput::kCount] = {
       "lr", "beta1", "beta2", "epsilon", "beta1_power", "beta2_power"};
   float value[AdamScalarInput::kCount];
-  for (int i = 0; i < AdamScalarInput::kCount; ++i) {
-    const tensorflow::Tensor& t = ctx->input(first + i);
-    if (t.NumElements() != 1) {
-      return absl::InvalidArgumentError(absl::StrCat(op, ": ", kNames[i],
-                                                     " must be a scalar, got shape ",
-                                                     t.shape().DebugString()));
-    }
-    value[i] = t.flat<float>()(0);
-  }
+  TF_RETURN_IF_ERROR(ReadFloatScalars(ctx, op, first, kNames, AdamScalarInput::kCount, value));
   const float lr = value[AdamScalarInput::kLr];
   const float beta1_power = value[AdamScalarInput::kBeta1Power];
   const float beta2_power = value[AdamScalarInput::kBeta2Power];
@@ -40,20 +47,13 @@ inline absl::Status ReadAdamInputs(tensorflow::OpKernelContext* ctx, const char*
   return absl::OkStatus();
 }
 
-// The rowwise RMSprop ops end with lr, beta2, epsilon, beta2_power, from their input `first` on.
+// The rowwise RMSprop ops end with lr, beta2, epsilon, beta2_power, from their input `first` on;
+// alpha folds in the bias correction.
 inline absl::Status ReadRowwiseRmspropInputs(tensorflow::OpKernelContext* ctx, const char* op,
                                              int first, RowwiseRmspropHyperparameters* hyper) {
   constexpr const char* kNames[4] = {"lr", "beta2", "epsilon", "beta2_power"};
   float value[4];
-  for (int i = 0; i < 4; ++i) {
-    const tensorflow::Tensor& t = ctx->input(first + i);
-    if (t.NumElements() != 1) {
-      return absl::InvalidArgumentError(absl::StrCat(op, ": ", kNames[i],
-                                                     " must be a scalar, got shape ",
-                                                     t.shape().DebugString()));
-    }
-    value[i] = t.flat<float>()(0);
-  }
+  TF_RETURN_IF_ERROR(ReadFloatScalars(ctx, op, first, kNames, 4, value));
   *hyper = {value[0] * std::sqrt(1.f - value[3]), value[1], value[2]};
   return absl::OkStatus();
 }
