@@ -17,12 +17,12 @@ rate 1e-3, the same cores and `model.fit`:
   `remove_accidental_hits=True`. Its weight gradient is a `tf.IndexedSlices`, which Keras 3's
   Adam applies as a dense update of every row.
 * `tf_lsh` (c): `LSHClassifier` with an `LSHDense` output (`build_lsh_model`: SimHash, 16
-  tables), `SparseAdam` with the example's rule for the first layer's rows (`build_optimizer`),
+  tables), the example's `SparseAdam` (`build_optimizer`: no momentum, rowwise feature rows),
   `LSHRebuildCallback(period=50, schedule="exponential", growth=1.2)` as in the example; one
   active set of `active` labels per batch (the batch's labels first, then the units its
   buckets share most), as the example trains.
-* optional `tf_lsh_adam_feature_rows` (c''): the same with Adam on the first layer's rows
-  (`SparseAdam(feature_rows="adam")`, the rule before December 6).
+* optional `tf_lsh_adam` (c''): the same with the optimizer before December 6, `SparseAdam`'s
+  defaults (Adam with momentum everywhere).
 * optional `tf_lsh_per_example` (c'): the same with one active set per example (SLIDE's way):
   a step then touches up to batch x active output rows.
 * optional (`--methods ... sampled_3000_sparse_adam`): (b) with 3,000 samples and `SparseAdam`,
@@ -477,9 +477,11 @@ class TfLsh(KerasMethod):
     active set a batch."""
 
     name = "tf_lsh"
-    label = "(c) tf-lsh: LSHDense + SparseAdam, rowwise feature rows"
+    label = "(c) tf-lsh: LSHDense + SparseAdam (no momentum, rowwise feature rows)"
     batch_wide = True
-    feature_rows = example.FEATURE_ROWS
+
+    def optimizer(self):
+        return example.build_optimizer(LEARNING_RATE)
 
     def build(self, data, active, num_tables):
         model = example.build_lsh_model(
@@ -491,7 +493,7 @@ class TfLsh(KerasMethod):
             batch_wide=self.batch_wide,
             seed=SEED,
         )
-        model.compile(optimizer=example.build_optimizer(LEARNING_RATE, self.feature_rows))
+        model.compile(optimizer=self.optimizer())
         return model, [keras_layers.LSHRebuildCallback(**REBUILD)]
 
     def output_costs(self, model, data, active, distinct_rows, rehashed_units):
@@ -565,13 +567,15 @@ class TfLsh(KerasMethod):
 
 
 @register
-class TfLshAdamFeatureRows(TfLsh):
-    """(c'') tf-lsh with Adam on the first layer's rows too (`feature_rows="adam"`): the
-    rowwise rule's share of the difference."""
+class TfLshAdam(TfLsh):
+    """(c'') tf-lsh with `SparseAdam`'s defaults, the optimizer before December 6: what the
+    example's optimizer adds."""
 
-    name = "tf_lsh_adam_feature_rows"
-    label = "(c'') tf-lsh, Adam on the feature rows"
-    feature_rows = "adam"
+    name = "tf_lsh_adam"
+    label = "(c'') tf-lsh, Adam with momentum everywhere"
+
+    def optimizer(self):
+        return keras_layers.SparseAdam(LEARNING_RATE)
 
 
 @register
