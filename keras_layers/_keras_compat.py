@@ -71,6 +71,12 @@ def adam_moments(optimizer, variable):
     return optimizer._momentums[index], optimizer._velocities[index]
 
 
+def set_adam_moments(optimizer, momentums, velocities):
+    """Gives a `keras.optimizers.Adam` its moments, one of each per variable in build order
+    (a momentum may be None), as `Adam.build` would."""
+    optimizer._momentums, optimizer._velocities = list(momentums), list(velocities)
+
+
 # ---------------------------------------------------------------------- tf.distribute and fit
 
 

@@ -87,13 +87,13 @@ class SparseAdam(keras.optimizers.Adam):
         if not any(self.updates_rowwise(variable) for variable in var_list):
             return super().build(var_list)
         keras.optimizers.Optimizer.build(self, var_list)
-        self._momentums, self._velocities = [], []
+        momentums, velocities = [], []
         for variable in var_list:
             rowwise = self.updates_rowwise(variable)
-            self._momentums.append(
+            momentums.append(
                 None if rowwise else self.add_variable_from_reference(variable, "momentum")
             )
-            self._velocities.append(
+            velocities.append(
                 self.add_variable(
                     shape=(variable.shape[0], 1),
                     dtype=variable.dtype,
@@ -102,6 +102,7 @@ class SparseAdam(keras.optimizers.Adam):
                 if rowwise
                 else self.add_variable_from_reference(variable, "velocity")
             )
+        _keras_compat.set_adam_moments(self, momentums, velocities)
 
     def updates_rowwise(self, variable):
         """Whether `variable` gets the rowwise rule: a `SparseInputDense` kernel (see
