@@ -69,16 +69,12 @@ def sparse_rowwise_rmsprop_apply(
     Returns:
       The op (in graph mode), or None eagerly.
     """
-    beta_2 = tf.cast(beta_2, tf.float32)
     return ops.tf_lsh_sparse_rowwise_rmsprop_apply(
         variable_handle(_ROWWISE_OP, "variable", variable),
         variable_handle(_ROWWISE_OP, "v", v),
         gradient.indices,
         as_tensor(_ROWWISE_OP, "gradient.values", gradient.values, tf.float32),
-        tf.cast(learning_rate, tf.float32),
-        beta_2,
-        tf.cast(epsilon, tf.float32),
-        tf.pow(beta_2, tf.cast(step, tf.float32)),
+        *rowwise_rmsprop_inputs(learning_rate, beta_2, epsilon, step),
         name=name,
     )
 
@@ -96,4 +92,16 @@ def adam_inputs(learning_rate, beta_1, beta_2, epsilon, step):
         tf.cast(epsilon, tf.float32),
         tf.pow(beta_1, step),
         tf.pow(beta_2, step),
+    )
+
+
+def rowwise_rmsprop_inputs(learning_rate, beta_2, epsilon, step):
+    """The four float32 scalars the rowwise RMSprop ops take: lr, beta2, epsilon and the
+    bias-correction power beta2^step."""
+    beta_2 = tf.cast(beta_2, tf.float32)
+    return (
+        tf.cast(learning_rate, tf.float32),
+        beta_2,
+        tf.cast(epsilon, tf.float32),
+        tf.pow(beta_2, tf.cast(step, tf.float32)),
     )

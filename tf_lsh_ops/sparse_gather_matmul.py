@@ -5,7 +5,7 @@ from tensorflow.python.ops import resource_variable_ops
 
 from tf_lsh_ops._checks import as_resource_variable, as_tensor, require_dtype, variable_handles
 from tf_lsh_ops._loader import op_type, ops
-from tf_lsh_ops.sparse_adam import adam_inputs
+from tf_lsh_ops.sparse_adam import adam_inputs, rowwise_rmsprop_inputs
 
 _OP = "SparseGatherMatmul"
 
@@ -443,15 +443,11 @@ def sparse_input_matmul_rowwise_rmsprop(
       The op (in graph mode), or None eagerly.
     """
     op_name = "ResourceSparseInputMatmulGradRowwiseRmsprop"
-    beta_2 = tf.cast(beta_2, tf.float32)
     return ops.tf_lsh_resource_sparse_input_matmul_grad_rowwise_rmsprop(
         *_sparse_parts(op_name, inputs),
         *variable_handles(op_name, kernel=kernel, kernel_v=kernel_v),
         as_tensor(op_name, "grad_output", grad_output, tf.float32),
-        tf.cast(learning_rate, tf.float32),
-        beta_2,
-        tf.cast(epsilon, tf.float32),
-        tf.pow(beta_2, tf.cast(step, tf.float32)),
+        *rowwise_rmsprop_inputs(learning_rate, beta_2, epsilon, step),
         name=name,
     )
 

@@ -20,6 +20,7 @@ using tensorflow::Tensor;
 namespace {
 
 constexpr char kOp[] = "SparseAdamApply";
+constexpr char kRowwiseOp[] = "SparseRowwiseRmspropApply";
 
 // Input indices, in the order of the op's registration; Adam's scalars (adam_inputs.h) from kLr.
 struct SparseAdamApplyInput {
@@ -30,8 +31,6 @@ struct SparseAdamApplyInput {
 struct RowwiseInput {
   enum : int { kVar, kV, kIndices, kGrad, kLr };
 };
-
-}  // namespace
 
 // Checks `indices` and `grad` of a sparse update of `var` (rank >= 1) and returns the rows as
 // int32 in `rows`; `dim` is the size of a row.
@@ -70,6 +69,8 @@ absl::Status ReadSparseRows(const char* op, const Tensor& var, const Tensor& ind
   }
   return absl::OkStatus();
 }
+
+}  // namespace
 
 template <typename Index>
 class SparseAdamApplyOp : public OpKernel {
@@ -111,7 +112,6 @@ class SparseRowwiseRmspropApplyOp : public OpKernel {
   explicit SparseRowwiseRmspropApplyOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
-    constexpr char kRowwiseOp[] = "SparseRowwiseRmspropApply";
     RowwiseRmspropHyperparameters hyper;
     OP_REQUIRES_OK(ctx, ReadRowwiseRmspropInputs(ctx, kRowwiseOp, RowwiseInput::kLr, &hyper));
     UpdatableVariables vars;

@@ -404,66 +404,87 @@ class SparseInputMatmulGradOp : public OpKernel {
   bool values_gradient_ = true;
 };
 
-// The kernel's gradient rows go straight into lazy Adam on the kernel and its moments.
-class SparseInputMatmulGradAdamOp : public OpKernel {
- public:
-  explicit SparseInputMatmulGradAdamOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
-
-  void Compute(OpKernelContext* ctx) override {
-    constexpr char kOp[] = "ResourceSparseInputMatmulGradAdam";
-    AdamHyperparameters hyper;
-    OP_REQUIRES_OK(ctx, ReadAdamInputs(ctx, kOp, SparseInputMatmulGradAdamInput::kLr, &hyper));
-    SparseRows rows;
-    OP_REQUIRES_OK(ctx, CheckSparseInputs(kOp, ctx, &rows));
-    UpdatableVariables vars;
-    OP_REQUIRES_OK(ctx, vars.Init(ctx, kOp,
-                                  {{"kernel", SparseInputMatmulGradAdamInput::kKernel},
-                                   {"kernel_m", SparseInputMatmulGradAdamInput::kKernelM},
-                                   {"kernel_v", SparseInputMatmulGradAdamInput::kKernelV}}));
-    const Tensor& kernel = *vars.tensor(0);
-    OP_REQUIRES_OK(ctx, CheckKernel(ctx, kOp, rows, kernel));
-    OP_REQUIRES_OK(ctx, vars.CheckSameShape(kOp, 1, "kernel_m", 0, "kernel"));
-    OP_REQUIRES_OK(ctx, vars.CheckSameShape(kOp, 2, "kernel_v", 0, "kernel"));
-    vars.AdviseHugePagesFor(rows.feature_ids.size());
-    const int64_t units = kernel.dim_size(1);
-    const Tensor& grad_output = ctx->input(SparseInputMatmulGradAdamInput::kGradOutput);
-    OP_REQUIRES_OK(ctx, CheckGradOutput(kOp, grad_output, rows.batch, units));
-    OP_REQUIRES_OK(ctx, GroupSparseRows(ctx, &rows));
-    const ActiveRows grouped = GroupByFeature(ctx, rows, kernel.dim_size(0));
-    SparseInputMatmulBackwardAdam(rows.batch, units, rows.view(),
-                                  grad_output.flat<float>().data(), grouped.view(), hyper,
-                                  {vars.data(0), vars.data(1), vars.data(2)}, TfParallelFor(ctx));
+// The two rules of the first layer's fused update: the variables beside the kernel, their
+// checks, the scalars, and the core function called.
+struct FusedAdamRule {
+  static constexpr char kOp[] = "ResourceSparseInputMatmulGradAdam";
+  using Input = SparseInputMatmulGradAdamInput;
+  static std::vector<std::pair<const char*, int>> Variables() {
+    return {{"kernel", Input::kKernel},
+            {"kernel_m", Input::kKernelM},
+            {"kernel_v", Input::kKernelV}};
   }
+
+  absl::Status ReadScalars(OpKernelContext* ctx) {
+    return ReadAdamInputs(ctx, kOp, Input::kLr, &hyper);
+  }
+
+  static absl::Status CheckMoments(UpdatableVariables* vars) {
+    TF_RETURN_IF_ERROR(vars->CheckSameShape(kOp, 1, "kernel_m", 0, "kernel"));
+    return vars->CheckSameShape(kOp, 2, "kernel_v", 0, "kernel");
+  }
+
+  void Apply(int64_t batch, int64_t units, const SparseRowsView& inputs, const float* grad_out,
+             const RowGroups& features, UpdatableVariables* vars,
+             const ParallelFor& parallel_for) const {
+    SparseInputMatmulBackwardAdam(batch, units, inputs, grad_out, features, hyper,
+                                  {vars->data(0), vars->data(1), vars->data(2)}, parallel_for);
+  }
+
+  AdamHyperparameters hyper;
 };
 
-// The kernel's gradient rows go straight into lazy rowwise RMSprop on the kernel.
-class SparseInputMatmulGradRowwiseRmspropOp : public OpKernel {
+struct FusedRowwiseRmspropRule {
+  static constexpr char kOp[] = "ResourceSparseInputMatmulGradRowwiseRmsprop";
+  using Input = SparseInputMatmulGradRowwiseInput;
+  static std::vector<std::pair<const char*, int>> Variables() {
+    return {{"kernel", Input::kKernel}, {"kernel_v", Input::kKernelV}};
+  }
+
+  absl::Status ReadScalars(OpKernelContext* ctx) {
+    return ReadRowwiseRmspropInputs(ctx, kOp, Input::kLr, &hyper);
+  }
+
+  static absl::Status CheckMoments(UpdatableVariables* vars) {
+    return CheckRowwiseMoment(kOp, "kernel_v", *vars->tensor(1), "kernel", *vars->tensor(0));
+  }
+
+  void Apply(int64_t batch, int64_t units, const SparseRowsView& inputs, const float* grad_out,
+             const RowGroups& features, UpdatableVariables* vars,
+             const ParallelFor& parallel_for) const {
+    SparseInputMatmulBackwardRowwiseRmsprop(batch, units, inputs, grad_out, features, hyper,
+                                            vars->data(0), vars->data(1), parallel_for);
+  }
+
+  RowwiseRmspropHyperparameters hyper;
+};
+
+// The kernel's gradient rows go straight into a lazy update of the kernel (`Rule`: Adam with
+// its moments, or rowwise RMSprop with a moment per row), in place.
+template <typename Rule>
+class SparseInputMatmulGradUpdateOp : public OpKernel {
  public:
-  explicit SparseInputMatmulGradRowwiseRmspropOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit SparseInputMatmulGradUpdateOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
-    constexpr char kOp[] = "ResourceSparseInputMatmulGradRowwiseRmsprop";
-    using Input = SparseInputMatmulGradRowwiseInput;
-    RowwiseRmspropHyperparameters hyper;
-    OP_REQUIRES_OK(ctx, ReadRowwiseRmspropInputs(ctx, kOp, Input::kLr, &hyper));
+    constexpr const char* kOp = Rule::kOp;
+    Rule rule;
+    OP_REQUIRES_OK(ctx, rule.ReadScalars(ctx));
     SparseRows rows;
     OP_REQUIRES_OK(ctx, CheckSparseInputs(kOp, ctx, &rows));
     UpdatableVariables vars;
-    OP_REQUIRES_OK(ctx, vars.Init(ctx, kOp,
-                                  {{"kernel", Input::kKernel}, {"kernel_v", Input::kKernelV}}));
+    OP_REQUIRES_OK(ctx, vars.Init(ctx, kOp, Rule::Variables()));
     const Tensor& kernel = *vars.tensor(0);
     OP_REQUIRES_OK(ctx, CheckKernel(ctx, kOp, rows, kernel));
-    OP_REQUIRES_OK(ctx, CheckRowwiseMoment(kOp, "kernel_v", *vars.tensor(1), "kernel", kernel));
+    OP_REQUIRES_OK(ctx, Rule::CheckMoments(&vars));
     vars.AdviseHugePagesFor(rows.feature_ids.size());
     const int64_t units = kernel.dim_size(1);
-    const Tensor& grad_output = ctx->input(Input::kGradOutput);
+    const Tensor& grad_output = ctx->input(Rule::Input::kGradOutput);
     OP_REQUIRES_OK(ctx, CheckGradOutput(kOp, grad_output, rows.batch, units));
     OP_REQUIRES_OK(ctx, GroupSparseRows(ctx, &rows));
     const ActiveRows grouped = GroupByFeature(ctx, rows, kernel.dim_size(0));
-    SparseInputMatmulBackwardRowwiseRmsprop(rows.batch, units, rows.view(),
-                                            grad_output.flat<float>().data(), grouped.view(),
-                                            hyper, vars.data(0), vars.data(1),
-                                            TfParallelFor(ctx));
+    rule.Apply(rows.batch, units, rows.view(), grad_output.flat<float>().data(), grouped.view(),
+               &vars, TfParallelFor(ctx));
   }
 };
 
@@ -485,13 +506,13 @@ REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseInputMatmulGrad").Device(tensorflow::D
                         SparseInputMatmulGradOp);
 REGISTER_KERNEL_BUILDER(
     Name("TfLsh>ResourceSparseInputMatmulGradRowwiseRmsprop").Device(tensorflow::DEVICE_CPU),
-    SparseInputMatmulGradRowwiseRmspropOp);
+    SparseInputMatmulGradUpdateOp<FusedRowwiseRmspropRule>);
 REGISTER_KERNEL_BUILDER(Name("TfLsh>ResourceSparseInputMatmul").Device(tensorflow::DEVICE_CPU),
                         SparseInputMatmulOp);
 REGISTER_KERNEL_BUILDER(Name("TfLsh>ResourceSparseInputMatmulGrad").Device(tensorflow::DEVICE_CPU),
                         SparseInputMatmulGradOp);
 REGISTER_KERNEL_BUILDER(
     Name("TfLsh>ResourceSparseInputMatmulGradAdam").Device(tensorflow::DEVICE_CPU),
-    SparseInputMatmulGradAdamOp);
+    SparseInputMatmulGradUpdateOp<FusedAdamRule>);
 
 }  // namespace tf_lsh
