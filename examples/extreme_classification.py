@@ -41,7 +41,8 @@ ACTIVE_LOSS = "binary"
 # moment only when the row is next touched, and a label or feature seldom in a batch then
 # steps along gradients many steps old; without it both layers learn faster per epoch, and
 # the rows' rule is also the cheaper update (benchmarks/README.md, "The first layer's rows
-# and momentum").
+# and momentum"). With beta_1 = 0 SparseAdam keeps no first moment at all: the output layer's
+# optimizer state is one copy of its weights, not two.
 BETA_1 = 0.0
 FEATURE_ROWS = "rowwise_rmsprop"
 LEARNING_RATE = 1e-3

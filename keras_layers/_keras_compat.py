@@ -65,9 +65,15 @@ def accept_sparse_inputs(layer):
     layer._supports_sparse_inputs = True
 
 
+def variable_index(optimizer, variable):
+    """The position of `variable` (a model variable, or the tf.Variable behind it, as
+    `update_step` gets it) in the list a built optimizer was built with."""
+    return optimizer._get_variable_index(variable)
+
+
 def adam_moments(optimizer, variable):
     """The `(m, v)` Keras variables a `keras.optimizers.Adam` keeps for `variable`."""
-    index = optimizer._get_variable_index(variable)
+    index = variable_index(optimizer, variable)
     return optimizer._momentums[index], optimizer._velocities[index]
 
 

@@ -5,6 +5,7 @@ import weakref
 
 import keras
 import tensorflow as tf
+from keras import ops
 
 import tf_lsh_ops
 from keras_layers import _keras_compat
@@ -21,6 +22,11 @@ class SparseAdam(keras.optimizers.Adam):
     the variable and its two moments, in place; rows not touched keep their weights and
     moments unchanged (their moments do not decay, as in TensorFlow Addons' `LazyAdam`).
     Dense gradients get Keras' Adam unchanged.
+
+    With `beta_1=0` the first moment would be the gradient itself, so none is kept: a third
+    less optimizer state, and memory traffic, on every variable (the output layer of an
+    extreme classifier over 670k labels keeps 2.7 GB less). The update is Adam's, with
+    `m = gradient`.
 
     The kernels of `SparseInputDense` layers have a row per input feature, like an embedding
     table. With `feature_rows="rowwise_rmsprop"` they keep one second moment per row and no
@@ -79,19 +85,30 @@ class SparseAdam(keras.optimizers.Adam):
         )
         self.feature_rows = feature_rows
 
+    @property
+    def keeps_first_moment(self):
+        """Whether Adam's first moment is kept: not when `beta_1` is 0, where it would be the
+        gradient itself."""
+        return not (isinstance(self.beta_1, (int, float)) and self.beta_1 == 0)
+
     def build(self, var_list):
-        """Adam's two moments for each variable; one moment per row, and no first moment, for
-        the kernels `updates_rowwise`."""
+        """Adam's two moments for each variable (no first moment when `beta_1` is 0); one
+        moment per row, and no first moment, for the kernels `updates_rowwise`."""
         if self.built:
             return
-        if not any(self.updates_rowwise(variable) for variable in var_list):
+        self._rowwise = [
+            self.feature_rows == "rowwise_rmsprop" and getattr(v, FEATURE_ROWS_ATTRIBUTE, False)
+            for v in var_list
+        ]
+        if self.keeps_first_moment and not any(self._rowwise):
             return super().build(var_list)
         keras.optimizers.Optimizer.build(self, var_list)
         momentums, velocities = [], []
-        for variable in var_list:
-            rowwise = self.updates_rowwise(variable)
+        for variable, rowwise in zip(var_list, self._rowwise, strict=True):
             momentums.append(
-                None if rowwise else self.add_variable_from_reference(variable, "momentum")
+                self.add_variable_from_reference(variable, "momentum")
+                if self.keeps_first_moment and not rowwise
+                else None
             )
             velocities.append(
                 self.add_variable(
@@ -105,15 +122,14 @@ class SparseAdam(keras.optimizers.Adam):
         _keras_compat.set_adam_moments(self, momentums, velocities)
 
     def updates_rowwise(self, variable):
-        """Whether `variable` gets the rowwise rule: a `SparseInputDense` kernel (see
+        """Whether `variable` (a model variable, or the tf.Variable behind it) gets the
+        rowwise rule: decided at `build` for the `SparseInputDense` kernels (see
         `mark_feature_rows`) under `feature_rows="rowwise_rmsprop"`."""
-        return self.feature_rows == "rowwise_rmsprop" and getattr(
-            variable, FEATURE_ROWS_ATTRIBUTE, False
-        )
+        return self._rowwise[_keras_compat.variable_index(self, variable)]
 
     def update_step(self, gradient, variable, learning_rate):
         m, v = self.moments(variable)
-        if m is None:  # built for the rowwise rule
+        if self.updates_rowwise(variable):
             if not isinstance(gradient, tf.IndexedSlices):  # every row, as a dense step would
                 rows = tf.range(tf.shape(gradient)[0])
                 gradient = tf.IndexedSlices(gradient, rows, tf.shape(gradient, tf.int64))
@@ -125,14 +141,31 @@ class SparseAdam(keras.optimizers.Adam):
             )
             return
         if not isinstance(gradient, tf.IndexedSlices) or variable.dtype != "float32":
+            if m is None:
+                return self._dense_step_without_first_moment(gradient, variable, learning_rate)
             return super().update_step(gradient, variable, learning_rate)
         tf_lsh_ops.sparse_adam_apply(
             _tf_variable(variable), m, v, gradient, **self.step_hyperparameters(learning_rate)
         )
 
+    def _dense_step_without_first_moment(self, gradient, variable, learning_rate):
+        """Keras Adam's dense update with `m = gradient` (`beta_1` is 0)."""
+        _, v = _keras_compat.adam_moments(self, variable)
+        gradient = ops.cast(tf.convert_to_tensor(gradient), variable.dtype)
+        beta_2_power = ops.power(
+            ops.cast(self.beta_2, variable.dtype), ops.cast(self.iterations + 1, variable.dtype)
+        )
+        alpha = ops.cast(learning_rate, variable.dtype) * ops.sqrt(1 - beta_2_power)
+        self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v), 1 - self.beta_2))
+        self.assign_sub(
+            variable,
+            ops.divide(ops.multiply(gradient, alpha), ops.add(ops.sqrt(v), self.epsilon)),
+        )
+
     def moments(self, variable):
         """The `(m, v)` moment variables Adam keeps for `variable` (a tf.Variable each); m is
-        None and v has one value per row for a variable updated by rows (`feature_rows`)."""
+        None when `beta_1` is 0, and for a variable updated by rows (`feature_rows`), whose v
+        has one value per row."""
         m, v = _keras_compat.adam_moments(self, variable)
         return (None if m is None else _tf_variable(m)), _tf_variable(v)
 

@@ -164,15 +164,19 @@ class FusedKernelUpdate:
         if self.product is None:
             raise ValueError("FusedKernelUpdate.apply: call forward first")
         kernel, optimizer = self.layer.kernel, self.optimizer
-        m, v = optimizer.moments(kernel)
+        moments = optimizer.moments(kernel)
         # The hyperparameters are read before apply_gradients counts the step.
-        if m is None:  # the optimizer keeps a moment per row
+        if optimizer.updates_rowwise(kernel):
             tf_lsh_ops.sparse_input_matmul_rowwise_rmsprop(
-                self._inputs, kernel, product_gradient, v, **optimizer.rowwise_hyperparameters()
+                self._inputs,
+                kernel,
+                product_gradient,
+                moments[1],
+                **optimizer.rowwise_hyperparameters(),
             )
         else:
             tf_lsh_ops.sparse_input_matmul_adam(
-                self._inputs, kernel, product_gradient, (m, v), **optimizer.step_hyperparameters()
+                self._inputs, kernel, product_gradient, moments, **optimizer.step_hyperparameters()
             )
 
 

@@ -737,6 +737,41 @@ def test_sparse_adam_on_dense_gradients_is_keras_adam():
         np.testing.assert_array_equal(sparse, keras_adam)  # the same code path: same bits
 
 
+def test_sparse_adam_with_beta_1_zero_keeps_no_first_moment(tmp_path):
+    """With beta_1 = 0 the first moment would be the gradient: none is kept, and the updates
+    are Adam's (lazy on sparse gradients, Keras' on dense ones) with m = gradient."""
+    lr, beta_2, epsilon = 0.05, 0.95, 1e-7
+    w0, b0 = normal(80, 12, 5), normal(81, 5)
+    w, b = keras.Variable(w0.copy(), name="w"), keras.Variable(b0.copy(), name="b")
+    optimizer = SparseAdam(lr, beta_1=0.0, beta_2=beta_2, epsilon=epsilon)
+    assert not optimizer.keeps_first_moment and SparseAdam(beta_1=0.1).keeps_first_moment
+    optimizer.build([w, b])
+    assert [optimizer.moments(x)[0] for x in (w, b)] == [None, None]
+    assert len(optimizer.variables) == 4  # iterations, learning rate, a velocity each
+    keras_adam = keras.optimizers.Adam(lr, beta_1=0.0, beta_2=beta_2, epsilon=epsilon)
+    dense_b = keras.Variable(b0.copy())
+    ref = (w0, np.zeros_like(w0), np.zeros_like(w0))
+    for t, indices in enumerate([[1, 3, 1, 7], [3, 10], [0, 7, 11]], start=1):
+        values, bias_grad = normal(90 + t, len(indices), 5), normal(95 + t, 5)
+        gradient = tf.IndexedSlices(tf.constant(values), tf.constant(indices), tf.constant([12, 5]))
+        optimizer.apply_gradients([(gradient, w), (tf.constant(bias_grad), b)])
+        keras_adam.apply_gradients([(tf.constant(bias_grad), dense_b)])
+        ref = lazy_adam_reference(*ref, np.array(indices), values, t, lr, 0.0, beta_2, epsilon)
+        np.testing.assert_allclose(w.numpy(), ref[0], rtol=2e-5, atol=1e-6)
+        np.testing.assert_allclose(optimizer.moments(w)[1].numpy(), ref[2], rtol=2e-5, atol=1e-9)
+        np.testing.assert_allclose(b.numpy(), dense_b.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(w.numpy()[[2, 4]], w0[[2, 4]])  # rows never touched
+    # The state round-trips through a .keras file.
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+    model.compile(optimizer=SparseAdam(1e-2, beta_1=0.0), loss="mse")
+    model.fit(normal(82, 16, 6), normal(83, 16, 3), epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert len(loaded.optimizer.variables) == len(model.optimizer.variables) == 4
+    for a, c in zip(model.optimizer.variables, loaded.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(a.numpy(), c.numpy(), err_msg=a.path)
+
+
 def test_sparse_adam_rejects_amsgrad():
     with pytest.raises(ValueError, match="amsgrad"):
         SparseAdam(amsgrad=True)
@@ -843,9 +878,11 @@ def _step_op_types(model, batch):
     return [op.type for op in step.graph.get_operations()]
 
 
-def test_fused_output_update_equals_the_unfused_step_bit_for_bit(multilabel):
+@pytest.mark.parametrize("beta_1", [0.9, 0.0], ids=["adam", "no_first_moment"])
+def test_fused_output_update_equals_the_unfused_step_bit_for_bit(multilabel, beta_1):
     """The head's backward pass fused with SparseAdam gives the weights and moments (and the
-    body's) of the plain gradient + apply_gradients path, exactly."""
+    body's) of the plain gradient + apply_gradients path, exactly; with beta_1 = 0 the fused
+    op keeps no first moments."""
     (x, labels), _ = multilabel
 
     def make_model(fuse):
@@ -856,11 +893,18 @@ def test_fused_output_update_equals_the_unfused_step_bit_for_bit(multilabel):
     def fit(model):
         model.fit(x[:640], labels[:640], batch_size=64, epochs=2, verbose=0, shuffle=False)
 
-    fused = _train_unfused_and_fused(make_model, fit, "sparse_gather_matmul_adam", steps=20)
+    fused = _train_unfused_and_fused(
+        make_model,
+        fit,
+        "sparse_gather_matmul_adam",
+        steps=20,
+        optimizer=lambda: SparseAdam(3e-3, beta_1=beta_1),
+    )
     # The fused step runs no unfused gradient of the head besides (ops that read variables
     # stay in a graph even when their outputs are unused, so it would run and cost as much).
     op_types = _step_op_types(fused, (tf.constant(x[:64]), tf.constant(labels[:64])))
-    assert op_type("ResourceSparseGatherMatmulGradAdam") in op_types
+    fused_op = "ResourceSparseGatherMatmulGradAdam" + ("" if beta_1 else "NoMomentum")
+    assert op_type(fused_op) in op_types
     assert op_type("ResourceSparseGatherMatmulGrad") not in op_types
 
 
@@ -878,9 +922,13 @@ def _bags_of_features(seed, count=512, num_features=300, num_labels=100):
     return x, labels
 
 
-@pytest.mark.parametrize("body_kind", ["layer", "sequential"])
+@pytest.mark.parametrize(
+    "body_kind, beta_1", [("layer", 0.9), ("sequential", 0.9), ("sequential", 0.0)]
+)
 @pytest.mark.parametrize("batch_wide", [False, True], ids=["per_example", "batch_wide"])
-def test_fused_first_layer_update_equals_the_unfused_step_bit_for_bit(body_kind, batch_wide):
+def test_fused_first_layer_update_equals_the_unfused_step_bit_for_bit(
+    body_kind, beta_1, batch_wide
+):
     """A SparseInputDense first layer's gradient fused with SparseAdam (with the head's fused
     update or without it) gives the weights and moments of the unfused step, exactly."""
     x, labels = _bags_of_features(41)
@@ -905,12 +953,15 @@ def test_fused_first_layer_update_equals_the_unfused_step_bit_for_bit(body_kind,
         lambda model: model.fit(data, epochs=2, verbose=0),
         "sparse_input_matmul_adam",
         steps=16,
+        optimizer=lambda: SparseAdam(3e-3, beta_1=beta_1),
     )
     # The fused step computes the first layer's kernel gradient once, in the fused op.
     op_types = _step_op_types(fused, next(iter(data)))
-    assert op_type("ResourceSparseInputMatmulGradAdam") in op_types
+    suffix = "" if beta_1 else "NoMomentum"
+    assert op_type("ResourceSparseInputMatmulGradAdam" + suffix) in op_types
     assert op_type("ResourceSparseInputMatmulGrad") not in op_types
-    assert (op_type("ResourceSparseGatherMatmulGradAdam") in op_types) == (not batch_wide)
+    head_op = op_type("ResourceSparseGatherMatmulGradAdam" + suffix)
+    assert (head_op in op_types) == (not batch_wide)
 
 
 def test_fused_first_layer_rowwise_update_equals_the_unfused_step_bit_for_bit():

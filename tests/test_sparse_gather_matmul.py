@@ -1014,8 +1014,9 @@ def test_shared_active_set_shapes_and_errors():
     assert tape.gradient(out, empty).shape == (0, 4)
 
 
+@pytest.mark.parametrize("first_moment", [True, False], ids=["adam", "no_first_moment"])
 @pytest.mark.parametrize("shared", [False, True], ids=["per_example", "shared"])
-def test_fused_backward_adam_equals_gradient_then_sparse_adam_bit_for_bit(shared):
+def test_fused_backward_adam_equals_gradient_then_sparse_adam_bit_for_bit(shared, first_moment):
     rng = np.random.default_rng(6)
     batch, dim, num_neurons, active = 6, 20, 40, 9
     x = tf.constant(rng.standard_normal((batch, dim), dtype=np.float32))
@@ -1030,7 +1031,10 @@ def test_fused_backward_adam_equals_gradient_then_sparse_adam_bit_for_bit(shared
         rng.random(num_neurons, dtype=np.float32) * 0.1,
     ]
     hyper = dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=4)
-    plain = [tf.Variable(v) for v in init]
+    if not first_moment:  # m=None: Adam with beta_1 = 0 keeping no first moment
+        init[2] = init[4] = None
+        hyper["beta_1"] = 0.0
+    plain = [None if v is None else tf.Variable(v) for v in init]
     w, b, wm, wv, bm, bv = plain
     with tf.GradientTape() as tape:
         tape.watch(x)
@@ -1039,7 +1043,7 @@ def test_fused_backward_adam_equals_gradient_then_sparse_adam_bit_for_bit(shared
     tf_lsh_ops.sparse_adam_apply(w, wm, wv, dw, **hyper)
     tf_lsh_ops.sparse_adam_apply(b, bm, bv, db, **hyper)
 
-    fused = [tf.Variable(v) for v in init]
+    fused = [None if v is None else tf.Variable(v) for v in init]
     w, b, *moments = fused
     fused_out, grouping = tf_lsh_ops.sparse_gather_matmul_grouped(x, w, b, idx)
     np.testing.assert_array_equal(fused_out, out)
@@ -1047,8 +1051,51 @@ def test_fused_backward_adam_equals_gradient_then_sparse_adam_bit_for_bit(shared
         x, w, b, idx, grouping, upstream, moments, **hyper
     )
     np.testing.assert_array_equal(fused_dx, dx)
-    for a, c in zip(plain, fused, strict=True):
-        np.testing.assert_array_equal(a.numpy(), c.numpy())
+    for a, c, start in zip(plain, fused, init, strict=True):
+        if a is not None:
+            np.testing.assert_array_equal(a.numpy(), c.numpy())
+            assert not np.array_equal(a.numpy(), start)  # something was applied
+
+
+def test_adam_without_first_moment_is_adam_with_beta_1_zero():
+    """`m=None` keeps no first moment: lazy Adam with beta_1 = 0 (whose m is the gradient)."""
+    rng = np.random.default_rng(12)
+    w0 = rng.standard_normal((30, 5), dtype=np.float32)
+    v0 = rng.random((30, 5), dtype=np.float32)
+    rows = np.array([4, 1, 4, 29], np.int32)
+    grad = rng.standard_normal((4, 5), dtype=np.float32)
+    hyper = dict(learning_rate=0.02, beta_1=0.0, beta_2=0.9, epsilon=1e-7, step=5)
+    w, v = tf.Variable(w0), tf.Variable(v0)
+    tf_lsh_ops.sparse_adam_apply(w, None, v, tf.IndexedSlices(grad, rows), **hyper)
+    want_w, _, want_v = reference_adam(w0, np.zeros_like(w0), v0, rows, grad, *hyper.values())
+    np.testing.assert_allclose(v.numpy(), want_v, rtol=1e-6)
+    np.testing.assert_allclose(w.numpy(), want_w, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(w.numpy()[[0, 2, 3]], w0[[0, 2, 3]])
+
+
+def test_adam_without_first_moment_names_its_errors():
+    w, v = tf.Variable(tf.ones([4, 3])), tf.Variable(tf.zeros([4, 3]))
+    grad = tf.IndexedSlices(tf.ones([1, 3]), tf.constant([2]))
+    hyper = dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1)
+    with pytest.raises(ValueError, match="SparseAdamNoMomentumApply: .* needs beta_1 = 0, got 0.9"):
+        tf_lsh_ops.sparse_adam_apply(w, None, v, grad, **hyper)
+    hyper["beta_1"] = 0.0
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"SparseAdamNoMomentumApply: v has shape \[4,2\]; var and v must share one shape",
+    ):
+        tf_lsh_ops.sparse_adam_apply(w, None, tf.Variable(tf.zeros([4, 2])), grad, **hyper)
+    b, bv = tf.Variable(tf.ones([4])), tf.Variable(tf.zeros([3]))
+    x, idx = tf.ones([2, 3]), tf.constant([[0, 1], [2, -1]])
+    _, grouping = tf_lsh_ops.sparse_gather_matmul_grouped(x, w, b, idx)
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"GradAdamNoMomentum: biases_v has shape \[3\]; it must match biases, \[4\]",
+    ):
+        tf_lsh_ops.sparse_gather_matmul_adam(
+            x, w, b, idx, grouping, tf.ones([2, 2]), (None, v, None, bv), **hyper
+        )
+    np.testing.assert_array_equal(w.numpy(), np.ones([4, 3]))  # nothing was applied
 
 
 def test_fused_backward_adam_checks_its_inputs():
@@ -1103,8 +1150,9 @@ def _first_layer_state(seed, num_features=30, units=7):
     ]
 
 
+@pytest.mark.parametrize("first_moment", [True, False], ids=["adam", "no_first_moment"])
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf_function"])
-def test_sparse_input_matmul_adam_equals_gradient_then_sparse_adam_bit_for_bit(graph):
+def test_sparse_input_matmul_adam_equals_gradient_then_sparse_adam_bit_for_bit(graph, first_moment):
     x, _ = _bag_of_words(8, batch=9)
     x[2, 5] = x[4, 5] = 1.5  # a feature in two rows
     indices, values, dense_shape = _shuffled_sparse(x, 9)
@@ -1112,21 +1160,24 @@ def test_sparse_input_matmul_adam_equals_gradient_then_sparse_adam_bit_for_bit(g
     upstream = tf.constant(np.random.default_rng(10).standard_normal((9, 7), dtype=np.float32))
     hyper = dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=3)
     init = _first_layer_state(11)
+    if not first_moment:  # ResourceSparseInputMatmulGradAdamNoMomentum
+        init[1], hyper["beta_1"] = None, 0.0
 
-    plain = [tf.Variable(v) for v in init]
+    plain = [None if v is None else tf.Variable(v) for v in init]
     with tf.GradientTape() as tape:
         out = tf_lsh_ops.sparse_input_matmul(inputs, plain[0])
     grad = tape.gradient(out, plain[0], output_gradients=upstream)
     tf_lsh_ops.sparse_adam_apply(*plain, grad, **hyper)
 
-    fused = [tf.Variable(v) for v in init]
+    fused = [None if v is None else tf.Variable(v) for v in init]
 
     def update():  # nothing returned: in a tf.function the update must run for its effect
         tf_lsh_ops.sparse_input_matmul_adam(inputs, fused[0], upstream, fused[1:], **hyper)
 
     (tf.function(update) if graph else update)()
     for a, c in zip(plain, fused, strict=True):
-        np.testing.assert_array_equal(a.numpy(), c.numpy())
+        if a is not None:
+            np.testing.assert_array_equal(a.numpy(), c.numpy())
     touched = np.any(x != 0, axis=0)
     assert np.all(fused[0].numpy()[touched] != init[0][touched])  # the rows present moved
     np.testing.assert_array_equal(fused[0].numpy()[~touched], init[0][~touched])  # no others

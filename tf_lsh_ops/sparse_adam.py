@@ -7,6 +7,7 @@ from tf_lsh_ops._checks import as_tensor, variable_handle
 from tf_lsh_ops._loader import ops
 
 _OP = "SparseAdamApply"
+_NO_MOMENTUM_OP = "SparseAdamNoMomentumApply"
 _ROWWISE_OP = "SparseRowwiseRmspropApply"
 
 
@@ -21,8 +22,12 @@ def sparse_adam_apply(
     `m += (g - m) * (1 - beta_1)`, `v += (g^2 - v) * (1 - beta_2)`,
     `variable -= alpha * m / (sqrt(v) + epsilon)`.
 
+    With `beta_1 = 0` the first moment is the gradient itself: pass `m=None` to keep none (a
+    third less state and memory traffic); `variable -= alpha * g / (sqrt(v) + epsilon)`.
+
     Args:
-      variable, m, v: float32 `tf.Variable`s of one shape.
+      variable, v: float32 `tf.Variable`s of one shape.
+      m: a float32 `tf.Variable` of that shape, or None when `beta_1` is 0.
       gradient: `tf.IndexedSlices` for `variable`.
       learning_rate, beta_1, beta_2, epsilon: float scalars.
       step: the 1-based step number `t` (a scalar).
@@ -31,6 +36,15 @@ def sparse_adam_apply(
     Returns:
       The op (in graph mode), or None eagerly.
     """
+    if m is None:
+        return ops.tf_lsh_sparse_adam_no_momentum_apply(
+            variable_handle(_NO_MOMENTUM_OP, "variable", variable),
+            variable_handle(_NO_MOMENTUM_OP, "v", v),
+            gradient.indices,
+            as_tensor(_NO_MOMENTUM_OP, "gradient.values", gradient.values, tf.float32),
+            *adam_no_momentum_inputs(_NO_MOMENTUM_OP, learning_rate, beta_1, beta_2, epsilon, step),
+            name=name,
+        )
     return ops.tf_lsh_sparse_adam_apply(
         variable_handle(_OP, "variable", variable),
         variable_handle(_OP, "m", m),
@@ -105,3 +119,15 @@ def rowwise_rmsprop_inputs(learning_rate, beta_2, epsilon, step):
         tf.cast(epsilon, tf.float32),
         tf.pow(beta_2, tf.cast(step, tf.float32)),
     )
+
+
+def adam_no_momentum_inputs(op_name, learning_rate, beta_1, beta_2, epsilon, step):
+    """The four float32 scalars the Adam ops without a first moment take (those of the rowwise
+    RMSprop ops: with `beta_1 = 0`, `alpha = lr * sqrt(1 - beta2^step)`). `beta_1` must be 0;
+    `op_name` is named in the error when a known value is not."""
+    known = tf.get_static_value(beta_1)
+    if known is None or known != 0:
+        raise ValueError(
+            f"{op_name}: keeping no first moment (m=None) needs beta_1 = 0, got {beta_1!r}"
+        )
+    return rowwise_rmsprop_inputs(learning_rate, beta_2, epsilon, step)

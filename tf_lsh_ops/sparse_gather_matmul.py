@@ -5,7 +5,7 @@ from tensorflow.python.ops import resource_variable_ops
 
 from tf_lsh_ops._checks import as_resource_variable, as_tensor, require_dtype, variable_handles
 from tf_lsh_ops._loader import op_type, ops
-from tf_lsh_ops.sparse_adam import adam_inputs, rowwise_rmsprop_inputs
+from tf_lsh_ops.sparse_adam import adam_inputs, adam_no_momentum_inputs, rowwise_rmsprop_inputs
 
 _OP = "SparseGatherMatmul"
 
@@ -118,7 +118,8 @@ def sparse_gather_matmul_adam(
       inputs, weights, biases, indices: as given to `sparse_gather_matmul_grouped`.
       grouping: its second result.
       grad_output: float32 `[B, K]`, the gradient of the loss with respect to its output.
-      moments: `(weights_m, weights_v, biases_m, biases_v)` variables.
+      moments: `(weights_m, weights_v, biases_m, biases_v)` variables; both first moments
+        None when `beta_1` is 0 (see `sparse_adam_apply`).
       learning_rate, beta_1, beta_2, epsilon: Adam's hyperparameters.
       step: the 1-based step number.
       name: optional op name.
@@ -127,6 +128,20 @@ def sparse_gather_matmul_adam(
       float32 `[B, D]`, the gradient with respect to `inputs`.
     """
     weights_m, weights_v, biases_m, biases_v = moments
+    if weights_m is None and biases_m is None:
+        op_name = "ResourceSparseGatherMatmulGradAdamNoMomentum"
+        handles = variable_handles(
+            op_name, weights=weights, biases=biases, weights_v=weights_v, biases_v=biases_v
+        )
+        return ops.tf_lsh_resource_sparse_gather_matmul_grad_adam_no_momentum(
+            as_tensor(op_name, "inputs", inputs, tf.float32),
+            *handles,
+            *grouping,
+            as_tensor(op_name, "grad_output", grad_output, tf.float32),
+            as_tensor(op_name, "indices", indices, tf.int32),
+            *adam_no_momentum_inputs(op_name, learning_rate, beta_1, beta_2, epsilon, step),
+            name=name,
+        )
     handles = variable_handles(
         _OP,
         weights=weights,
@@ -398,7 +413,8 @@ def sparse_input_matmul_adam(
       inputs: float32 `tf.SparseTensor` `[B, F]`, as given to `sparse_input_matmul`.
       kernel: float32 `[F, H]` variable.
       grad_output: float32 `[B, H]`, the gradient of the loss with respect to the product.
-      moments: `(kernel_m, kernel_v)` variables of the kernel's shape.
+      moments: `(kernel_m, kernel_v)` variables of the kernel's shape; `kernel_m` None when
+        `beta_1` is 0 (see `sparse_adam_apply`).
       learning_rate, beta_1, beta_2, epsilon: Adam's hyperparameters.
       step: the 1-based step number.
       name: optional op name.
@@ -406,8 +422,17 @@ def sparse_input_matmul_adam(
     Returns:
       The op (in graph mode), or None eagerly.
     """
-    op_name = "ResourceSparseInputMatmulGradAdam"
     kernel_m, kernel_v = moments
+    if kernel_m is None:
+        op_name = "ResourceSparseInputMatmulGradAdamNoMomentum"
+        return ops.tf_lsh_resource_sparse_input_matmul_grad_adam_no_momentum(
+            *_sparse_parts(op_name, inputs),
+            *variable_handles(op_name, kernel=kernel, kernel_v=kernel_v),
+            as_tensor(op_name, "grad_output", grad_output, tf.float32),
+            *adam_no_momentum_inputs(op_name, learning_rate, beta_1, beta_2, epsilon, step),
+            name=name,
+        )
+    op_name = "ResourceSparseInputMatmulGradAdam"
     handles = variable_handles(op_name, kernel=kernel, kernel_m=kernel_m, kernel_v=kernel_v)
     return ops.tf_lsh_resource_sparse_input_matmul_grad_adam(
         *_sparse_parts(op_name, inputs),

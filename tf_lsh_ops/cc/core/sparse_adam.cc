@@ -74,7 +74,7 @@ void SparseAdamApply(const AdamHyperparameters& hyper, int64_t dim, const int32_
       [&](int64_t row) { PrefetchAdamRow(state, row, dim); },
       [&](int64_t row, const float* g) {
         const int64_t base = row * dim;
-        AdamRow(hyper, dim, g, var + base, m + base, v + base);
+        AdamRow(hyper, dim, g, var + base, MomentAt(m, base), v + base);
       });
 }
 

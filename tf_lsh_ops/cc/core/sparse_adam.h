@@ -24,12 +24,18 @@ struct AdamHyperparameters {
   float epsilon;
 };
 
-// A variable and its two Adam moments, of one shape.
+// A variable and its two Adam moments, of one shape. `m` is null when beta1 = 0: the first
+// moment would be the gradient itself, so it is not kept (a third less state and traffic).
 struct AdamState {
   float* var;
   float* m;
   float* v;
 };
+
+// Row `offset` of a moment that may not be kept (null).
+inline float* MomentAt(float* moment, int64_t offset) {
+  return moment == nullptr ? nullptr : moment + offset;
+}
 
 // Rows are scattered over a variable and its moments (hundreds of MB): loops over rows
 // prefetch the row this many ahead in all three, as the out-of-order window covers far less
@@ -39,11 +45,12 @@ constexpr int64_t kAdamRowsAhead = 4;
 __attribute__((always_inline)) inline void PrefetchAdamRow(const AdamState& state, int64_t row,
                                                            int64_t dim) {
   PrefetchRowForWrite(state.var + row * dim, dim);
-  PrefetchRowForWrite(state.m + row * dim, dim);
+  if (state.m != nullptr) PrefetchRowForWrite(state.m + row * dim, dim);
   PrefetchRowForWrite(state.v + row * dim, dim);
 }
 
-// var, m, v: [num_rows, dim]; indices [count], each in [0, num_rows); grad [count, dim].
+// var, m, v: [num_rows, dim] (m may be null, see AdamState); indices [count], each in
+// [0, num_rows); grad [count, dim].
 void SparseAdamApply(const AdamHyperparameters& hyper, int64_t dim, const int32_t* indices,
                      const float* grad, int64_t count, float* var, float* m, float* v,
                      const ParallelFor& parallel_for);

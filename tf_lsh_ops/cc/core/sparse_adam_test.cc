@@ -32,6 +32,62 @@ void ReferenceRowwiseRmsprop(const tf_lsh::RowwiseRmspropHyperparameters& hyper,
   }
 }
 
+// Lazy Adam without a first moment (beta1 = 0) in double precision.
+void ReferenceAdamNoMomentum(const tf_lsh::AdamHyperparameters& hyper, int64_t dim,
+                             const std::vector<int32_t>& indices, const std::vector<float>& grad,
+                             std::vector<double>* var, std::vector<double>* v) {
+  std::map<int32_t, std::vector<double>> summed;
+  for (size_t i = 0; i < indices.size(); ++i) {
+    std::vector<double>& g = summed[indices[i]];
+    g.resize(dim, 0.0);
+    for (int64_t d = 0; d < dim; ++d) g[d] += grad[i * dim + d];
+  }
+  for (const auto& [row, g] : summed) {
+    for (int64_t d = 0; d < dim; ++d) {
+      double& vd = (*v)[row * dim + d];
+      vd += (g[d] * g[d] - vd) * (1.0 - hyper.beta2);
+      (*var)[row * dim + d] -= hyper.alpha * g[d] / (std::sqrt(vd) + hyper.epsilon);
+    }
+  }
+}
+
+// SparseAdamApply with a null m: against the reference, with duplicates and shards; rows not
+// named keep their bits.
+void TestSparseAdamWithoutFirstMoment(std::mt19937* rng) {
+  std::normal_distribution<float> normal;
+  const int64_t rows = 40;
+  const tf_lsh::AdamHyperparameters hyper{0.01f, 0.f, 0.9f, 1e-7f};
+  for (const int64_t dim : {1, 13}) {
+    for (const std::vector<int32_t>& indices :
+         {std::vector<int32_t>{1, 4, 5, 39}, std::vector<int32_t>{7, 3, 7, 0, 39, 3, 7}}) {
+      for (const bool reversed_shards : {false, true}) {
+        std::vector<float> var(rows * dim), v(rows * dim), grad(indices.size() * dim);
+        tf_lsh::FillNormal(&normal, rng, {&var, &grad});
+        for (float& x : v) x = std::fabs(normal(*rng));
+        std::vector<double> ref_var(var.begin(), var.end()), ref_v(v.begin(), v.end());
+        const std::vector<float> before = var;
+        for (int step = 0; step < 3; ++step) {
+          tf_lsh::SparseAdamApply(hyper, dim, indices.data(), grad.data(), indices.size(),
+                                  var.data(), /*m=*/nullptr, v.data(),
+                                  reversed_shards ? tf_lsh::ReversedShards() : tf_lsh::SerialFor());
+          ReferenceAdamNoMomentum(hyper, dim, indices, grad, &ref_var, &ref_v);
+        }
+        for (int64_t i = 0; i < rows * dim; ++i) {
+          CHECK_NEAR(v[i], ref_v[i], 1e-5 * (1.0 + ref_v[i]));
+          CHECK_NEAR(var[i], ref_var[i], 1e-5);
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+          bool touched = false;
+          for (int32_t i : indices) touched |= i == r;
+          if (!touched) {
+            CHECK_TRUE(std::memcmp(&var[r * dim], &before[r * dim], dim * sizeof(float)) == 0);
+          }
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -72,6 +128,7 @@ int main() {
       }
     }
   }
+  TestSparseAdamWithoutFirstMoment(&rng);
   std::printf("PASS\n");
   return 0;
 }

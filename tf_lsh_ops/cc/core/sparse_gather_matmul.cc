@@ -103,7 +103,7 @@ inline void BackwardRows(const GatherMatmulArgs& args, const float* grad_out, fl
     PrefetchAhead</*kWritesPerPosition=*/false>(args.weights, dim, rows, grad_out, r, end);
     if (adam != nullptr && r + kFarPrefetch < end) {  // the moments are scattered too
       const int64_t ahead = int64_t{rows.ids[r + kFarPrefetch]} * dim;
-      PrefetchRow(adam->weights.m + ahead, dim, false);
+      if (adam->weights.m != nullptr) PrefetchRow(adam->weights.m + ahead, dim, false);
       PrefetchRow(adam->weights.v + ahead, dim, false);
     }
     const int32_t* positions = rows.positions + rows.offsets[r];
@@ -131,9 +131,9 @@ inline void BackwardRows(const GatherMatmulArgs& args, const float* grad_out, fl
     }
     const AdamHyperparameters& h = adam->hyper;
     AdamUpdate(h.alpha, h.beta1, h.beta2, h.epsilon, dw, adam->weights.var + id * dim,
-               adam->weights.m + id * dim, adam->weights.v + id * dim, dim);
+               MomentAt(adam->weights.m, id * dim), adam->weights.v + id * dim, dim);
     AdamUpdate(h.alpha, h.beta1, h.beta2, h.epsilon, &db, adam->biases.var + id,
-               adam->biases.m + id, adam->biases.v + id, 1);
+               MomentAt(adam->biases.m, id), adam->biases.v + id, 1);
   }
   Kernels::FinishStores();
 }

@@ -57,7 +57,8 @@ void SparseGatherMatmulBackward(const GatherMatmulShape& shape, const float* inp
                                 float* grad_weight_rows, float* grad_bias_rows,
                                 const ParallelFor& parallel_for);
 
-// Lazy Adam (sparse_adam.h) on a layer's weights [num_neurons, dim] and biases [num_neurons].
+// Lazy Adam (sparse_adam.h) on a layer's weights [num_neurons, dim] and biases [num_neurons];
+// without first moments (null m) when beta1 = 0.
 struct AdamTarget {
   AdamHyperparameters hyper;
   AdamState weights;

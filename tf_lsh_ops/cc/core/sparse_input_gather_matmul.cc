@@ -380,7 +380,7 @@ void SparseInputMatmulBackwardAdam(int64_t batch, int64_t units, const SparseRow
       [&](int64_t row, const float* g) {
         const int64_t base = row * units;
         AdamUpdate(hyper.alpha, hyper.beta1, hyper.beta2, hyper.epsilon, g, kernel.var + base,
-                   kernel.m + base, kernel.v + base, units);
+                   MomentAt(kernel.m, base), kernel.v + base, units);
       });
 }
 

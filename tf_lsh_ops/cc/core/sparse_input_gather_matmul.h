@@ -111,7 +111,8 @@ void SparseInputMatmulBackward(int64_t batch, int64_t units, const SparseRowsVie
 // those rows (sparse_adam.h): each row's gradient goes from L1 straight into the update of the
 // kernel and its moments, instead of being written out and read back by the optimizer. The
 // same result, bit for bit, as SparseInputMatmulBackward followed by SparseAdamApply on its
-// (sorted, distinct) rows; deterministic for any thread count.
+// (sorted, distinct) rows; deterministic for any thread count. kernel.m may be null (beta1 = 0,
+// see AdamState).
 void SparseInputMatmulBackwardAdam(int64_t batch, int64_t units, const SparseRowsView& inputs,
                                    const float* grad_out, const RowGroups& features,
                                    const AdamHyperparameters& hyper, const AdamState& kernel,

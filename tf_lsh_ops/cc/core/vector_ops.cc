@@ -19,6 +19,16 @@ void AdamUpdatePortable(float alpha, float beta1, float beta2, float epsilon, co
   }
 }
 
+// Adam with beta1 = 0 and no first moment kept (it would equal g).
+void AdamUpdateNoFirstMomentPortable(float alpha, float beta2, float epsilon, const float* g,
+                                     float* w, float* v, int64_t n) {
+  const float one_minus_beta2 = 1.f - beta2;
+  for (int64_t i = 0; i < n; ++i) {
+    v[i] += (g[i] * g[i] - v[i]) * one_minus_beta2;
+    w[i] -= alpha * g[i] / (std::sqrt(v[i]) + epsilon);
+  }
+}
+
 void MatMulPortable(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
                     int64_t ldc, int64_t m, int64_t n, int64_t k) {
   for (int64_t i = 0; i < m; ++i) {
@@ -194,6 +204,25 @@ __attribute__((target("avx2"))) void AdamUpdateAvx2(float alpha, float beta1, fl
   AdamUpdatePortable(alpha, beta1, beta2, epsilon, g + i, w + i, m + i, v + i, n - i);
 }
 
+__attribute__((target("avx2"))) void AdamUpdateNoFirstMomentAvx2(float alpha, float beta2,
+                                                                  float epsilon, const float* g,
+                                                                  float* w, float* v,
+                                                                  int64_t n) {
+  const __m256 c2 = _mm256_set1_ps(1.f - beta2);
+  const __m256 va = _mm256_set1_ps(alpha), ve = _mm256_set1_ps(epsilon);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 gi = _mm256_loadu_ps(g + i);
+    __m256 vi = _mm256_loadu_ps(v + i);
+    vi = _mm256_add_ps(vi, _mm256_mul_ps(_mm256_sub_ps(_mm256_mul_ps(gi, gi), vi), c2));
+    const __m256 step = _mm256_div_ps(_mm256_mul_ps(va, gi),
+                                      _mm256_add_ps(_mm256_sqrt_ps(vi), ve));
+    _mm256_storeu_ps(v + i, vi);
+    _mm256_storeu_ps(w + i, _mm256_sub_ps(_mm256_loadu_ps(w + i), step));
+  }
+  AdamUpdateNoFirstMomentPortable(alpha, beta2, epsilon, g + i, w + i, v + i, n - i);
+}
+
 bool CpuHasAvx2() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -206,6 +235,8 @@ using DotFn = float (*)(const float*, const float*, int64_t);
 using AxpyFn = void (*)(float, const float*, float*, int64_t);
 using AdamFn = void (*)(float, float, float, float, const float*, float*, float*, float*,
                        int64_t);
+using AdamNoFirstMomentFn = void (*)(float, float, float, const float*, float*, float*,
+                                     int64_t);
 using MatMulFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t,
                           int64_t, int64_t);
 using TransposeFn = void (*)(const float* const*, int64_t, int64_t, float*, int64_t);
@@ -216,6 +247,7 @@ struct Dispatch {
   MatMulFn matmul = MatMulPortable;
   TransposeFn transpose = TransposeRowsPortable;
   AdamFn adam = AdamUpdatePortable;
+  AdamNoFirstMomentFn adam_no_first_moment = AdamUpdateNoFirstMomentPortable;
   bool avx2 = false;
   Dispatch() {
 #ifdef TF_LSH_X86
@@ -227,6 +259,7 @@ struct Dispatch {
       matmul = MatMulAvx2;
       transpose = TransposeRowsAvx2;
       adam = AdamUpdateAvx2;
+      adam_no_first_moment = AdamUpdateNoFirstMomentAvx2;
       avx2 = true;
     }
 #endif
@@ -256,6 +289,7 @@ void TransposeRows(const float* const* rows, int64_t num_rows, int64_t cols, flo
 
 void AdamUpdate(float alpha, float beta1, float beta2, float epsilon, const float* g, float* w,
                 float* m, float* v, int64_t n) {
+  if (m == nullptr) return GetDispatch().adam_no_first_moment(alpha, beta2, epsilon, g, w, v, n);
   GetDispatch().adam(alpha, beta1, beta2, epsilon, g, w, m, v, n);
 }
 

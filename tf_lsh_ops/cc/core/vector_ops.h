@@ -29,7 +29,8 @@ void TransposeRows(const float* const* rows, int64_t num_rows, int64_t cols, flo
 // One Adam step on n elements:
 //   m += (g - m) * (1 - beta1);  v += (g * g - v) * (1 - beta2);
 //   w -= alpha * m / (sqrt(v) + epsilon).
-// Without fused multiply-adds, so both paths round alike.
+// Without fused multiply-adds, so both paths round alike. A null `m` keeps no first moment
+// (Adam with beta1 = 0, whose m would be g): w -= alpha * g / (sqrt(v) + epsilon).
 void AdamUpdate(float alpha, float beta1, float beta2, float epsilon, const float* g, float* w,
                 float* m, float* v, int64_t n);
 

@@ -96,6 +96,25 @@ void TestAdamUpdate() {
   }
 }
 
+// A null m keeps no first moment: the step uses g itself (Adam with beta1 = 0).
+void TestAdamUpdateWithoutFirstMoment() {
+  for (int64_t n : {1, 8, 13}) {
+    std::vector<float> g(n), w(n), v(n);
+    for (int64_t i = 0; i < n; ++i) {
+      g[i] = 0.3f * i - 1.f;
+      w[i] = 0.1f * i;
+      v[i] = 0.02f * i;
+    }
+    std::vector<float> w2 = w, v2 = v;
+    AdamUpdate(0.1f, 0.f, 0.99f, 1e-7f, g.data(), w.data(), /*m=*/nullptr, v.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      const float vi = v2[i] + (g[i] * g[i] - v2[i]) * (1.f - 0.99f);
+      CHECK_TRUE(v[i] == vi);
+      CHECK_TRUE(w[i] == w2[i] - 0.1f * g[i] / (std::sqrt(vi) + 1e-7f));
+    }
+  }
+}
+
 }  // namespace
 }  // namespace tf_lsh
 
@@ -104,6 +123,7 @@ int main() {
   tf_lsh::TestMatMulAllBlockShapes();
   tf_lsh::TestTransposeRows();
   tf_lsh::TestAdamUpdate();
+  tf_lsh::TestAdamUpdateWithoutFirstMoment();
   std::printf("PASS (avx2: %d)\n", tf_lsh::UsesAvx2());
   return 0;
 }

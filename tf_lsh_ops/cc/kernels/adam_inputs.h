@@ -1,5 +1,6 @@
 // Reads the scalar inputs of the Adam ops (lr, beta1, beta2, epsilon, beta1_power,
-// beta2_power) and of the rowwise RMSprop ops, and checks a rowwise moment's shape.
+// beta2_power), of the rowwise RMSprop ops and of the Adam ops without a first moment (lr,
+// beta2, epsilon, beta2_power), and checks a rowwise moment's shape.
 #ifndef TF_LSH_OPS_CC_KERNELS_ADAM_INPUTS_H_
 #define TF_LSH_OPS_CC_KERNELS_ADAM_INPUTS_H_
 
@@ -55,6 +56,15 @@ inline absl::Status ReadRowwiseRmspropInputs(tensorflow::OpKernelContext* ctx, c
   float value[4];
   TF_RETURN_IF_ERROR(ReadFloatScalars(ctx, op, first, kNames, 4, value));
   *hyper = {value[0] * std::sqrt(1.f - value[3]), value[1], value[2]};
+  return absl::OkStatus();
+}
+
+// The Adam ops without a first moment (beta1 = 0) end with the rowwise RMSprop ops' scalars.
+inline absl::Status ReadAdamNoMomentumInputs(tensorflow::OpKernelContext* ctx, const char* op,
+                                             int first, AdamHyperparameters* hyper) {
+  RowwiseRmspropHyperparameters rmsprop;
+  TF_RETURN_IF_ERROR(ReadRowwiseRmspropInputs(ctx, op, first, &rmsprop));
+  *hyper = {rmsprop.alpha, /*beta1=*/0.f, rmsprop.beta2, rmsprop.epsilon};
   return absl::OkStatus();
 }
 

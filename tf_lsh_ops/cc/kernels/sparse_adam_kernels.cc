@@ -1,5 +1,7 @@
-// Kernels of SparseAdamApply (var, m, v) and SparseRowwiseRmspropApply (var and a moment per
-// row): lock the variables, check the update, call the core in place.
+// Kernels of SparseAdamApply (var, m, v), SparseAdamNoMomentumApply (var, v) and
+// SparseRowwiseRmspropApply (var and a moment per row): lock the variables, check the update,
+// call the core in place.
+#include <type_traits>
 #include <vector>
 
 #include "tensorflow/core/framework/op_kernel.h"
@@ -20,6 +22,7 @@ using tensorflow::Tensor;
 namespace {
 
 constexpr char kOp[] = "SparseAdamApply";
+constexpr char kNoMomentumOp[] = "SparseAdamNoMomentumApply";
 constexpr char kRowwiseOp[] = "SparseRowwiseRmspropApply";
 
 // Input indices, in the order of the op's registration; Adam's scalars (adam_inputs.h) from kLr.
@@ -27,8 +30,9 @@ struct SparseAdamApplyInput {
   enum : int { kVar, kM, kV, kIndices, kGrad, kLr };
 };
 
-// The same for SparseRowwiseRmspropApply, whose scalars are lr, beta2, epsilon, beta2_power.
-struct RowwiseInput {
+// The same for the ops that keep a second moment only (SparseAdamNoMomentumApply,
+// SparseRowwiseRmspropApply), whose scalars are lr, beta2, epsilon, beta2_power.
+struct SecondMomentInput {
   enum : int { kVar, kV, kIndices, kGrad, kLr };
 };
 
@@ -72,37 +76,42 @@ absl::Status ReadSparseRows(const char* op, const Tensor& var, const Tensor& ind
 
 }  // namespace
 
-template <typename Index>
+// SparseAdamApply (kFirstMoment) and SparseAdamNoMomentumApply (beta1 = 0, no m).
+template <typename Index, bool kFirstMoment>
 class SparseAdamApplyOp : public OpKernel {
  public:
   explicit SparseAdamApplyOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
+    using Input = std::conditional_t<kFirstMoment, SparseAdamApplyInput, SecondMomentInput>;
+    const char* op = kFirstMoment ? kOp : kNoMomentumOp;
     AdamHyperparameters hyper;
-    OP_REQUIRES_OK(ctx, ReadAdamInputs(ctx, kOp, SparseAdamApplyInput::kLr, &hyper));
+    OP_REQUIRES_OK(ctx, kFirstMoment ? ReadAdamInputs(ctx, op, Input::kLr, &hyper)
+                                     : ReadAdamNoMomentumInputs(ctx, op, Input::kLr, &hyper));
+    std::vector<std::pair<const char*, int>> inputs = {{"var", Input::kVar}};
+    if (kFirstMoment) inputs.push_back({"m", SparseAdamApplyInput::kM});
+    inputs.push_back({"v", Input::kV});
     UpdatableVariables vars;
-    OP_REQUIRES_OK(ctx, vars.Init(ctx, kOp,
-                                  {{"var", SparseAdamApplyInput::kVar},
-                                   {"m", SparseAdamApplyInput::kM},
-                                   {"v", SparseAdamApplyInput::kV}}));
-    const char* names[3] = {"var", "m", "v"};
+    OP_REQUIRES_OK(ctx, vars.Init(ctx, op, inputs));
     const Tensor& var = *vars.tensor(0);
-    for (int i = 0; i < 3; ++i) {
+    for (size_t i = 0; i < inputs.size(); ++i) {
       const Tensor& t = *vars.tensor(i);
       OP_REQUIRES(ctx, t.dims() >= 1 && t.shape() == var.shape(),
                   absl::InvalidArgumentError(absl::StrCat(
-                      kOp, ": ", names[i], " has shape ", t.shape().DebugString(),
-                      "; var, m and v must share one shape of rank >= 1, var has ",
+                      op, ": ", inputs[i].first, " has shape ", t.shape().DebugString(), "; var",
+                      kFirstMoment ? ", m and v" : " and v",
+                      " must share one shape of rank >= 1, var has ",
                       var.shape().DebugString())));
     }
-    const Tensor& indices = ctx->input(SparseAdamApplyInput::kIndices);
+    const Tensor& indices = ctx->input(Input::kIndices);
     vars.AdviseHugePagesFor(indices.NumElements());
-    const Tensor& grad = ctx->input(SparseAdamApplyInput::kGrad);
+    const Tensor& grad = ctx->input(Input::kGrad);
     std::vector<int32_t> rows;
     int64_t dim;
-    OP_REQUIRES_OK(ctx, ReadSparseRows<Index>(kOp, var, indices, grad, &rows, &dim));
+    OP_REQUIRES_OK(ctx, ReadSparseRows<Index>(op, var, indices, grad, &rows, &dim));
+    float* m = kFirstMoment ? vars.data(1) : nullptr;
     SparseAdamApply(hyper, dim, rows.data(), grad.flat<float>().data(), rows.size(),
-                    vars.data(0), vars.data(1), vars.data(2), TfParallelFor(ctx));
+                    vars.data(0), m, vars.data(inputs.size() - 1), TfParallelFor(ctx));
   }
 };
 
@@ -113,16 +122,16 @@ class SparseRowwiseRmspropApplyOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     RowwiseRmspropHyperparameters hyper;
-    OP_REQUIRES_OK(ctx, ReadRowwiseRmspropInputs(ctx, kRowwiseOp, RowwiseInput::kLr, &hyper));
+    OP_REQUIRES_OK(ctx, ReadRowwiseRmspropInputs(ctx, kRowwiseOp, SecondMomentInput::kLr, &hyper));
     UpdatableVariables vars;
     OP_REQUIRES_OK(ctx, vars.Init(ctx, kRowwiseOp,
-                                  {{"var", RowwiseInput::kVar}, {"v", RowwiseInput::kV}}));
+                                  {{"var", SecondMomentInput::kVar}, {"v", SecondMomentInput::kV}}));
     const Tensor& var = *vars.tensor(0);
     OP_REQUIRES_OK(ctx, CheckRowwiseMoment(kRowwiseOp, "v", *vars.tensor(1), "var", var));
-    const Tensor& indices = ctx->input(RowwiseInput::kIndices);
+    const Tensor& indices = ctx->input(SecondMomentInput::kIndices);
     std::vector<int32_t> rows;
     int64_t dim;
-    const Tensor& grad = ctx->input(RowwiseInput::kGrad);
+    const Tensor& grad = ctx->input(SecondMomentInput::kGrad);
     OP_REQUIRES_OK(ctx, ReadSparseRows<Index>(kRowwiseOp, var, indices, grad, &rows, &dim));
     SparseRowwiseRmspropApply(hyper, dim, rows.data(), grad.flat<float>().data(), rows.size(),
                               vars.data(0), vars.data(1), TfParallelFor(ctx));
@@ -132,11 +141,19 @@ class SparseRowwiseRmspropApplyOp : public OpKernel {
 REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseAdamApply")
                             .Device(tensorflow::DEVICE_CPU)
                             .TypeConstraint<int32_t>("Tindices"),
-                        SparseAdamApplyOp<int32_t>);
+                        SparseAdamApplyOp<int32_t, true>);
 REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseAdamApply")
                             .Device(tensorflow::DEVICE_CPU)
                             .TypeConstraint<int64_t>("Tindices"),
-                        SparseAdamApplyOp<int64_t>);
+                        SparseAdamApplyOp<int64_t, true>);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseAdamNoMomentumApply")
+                            .Device(tensorflow::DEVICE_CPU)
+                            .TypeConstraint<int32_t>("Tindices"),
+                        SparseAdamApplyOp<int32_t, false>);
+REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseAdamNoMomentumApply")
+                            .Device(tensorflow::DEVICE_CPU)
+                            .TypeConstraint<int64_t>("Tindices"),
+                        SparseAdamApplyOp<int64_t, false>);
 REGISTER_KERNEL_BUILDER(Name("TfLsh>SparseRowwiseRmspropApply")
                             .Device(tensorflow::DEVICE_CPU)
                             .TypeConstraint<int32_t>("Tindices"),

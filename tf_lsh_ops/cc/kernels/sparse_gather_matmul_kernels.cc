@@ -1,5 +1,8 @@
 // CPU kernels of SparseGatherMatmul and its gradient: validate, allocate, call the core.
 #include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tf_lsh_ops/cc/core/row_groups.h"
@@ -39,6 +42,23 @@ struct GradAdamInput {
     kWeightsM,
     kWeightsV,
     kBiasesM,
+    kBiasesV,
+    kRows,
+    kRowSplits,
+    kPositions,
+    kGradOutput,
+    kIndices,
+    kLr
+  };
+};
+// ResourceSparseGatherMatmulGradAdamNoMomentum: no first moments; the scalars lr, beta2,
+// epsilon, beta2_power from kLr.
+struct GradAdamNoMomentumInput {
+  enum : int {
+    kInputs,
+    kWeights,
+    kBiases,
+    kWeightsV,
     kBiasesV,
     kRows,
     kRowSplits,
@@ -236,27 +256,39 @@ class SparseGatherMatmulGradOp : public OpKernel {
   }
 };
 
+// ResourceSparseGatherMatmulGradAdam (kFirstMoment) and its twin without first moments
+// (beta1 = 0).
+template <bool kFirstMoment>
 class SparseGatherMatmulGradAdamOp : public OpKernel {
  public:
   explicit SparseGatherMatmulGradAdamOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
-    constexpr char kOp[] = "ResourceSparseGatherMatmulGradAdam";
+    using Input = std::conditional_t<kFirstMoment, GradAdamInput, GradAdamNoMomentumInput>;
+    const char* kOp = kFirstMoment ? "ResourceSparseGatherMatmulGradAdam"
+                                   : "ResourceSparseGatherMatmulGradAdamNoMomentum";
     AdamHyperparameters hyper;
-    OP_REQUIRES_OK(ctx, ReadAdamInputs(ctx, kOp, GradAdamInput::kLr, &hyper));
+    OP_REQUIRES_OK(ctx, kFirstMoment ? ReadAdamInputs(ctx, kOp, Input::kLr, &hyper)
+                                     : ReadAdamNoMomentumInputs(ctx, kOp, Input::kLr, &hyper));
+    // weights, biases, then their moments: (m, v) of the weights and of the biases, or v alone.
+    std::vector<std::pair<const char*, int>> variables = {{"weights", Input::kWeights},
+                                                          {"biases", Input::kBiases}};
+    if (kFirstMoment) {
+      variables.insert(variables.end(), {{"weights_m", GradAdamInput::kWeightsM},
+                                         {"weights_v", GradAdamInput::kWeightsV},
+                                         {"biases_m", GradAdamInput::kBiasesM},
+                                         {"biases_v", GradAdamInput::kBiasesV}});
+    } else {
+      variables.insert(variables.end(), {{"weights_v", GradAdamNoMomentumInput::kWeightsV},
+                                         {"biases_v", GradAdamNoMomentumInput::kBiasesV}});
+    }
     UpdatableVariables vars;
-    OP_REQUIRES_OK(ctx, vars.Init(ctx, kOp,
-                                  {{"weights", GradAdamInput::kWeights},
-                                   {"biases", GradAdamInput::kBiases},
-                                   {"weights_m", GradAdamInput::kWeightsM},
-                                   {"weights_v", GradAdamInput::kWeightsV},
-                                   {"biases_m", GradAdamInput::kBiasesM},
-                                   {"biases_v", GradAdamInput::kBiasesV}}));
-    const Tensor& inputs = ctx->input(GradAdamInput::kInputs);
+    OP_REQUIRES_OK(ctx, vars.Init(ctx, kOp, variables));
+    const Tensor& inputs = ctx->input(Input::kInputs);
     const Tensor& weights = *vars.tensor(0);
     const Tensor& biases = *vars.tensor(1);
-    const Tensor& grad_output = ctx->input(GradAdamInput::kGradOutput);
-    const Tensor& indices = ctx->input(GradAdamInput::kIndices);
+    const Tensor& grad_output = ctx->input(Input::kGradOutput);
+    const Tensor& indices = ctx->input(Input::kIndices);
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "inputs", inputs, 2));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "weights", weights, 2));
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "biases", biases, 1));
@@ -264,26 +296,30 @@ class SparseGatherMatmulGradAdamOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckRank(kOp, "indices", indices, 2));
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "inputs", inputs, 1, "weights", weights, 1));
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "weights", weights, 0, "biases", biases, 0));
-    const char* moments[4] = {"weights_m", "weights_v", "biases_m", "biases_v"};
-    for (int i = 0; i < 4; ++i) {
-      OP_REQUIRES_OK(ctx, vars.CheckSameShape(kOp, 2 + i, moments[i], i < 2 ? 0 : 1,
-                                              i < 2 ? "weights" : "biases"));
+    const int moments_per_variable = kFirstMoment ? 2 : 1;
+    for (int i = 2; i < static_cast<int>(variables.size()); ++i) {
+      const int owner = (i - 2) / moments_per_variable;  // 0: weights, 1: biases
+      OP_REQUIRES_OK(ctx, vars.CheckSameShape(kOp, i, variables[i].first, owner,
+                                              variables[owner].first));
     }
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "grad_output", grad_output, 0, "inputs", inputs, 0));
     OP_REQUIRES_OK(ctx, CheckSameDim(kOp, "grad_output", grad_output, 1, "indices", indices, 1));
     OP_REQUIRES_OK(ctx, CheckIndicesBatch(kOp, inputs, indices));
     vars.AdviseHugePagesFor(indices.NumElements());
     RowGroups groups;
-    OP_REQUIRES_OK(ctx, ReadGrouping(ctx, kOp, GradAdamInput::kRows, weights.dim_size(0),
+    OP_REQUIRES_OK(ctx, ReadGrouping(ctx, kOp, Input::kRows, weights.dim_size(0),
                                      indices.NumElements(), &groups));
 
     const GatherMatmulShape shape{inputs.dim_size(0), inputs.dim_size(1), weights.dim_size(0),
                                   grad_output.dim_size(1)};
     Tensor* grad_inputs = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, inputs.shape(), &grad_inputs));
-    const AdamTarget adam{hyper,
-                          {vars.data(0), vars.data(2), vars.data(3)},
-                          {vars.data(1), vars.data(4), vars.data(5)}};
+    const AdamTarget adam =
+        kFirstMoment ? AdamTarget{hyper,
+                                  {vars.data(0), vars.data(2), vars.data(3)},
+                                  {vars.data(1), vars.data(4), vars.data(5)}}
+                     : AdamTarget{hyper, {vars.data(0), nullptr, vars.data(2)},
+                                  {vars.data(1), nullptr, vars.data(3)}};
     if (!SharedIndices(inputs, indices)) {
       SparseGatherMatmulBackwardAdam(shape, inputs.flat<float>().data(),
                                      grad_output.flat<float>().data(), groups, adam,
@@ -320,6 +356,9 @@ REGISTER_KERNEL_BUILDER(Name("TfLsh>ResourceSparseGatherMatmulGrad").Device(tens
                         SparseGatherMatmulGradOp);
 REGISTER_KERNEL_BUILDER(
     Name("TfLsh>ResourceSparseGatherMatmulGradAdam").Device(tensorflow::DEVICE_CPU),
-    SparseGatherMatmulGradAdamOp);
+    SparseGatherMatmulGradAdamOp</*kFirstMoment=*/true>);
+REGISTER_KERNEL_BUILDER(
+    Name("TfLsh>ResourceSparseGatherMatmulGradAdamNoMomentum").Device(tensorflow::DEVICE_CPU),
+    SparseGatherMatmulGradAdamOp</*kFirstMoment=*/false>);
 
 }  // namespace tf_lsh

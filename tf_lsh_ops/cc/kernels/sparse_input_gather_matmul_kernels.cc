@@ -54,7 +54,9 @@ struct SparseInputMatmulGradAdamInput {
   enum : int { kKernel = SparseTensorInput::kNext, kKernelM, kKernelV, kGradOutput, kLr };
 };
 
-struct SparseInputMatmulGradRowwiseInput {
+// ResourceSparseInputMatmulGradRowwiseRmsprop and ResourceSparseInputMatmulGradAdamNoMomentum:
+// a second moment only; the scalars lr, beta2, epsilon, beta2_power from kLr.
+struct SparseInputMatmulGradSecondMomentInput {
   enum : int { kKernel = SparseTensorInput::kNext, kKernelV, kGradOutput, kLr };
 };
 
@@ -404,7 +406,7 @@ class SparseInputMatmulGradOp : public OpKernel {
   bool values_gradient_ = true;
 };
 
-// The two rules of the first layer's fused update: the variables beside the kernel, their
+// The rules of the first layer's fused update: the variables beside the kernel, their
 // checks, the scalars, and the core function called.
 struct FusedAdamRule {
   static constexpr char kOp[] = "ResourceSparseInputMatmulGradAdam";
@@ -434,9 +436,34 @@ struct FusedAdamRule {
   AdamHyperparameters hyper;
 };
 
+struct FusedAdamNoMomentumRule {
+  static constexpr char kOp[] = "ResourceSparseInputMatmulGradAdamNoMomentum";
+  using Input = SparseInputMatmulGradSecondMomentInput;
+  static std::vector<std::pair<const char*, int>> Variables() {
+    return {{"kernel", Input::kKernel}, {"kernel_v", Input::kKernelV}};
+  }
+
+  absl::Status ReadScalars(OpKernelContext* ctx) {
+    return ReadAdamNoMomentumInputs(ctx, kOp, Input::kLr, &hyper);
+  }
+
+  static absl::Status CheckMoments(UpdatableVariables* vars) {
+    return vars->CheckSameShape(kOp, 1, "kernel_v", 0, "kernel");
+  }
+
+  void Apply(int64_t batch, int64_t units, const SparseRowsView& inputs, const float* grad_out,
+             const RowGroups& features, UpdatableVariables* vars,
+             const ParallelFor& parallel_for) const {
+    SparseInputMatmulBackwardAdam(batch, units, inputs, grad_out, features, hyper,
+                                  {vars->data(0), /*m=*/nullptr, vars->data(1)}, parallel_for);
+  }
+
+  AdamHyperparameters hyper;
+};
+
 struct FusedRowwiseRmspropRule {
   static constexpr char kOp[] = "ResourceSparseInputMatmulGradRowwiseRmsprop";
-  using Input = SparseInputMatmulGradRowwiseInput;
+  using Input = SparseInputMatmulGradSecondMomentInput;
   static std::vector<std::pair<const char*, int>> Variables() {
     return {{"kernel", Input::kKernel}, {"kernel_v", Input::kKernelV}};
   }
@@ -460,7 +487,7 @@ struct FusedRowwiseRmspropRule {
 };
 
 // The kernel's gradient rows go straight into a lazy update of the kernel (`Rule`: Adam with
-// its moments, or rowwise RMSprop with a moment per row), in place.
+// its moments or without the first, or rowwise RMSprop with a moment per row), in place.
 template <typename Rule>
 class SparseInputMatmulGradUpdateOp : public OpKernel {
  public:
@@ -514,5 +541,8 @@ REGISTER_KERNEL_BUILDER(Name("TfLsh>ResourceSparseInputMatmulGrad").Device(tenso
 REGISTER_KERNEL_BUILDER(
     Name("TfLsh>ResourceSparseInputMatmulGradAdam").Device(tensorflow::DEVICE_CPU),
     SparseInputMatmulGradUpdateOp<FusedAdamRule>);
+REGISTER_KERNEL_BUILDER(
+    Name("TfLsh>ResourceSparseInputMatmulGradAdamNoMomentum").Device(tensorflow::DEVICE_CPU),
+    SparseInputMatmulGradUpdateOp<FusedAdamNoMomentumRule>);
 
 }  // namespace tf_lsh

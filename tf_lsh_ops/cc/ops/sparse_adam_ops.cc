@@ -24,6 +24,24 @@ REGISTER_OP("TfLsh>SparseAdamApply")
 Lazy Adam on the rows `indices` of var and its moments m and v, in place (see core/sparse_adam.h).
 )doc");
 
+REGISTER_OP("TfLsh>SparseAdamNoMomentumApply")
+    .Input("var: resource")
+    .Input("v: resource")
+    .Input("indices: Tindices")
+    .Input("grad: float")
+    .Input("lr: float")
+    .Input("beta2: float")
+    .Input("epsilon: float")
+    .Input("beta2_power: float")
+    .Attr("Tindices: {int32, int64}")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext*) {
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+SparseAdamApply with beta1 = 0 and no first moment kept (it would equal the gradient): lazy
+Adam on the rows `indices` of var and v, in place (see core/sparse_adam.h).
+)doc");
+
 REGISTER_OP("TfLsh>SparseRowwiseRmspropApply")
     .Input("var: resource")
     .Input("v: resource")

@@ -164,4 +164,35 @@ biases and their moments in place and returns grad_inputs (computed with the wei
 the update).
 )doc");
 
+// The same with beta1 = 0 and no first moments kept (they would equal the gradients).
+REGISTER_OP("TfLsh>ResourceSparseGatherMatmulGradAdamNoMomentum")
+    .Input("inputs: float")
+    .Input("weights: resource")
+    .Input("biases: resource")
+    .Input("weights_v: resource")
+    .Input("biases_v: resource")
+    .Input("rows: int32")
+    .Input("row_splits: int32")
+    .Input("positions: int32")
+    .Input("grad_output: float")
+    .Input("indices: int32")
+    .Input("lr: float")
+    .Input("beta2: float")
+    .Input("epsilon: float")
+    .Input("beta2_power: float")
+    .Output("grad_inputs: float")
+    .SetShapeFn([](InferenceContext* c) {
+      constexpr char kOp[] = "ResourceSparseGatherMatmulGradAdamNoMomentum";
+      ShapeHandle inputs, unused;
+      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 0, "inputs", 2, &inputs));
+      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 8, "grad_output", 2, &unused));
+      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 9, "indices", 2, &unused));
+      c->set_output(0, inputs);
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+ResourceSparseGatherMatmulGradAdam with beta1 = 0 and no first moments: updates the touched
+rows of weights, biases and their second moments in place and returns grad_inputs.
+)doc");
+
 }  // namespace tf_lsh

@@ -252,6 +252,30 @@ The kernel's gradient of ResourceSparseInputMatmul fused with lazy Adam: updates
 of the features present, and their moments, in place.
 )doc");
 
+REGISTER_OP("TfLsh>ResourceSparseInputMatmulGradAdamNoMomentum")
+    .Input("sparse_indices: int64")
+    .Input("sparse_values: float")
+    .Input("dense_shape: int64")
+    .Input("kernel: resource")
+    .Input("kernel_v: resource")
+    .Input("grad_output: float")
+    .Input("lr: float")
+    .Input("beta2: float")
+    .Input("epsilon: float")
+    .Input("beta2_power: float")
+    .SetShapeFn([](InferenceContext* c) -> absl::Status {
+      constexpr char kOp[] = "ResourceSparseInputMatmulGradAdamNoMomentum";
+      ShapeHandle unused;
+      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 0, "sparse_indices", 2, &unused));
+      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 1, "sparse_values", 1, &unused));
+      TF_RETURN_IF_ERROR(WithRankNamed(c, kOp, 5, "grad_output", 2, &unused));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+ResourceSparseInputMatmulGradAdam with beta1 = 0 and no first moment kept: updates the kernel
+rows of the features present, and their second moments, in place.
+)doc");
+
 REGISTER_OP("TfLsh>ResourceSparseInputMatmulGradRowwiseRmsprop")
     .Input("sparse_indices: int64")
     .Input("sparse_values: float")
