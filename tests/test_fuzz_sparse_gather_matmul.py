@@ -1,6 +1,7 @@
 """Fuzz of sparse_gather_matmul (forward, gradient, tensors and resource variables; the raw
-gradient op with a broken grouping), of sparse_gather_matmul_adam, the fused backward + Adam,
-and of matmul_top_k. fuzz_common.py describes the calls and the TF_LSH_FUZZ_* variables."""
+gradient op with a broken grouping), of sparse_gather_matmul_adam, the fused backward + Adam
+(with or without first moments), and of matmul_top_k. fuzz_common.py describes the calls and
+the TF_LSH_FUZZ_* variables."""
 
 import sys
 
@@ -151,13 +152,16 @@ def fuzz_gather_adam(rng):
     state += [floats(rng, (num_neurons,)), rng.uniform(0, 1, (num_neurons,))]
     state = [a.astype(np.float32) for a in state]
     hyper = dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=3)
-    fused = [tf.Variable(a) for a in state]
+    if rng.random() < 0.5:  # no first moments (beta_1 = 0): the NoMomentum op
+        state[2] = state[4] = None
+        hyper["beta_1"] = 0.0
+    fused = [None if a is None else tf.Variable(a) for a in state]
     w, b, *moments = fused
     _, grouping = tf_lsh_ops.sparse_gather_matmul_grouped(x, w, b, idx)
     grouping = [t.numpy() for t in grouping]
     indices = idx
     if mutation == "moment-shape":
-        i = int(rng.integers(4))
+        i = int(rng.choice([i for i, m in enumerate(moments) if m is not None]))
         moments[i] = tf.Variable(
             floats(rng, (num_neurons + 1, dim) if i < 2 else (num_neurons + 1,))
         )
@@ -171,10 +175,10 @@ def fuzz_gather_adam(rng):
         x, w, b, indices, grouping, grad, moments, **hyper
     )
     if mutation is not None:
-        rejects(call, *fused)
+        rejects(call, *(v for v in fused if v is not None))
         return mutation
     fused_dx = call().numpy()
-    plain = [tf.Variable(a) for a in state]
+    plain = [None if a is None else tf.Variable(a) for a in state]
     with tf.GradientTape() as tape:
         x_t = tf.constant(x)
         tape.watch(x_t)
@@ -184,7 +188,7 @@ def fuzz_gather_adam(rng):
     tf_lsh_ops.sparse_adam_apply(plain[1], plain[4], plain[5], db, **hyper)
     assert np.array_equal(fused_dx, dx.numpy(), equal_nan=True)
     for a, c in zip(plain, fused, strict=True):
-        assert np.array_equal(a.numpy(), c.numpy(), equal_nan=True)
+        assert a is c or np.array_equal(a.numpy(), c.numpy(), equal_nan=True)
     return None
 
 

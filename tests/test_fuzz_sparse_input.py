@@ -188,15 +188,21 @@ def fuzz_sparse_input_adam(rng):
     state = [a.astype(np.float32) for a in state]
     state.append(rng.uniform(0, 1, (num_features, units)).astype(np.float32))
     hyper = dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=2)
-    fused = [tf.Variable(a) for a in state]
+    if rng.random() < 0.5:  # no first moment (beta_1 = 0): the NoMomentum op
+        state[1], hyper["beta_1"] = None, 0.0
+    fused = [None if a is None else tf.Variable(a) for a in state]
     kernel, moments = fused[0], list(fused[1:])
     if mutation == "moment-shape":
-        moments[int(rng.integers(2))] = tf.Variable(floats(rng, (num_features + 1, units)))
+        i = int(rng.choice([i for i, m in enumerate(moments) if m is not None]))
+        moments[i] = tf.Variable(floats(rng, (num_features + 1, units)))
     elif mutation == "grad-shape":
         grad = [wrong_rank(rng, grad), floats(rng, (batch + 1, units))][int(rng.integers(2))]
     elif mutation == "kernel-rows":
         kernel = tf.Variable(floats(rng, (num_features + 1, units)))
-        moments = [tf.Variable(floats(rng, (num_features + 1, units))) for _ in range(2)]
+        moments = [
+            None if m is None else tf.Variable(floats(rng, (num_features + 1, units)))
+            for m in moments
+        ]
     elif mutation == "entry-outside":
         at = np.concatenate([at, [[0, num_features]]]).astype(np.int64)
         values = floats(rng, (len(at),))
@@ -206,16 +212,17 @@ def fuzz_sparse_input_adam(rng):
         tf.SparseTensor(at, values, shape), kernel, grad, moments, **hyper
     )
     if mutation is not None:
-        rejects(lambda: maybe_graph(rng, call), kernel, *moments, *fused)
+        variables = [v for v in (kernel, *moments, *fused) if v is not None]
+        rejects(lambda: maybe_graph(rng, call), *variables)
         return mutation
     maybe_graph(rng, call)
-    plain = [tf.Variable(a) for a in state]
+    plain = [None if a is None else tf.Variable(a) for a in state]
     with tf.GradientTape() as tape:
         out = tf_lsh_ops.sparse_input_matmul(tf.SparseTensor(at, values, shape), plain[0])
     dw = tape.gradient(out, plain[0], output_gradients=grad)
     tf_lsh_ops.sparse_adam_apply(*plain, dw, **hyper)
     for a, c in zip(plain, fused, strict=True):
-        assert np.array_equal(a.numpy(), c.numpy(), equal_nan=True)
+        assert a is c or np.array_equal(a.numpy(), c.numpy(), equal_nan=True)
     return None
 
 
