@@ -23,9 +23,9 @@ class SparseAdam(keras.optimizers.Adam):
     moments unchanged (their moments do not decay, as in TensorFlow Addons' `LazyAdam`).
     Dense gradients get Keras' Adam unchanged.
 
-    With `beta_1=0` the first moment would be the gradient itself, so none is kept: a third
-    less optimizer state, and memory traffic, on every variable (the output layer of an
-    extreme classifier over 670k labels keeps 2.7 GB less). The update is Adam's, with
+    With `beta_1=0` the first moment would be the gradient itself, so none is kept: half the
+    optimizer state and a third less memory traffic per update, on every variable (an output
+    layer of 670k labels over 1,024 inputs keeps 2.7 GB less). The update is Adam's, with
     `m = gradient`.
 
     The kernels of `SparseInputDense` layers have a row per input feature, like an embedding

@@ -22,8 +22,8 @@ def sparse_adam_apply(
     `m += (g - m) * (1 - beta_1)`, `v += (g^2 - v) * (1 - beta_2)`,
     `variable -= alpha * m / (sqrt(v) + epsilon)`.
 
-    With `beta_1 = 0` the first moment is the gradient itself: pass `m=None` to keep none (a
-    third less state and memory traffic); `variable -= alpha * g / (sqrt(v) + epsilon)`.
+    With `beta_1 = 0` the first moment is the gradient itself: pass `m=None` to keep none (half
+    the state, a third less memory traffic); `variable -= alpha * g / (sqrt(v) + epsilon)`.
 
     Args:
       variable, v: float32 `tf.Variable`s of one shape.

@@ -25,7 +25,7 @@ struct AdamHyperparameters {
 };
 
 // A variable and its two Adam moments, of one shape. `m` is null when beta1 = 0: the first
-// moment would be the gradient itself, so it is not kept (a third less state and traffic).
+// moment would be the gradient itself, so it is not kept (half the state, a third less traffic).
 struct AdamState {
   float* var;
   float* m;

@@ -11,17 +11,23 @@
 
 namespace {
 
-// Lazy rowwise RMSprop in double precision, one distinct row at a time.
-void ReferenceRowwiseRmsprop(const tf_lsh::RowwiseRmspropHyperparameters& hyper, int64_t dim,
-                             const std::vector<int32_t>& indices, const std::vector<float>& grad,
-                             std::vector<double>* var, std::vector<double>* v) {
+// Each distinct row of `indices` with its gradient rows summed, in double precision.
+std::map<int32_t, std::vector<double>> SummedRows(int64_t dim, const std::vector<int32_t>& indices,
+                                                  const std::vector<float>& grad) {
   std::map<int32_t, std::vector<double>> summed;
   for (size_t i = 0; i < indices.size(); ++i) {
     std::vector<double>& g = summed[indices[i]];
     g.resize(dim, 0.0);
     for (int64_t d = 0; d < dim; ++d) g[d] += grad[i * dim + d];
   }
-  for (const auto& [row, g] : summed) {
+  return summed;
+}
+
+// Lazy rowwise RMSprop in double precision, one distinct row at a time.
+void ReferenceRowwiseRmsprop(const tf_lsh::RowwiseRmspropHyperparameters& hyper, int64_t dim,
+                             const std::vector<int32_t>& indices, const std::vector<float>& grad,
+                             std::vector<double>* var, std::vector<double>* v) {
+  for (const auto& [row, g] : SummedRows(dim, indices, grad)) {
     double mean_square = 0.0;
     for (double x : g) mean_square += x * x / dim;
     double& vr = (*v)[row];
@@ -36,13 +42,7 @@ void ReferenceRowwiseRmsprop(const tf_lsh::RowwiseRmspropHyperparameters& hyper,
 void ReferenceAdamNoMomentum(const tf_lsh::AdamHyperparameters& hyper, int64_t dim,
                              const std::vector<int32_t>& indices, const std::vector<float>& grad,
                              std::vector<double>* var, std::vector<double>* v) {
-  std::map<int32_t, std::vector<double>> summed;
-  for (size_t i = 0; i < indices.size(); ++i) {
-    std::vector<double>& g = summed[indices[i]];
-    g.resize(dim, 0.0);
-    for (int64_t d = 0; d < dim; ++d) g[d] += grad[i * dim + d];
-  }
-  for (const auto& [row, g] : summed) {
+  for (const auto& [row, g] : SummedRows(dim, indices, grad)) {
     for (int64_t d = 0; d < dim; ++d) {
       double& vd = (*v)[row * dim + d];
       vd += (g[d] * g[d] - vd) * (1.0 - hyper.beta2);
