@@ -77,6 +77,12 @@ def adam_moments(optimizer, variable):
     return optimizer._momentums[index], optimizer._velocities[index]
 
 
+def adam_velocities(optimizer):
+    """A built `keras.optimizers.Adam`'s second moments, one per variable in build order (None
+    for a variable it keeps none for)."""
+    return list(optimizer._velocities)
+
+
 def set_adam_moments(optimizer, momentums, velocities):
     """Gives a `keras.optimizers.Adam` its moments, one of each per variable in build order
     (a momentum may be None), as `Adam.build` would."""

@@ -206,6 +206,35 @@ class SparseAdam(keras.optimizers.Adam):
             and self.loss_scale_factor is None
         )
 
+    def load_own_variables(self, store):
+        """Keras' loading of the optimizer's state, which also reads the state of a
+        `SparseAdam(beta_1=0)` saved while it still kept first moments: those are skipped
+        (each was the last gradient, which no update reads any more)."""
+        stale = self._saved_first_moments(store)
+        if stale:
+            kept = sorted((key for key in store.keys() if key not in stale), key=int)
+            store = {str(i): store[key] for i, key in enumerate(kept)}
+        super().load_own_variables(store)
+
+    def _saved_first_moments(self, store):
+        """The keys of `store` that hold first moments this optimizer does not keep, if
+        `store` has the layout it had while keeping them (a momentum saved before each
+        velocity of a variable not updated by rows); else an empty set."""
+        if not self.built or self.keeps_first_moment or len(store.keys()) == len(self.variables):
+            return set()
+        elementwise_velocities = {
+            id(v)
+            for v, rowwise in zip(_keras_compat.adam_velocities(self), self._rowwise, strict=True)
+            if v is not None and not rowwise
+        }
+        stale, position = set(), 0
+        for variable in self.variables:
+            if id(variable) in elementwise_velocities:
+                stale.add(str(position))
+                position += 1
+            position += 1
+        return stale if position == len(store.keys()) else set()
+
     def get_config(self):
         config = super().get_config()
         config.pop("amsgrad", None)

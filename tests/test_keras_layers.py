@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -770,6 +771,41 @@ def test_sparse_adam_with_beta_1_zero_keeps_no_first_moment(tmp_path):
     assert len(loaded.optimizer.variables) == len(model.optimizer.variables) == 4
     for a, c in zip(model.optimizer.variables, loaded.optimizer.variables, strict=True):
         np.testing.assert_array_equal(a.numpy(), c.numpy(), err_msg=a.path)
+
+
+def test_sparse_adam_with_beta_1_zero_reads_a_state_saved_with_first_moments(tmp_path, monkeypatch):
+    """A .keras file of a SparseAdam(beta_1=0) saved while it still kept first moments loads
+    into one that keeps none: the moments are skipped, everything else restored."""
+    x = tf.sparse.from_dense((normal(84, 16, 30) > 1).astype(np.float32))
+    y = normal(85, 16, 3)
+
+    def trained_model():
+        model = keras.Sequential(
+            [keras.Input((30,), sparse=True), SparseInputDense(8), keras.layers.Dense(3)]
+        )
+        optimizer = SparseAdam(1e-2, beta_1=0.0, feature_rows="rowwise_rmsprop")
+        model.compile(optimizer=optimizer, loss="mse")
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+        return model
+
+    with monkeypatch.context() as patch:  # as SparseAdam built its state before
+        patch.setattr(SparseAdam, "keeps_first_moment", property(lambda self: True))
+        old = trained_model()
+    old_optimizer = old.optimizer
+    # One momentum per variable not updated by rows: the first layer's bias, Dense's two.
+    assert sum("momentum" in v.path for v in old_optimizer.variables) == 3
+    old.save(tmp_path / "old.keras")
+    with warnings.catch_warnings():
+        # Keras warns, and loads nothing, when the saved state does not match the optimizer's.
+        warnings.filterwarnings("error", message="Skipping variable loading")
+        loaded = keras.models.load_model(tmp_path / "old.keras")
+    new_optimizer = loaded.optimizer
+    assert not any("momentum" in v.path for v in new_optimizer.variables)
+    kept = [v for v in old_optimizer.variables if "momentum" not in v.path]
+    assert len(kept) == len(new_optimizer.variables)
+    for a, b in zip(kept, new_optimizer.variables, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    assert int(new_optimizer.iterations) == 2
 
 
 def test_sparse_adam_rejects_amsgrad():
