@@ -131,7 +131,9 @@ class LSHDense(keras.layers.Layer):
         then not trainable for the optimizer, which still updates the bias. Not under a
         `tf.distribute` strategy with several replicas, nor as `LSHClassifier`'s head. Any
         gradient computed through the layer in training (`training=True`) applies the
-        update.
+        update. A weight then moves only when its unit is active and its input present:
+        hidden layers over bag-of-words inputs learned best with about 10x the optimizer's
+        rate (benchmarks/README.md, "Sparse inputs").
       backward_sgd: None (default), or a learning rate: as `backward_adam`, by plain SGD on
         the same weights, with no moments. The moments are twice the kernel: a 65,536 x
         65,536 layer needs 16 GiB with `backward_sgd` and 48 GiB with `backward_adam`. At
