@@ -2,6 +2,8 @@
 // with Adam: validate, regroup, call the core.
 #include <algorithm>
 #include <limits>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "tensorflow/core/framework/op_kernel.h"
@@ -408,54 +410,47 @@ class SparseInputMatmulGradOp : public OpKernel {
 
 // The rules of the first layer's fused update: the variables beside the kernel, their
 // checks, the scalars, and the core function called.
+
+// Lazy Adam: with both moments (ResourceSparseInputMatmulGradAdam), or without the first
+// (beta1 = 0, ResourceSparseInputMatmulGradAdamNoMomentum).
+template <bool kFirstMoment>
 struct FusedAdamRule {
-  static constexpr char kOp[] = "ResourceSparseInputMatmulGradAdam";
-  using Input = SparseInputMatmulGradAdamInput;
+  static constexpr const char* kOp = kFirstMoment
+                                         ? "ResourceSparseInputMatmulGradAdam"
+                                         : "ResourceSparseInputMatmulGradAdamNoMomentum";
+  using Input = std::conditional_t<kFirstMoment, SparseInputMatmulGradAdamInput,
+                                   SparseInputMatmulGradSecondMomentInput>;
   static std::vector<std::pair<const char*, int>> Variables() {
-    return {{"kernel", Input::kKernel},
-            {"kernel_m", Input::kKernelM},
-            {"kernel_v", Input::kKernelV}};
+    if constexpr (kFirstMoment) {
+      return {{"kernel", Input::kKernel},
+              {"kernel_m", Input::kKernelM},
+              {"kernel_v", Input::kKernelV}};
+    } else {
+      return {{"kernel", Input::kKernel}, {"kernel_v", Input::kKernelV}};
+    }
   }
 
   absl::Status ReadScalars(OpKernelContext* ctx) {
-    return ReadAdamInputs(ctx, kOp, Input::kLr, &hyper);
+    return kFirstMoment ? ReadAdamInputs(ctx, kOp, Input::kLr, &hyper)
+                        : ReadAdamNoMomentumInputs(ctx, kOp, Input::kLr, &hyper);
   }
 
+  // Each moment must have the kernel's shape.
   static absl::Status CheckMoments(UpdatableVariables* vars) {
-    TF_RETURN_IF_ERROR(vars->CheckSameShape(kOp, 1, "kernel_m", 0, "kernel"));
-    return vars->CheckSameShape(kOp, 2, "kernel_v", 0, "kernel");
+    const std::vector<std::pair<const char*, int>> variables = Variables();
+    for (int i = 1; i < static_cast<int>(variables.size()); ++i) {
+      TF_RETURN_IF_ERROR(vars->CheckSameShape(kOp, i, variables[i].first, 0, "kernel"));
+    }
+    return absl::OkStatus();
   }
 
   void Apply(int64_t batch, int64_t units, const SparseRowsView& inputs, const float* grad_out,
              const RowGroups& features, UpdatableVariables* vars,
              const ParallelFor& parallel_for) const {
-    SparseInputMatmulBackwardAdam(batch, units, inputs, grad_out, features, hyper,
-                                  {vars->data(0), vars->data(1), vars->data(2)}, parallel_for);
-  }
-
-  AdamHyperparameters hyper;
-};
-
-struct FusedAdamNoMomentumRule {
-  static constexpr char kOp[] = "ResourceSparseInputMatmulGradAdamNoMomentum";
-  using Input = SparseInputMatmulGradSecondMomentInput;
-  static std::vector<std::pair<const char*, int>> Variables() {
-    return {{"kernel", Input::kKernel}, {"kernel_v", Input::kKernelV}};
-  }
-
-  absl::Status ReadScalars(OpKernelContext* ctx) {
-    return ReadAdamNoMomentumInputs(ctx, kOp, Input::kLr, &hyper);
-  }
-
-  static absl::Status CheckMoments(UpdatableVariables* vars) {
-    return vars->CheckSameShape(kOp, 1, "kernel_v", 0, "kernel");
-  }
-
-  void Apply(int64_t batch, int64_t units, const SparseRowsView& inputs, const float* grad_out,
-             const RowGroups& features, UpdatableVariables* vars,
-             const ParallelFor& parallel_for) const {
-    SparseInputMatmulBackwardAdam(batch, units, inputs, grad_out, features, hyper,
-                                  {vars->data(0), /*m=*/nullptr, vars->data(1)}, parallel_for);
+    const AdamState kernel{vars->data(0), kFirstMoment ? vars->data(1) : nullptr,
+                           vars->data(kFirstMoment ? 2 : 1)};
+    SparseInputMatmulBackwardAdam(batch, units, inputs, grad_out, features, hyper, kernel,
+                                  parallel_for);
   }
 
   AdamHyperparameters hyper;
@@ -540,9 +535,9 @@ REGISTER_KERNEL_BUILDER(Name("TfLsh>ResourceSparseInputMatmulGrad").Device(tenso
                         SparseInputMatmulGradOp);
 REGISTER_KERNEL_BUILDER(
     Name("TfLsh>ResourceSparseInputMatmulGradAdam").Device(tensorflow::DEVICE_CPU),
-    SparseInputMatmulGradUpdateOp<FusedAdamRule>);
+    SparseInputMatmulGradUpdateOp<FusedAdamRule</*kFirstMoment=*/true>>);
 REGISTER_KERNEL_BUILDER(
     Name("TfLsh>ResourceSparseInputMatmulGradAdamNoMomentum").Device(tensorflow::DEVICE_CPU),
-    SparseInputMatmulGradUpdateOp<FusedAdamNoMomentumRule>);
+    SparseInputMatmulGradUpdateOp<FusedAdamRule</*kFirstMoment=*/false>>);
 
 }  // namespace tf_lsh
