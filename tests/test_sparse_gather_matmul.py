@@ -1193,7 +1193,8 @@ def test_sparse_input_matmul_adam_equals_gradient_then_sparse_adam_bit_for_bit(g
         ("not_a_variable", "kernel must be a variable"),
     ],
 )
-def test_sparse_input_matmul_adam_bad_input_is_named(change, message):
+@pytest.mark.parametrize("first_moment", [True, False], ids=["adam", "no_first_moment"])
+def test_sparse_input_matmul_adam_bad_input_is_named(change, message, first_moment):
     x, _ = _bag_of_words(12, batch=9)
     inputs = tf.sparse.from_dense(x)
     kernel, m, v = _first_layer_state(13)
@@ -1212,9 +1213,10 @@ def test_sparse_input_matmul_adam_bad_input_is_named(change, message):
         tf.Variable(v),
     )
     hyper = dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=1)
-    with pytest.raises(
-        tf.errors.InvalidArgumentError, match=f"SparseInputMatmulGradAdam.*{message}"
-    ):
+    op = "SparseInputMatmulGradAdam"
+    if not first_moment:  # ResourceSparseInputMatmulGradAdamNoMomentum
+        m, hyper["beta_1"], op = None, 0.0, "SparseInputMatmulGradAdamNoMomentum"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"{op}: .*{message}"):
         tf_lsh_ops.sparse_input_matmul_adam(inputs, kernel, grad_output, (m, v), **hyper)
 
 
