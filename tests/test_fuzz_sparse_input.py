@@ -331,7 +331,7 @@ def _fuzz_sparse_input_gather_lazy(rng, rule):
     assert_close(got_bias.numpy(), np.asarray(want_bias, np.float64), scale, "grad_bias")
     touched = np.zeros((num_neurons, dim), bool)
     for row, ids in enumerate(indices):
-        features = at[at[:, 0] == row, 1]
+        features = at[(at[:, 0] == row) & (values != 0), 1]  # a zero value has no gradient
         for unit in ids[ids >= 0]:
             touched[unit, features] = True
     dw = np.zeros(state[0].shape, np.float32) if dw is None else tf.convert_to_tensor(dw).numpy()

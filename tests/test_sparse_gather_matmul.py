@@ -1371,6 +1371,38 @@ def test_sparse_input_gather_lazy_adam_updates_only_the_touched_weights():
         np.testing.assert_array_equal(got.numpy()[~touched], before[~touched])
 
 
+def test_sparse_input_gather_lazy_adam_leaves_the_weights_of_zero_inputs():
+    """An entry whose value is 0 (a unit an `LSHDense` computed but did not pass on) gets its
+    value's gradient, and its weights move as if it were absent."""
+    x, w, b, idx, m, v, grad_output = _lazy_adam_case(6)
+    inputs = tf.sparse.from_dense(x)
+    # An explicit zero in example 2, on a feature no example has.
+    feature = int(np.flatnonzero(~x.any(axis=0))[0])
+    with_zero = tf.sparse.reorder(
+        tf.SparseTensor(
+            tf.concat([inputs.indices, [[2, feature]]], 0),
+            tf.concat([inputs.values, [0.0]], 0),
+            inputs.dense_shape,
+        )
+    )
+    hyper = dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=3)
+    results = []
+    for sparse in (inputs, with_zero):
+        state = [tf.Variable(a) for a in (w, m, v)]
+        grads = tf_lsh_ops.sparse_input_gather_matmul_lazy_adam(
+            sparse, state[0], idx, grad_output, state[1:], **hyper
+        )
+        results.append(([s.numpy() for s in state], grads))
+    for got, want in zip(results[1][0], results[0][0], strict=True):
+        np.testing.assert_array_equal(got, want)
+    # The zero's value gradient is its column of the weights against the outputs' gradient.
+    zero_at = int(np.flatnonzero(tf.reduce_all(with_zero.indices == [2, feature], 1))[0])
+    ids = idx[2][idx[2] >= 0]
+    want = float(np.dot(w[ids, feature], grad_output[2][idx[2] >= 0]))
+    assert results[1][1][0].numpy()[zero_at] == pytest.approx(want, rel=1e-5, abs=1e-6)
+    assert want != 0
+
+
 def _reference_hyper(hyper):
     return dict(
         lr=hyper["learning_rate"],

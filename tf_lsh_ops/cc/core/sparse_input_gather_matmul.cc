@@ -109,7 +109,7 @@ namespace {
 
 // The lazy backward passes' shared loop: grad_values from `weights` (before any update), then
 // for each row r of `rows` its bias gradient and its weights' gradient on the features present
-// in the row's examples, handed to `update(row, features, gradients, n)` (row: the weights'
+// with a nonzero value in the row's examples, handed to `update(row, features, gradients, n)` (row: the weights'
 // offset of the row; features in increasing order) by the thread that owns the row.
 template <typename Update>
 void LazyRowUpdates(const GatherMatmulShape& shape, const SparseRowsView& inputs,
@@ -138,6 +138,9 @@ void LazyRowUpdates(const GatherMatmulShape& shape, const SparseRowsView& inputs
         const int64_t b = position / active;
         const float go = grad_out[position];
         for (int64_t j = inputs.row_offsets[b]; j < inputs.row_offsets[b + 1]; ++j) {
+          // A zero input (a unit the previous layer computed but did not pass on) gives its
+          // weights no gradient: they are left as if the feature were absent.
+          if (inputs.values[j] == 0.f) continue;
           const int64_t f = inputs.features[j];
           if (!seen[f]) {
             seen[f] = 1;

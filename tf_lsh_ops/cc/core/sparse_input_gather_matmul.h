@@ -49,7 +49,7 @@ void SparseInputGatherMatmulBackward(const GatherMatmulShape& shape,
 // SparseInputGatherMatmulBackward with the weights' gradient going straight into lazy Adam,
 // weight by weight, in place: grad_values and grad_bias_rows as there (grad_values from the
 // weights before the update). Then each weight (ids[r], f) of a row r of `rows` whose feature f
-// is present in one of the row's examples gets
+// is present with a nonzero value in one of the row's examples gets
 //   g = sum of grad_out[b, k] * values[j] over the row's positions (b, k) and row b's entries j
 //       of feature f
 // and one Adam step (sparse_adam.h) on it and its moments. All other weights and moments keep

@@ -159,7 +159,11 @@ void TestSparseInputGatherBackwardLazy(int64_t stride, bool sgd) {
     std::vector<bool> present(dim, false);
     for (int32_t p = rows.offsets()[r]; p < rows.offsets()[r + 1]; ++p) {
       const int64_t b = rows.positions()[p] / active;
-      for (int64_t j = offsets[b]; j < offsets[b + 1]; ++j) present[features[j]] = true;
+      // A zero value gives no gradient: its weights are left alone (values[5], feature 7 of
+      // example 2, the only one to select unit 9).
+      for (int64_t j = offsets[b]; j < offsets[b + 1]; ++j) {
+        if (values[j] != 0.f) present[features[j]] = true;
+      }
     }
     for (int64_t f = 0; f < dim; ++f) {
       if (!present[f]) continue;
