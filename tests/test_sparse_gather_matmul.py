@@ -852,6 +852,40 @@ def test_sparse_input_matmul_skips_the_values_gradient_of_data():
         assert grad_op.outputs[0].shape.as_list() == ([values.shape[0]] if watch_values else [0])
 
 
+def test_sparse_input_matmul_leaves_out_the_kernel_rows_of_zero_inputs():
+    """A feature present only with value 0 (a candidate an `LSHDense` did not pass on) gets no
+    kernel gradient row, so `SparseAdam` leaves it as if absent; its value still gets its
+    gradient."""
+    x, kernel = _bag_of_words(8)
+    sparse = tf.sparse.from_dense(x)
+    absent = int(np.flatnonzero(~x.any(axis=0))[0])
+    with_zero = tf.sparse.reorder(
+        tf.SparseTensor(
+            tf.concat([sparse.indices, [[1, absent]]], 0),
+            tf.concat([sparse.values, [0.0]], 0),
+            sparse.dense_shape,
+        )
+    )
+    kernel_var = tf.Variable(kernel)
+    upstream = np.random.default_rng(8).standard_normal((x.shape[0], kernel.shape[1]))
+    gradients = []
+    for inputs in (sparse, with_zero):
+        values = tf.Variable(inputs.values)
+        with tf.GradientTape() as tape:
+            out = tf_lsh_ops.sparse_input_matmul(
+                tf.SparseTensor(inputs.indices, values, inputs.dense_shape), kernel_var
+            )
+            loss = tf.reduce_sum(out * upstream)
+        gradients.append(tape.gradient(loss, [kernel_var, values]))
+    (plain, _), (zeroed, value_grads) = gradients
+    assert absent not in zeroed.indices.numpy()
+    np.testing.assert_array_equal(zeroed.indices, plain.indices)
+    np.testing.assert_array_equal(zeroed.values, plain.values)
+    at = int(np.flatnonzero(tf.reduce_all(with_zero.indices == [1, absent], 1))[0])
+    want = kernel[absent] @ upstream[1]
+    assert value_grads.numpy()[at] == pytest.approx(want, rel=1e-5) and want != 0
+
+
 def test_sparse_input_matmul_repeated_entries_and_empty_batch():
     x, kernel = _bag_of_words(5)
     sparse = tf.sparse.from_dense(x)

@@ -143,9 +143,14 @@ absl::Status CheckGradOutput(const char* op, const Tensor& grad_output, int64_t 
       "; it must be [batch, units] = [", batch, ", ", units, "]"));
 }
 
-// The entries of `rows` grouped by feature: one kernel row per distinct feature.
+// The entries of `rows` grouped by feature: one kernel row per distinct feature. Entries whose
+// value is 0 are left out: they give the kernel no gradient, so a row only they touch is left
+// as if its feature were absent (an LSHDense's candidates that were not passed on).
 ActiveRows GroupByFeature(OpKernelContext* ctx, const SparseRows& rows, int64_t num_features) {
-  const std::vector<int32_t> features(rows.feature_ids.begin(), rows.feature_ids.end());
+  std::vector<int32_t> features(rows.feature_ids.size());
+  for (size_t j = 0; j < features.size(); ++j) {
+    features[j] = rows.values[j] == 0.f ? -1 : static_cast<int32_t>(rows.feature_ids[j]);
+  }
   return ActiveRows(features.data(), features.size(), TfParallelFor(ctx), num_features);
 }
 
