@@ -884,6 +884,13 @@ def test_sparse_input_matmul_leaves_out_the_kernel_rows_of_zero_inputs():
     at = int(np.flatnonzero(tf.reduce_all(with_zero.indices == [1, absent], 1))[0])
     want = kernel[absent] @ upstream[1]
     assert value_grads.numpy()[at] == pytest.approx(want, rel=1e-5) and want != 0
+    # The forward pass skips the zero: an infinite weight there adds nothing, not NaN.
+    infinite = kernel.copy()
+    infinite[absent] = np.inf
+    np.testing.assert_array_equal(
+        tf_lsh_ops.sparse_input_matmul(with_zero, infinite).numpy(),
+        tf_lsh_ops.sparse_input_matmul(sparse, infinite).numpy(),
+    )
 
 
 def test_sparse_input_matmul_repeated_entries_and_empty_batch():
@@ -1429,6 +1436,14 @@ def test_sparse_input_gather_lazy_adam_leaves_the_weights_of_zero_inputs():
         results.append(([s.numpy() for s in state], grads))
     for got, want in zip(results[1][0], results[0][0], strict=True):
         np.testing.assert_array_equal(got, want)
+    # The forward passes skip the zero: an infinite weight there adds nothing, not NaN.
+    infinite = w.copy()
+    infinite[:, feature] = np.inf
+    for forward in (
+        lambda x: tf_lsh_ops.sparse_input_gather_matmul(x, infinite, b, idx),
+        lambda x: tf_lsh_ops.sparse_input_products(x, infinite),
+    ):
+        np.testing.assert_array_equal(forward(with_zero).numpy(), forward(inputs).numpy())
     # The zero's value gradient is its column of the weights against the outputs' gradient.
     zero_at = int(np.flatnonzero(tf.reduce_all(with_zero.indices == [2, feature], 1))[0])
     ids = idx[2][idx[2] >= 0]

@@ -28,7 +28,12 @@ void SparseInputGatherMatmulForward(const GatherMatmulShape& shape, const Sparse
         }
         const float* w = weights + int64_t{id} * dim;
         float sum = biases[id];
-        for (int64_t j = first; j < last; ++j) sum += inputs.values[j] * w[inputs.features[j]];
+        for (int64_t j = first; j < last; ++j) {
+          // Skipped, not multiplied: an LSHDense's candidates beyond its active units come as
+          // zeros, and each term is a scattered read.
+          if (inputs.values[j] == 0.f) continue;
+          sum += inputs.values[j] * w[inputs.features[j]];
+        }
         out[b * active + k] = sum;
       }
     }
@@ -44,6 +49,7 @@ void SparseInputProducts(int64_t batch, int64_t units, int64_t dim, const Sparse
       for (int64_t b = 0; b < batch; ++b) {
         float sum = 0.f;
         for (int64_t j = inputs.row_offsets[b]; j < inputs.row_offsets[b + 1]; ++j) {
+          if (inputs.values[j] == 0.f) continue;  // as in SparseInputGatherMatmulForward
           sum += inputs.values[j] * w[inputs.features[j]];
         }
         out[b * units + u] = sum;
@@ -284,6 +290,7 @@ void SparseInputMatmulForward(int64_t batch, int64_t units, const SparseRowsView
       float* row = out + b * units;
       std::fill(row, row + units, 0.f);
       for (int64_t j = inputs.row_offsets[b]; j < inputs.row_offsets[b + 1]; ++j) {
+        if (inputs.values[j] == 0.f) continue;  // as in SparseInputGatherMatmulForward
         if (j + kRowsAhead < last_entry) {
           PrefetchRow(kernel + inputs.features[j + kRowsAhead] * units, units, /*near=*/true);
         }

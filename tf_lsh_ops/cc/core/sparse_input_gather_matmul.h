@@ -4,7 +4,9 @@
 //   out[b, k] = sum_j values[j] * weights[indices[b, k], features[j]] + biases[indices[b, k]]
 //
 // over the entries j of row b (CSR: row_offsets[b] .. row_offsets[b + 1]). Costs
-// batch * active * nonzeros per row, not batch * active * dim.
+// batch * active * nonzeros per row, not batch * active * dim. Here and in the other forward
+// passes an entry whose value is 0 is skipped, not multiplied (a zero times an infinite
+// weight adds nothing rather than NaN).
 #ifndef TF_LSH_OPS_CC_CORE_SPARSE_INPUT_GATHER_MATMUL_H_
 #define TF_LSH_OPS_CC_CORE_SPARSE_INPUT_GATHER_MATMUL_H_
 
