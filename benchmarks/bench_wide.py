@@ -7,6 +7,8 @@ Two hidden ReLU layers of width W, trained with `model.fit` (batch 128, learning
   handing its active units on as a `tf.SparseTensor` (`sparse_outputs=True`), then
   `SparseInputDense(classes, softmax)`, which reads them sparsely; `SparseAdam`.
 * `lsh_5pct`: the same with `active=0.05` (5% of W).
+* `lsh_50_candidates`: `lsh_50` whose layers select `CANDIDATES` candidates an example, pass the
+  50 largest on and send the gradient to all (`LSHDense(candidates=...)`).
 
 on two inputs:
 
@@ -87,8 +89,10 @@ LEARNING_RATE = 1e-3
 # gradients are small; Adam divides them by their own scale).
 SGD_LEARNING_RATE = 0.05
 FIXED_ACTIVE = 50
+# `lsh_50_candidates`' candidates an example (the gradient reaches them all; 50 pass on).
+CANDIDATES = 400
 WARMUP_STEPS = 5
-KINDS = ("dense", "lsh_50", "lsh_5pct")
+KINDS = ("dense", "lsh_50", "lsh_5pct", "lsh_50_candidates")
 PARTS = ("runs", "ablations", "threads")
 INPUTS = ("mnist", "sparse")
 # The bag-of-words input: (num_features, classes, num_train, num_test), one label each.
@@ -178,13 +182,17 @@ def build_model(kind, width, input_name, input_dim, classes, seed=0, variant=Non
     """The network of `kind` and its optimizer. LSH networks take `variant` options:
     `refresh_period` (default "auto"), `backward` (default "adam": the layers that read
     sparse inputs update their kernels in the backward pass, by Adam or by "sgd"; None: the
-    optimizer does), `hogwild` (default False: with "sgd", Hogwild updates) and
-    `boost_strength` (default 0)."""
+    optimizer does), `hogwild` (default False: with "sgd", Hogwild updates),
+    `boost_strength` (default 0), `candidates` (default None: as many as active;
+    `lsh_50_candidates` sets `CANDIDATES`) and `backward_learning_rate` (`backward="adam"`'s,
+    default the optimizer's)."""
     variant = {
         "refresh_period": "auto",
         "backward": "adam",
         "hogwild": False,
         "boost_strength": 0.0,
+        "candidates": None,
+        "backward_learning_rate": LEARNING_RATE,
         **(variant or {}),
     }
     keras.utils.set_random_seed(seed)
@@ -198,7 +206,8 @@ def build_model(kind, width, input_name, input_dim, classes, seed=0, variant=Non
         layers.append(keras.layers.Dense(width, activation="relu", name="hidden2"))
         layers.append(keras.layers.Dense(classes, activation="softmax", name="output"))
         return keras.Sequential(layers, name="dense_mlp"), keras.optimizers.Adam(LEARNING_RATE)
-    active = FIXED_ACTIVE if kind == "lsh_50" else 0.05
+    active = 0.05 if kind == "lsh_5pct" else FIXED_ACTIVE
+    candidates = CANDIDATES if kind == "lsh_50_candidates" else variant["candidates"]
     for i in range(2):
         sparse_inputs = i > 0 or sparse
         backward = variant["backward"] if sparse_inputs else None
@@ -207,10 +216,11 @@ def build_model(kind, width, input_name, input_dim, classes, seed=0, variant=Non
                 width,
                 activation="relu",
                 active=active,
+                candidates=candidates,
                 sparse_outputs=True,
                 refresh_period=variant["refresh_period"],
                 boost_strength=variant["boost_strength"],
-                backward_adam=LEARNING_RATE if backward == "adam" else None,
+                backward_adam=variant["backward_learning_rate"] if backward == "adam" else None,
                 backward_sgd=SGD_LEARNING_RATE if backward == "sgd" else None,
                 hogwild=variant["hogwild"] and backward == "sgd",
                 track_selection=True,
@@ -348,7 +358,9 @@ def run_one(spec):
         ),
     )
     if spec["kind"] != "dense":
-        result["active_units"] = [layer.num_active for layer in keras_layers.lsh_layers(model)]
+        layers = keras_layers.lsh_layers(model)
+        result["active_units"] = [layer.num_active for layer in layers]
+        result["candidate_units"] = [layer.num_candidates for layer in layers]
     return result
 
 
@@ -400,7 +412,7 @@ def targets(runs):
     for input_name in sorted({run["input"] for run in runs}):
         dense = find(input_name, "dense", 16384)
         per_input = {}
-        for kind in ("lsh_50", "lsh_5pct"):
+        for kind in KINDS[1:]:
             lsh = find(input_name, kind, 16384)
             if dense and lsh:
                 entry = {"speedup_per_epoch": dense["epoch_s"] / lsh["epoch_s"]}
@@ -451,6 +463,7 @@ def plot(report, directory):
         "dense": ("s-", "Dense + Adam"),
         "lsh_50": ("o-", f"LSHDense, 50 active{second}"),
         "lsh_5pct": ("^-", f"LSHDense, 5% active{second}"),
+        "lsh_50_candidates": ("D-", f"LSHDense, 50 active of {CANDIDATES} candidates{second}"),
     }
     for column, input_name in enumerate(inputs):
         ax_time, ax_acc = axes[0][column], axes[1][column]

@@ -123,14 +123,15 @@ def lsh_multiplications(model, input_dim=INPUT_DIM):
             density = SPARSE_SRP_DENSITY if config.hash_family == "sparse_srp" else 1.0
             bits = config.num_tables * layer.tables.num_hashes
             counts["selection"] += fan_in * bits * density
-        counts["active"] += layer.num_active * fan_in
+        # Every candidate is computed (`active` of them pass on) and takes a gradient.
+        counts["active"] += layer.num_candidates * fan_in
         # Weight gradients; input gradients too, except for the first layer.
-        counts["backward"] += layer.num_active * fan_in * (1 if index == 0 else 2)
+        counts["backward"] += layer.num_candidates * fan_in * (1 if index == 0 else 2)
         # A refresh computes the batch's exact products for the sketch or the recall metric
         # (a table refresh alone re-hashes the changed units: not counted).
         if layer.refresh_steps and (layer.selection == "low_rank" or layer.track_selection):
             counts["refresh"] += layer.units * fan_in / layer.refresh_steps
-        fan_in = layer.num_active if layer.sparse_outputs else layer.units
+        fan_in = layer.num_candidates if layer.sparse_outputs else layer.units
     counts["total"] = counts["selection"] + counts["active"] + counts["output"]
     return counts
 

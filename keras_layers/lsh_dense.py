@@ -60,6 +60,16 @@ class LSHDense(keras.layers.Layer):
         kernel_constraint, bias_constraint: as for `Dense`.
       active: units computed per example: a fraction of `units` (a float in (0, 1]) or a count
         (an int >= 1). Default 5%.
+      candidates: None (default: `active`), or more units (a fraction or a count) for the
+        selection to propose per example, in a hidden layer. All are computed; each example's
+        `active` largest pass on and the others give 0, but the gradient reaches every
+        candidate as if it had passed (a straight-through estimate), so the units just below
+        the cut learn too. Where only the winners learn, a few units win everything and the
+        rest never train: on a bag-of-words input, 400 candidates for 50 active units closed
+        most of the gap to `Dense` (benchmarks/README.md, "Sparse inputs"). A step then costs
+        about `candidates` active units' work. The next layer reads every candidate, those
+        not passed on as zeros: it skips them in its forward pass and leaves their weights
+        alone, but sends them their gradient.
       hash_family: `"srp"` (SimHash), `"sparse_srp"`, `"wta"` or `"dwta"` (see
         `tf_lsh_ops.lsh`).
       mips: SimHash only: hash with the asymmetric MIPS transform, so that tables rank units by
@@ -133,7 +143,8 @@ class LSHDense(keras.layers.Layer):
         gradient computed through the layer in training (`training=True`) applies the
         update. A weight then moves only when its unit is active and its input present:
         hidden layers over bag-of-words inputs learned best with about 10x the optimizer's
-        rate (benchmarks/README.md, "Sparse inputs").
+        rate, or with the optimizer's and `candidates` (benchmarks/README.md, "Sparse
+        inputs").
       backward_sgd: None (default), or a learning rate: as `backward_adam`, by plain SGD on
         the same weights, with no moments. The moments are twice the kernel: a 65,536 x
         65,536 layer needs 16 GiB with `backward_sgd` and 48 GiB with `backward_adam`. At
@@ -185,6 +196,7 @@ class LSHDense(keras.layers.Layer):
         kernel_constraint=None,
         bias_constraint=None,
         active=0.05,
+        candidates=None,
         hash_family="srp",
         mips=False,
         num_hashes=None,
@@ -222,7 +234,16 @@ class LSHDense(keras.layers.Layer):
         self.kernel_constraint = constraints.get(kernel_constraint)
         self.bias_constraint = constraints.get(bias_constraint)
         self.active = active
-        self.num_active = _active_count(active, units)
+        self.num_active = _unit_count("active", active, units)
+        self.candidates = candidates
+        self.num_candidates = self.num_active
+        if candidates is not None:
+            self.num_candidates = _unit_count("candidates", candidates, units)
+            if self.num_candidates < self.num_active:
+                raise ValueError(
+                    f"LSHDense: candidates ({candidates!r}: {self.num_candidates} units) must "
+                    f"be at least active ({active!r}: {self.num_active} units)"
+                )
         if active_rule not in ACTIVE_RULES:
             raise ValueError(
                 f"LSHDense: unknown active_rule {active_rule!r}; expected one of {ACTIVE_RULES}"
@@ -276,6 +297,14 @@ class LSHDense(keras.layers.Layer):
                 "refresh_period must be set, got None"
             )
         self.track_selection = bool(track_selection)
+        if self.num_candidates > self.num_active and (
+            self.activation in (None, activations.linear) or batch_wide
+        ):
+            raise ValueError(
+                "LSHDense: candidates beyond active are for hidden layers (the units not passed "
+                "on give 0): they need an activation and per-example sets, got activation "
+                f"{activation!r} and batch_wide={batch_wide!r}"
+            )
         self.sparse_outputs = bool(sparse_outputs)
         self.backward_update = BackwardUpdate.from_arguments(
             backward_adam, backward_sgd, hogwild, use_bias, kernel_regularizer, kernel_constraint
@@ -304,11 +333,11 @@ class LSHDense(keras.layers.Layer):
     def _make_selector(self, rule):
         if rule == "low_rank":
             return LowRankSelector(
-                self.units, self.num_active, self.seed, self.rank, self.boost_strength
+                self.units, self.num_candidates, self.seed, self.rank, self.boost_strength
             )
         if rule == "exact":
-            return ExactSelector(self.units, self.num_active, self.seed)
-        return HashTables(self.units, self.num_active, self.seed, self.table_config)
+            return ExactSelector(self.units, self.num_candidates, self.seed)
+        return HashTables(self.units, self.num_candidates, self.seed, self.table_config)
 
     @property
     def selection(self):
@@ -494,10 +523,15 @@ class LSHDense(keras.layers.Layer):
         self.step.assign_add(1)
 
     def activate(self, ids, values):
-        """The activation of the active units' `values` (padding ids -1 give 0)."""
+        """The activation of the selected units' `values` (padding ids -1 give 0). Of more
+        `candidates` than `active`, each example's `active` largest pass forward and the
+        others give 0, while the gradient reaches every candidate as if it had passed."""
         if self.activation is None or self.activation is activations.linear:
             return values
-        return tf.where(ids >= 0, self.activation(values), 0.0)
+        outputs = tf.where(ids >= 0, self.activation(values), 0.0)
+        if ids.shape[-1] == self.num_active:  # no candidates beyond active, or the sketch's
+            return outputs
+        return _pass_largest(ids, values, outputs, self.num_active)
 
     def _refresh(self, inputs):
         """A refresh step (`refresh_steps`): with `track_selection`, how many of each
@@ -601,6 +635,7 @@ class LSHDense(keras.layers.Layer):
             kernel_constraint=constraints.serialize(self.kernel_constraint),
             bias_constraint=constraints.serialize(self.bias_constraint),
             active=self.active,
+            candidates=self.candidates,
             active_rule=self.active_rule,
             rank=self.rank,
             boost_strength=self.boost_strength,
@@ -706,18 +741,27 @@ def _drop_traced_inference(model):
     model.test_function = None
 
 
-def _active_count(active, units):
-    if isinstance(active, bool) or not isinstance(active, (int, float)):
+def _unit_count(name, count, units):
+    """The number of units `count` (an int, or a float fraction of `units`) stands for."""
+    if isinstance(count, bool) or not isinstance(count, (int, float)):
         raise ValueError(
-            f"LSHDense: active must be a float fraction or an int count, got {active!r}"
+            f"LSHDense: {name} must be a float fraction or an int count, got {count!r}"
         )
-    if isinstance(active, float):
-        if not 0 < active <= 1:
-            raise ValueError(f"LSHDense: active as a fraction must be in (0, 1], got {active}")
-        return max(1, round(active * units))
-    if not 1 <= active <= units:
-        raise ValueError(f"LSHDense: active = {active} units must be in [1, units = {units}]")
-    return active
+    if isinstance(count, float):
+        if not 0 < count <= 1:
+            raise ValueError(f"LSHDense: {name} as a fraction must be in (0, 1], got {count}")
+        return max(1, round(count * units))
+    if not 1 <= count <= units:
+        raise ValueError(f"LSHDense: {name} = {count} units must be in [1, units = {units}]")
+    return count
+
+
+def _pass_largest(ids, values, outputs, k):
+    """`outputs` with all but each row's `k` largest `values` (of valid ids) set to 0 in the
+    forward pass; the gradient of every entry passes unchanged (a straight-through estimate)."""
+    kth = tf.math.top_k(tf.where(ids >= 0, values, -math.inf), k).values[:, -1:]
+    dropped = tf.where(values >= kth, 0.0, outputs)
+    return outputs - tf.stop_gradient(dropped)
 
 
 class _KernelDraw:

@@ -72,15 +72,20 @@ def test_bench_quick(script, tmp_path):
 
 
 def test_bench_wide_quick(tmp_path):
+    bench_wide = benchmark_module("bench_wide")
     report = run_quick("bench_wide.py", "--plots", str(tmp_path))
     runs = {(run["width"], run["kind"]): run for run in report["runs"]}
-    assert set(runs) == {(w, k) for w in (1024, 2048) for k in ("dense", "lsh_50", "lsh_5pct")}
+    kinds = ("dense", "lsh_50", "lsh_5pct", "lsh_50_candidates")
+    assert set(runs) == {(w, k) for w in (1024, 2048) for k in kinds}
     for run in runs.values():
         assert "error" not in run, run
         assert run["epoch_s"] > 0 and run["peak_bytes"] > run["baseline_bytes"]
         assert 0 <= run["test_accuracy"] <= 1
     assert runs[(2048, "lsh_50")]["active_units"] == [50, 50]
     assert runs[(2048, "lsh_5pct")]["active_units"] == [102, 102]
+    candidates = runs[(2048, "lsh_50_candidates")]
+    assert candidates["active_units"] == [50, 50]
+    assert candidates["candidate_units"] == [bench_wide.CANDIDATES] * 2
     # The LSH networks' forward pass: selection + 50 active units, far below Dense's.
     lsh, dense = runs[(2048, "lsh_50")], runs[(2048, "dense")]
     assert lsh["forward_multiplications"]["total"] < dense["forward_multiplications"]["total"] / 5

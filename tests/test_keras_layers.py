@@ -237,6 +237,52 @@ def test_training_output_is_dense_output_on_the_active_units(activation):
             assert np.all(expected[b, outside] != 0.0)
 
 
+def test_candidates_pass_the_largest_on_and_take_the_gradient_of_all():
+    """With `candidates` beyond `active`, an example's `active` largest candidates pass forward
+    and every candidate gets the gradient it would have had if it had passed (the exact rule:
+    the candidates are the exact top 20, the units passed on the exact top 5)."""
+    units, dim, active, candidates = 64, 16, 5, 20
+    layer, dense = lsh_and_dense(
+        units, dim, "relu", active=active, candidates=candidates, active_rule="exact"
+    )
+    x = normal(1, 7, dim)
+    upstream = normal(2, 7, units)
+    with tf.GradientTape() as tape:
+        out = layer(x, training=True)
+        loss = tf.reduce_sum(out * upstream)
+    grad_kernel, grad_bias = (
+        tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, [layer.kernel, layer.bias])
+    )
+    kernel, bias = dense.get_weights()
+    pre = x @ kernel + bias
+    order = np.argsort(-pre, axis=1)
+    passed = np.zeros_like(pre, bool)
+    np.put_along_axis(passed, order[:, :active], True, axis=1)
+    selected = np.zeros_like(pre, bool)
+    np.put_along_axis(selected, order[:, :candidates], True, axis=1)
+    np.testing.assert_allclose(
+        out.numpy(), np.where(passed, np.maximum(pre, 0), 0), rtol=1e-5, atol=1e-6
+    )
+    grad_pre = np.where(selected & (pre > 0), upstream, 0)
+    assert (grad_pre != 0).sum() > (passed & (pre > 0)).sum()  # the candidates add gradient
+    np.testing.assert_allclose(grad_kernel, (x.T @ grad_pre).T, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(grad_bias, grad_pre.sum(0), rtol=1e-4, atol=1e-5)
+
+
+def test_candidates_are_handed_on_sparsely_with_zeros():
+    """`sparse_outputs` hands every candidate on (the next layer's input gradient reaches
+    them), those not passed with value 0; LSH inference passes the same units."""
+    layer = LSHDense(48, activation="relu", active=4, candidates=12, sparse_outputs=True, seed=3)
+    x = normal(3, 6, 10)
+    out = layer(x, training=True)
+    rows = out.indices.numpy()[:, 0]
+    assert np.array_equal(np.bincount(rows, minlength=6), np.full(6, 12))
+    nonzero = np.bincount(rows[out.values.numpy() != 0], minlength=6)
+    assert nonzero.max() <= 4
+    inferred = tf.sparse.to_dense(tf.sparse.reorder(layer(x, training=False))).numpy()
+    assert (np.count_nonzero(inferred, axis=1) <= 4).all()
+
+
 def test_lsh_inference_computes_only_the_active_units():
     units, dim = 80, 16
     layer, dense = lsh_and_dense(units, dim, "sigmoid", active=12, inference="lsh")
@@ -1419,6 +1465,17 @@ def test_callback_needs_an_lsh_layer():
         (dict(active=0.0), r"active as a fraction must be in \(0, 1\]"),
         (dict(active=1.5), r"active as a fraction must be in \(0, 1\]"),
         (dict(active="5%"), r"active must be a float fraction or an int count"),
+        (dict(candidates=[9]), r"candidates must be a float fraction or an int count"),
+        (dict(candidates=200, activation="relu"), r"candidates = 200 units must be in \[1"),
+        (
+            dict(active=5, candidates=3, activation="relu"),
+            r"candidates \(3: 3 units\) must be at least active \(5: 5 units\)",
+        ),
+        (dict(active=5, candidates=20), r"candidates beyond active are for hidden layers"),
+        (
+            dict(active=5, candidates=20, activation="relu", batch_wide=True),
+            r"candidates beyond active are for hidden layers.*batch_wide=True",
+        ),
         (dict(num_hashes=31), r"srp with num_hashes=31 needs 31 bits per bucket id; at most 30"),
         (
             dict(hash_family="wta", num_hashes=11),
