@@ -1452,6 +1452,26 @@ def test_sparse_input_gather_lazy_adam_leaves_the_weights_of_zero_inputs():
     assert want != 0
 
 
+def test_sparse_input_gather_backward_skips_units_whose_gradient_is_zero():
+    """A unit whose output gradient is 0 (a ReLU below 0) adds nothing to the values'
+    gradient, even with infinite weights: its reads are skipped, not multiplied."""
+    x, w, b, idx, _, _, grad_output = _lazy_adam_case(7)
+    inputs = tf.sparse.from_dense(x)
+    unit = int(idx[0, 0])
+    grad_output = np.where(idx == unit, 0.0, grad_output).astype(np.float32)
+    infinite = w.copy()
+    infinite[unit] = np.inf
+    values = tf.Variable(inputs.values)
+    got = []
+    for weights in (w, infinite):
+        with tf.GradientTape() as tape:
+            sparse = tf.SparseTensor(inputs.indices, values, inputs.dense_shape)
+            out = tf_lsh_ops.sparse_input_gather_matmul(sparse, tf.Variable(weights), b, idx)
+        got.append(tape.gradient(out, values, output_gradients=grad_output).numpy())
+    assert np.isfinite(got[1]).all()
+    np.testing.assert_array_equal(got[1], got[0])
+
+
 def _reference_hyper(hyper):
     return dict(
         lr=hyper["learning_rate"],

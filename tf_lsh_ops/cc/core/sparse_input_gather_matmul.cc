@@ -72,8 +72,9 @@ void InputValueGradients(const GatherMatmulShape& shape, const SparseRowsView& i
       for (int64_t j = first; j < last; ++j) grad_values[j] = 0.f;
       for (int64_t k = 0; k < active; ++k) {
         const int32_t id = indices[b * active + k];
-        if (id < 0) continue;
         const float g = grad_out[b * active + k];
+        // A zero gradient (a ReLU unit below 0) adds nothing: its scattered reads are skipped.
+        if (id < 0 || g == 0.f) continue;
         const float* w = weights + int64_t{id} * dim;
         for (int64_t j = first; j < last; ++j) grad_values[j] += g * w[inputs.features[j]];
       }

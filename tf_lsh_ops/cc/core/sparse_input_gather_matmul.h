@@ -41,6 +41,8 @@ void SparseInputProducts(int64_t batch, int64_t units, int64_t dim, const Sparse
 // grad_values[j] = sum_k grad_out[b, k] * weights[indices[b, k], features[j]] (CSR order);
 // for each row r of `rows`: grad_weight_rows[r, features[j]] += grad_out[b, k] * values[j] over
 // its positions (b, k) and the entries j of row b, grad_bias_rows[r] = sum of grad_out[b, k].
+// A zero grad_out[b, k] is skipped in grad_values (not multiplied), as zero values are in the
+// forward passes.
 void SparseInputGatherMatmulBackward(const GatherMatmulShape& shape,
                                      const SparseRowsView& inputs, const float* weights,
                                      const int32_t* indices, const float* grad_out,
