@@ -852,20 +852,27 @@ def test_sparse_input_matmul_skips_the_values_gradient_of_data():
         assert grad_op.outputs[0].shape.as_list() == ([values.shape[0]] if watch_values else [0])
 
 
+def _with_explicit_zero(x, row):
+    """`(feature, sparse)`: dense `x` as a `tf.SparseTensor` plus an entry of value 0 in
+    `row`, on the first feature no example has."""
+    feature = int(np.flatnonzero(~x.any(axis=0))[0])
+    sparse = tf.sparse.from_dense(x)
+    return feature, tf.sparse.reorder(
+        tf.SparseTensor(
+            tf.concat([sparse.indices, [[row, feature]]], 0),
+            tf.concat([sparse.values, [0.0]], 0),
+            sparse.dense_shape,
+        )
+    )
+
+
 def test_sparse_input_matmul_leaves_out_the_kernel_rows_of_zero_inputs():
     """A feature present only with value 0 (a candidate an `LSHDense` did not pass on) gets no
     kernel gradient row, so `SparseAdam` leaves it as if absent; its value still gets its
     gradient."""
     x, kernel = _bag_of_words(8)
     sparse = tf.sparse.from_dense(x)
-    absent = int(np.flatnonzero(~x.any(axis=0))[0])
-    with_zero = tf.sparse.reorder(
-        tf.SparseTensor(
-            tf.concat([sparse.indices, [[1, absent]]], 0),
-            tf.concat([sparse.values, [0.0]], 0),
-            sparse.dense_shape,
-        )
-    )
+    absent, with_zero = _with_explicit_zero(x, 1)
     kernel_var = tf.Variable(kernel)
     upstream = np.random.default_rng(8).standard_normal((x.shape[0], kernel.shape[1]))
     gradients = []
@@ -1417,15 +1424,7 @@ def test_sparse_input_gather_lazy_adam_leaves_the_weights_of_zero_inputs():
     value's gradient, and its weights move as if it were absent."""
     x, w, b, idx, m, v, grad_output = _lazy_adam_case(6)
     inputs = tf.sparse.from_dense(x)
-    # An explicit zero in example 2, on a feature no example has.
-    feature = int(np.flatnonzero(~x.any(axis=0))[0])
-    with_zero = tf.sparse.reorder(
-        tf.SparseTensor(
-            tf.concat([inputs.indices, [[2, feature]]], 0),
-            tf.concat([inputs.values, [0.0]], 0),
-            inputs.dense_shape,
-        )
-    )
+    feature, with_zero = _with_explicit_zero(x, 2)
     hyper = dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=3)
     results = []
     for sparse in (inputs, with_zero):
