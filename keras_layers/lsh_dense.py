@@ -529,7 +529,8 @@ class LSHDense(keras.layers.Layer):
         if self.activation is None or self.activation is activations.linear:
             return values
         outputs = tf.where(ids >= 0, self.activation(values), 0.0)
-        if ids.shape[-1] == self.num_active:  # no candidates beyond active, or the sketch's
+        # Every selected unit passes with no candidates beyond active, and with the sketch's.
+        if self.num_candidates == self.num_active or ids.shape[-1] == self.num_active:
             return outputs
         return _pass_largest(ids, values, outputs, self.num_active)
 
