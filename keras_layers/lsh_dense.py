@@ -181,6 +181,17 @@ class LSHDense(keras.layers.Layer):
     TensorShape([4, 1000])
     >>> int(tf.reduce_max(tf.math.count_nonzero(layer(x, training=True), axis=1))) <= 50
     True
+
+    With 400 candidates an example, 50 pass on and all that a ReLU lets through train:
+
+    >>> hidden = LSHDense(1000, activation="relu", active=50, candidates=400)
+    >>> with tf.GradientTape() as tape:
+    ...     out = hidden(x[:1], training=True)
+    ...     loss = tf.reduce_sum(out)
+    >>> int(tf.math.count_nonzero(out)) <= 50
+    True
+    >>> int(tf.math.count_nonzero(tf.convert_to_tensor(tape.gradient(loss, hidden.bias)))) > 50
+    True
     """
 
     def __init__(
