@@ -18,8 +18,20 @@ void SparseInputGatherMatmulForward(const GatherMatmulShape& shape, const Sparse
   const int64_t mean_nonzeros =
       1 + inputs.row_offsets[shape.batch] / std::max<int64_t>(shape.batch, 1);
   parallel_for(shape.batch, active * (2 * mean_nonzeros + 10), [&](int64_t begin, int64_t end) {
+    // An example's nonzero entries, gathered once for all its units. Zeros are skipped, not
+    // multiplied: an LSHDense's candidates beyond its active units come as zeros (most of
+    // the entries), and each term is a scattered read.
+    std::vector<int64_t> features;
+    std::vector<float> values;
     for (int64_t b = begin; b < end; ++b) {
-      const int64_t first = inputs.row_offsets[b], last = inputs.row_offsets[b + 1];
+      features.clear();
+      values.clear();
+      for (int64_t j = inputs.row_offsets[b]; j < inputs.row_offsets[b + 1]; ++j) {
+        if (inputs.values[j] == 0.f) continue;
+        features.push_back(inputs.features[j]);
+        values.push_back(inputs.values[j]);
+      }
+      const int64_t nonzeros = static_cast<int64_t>(features.size());
       for (int64_t k = 0; k < active; ++k) {
         const int32_t id = indices[b * active + k];
         if (id < 0) {
@@ -28,12 +40,7 @@ void SparseInputGatherMatmulForward(const GatherMatmulShape& shape, const Sparse
         }
         const float* w = weights + int64_t{id} * dim;
         float sum = biases[id];
-        for (int64_t j = first; j < last; ++j) {
-          // Skipped, not multiplied: an LSHDense's candidates beyond its active units come as
-          // zeros, and each term is a scattered read.
-          if (inputs.values[j] == 0.f) continue;
-          sum += inputs.values[j] * w[inputs.features[j]];
-        }
+        for (int64_t i = 0; i < nonzeros; ++i) sum += values[i] * w[features[i]];
         out[b * active + k] = sum;
       }
     }
