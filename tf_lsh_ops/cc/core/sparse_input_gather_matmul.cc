@@ -123,8 +123,9 @@ namespace {
 
 // The lazy backward passes' shared loop: grad_values from `weights` (before any update), then
 // for each row r of `rows` its bias gradient and its weights' gradient on the features present
-// with a nonzero value in the row's examples, handed to `update(row, features, gradients, n)` (row: the weights'
-// offset of the row; features in increasing order) by the thread that owns the row.
+// with a nonzero value in the row's examples, handed to `update(row, features, gradients, n)`
+// (row: the weights' offset of the row; features in increasing order) by the thread that owns
+// the row.
 template <typename Update>
 void LazyRowUpdates(const GatherMatmulShape& shape, const SparseRowsView& inputs,
                     const float* weights, const int32_t* indices, const float* grad_out,
