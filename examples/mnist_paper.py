@@ -108,11 +108,14 @@ def lsh_multiplications(model, input_dim=INPUT_DIM):
     refreshes' exact products, spread over the examples between two). `input_dim`: the
     first layer's fan-in (for sparse inputs, the mean nonzeros of an example)."""
     counts = dict.fromkeys(("selection", "active", "output", "backward", "refresh"), 0.0)
-    fan_in = input_dim
+    # A layer's nonzero inputs (forward products and weight gradients) and the inputs it is
+    # handed (input gradients): a previous layer's candidates beyond its active units come
+    # as zeros, which take a gradient but no product.
+    fan_in = handed_on = input_dim
     for index, layer in enumerate(model.layers):
         if not isinstance(layer, keras_layers.LSHDense):
             counts["output"] += fan_in * layer.units
-            counts["backward"] += 2 * fan_in * layer.units
+            counts["backward"] += (fan_in + handed_on) * layer.units
             continue
         if layer.selection == "low_rank":
             counts["selection"] += layer.rank * (fan_in + layer.units)
@@ -126,12 +129,13 @@ def lsh_multiplications(model, input_dim=INPUT_DIM):
         # Every candidate is computed (`active` of them pass on) and takes a gradient.
         counts["active"] += layer.num_candidates * fan_in
         # Weight gradients; input gradients too, except for the first layer.
-        counts["backward"] += layer.num_candidates * fan_in * (1 if index == 0 else 2)
+        counts["backward"] += layer.num_candidates * (fan_in + (handed_on if index else 0))
         # A refresh computes the batch's exact products for the sketch or the recall metric
         # (a table refresh alone re-hashes the changed units: not counted).
         if layer.refresh_steps and (layer.selection == "low_rank" or layer.track_selection):
             counts["refresh"] += layer.units * fan_in / layer.refresh_steps
-        fan_in = layer.num_candidates if layer.sparse_outputs else layer.units
+        fan_in = layer.num_active if layer.sparse_outputs else layer.units
+        handed_on = layer.num_candidates if layer.sparse_outputs else layer.units
     counts["total"] = counts["selection"] + counts["active"] + counts["output"]
     return counts
 

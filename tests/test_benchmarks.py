@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 
+import keras
 import numpy as np
 import pytest
 
@@ -93,6 +94,26 @@ def test_bench_wide_quick(tmp_path):
     assert report["threads"][0]["speedup"] > 0
     assert report["threads"][0]["copy_bandwidth_speedup"] > 0
     assert os.path.exists(report["plot"])
+
+
+def test_multiplications_count_the_candidates_and_skip_their_zeros():
+    """`lsh_multiplications` with candidates: every candidate is computed and takes a
+    gradient; the next layer multiplies only the `active` nonzero inputs but sends all the
+    candidates their gradient."""
+    counts = benchmark_module("bench_wide").mnist_paper.lsh_multiplications
+    model = keras.Sequential(
+        [
+            keras.Input((30,)),
+            keras_layers.LSHDense(100, "relu", active=5, candidates=20, sparse_outputs=True),
+            keras_layers.LSHDense(100, "relu", active=5, candidates=20, sparse_outputs=True),
+            keras_layers.SparseInputDense(10),
+        ]
+    )
+    got = counts(model, input_dim=30)
+    assert got["selection"] == 32 * (30 + 100) + 32 * (5 + 100)
+    assert got["active"] == 20 * 30 + 20 * 5
+    assert got["output"] == 5 * 10
+    assert got["backward"] == 20 * 30 + 20 * (5 + 20) + (5 + 20) * 10
 
 
 def test_bench_wide_backward_sgd_keeps_no_moments():
