@@ -261,8 +261,7 @@ class LSHDense(keras.layers.Layer):
             )
         self.active_rule = active_rule
         if active_rule == "auto":
-            hidden = self.activation not in (None, activations.linear)
-            active_rule = "low_rank" if hidden and not batch_wide else "frequency"
+            active_rule = "low_rank" if self.hidden and not batch_wide else "frequency"
         if batch_wide and active_rule not in TABLE_RULES:
             raise ValueError(
                 f"LSHDense: batch_wide=True needs a hash-table active_rule {TABLE_RULES}, "
@@ -308,9 +307,7 @@ class LSHDense(keras.layers.Layer):
                 "refresh_period must be set, got None"
             )
         self.track_selection = bool(track_selection)
-        if self.num_candidates > self.num_active and (
-            self.activation in (None, activations.linear) or batch_wide
-        ):
+        if self.num_candidates > self.num_active and (not self.hidden or batch_wide):
             raise ValueError(
                 "LSHDense: candidates beyond active are for hidden layers (the units not passed "
                 "on give 0): they need an activation and per-example sets, got activation "
@@ -340,6 +337,12 @@ class LSHDense(keras.layers.Layer):
         if self.track_selection:
             self.coverage = UnitCoverage(units, name=f"{self.name}_coverage")
             self.recall = LSHRecall(self.num_active, name=f"{self.name}_recall", when_empty=NAN)
+
+    @property
+    def hidden(self):
+        """Whether the activation is nonlinear (a hidden layer): a linear layer, an output
+        over labels, passes its selected units' values on as they are."""
+        return self.activation not in (None, activations.linear)
 
     def _make_selector(self, rule):
         if rule == "low_rank":
@@ -537,13 +540,14 @@ class LSHDense(keras.layers.Layer):
         """The activation of the selected units' `values` (padding ids -1 give 0). Of more
         `candidates` than `active`, each example's `active` largest pass forward and the
         others give 0, while the gradient reaches every candidate as if it had passed."""
-        if self.activation is None or self.activation is activations.linear:
+        if not self.hidden:
             return values
-        outputs = tf.where(ids >= 0, self.activation(values), 0.0)
+        valid = ids >= 0
+        outputs = tf.where(valid, self.activation(values), 0.0)
         # Every selected unit passes with no candidates beyond active, and with the sketch's.
         if self.num_candidates == self.num_active or ids.shape[-1] == self.num_active:
             return outputs
-        return _pass_largest(ids, values, outputs, self.num_active)
+        return _pass_largest(valid, values, outputs, self.num_active)
 
     def _refresh(self, inputs):
         """A refresh step (`refresh_steps`): with `track_selection`, how many of each
@@ -768,10 +772,10 @@ def _unit_count(name, count, units):
     return count
 
 
-def _pass_largest(ids, values, outputs, k):
-    """`outputs` with all but each row's `k` largest `values` (of valid ids) set to 0 in the
+def _pass_largest(valid, values, outputs, k):
+    """`outputs` with all but each row's `k` largest `values` (where `valid`) set to 0 in the
     forward pass; the gradient of every entry passes unchanged (a straight-through estimate)."""
-    kth = tf.math.top_k(tf.where(ids >= 0, values, -math.inf), k).values[:, -1:]
+    kth = tf.math.top_k(tf.where(valid, values, -math.inf), k).values[:, -1:]
     dropped = tf.where(values >= kth, 0.0, outputs)
     return outputs - tf.stop_gradient(dropped)
 
