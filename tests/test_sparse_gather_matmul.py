@@ -853,17 +853,19 @@ def test_sparse_input_matmul_skips_the_values_gradient_of_data():
 
 
 def _with_explicit_zero(x, row):
-    """`(feature, sparse)`: dense `x` as a `tf.SparseTensor` plus an entry of value 0 in
-    `row`, on the first feature no example has."""
+    """`(feature, sparse, at)`: dense `x` as a `tf.SparseTensor` plus an entry of value 0 in
+    `row`, on the first feature no example has; `at` is that entry's position."""
     feature = int(np.flatnonzero(~x.any(axis=0))[0])
-    sparse = tf.sparse.from_dense(x)
-    return feature, tf.sparse.reorder(
+    plain = tf.sparse.from_dense(x)
+    sparse = tf.sparse.reorder(
         tf.SparseTensor(
-            tf.concat([sparse.indices, [[row, feature]]], 0),
-            tf.concat([sparse.values, [0.0]], 0),
-            sparse.dense_shape,
+            tf.concat([plain.indices, [[row, feature]]], 0),
+            tf.concat([plain.values, [0.0]], 0),
+            plain.dense_shape,
         )
     )
+    at = int(np.flatnonzero(tf.reduce_all(sparse.indices == [row, feature], 1))[0])
+    return feature, sparse, at
 
 
 def test_sparse_input_matmul_leaves_out_the_kernel_rows_of_zero_inputs():
@@ -872,7 +874,7 @@ def test_sparse_input_matmul_leaves_out_the_kernel_rows_of_zero_inputs():
     gradient."""
     x, kernel = _bag_of_words(8)
     sparse = tf.sparse.from_dense(x)
-    absent, with_zero = _with_explicit_zero(x, 1)
+    absent, with_zero, at = _with_explicit_zero(x, 1)
     kernel_var = tf.Variable(kernel)
     upstream = np.random.default_rng(8).standard_normal((x.shape[0], kernel.shape[1]))
     gradients = []
@@ -888,7 +890,6 @@ def test_sparse_input_matmul_leaves_out_the_kernel_rows_of_zero_inputs():
     assert absent not in zeroed.indices.numpy()
     np.testing.assert_array_equal(zeroed.indices, plain.indices)
     np.testing.assert_array_equal(zeroed.values, plain.values)
-    at = int(np.flatnonzero(tf.reduce_all(with_zero.indices == [1, absent], 1))[0])
     want = kernel[absent] @ upstream[1]
     assert value_grads.numpy()[at] == pytest.approx(want, rel=1e-5) and want != 0
     # The forward pass skips the zero: an infinite weight there adds nothing, not NaN.
@@ -1424,7 +1425,7 @@ def test_sparse_input_gather_lazy_adam_leaves_the_weights_of_zero_inputs():
     value's gradient, and its weights move as if it were absent."""
     x, w, b, idx, m, v, grad_output = _lazy_adam_case(6)
     inputs = tf.sparse.from_dense(x)
-    feature, with_zero = _with_explicit_zero(x, 2)
+    feature, with_zero, zero_at = _with_explicit_zero(x, 2)
     hyper = dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=3)
     results = []
     for sparse in (inputs, with_zero):
@@ -1444,7 +1445,6 @@ def test_sparse_input_gather_lazy_adam_leaves_the_weights_of_zero_inputs():
     ):
         np.testing.assert_array_equal(forward(with_zero).numpy(), forward(inputs).numpy())
     # The zero's value gradient is its column of the weights against the outputs' gradient.
-    zero_at = int(np.flatnonzero(tf.reduce_all(with_zero.indices == [2, feature], 1))[0])
     ids = idx[2][idx[2] >= 0]
     want = float(np.dot(w[ids, feature], grad_output[2][idx[2] >= 0]))
     assert results[1][1][0].numpy()[zero_at] == pytest.approx(want, rel=1e-5, abs=1e-6)
