@@ -125,6 +125,7 @@ MODES = {
             ("lsh_50", {"backward": "sgd"}),
             ("lsh_50", {"backward": "sgd", "hogwild": True}),
             ("lsh_5pct", None),
+            ("lsh_50_candidates", None),
         ),
         # Steps are timed after this much training: the first epoch's refits and the
         # background collapse into huge pages slow the early steps (benchmarks/README.md).
@@ -184,8 +185,9 @@ def build_model(kind, width, input_name, input_dim, classes, seed=0, variant=Non
     sparse inputs update their kernels in the backward pass, by Adam or by "sgd"; None: the
     optimizer does), `hogwild` (default False: with "sgd", Hogwild updates),
     `boost_strength` (default 0), `candidates` (default None: as many as active;
-    `lsh_50_candidates` sets `CANDIDATES`) and `backward_learning_rate` (`backward="adam"`'s,
-    default the optimizer's)."""
+    `lsh_50_candidates` sets `CANDIDATES`), `backward_learning_rate` (`backward="adam"`'s,
+    default the optimizer's) and `input_active` (default True: the second hidden layer's
+    kernel is initialised for the first's `active` nonzero outputs; False: for its width)."""
     variant = {
         "refresh_period": "auto",
         "backward": "adam",
@@ -193,6 +195,7 @@ def build_model(kind, width, input_name, input_dim, classes, seed=0, variant=Non
         "boost_strength": 0.0,
         "candidates": None,
         "backward_learning_rate": LEARNING_RATE,
+        "input_active": True,
         **(variant or {}),
     }
     keras.utils.set_random_seed(seed)
@@ -217,6 +220,7 @@ def build_model(kind, width, input_name, input_dim, classes, seed=0, variant=Non
                 activation="relu",
                 active=active,
                 candidates=candidates,
+                input_active=active if i > 0 and variant["input_active"] else None,
                 sparse_outputs=True,
                 refresh_period=variant["refresh_period"],
                 boost_strength=variant["boost_strength"],

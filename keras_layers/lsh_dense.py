@@ -70,6 +70,16 @@ class LSHDense(keras.layers.Layer):
         about `candidates` active units' work. The next layer reads every candidate, those
         not passed on as zeros: it skips them in its forward pass and leaves their weights
         alone, but sends them their gradient.
+      input_active: None (default), or how many of the inputs are nonzero in an example (a
+        count, or a fraction of the input width), when fewer than all: for a layer reading
+        another `LSHDense`'s outputs, that layer's `active`. The kernel initializer (a
+        variance-scaling one: Glorot, He, LeCun) then takes as its fans the connections
+        that carry an example's signal, `input_active` inputs into a unit and `active` units
+        out of an input, instead of the kernel's shape. From the shape, a wide layer reading 50
+        nonzero inputs starts with weights so small that the first updates decide which
+        units ever win (benchmarks/README.md, "Initialising for the active inputs"). Leave it
+        None over raw features: on a bag of words of unit norm, initialised for its ~75
+        nonzeros, the first layer learned worse.
       hash_family: `"srp"` (SimHash), `"sparse_srp"`, `"wta"` or `"dwta"` (see
         `tf_lsh_ops.lsh`).
       mips: SimHash only: hash with the asymmetric MIPS transform, so that tables rank units by
@@ -208,6 +218,7 @@ class LSHDense(keras.layers.Layer):
         bias_constraint=None,
         active=0.05,
         candidates=None,
+        input_active=None,
         hash_family="srp",
         mips=False,
         num_hashes=None,
@@ -254,6 +265,15 @@ class LSHDense(keras.layers.Layer):
                 raise ValueError(
                     f"LSHDense: candidates ({candidates!r}: {self.num_candidates} units) must "
                     f"be at least active ({active!r}: {self.num_active} units)"
+                )
+        self.input_active = input_active
+        if input_active is not None:
+            _unit_count("input_active", input_active, None, of="input_dim")
+            if not _KernelDraw.scales_with_fans(self.kernel_initializer):
+                raise ValueError(
+                    "LSHDense: input_active sets the kernel initializer's fans, so it needs a "
+                    "variance-scaling kernel_initializer (Glorot, He, LeCun), got "
+                    f"{kernel_initializer!r}"
                 )
         if active_rule not in ACTIVE_RULES:
             raise ValueError(
@@ -413,7 +433,15 @@ class LSHDense(keras.layers.Layer):
     def build(self, input_shape):
         input_dim = int(input_shape[-1])
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_dim})
-        kernel_draw = _KernelDraw(self.kernel_initializer, (self.units, input_dim))
+        fans = None
+        if self.input_active is not None:
+            # The connections that carry an example's signal: each unit reads the nonzero
+            # inputs, and each input reaches the units passed on.
+            fans = (
+                _unit_count("input_active", self.input_active, input_dim, of="input_dim"),
+                self.num_active,
+            )
+        kernel_draw = _KernelDraw(self.kernel_initializer, (self.units, input_dim), fans)
         self.kernel = self.add_weight(
             name="kernel",
             shape=(self.units, input_dim),
@@ -652,6 +680,7 @@ class LSHDense(keras.layers.Layer):
             bias_constraint=constraints.serialize(self.bias_constraint),
             active=self.active,
             candidates=self.candidates,
+            input_active=self.input_active,
             active_rule=self.active_rule,
             rank=self.rank,
             boost_strength=self.boost_strength,
@@ -757,8 +786,9 @@ def _drop_traced_inference(model):
     model.test_function = None
 
 
-def _unit_count(name, count, units):
-    """The number of units `count` (an int, or a float fraction of `units`) stands for."""
+def _unit_count(name, count, units, of="units"):
+    """The number of units `count` (an int, or a float fraction of `units`, named `of`) stands
+    for; with `units` None (not known yet), only its form is checked."""
     if isinstance(count, bool) or not isinstance(count, (int, float)):
         raise ValueError(
             f"LSHDense: {name} must be a float fraction or an int count, got {count!r}"
@@ -766,9 +796,9 @@ def _unit_count(name, count, units):
     if isinstance(count, float):
         if not 0 < count <= 1:
             raise ValueError(f"LSHDense: {name} as a fraction must be in (0, 1], got {count}")
-        return max(1, round(count * units))
-    if not 1 <= count <= units:
-        raise ValueError(f"LSHDense: {name} = {count} units must be in [1, units = {units}]")
+        return None if units is None else max(1, round(count * units))
+    if count < 1 or (units is not None and count > units):
+        raise ValueError(f"LSHDense: {name} = {count} must be in [1, {of} = {units}]")
     return count
 
 
@@ -782,7 +812,8 @@ def _pass_largest(valid, values, outputs, k):
 
 class _KernelDraw:
     """How a neuron-major `[units, input_dim]` kernel is drawn so that it has the distribution
-    `Dense` gives its `[input_dim, units]` kernel (same fan-in and fan-out).
+    `Dense` gives its `[input_dim, units]` kernel (same fan-in and fan-out), or the one it would
+    give with the fans `(fan_in, fan_out)` (`LSHDense(input_active=...)`).
 
     Variance-scaling initializers (Glorot, He, LeCun: the common ones) draw i.i.d. values, so
     they are asked for the neuron-major shape with its axes named. A kernel above
@@ -795,10 +826,11 @@ class _KernelDraw:
 
     ROW_BLOCK_ELEMENTS = 1 << 22  # 16 MB of float32
 
-    def __init__(self, initializer, shape):
+    def __init__(self, initializer, shape, fans=None):
         self._shape = shape
+        self._fans = fans or (shape[1], shape[0])
         self._block_rows = None
-        if not isinstance(initializer, initializers.VarianceScaling) or initializer.input_axes:
+        if not self.scales_with_fans(initializer):
             self.initializer = self._transposed(initializer)
             return
         self._base = initializer
@@ -808,16 +840,21 @@ class _KernelDraw:
             self._block_rows = max(1, self.ROW_BLOCK_ELEMENTS // input_dim)
             self.initializer = "zeros"
 
+    @staticmethod
+    def scales_with_fans(initializer):
+        """Whether `initializer` draws i.i.d. values scaled by the kernel's fans."""
+        return isinstance(initializer, initializers.VarianceScaling) and not initializer.input_axes
+
+    def _fan(self, fan_in, fan_out):
+        return {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[
+            self._base.mode
+        ]
+
     def _variance_scaling(self, rows, seed):
-        """The base initializer for `[rows, input_dim]`, scaled to the whole kernel's fans."""
-        units, input_dim = self._shape
-        fan = {
-            "fan_in": lambda out: input_dim,
-            "fan_out": lambda out: out,
-            "fan_avg": lambda out: (input_dim + out) / 2,
-        }[self._base.mode]
+        """The base initializer for `[rows, input_dim]`, scaled to the kernel's fans."""
+        input_dim = self._shape[1]
         return initializers.VarianceScaling(
-            scale=self._base.scale * fan(rows) / fan(units),
+            scale=self._base.scale * self._fan(input_dim, rows) / self._fan(*self._fans),
             mode=self._base.mode,
             distribution=self._base.distribution,
             seed=seed,

@@ -172,6 +172,41 @@ def test_kernel_draws_as_dense_kernels_do(initializer, row_blocks, monkeypatch):
     assert not np.array_equal(kernel[:128], kernel[128:256])  # blocks are not one draw repeated
 
 
+@pytest.mark.parametrize("row_blocks", [False, True])
+@pytest.mark.parametrize("initializer", ["glorot_uniform", "he_normal", "lecun_uniform"])
+@pytest.mark.parametrize("input_active, fan_in", [(40, 40), (0.02, 60)])
+def test_input_active_sets_the_kernels_fans(
+    initializer, input_active, fan_in, row_blocks, monkeypatch
+):
+    # The fans are the connections that carry an example's signal: `input_active` nonzero
+    # inputs into a unit, `active` units (not the candidates) out of an input. A `Dense` with
+    # those fans as its shape has the distribution wanted; the default is 5-10x narrower here.
+    input_dim, units, active = 3000, 2000, 20
+    if row_blocks:
+        monkeypatch.setattr(lsh_dense._KernelDraw, "ROW_BLOCK_ELEMENTS", 128 * input_dim)
+    lsh = LSHDense(
+        units,
+        activation="relu",
+        active=active,
+        candidates=80,
+        input_active=input_active,
+        kernel_initializer=initializer,
+    )
+    lsh.build((None, input_dim))
+    dense = keras.layers.Dense(active, kernel_initializer=initializer)
+    dense.build((None, fan_in))
+    kernel = lsh.kernel.numpy()
+    assert np.std(kernel) == pytest.approx(np.std(dense.kernel.numpy()), rel=0.05)
+    for block in (kernel[:128], kernel[-128:]):
+        assert np.std(block) == pytest.approx(np.std(kernel), rel=0.1)
+
+
+def test_input_active_beyond_the_input_width_fails_at_build():
+    layer = LSHDense(100, activation="relu", active=5, input_active=500)
+    with pytest.raises(ValueError, match=r"input_active = 500 must be in \[1, input_dim = 64\]"):
+        layer.build((None, 64))
+
+
 def test_row_block_draws_are_reproducible_and_leave_reads_uncopied(monkeypatch):
     monkeypatch.setattr(lsh_dense._KernelDraw, "ROW_BLOCK_ELEMENTS", 64 * 50)
 
@@ -1459,14 +1494,20 @@ def test_callback_needs_an_lsh_layer():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(active=200), r"active = 200 units must be in \[1, units = 100\]"),
-        (dict(active=0), r"active = 0 units must be in \[1"),
-        (dict(active=-3), r"active = -3 units"),
+        (dict(active=200), r"active = 200 must be in \[1, units = 100\]"),
+        (dict(active=0), r"active = 0 must be in \[1"),
+        (dict(active=-3), r"active = -3 must be in"),
+        (dict(input_active="50"), r"input_active must be a float fraction or an int count"),
+        (dict(input_active=0), r"input_active = 0 must be in \[1, input_dim"),
+        (
+            dict(input_active=50, kernel_initializer="orthogonal"),
+            r"input_active .* needs a variance-scaling kernel_initializer.*orthogonal",
+        ),
         (dict(active=0.0), r"active as a fraction must be in \(0, 1\]"),
         (dict(active=1.5), r"active as a fraction must be in \(0, 1\]"),
         (dict(active="5%"), r"active must be a float fraction or an int count"),
         (dict(candidates=[9]), r"candidates must be a float fraction or an int count"),
-        (dict(candidates=200, activation="relu"), r"candidates = 200 units must be in \[1"),
+        (dict(candidates=200, activation="relu"), r"candidates = 200 must be in \[1"),
         (
             dict(active=5, candidates=3, activation="relu"),
             r"candidates \(3: 3 units\) must be at least active \(5: 5 units\)",

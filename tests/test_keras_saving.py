@@ -163,6 +163,7 @@ def test_lsh_dense_config_round_trip():
     assert _round_trip(LSHDense(40, active=0.25)).active == 0.25
     clone = _round_trip(LSHDense(40, activation="relu", active=4, candidates=0.5))
     assert (clone.candidates, clone.num_candidates, clone.selector.num_active) == (0.5, 20, 20)
+    assert _round_trip(LSHDense(40, activation="relu", input_active=0.1)).input_active == 0.1
 
 
 def test_other_configs_round_trip():
