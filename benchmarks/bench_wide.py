@@ -187,7 +187,8 @@ def build_model(kind, width, input_name, input_dim, classes, seed=0, variant=Non
     `boost_strength` (default 0), `candidates` (default None: as many as active;
     `lsh_50_candidates` sets `CANDIDATES`), `backward_learning_rate` (`backward="adam"`'s,
     default the optimizer's) and `input_active` (default True: the second hidden layer's
-    kernel is initialised for the first's `active` nonzero outputs; False: for its width)."""
+    kernel is initialised by He for the first's `active` nonzero outputs; False: by Glorot for
+    its width)."""
     variant = {
         "refresh_period": "auto",
         "backward": "adam",
@@ -214,13 +215,16 @@ def build_model(kind, width, input_name, input_dim, classes, seed=0, variant=Non
     for i in range(2):
         sparse_inputs = i > 0 or sparse
         backward = variant["backward"] if sparse_inputs else None
+        # He, as for ReLU units, over the first layer's active outputs.
+        for_active = i > 0 and variant["input_active"]
         layers.append(
             keras_layers.LSHDense(
                 width,
                 activation="relu",
                 active=active,
                 candidates=candidates,
-                input_active=active if i > 0 and variant["input_active"] else None,
+                input_active=active if for_active else None,
+                kernel_initializer="he_uniform" if for_active else "glorot_uniform",
                 sparse_outputs=True,
                 refresh_period=variant["refresh_period"],
                 boost_strength=variant["boost_strength"],

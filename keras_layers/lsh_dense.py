@@ -77,7 +77,8 @@ class LSHDense(keras.layers.Layer):
         that carry an example's signal, `input_active` inputs into a unit and `active` units
         out of an input, instead of the kernel's shape. From the shape, a wide layer reading 50
         nonzero inputs starts with weights so small that the first updates decide which
-        units ever win (benchmarks/README.md, "Initialising for the active inputs"). Leave it
+        units ever win (benchmarks/README.md, "Initialising for the active inputs"); with
+        ReLU units, He (`kernel_initializer="he_uniform"`, fan-in only) did best. Leave it
         None over raw features: on a bag of words of unit norm, initialised for its ~75
         nonzeros, the first layer learned worse.
       hash_family: `"srp"` (SimHash), `"sparse_srp"`, `"wta"` or `"dwta"` (see
