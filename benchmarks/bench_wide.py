@@ -421,13 +421,17 @@ def targets(runs):
     found = {}
     for input_name in sorted({run["input"] for run in runs}):
         dense = find(input_name, "dense", 16384)
+        # Dense at 16k is timed, not trained, where an epoch takes too long: the issue then
+        # measures the accuracy against Dense at 1k.
+        reference = dense if dense and "test_accuracy" in dense else find(input_name, "dense", 1024)
         per_input = {}
         for kind in KINDS[1:]:
             lsh = find(input_name, kind, 16384)
             if dense and lsh:
                 entry = {"speedup_per_epoch": dense["epoch_s"] / lsh["epoch_s"]}
-                if "test_accuracy" in dense and "test_accuracy" in lsh:
-                    entry["accuracy_gap"] = dense["test_accuracy"] - lsh["test_accuracy"]
+                if reference and "test_accuracy" in reference and "test_accuracy" in lsh:
+                    entry["accuracy_reference_width"] = reference["width"]
+                    entry["accuracy_gap"] = reference["test_accuracy"] - lsh["test_accuracy"]
                     entry["met"] = (
                         entry["speedup_per_epoch"] >= 10 and entry["accuracy_gap"] <= 0.01
                     )

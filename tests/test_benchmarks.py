@@ -131,6 +131,38 @@ def test_bench_wide_backward_sgd_keeps_no_moments():
     assert sgd < bench_wide.MEMORY_SHARE * 24 * 2**30 < adam
 
 
+def test_bench_wide_initialises_for_the_active_inputs_on_the_sparse_input_only():
+    bench_wide = benchmark_module("bench_wide")
+    for input_name, input_dim, expected in (("sparse", 300, 0.20), ("mnist", 784, 0.0156)):
+        model, _ = bench_wide.build_model("lsh_50", 4096, input_name, input_dim, 10)
+        first, second = keras_layers.lsh_layers(model)
+        assert first.input_active is None
+        assert second.input_active == (50 if input_name == "sparse" else None)
+        # He over 50 inputs (std sqrt(2 / 50)), or Glorot over the 4k width.
+        assert np.std(second.kernel[:64].numpy()) == pytest.approx(expected, rel=0.05)
+
+
+def test_bench_wide_targets_fall_back_to_dense_at_1k_for_accuracy():
+    bench_wide = benchmark_module("bench_wide")
+
+    def run(kind, width, epoch_s, accuracy=None):
+        found = {"input": "sparse", "kind": kind, "width": width, "epoch_s": epoch_s}
+        found.update(median_step_s=0.1, training_over_state=1.2)
+        return found if accuracy is None else {**found, "test_accuracy": accuracy}
+
+    runs = [
+        run("dense", 1024, 30.0, 0.988),
+        run("dense", 16384, 880.0),  # timed steps: no accuracy
+        run("lsh_50", 16384, 6.0, 0.767),
+        run("lsh_50_candidates", 16384, 50.0, 0.980),
+    ]
+    found = bench_wide.targets(runs)["sparse"]
+    assert found["lsh_50_candidates_at_16k"]["accuracy_reference_width"] == 1024
+    assert found["lsh_50_candidates_at_16k"]["accuracy_gap"] == pytest.approx(0.008)
+    assert found["lsh_50_candidates_at_16k"]["met"]
+    assert not found["lsh_50_at_16k"]["met"]
+
+
 def test_bench_active_loss_quick():
     report = run_quick("bench_active_loss.py")
     assert set(report["losses"]) == {"softmax", "decoupled_softmax", "binary"}
