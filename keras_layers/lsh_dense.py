@@ -204,6 +204,14 @@ class LSHDense(keras.layers.Layer):
     True
     >>> int(tf.math.count_nonzero(tf.convert_to_tensor(tape.gradient(loss, hidden.bias)))) > 50
     True
+
+    A layer reading those 50 outputs, initialised for 50 inputs rather than 1000:
+
+    >>> second = LSHDense(1000, activation="relu", active=50, input_active=50,
+    ...                   kernel_initializer="he_uniform")
+    >>> second.build((None, 1000))
+    >>> round(float(tf.math.reduce_std(second.kernel)), 2)  # sqrt(2 / 50)
+    0.2
     """
 
     def __init__(
